@@ -1,0 +1,68 @@
+"""Retrieval metrics against a naive per-query reference, and golden hand-computed values."""
+
+import numpy as np
+import pytest
+
+from tfsim.evaluation import exact_knn, metrics_from_neighbors, retrieval_metrics
+
+
+def naive_metrics(x, labels, ks):
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    out = {f"recall@{k}": [] for k in ks}
+    out["map@r"], out["r_precision"] = [], []
+    for q in range(len(x)):
+        others = [i for i in range(len(x)) if i != q]
+        order = sorted(others, key=lambda i: -float(x[q] @ x[i]))
+        rel = [labels[i] == labels[q] for i in order]
+        r = sum(rel)
+        if r == 0:
+            continue
+        for k in ks:
+            out[f"recall@{k}"].append(float(any(rel[:k])))
+        out["r_precision"].append(sum(rel[:r]) / r)
+        ap, hits = 0.0, 0
+        for i in range(r):
+            if rel[i]:
+                hits += 1
+                ap += hits / (i + 1)
+        out["map@r"].append(ap / r)
+    return {k: float(np.mean(v)) for k, v in out.items()}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_matches_naive_reference(seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 6, size=70)
+    labels[0] = 99  # a singleton class: skipped
+    centers = rng.normal(size=(100, 8))
+    x = centers[labels] + 1.2 * rng.normal(size=(70, 8))
+    got = retrieval_metrics(x, labels, ks=(1, 2, 4, 8))
+    want = naive_metrics(x, labels, (1, 2, 4, 8))
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, abs=1e-9), key
+    assert got["num_queries"] == 69
+
+
+def test_golden_map_at_r():
+    # One query, R = 3 relevant: ranks 1 and 3 relevant, rank 2 not.
+    # MAP@R = (1/3) * (1/1 + 2/3) = 0.5556; R-precision = 2/3; Recall@1 = 1.
+    got = metrics_from_neighbors(np.array([[1, 0, 1, 1, 0]]), np.array([1]), np.array([3]), ks=(1, 2))
+    assert got["map@r"] == pytest.approx((1 + 2 / 3) / 3)
+    assert got["r_precision"] == pytest.approx(2 / 3)
+    assert got["recall@1"] == 1.0 and got["recall@2"] == 1.0
+
+
+def test_exact_knn_excludes_self_and_orders_by_score():
+    x = np.array([[1, 0], [0.9, 0.1], [0, 1], [-1, 0]], np.float32)
+    scores, idx = exact_knn(x, x, 3, "cosine", exclude_self=True, block_size=3)
+    assert idx[0].tolist() == [1, 2, 3] and idx[3][0] != 3
+    assert np.all(np.diff(scores, axis=1) <= 0)
+    _, idx_l2 = exact_knn(x, x, 3, "L2", exclude_self=True)
+    assert idx_l2[0][0] == 1
+
+
+def test_perfect_and_random_embeddings():
+    labels = np.repeat(np.arange(5), 10)
+    perfect = np.eye(5)[labels] + 1e-3 * np.random.default_rng(0).normal(size=(50, 5))
+    m = retrieval_metrics(perfect, labels)
+    assert m["recall@1"] == 1.0 and m["map@r"] == pytest.approx(1.0)

@@ -1,0 +1,52 @@
+"""Independent naive float64 references for the metric losses (loops, no TF).
+
+Written from the papers' / tensorflow-addons' stated semantics (see
+../shared/design/FACTS.md), not from tfsim's code, so that tests comparing the
+two can fail.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def distance_matrix(x: np.ndarray, metric: str) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    n = len(x)
+    d = np.zeros((n, n))
+    for i in range(n):
+        for j in range(n):
+            if i == j:
+                continue
+            if metric == "L2":
+                d[i, j] = np.sqrt(np.sum((x[i] - x[j]) ** 2))
+            elif metric == "squared-L2":
+                d[i, j] = np.sum((x[i] - x[j]) ** 2)
+            elif metric == "angular":
+                cos = x[i] @ x[j] / (np.linalg.norm(x[i]) * np.linalg.norm(x[j]))
+                d[i, j] = max(1.0 - cos, 0.0)
+            else:
+                raise ValueError(metric)
+    return d
+
+
+def triplet_semihard(labels, x, margin=1.0, metric="L2") -> float:
+    labels = np.asarray(labels).reshape(-1)
+    d = distance_matrix(x, metric) if isinstance(metric, str) else np.asarray(metric, np.float64)
+    n = len(labels)
+    total, count = 0.0, 0
+    for a in range(n):
+        negs = [k for k in range(n) if labels[k] != labels[a]]
+        for p in range(n):
+            if p == a or labels[p] != labels[a]:
+                continue
+            count += 1
+            farther = [d[a, k] for k in negs if d[a, k] > d[a, p]]
+            if farther:
+                dn = min(farther)
+            elif negs:
+                dn = max(d[a, k] for k in negs)
+            else:
+                dn = min(d[a, k] for k in range(n))  # tfa: row minimum when no negative
+            total += max(d[a, p] - dn + margin, 0.0)
+    return total / count if count else 0.0

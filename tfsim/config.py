@@ -1,0 +1,309 @@
+"""Typed configuration: frozen dataclasses, named presets, overrides and validation.
+
+A run is described by one `Config`, built from a preset (a name registered in
+`PRESETS`, or a JSON file: `pipelines/<name>.json` or any path) plus
+`--set section.key=value` overrides, then checked by `validate()` before any work
+starts. The resolved config is written next to the run as `config.json`.
+
+A JSON config file is a partial nested dict over the defaults, optionally naming
+the preset it starts from: `{"base": "default", "model": {"embedding_dim": 128}}`.
+Unknown sections or keys and wrongly typed values are errors that name the key.
+
+Example:
+    >>> cfg = load("default", ["train.epochs=2", "model.embedding_dim=32"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from pathlib import Path
+from typing import Any, Literal, Optional, Sequence
+
+from tfsim.errors import UserInputError
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Where a run writes: `<root>/<name>/`."""
+
+    name: str = "fashion_mnist_small"
+    root: str = "runs"
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Which labelled images, and which classes are held out for evaluation.
+
+    `source`: "default" (the shipped Fashion-MNIST subset), "folder"
+    (`path/<class>/<image>`) or "tfds" (`tfds_name`, e.g. cars196). `test_classes`:
+    label indices held out (never trained on); empty = second half of the classes.
+    """
+
+    source: Literal["default", "folder", "tfds"] = "default"
+    path: Optional[str] = None
+    tfds_name: Optional[str] = None
+    tfds_split: str = "train+test"
+    data_dir: Optional[str] = None
+    manual_dir: Optional[str] = None
+    test_classes: tuple[int, ...] = (2, 4, 5, 6, 7)
+    augment: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+    """Online P x K batches: `classes_per_batch` (P) classes x `examples_per_class` (K) images."""
+
+    classes_per_batch: int = 5
+    examples_per_class: int = 12
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Backbone + embedding head. `weights`: null, "imagenet" or a local weights file."""
+
+    backbone: str = "small_resnet"
+    weights: Optional[str] = None
+    image_size: int = 28
+    embedding_dim: int = 64
+    pooling: Literal["avg", "max", "flatten"] = "flatten"
+    width: int = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """The metric loss, by registered name (`tfsim.losses.LOSSES`), and its arguments."""
+
+    name: str = "triplet_semihard"
+    margin: float = 0.2
+    distance_metric: Literal["L2", "squared-L2", "angular"] = "L2"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation. `strategy`: "auto" (Mirrored when >1 GPU), "default" or "mirrored"."""
+
+    epochs: int = 8
+    steps_per_epoch: int = 50
+    learning_rate: float = 1e-3
+    seed: int = 0
+    strategy: Literal["auto", "default", "mirrored"] = "auto"
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Retrieval evaluation on the held-out classes."""
+
+    recall_ks: tuple[int, ...] = (1, 2, 4, 8)
+    every_epoch: bool = True
+    similarity: Literal["cosine", "dot", "L2", "squared-L2"] = "cosine"
+    batch_size: int = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """SavedModel export to `<root>/<name or run.name>/<version>/`."""
+
+    enabled: bool = True
+    root: str = "saved_models"
+    name: Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexConfig:
+    """ScaNN index of the evaluation gallery (0 = chosen from the gallery size)."""
+
+    enabled: bool = True
+    num_neighbors: int = 10
+    num_leaves: int = 0
+    num_leaves_to_search: int = 0
+    reorder: int = 100
+    dims_per_block: int = 2
+    anisotropic_threshold: float = 0.2
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """A whole run, one section per pipeline stage."""
+
+    run: RunConfig = RunConfig()
+    data: DataConfig = DataConfig()
+    sampler: SamplerConfig = SamplerConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    export: ExportConfig = ExportConfig()
+    index: IndexConfig = IndexConfig()
+
+
+PRESETS: dict[str, Config] = {"default": Config()}
+PRESET_DIR = Path("pipelines")
+
+
+def to_dict(cfg: Config) -> dict:
+    """Plain nested dict (JSON-ready) of a config."""
+    return dataclasses.asdict(cfg)
+
+
+def _coerce(value: Any, hint: Any, key: str, from_string: bool) -> Any:
+    """Converts/checks `value` against the type `hint`; raises UserInputError naming `key`."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+
+    def fail(expected: str):
+        raise UserInputError(
+            f"Invalid value for `{key}`: expected {expected}. Received: {key}={value!r}")
+
+    if origin is typing.Union:  # Optional[X]
+        if value is None or (from_string and str(value).lower() in ("null", "none")):
+            return None
+        inner = [a for a in args if a is not type(None)][0]
+        return _coerce(value, inner, key, from_string)
+    if origin is Literal:
+        if value not in args:
+            fail(f"one of {list(args)}")
+        return value
+    if origin is tuple:
+        if from_string:
+            value = [v for v in str(value).split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            fail("a list (comma-separated on the command line)")
+        return tuple(_coerce(v, args[0], key, from_string) for v in value)
+    if hint is bool:
+        if from_string and str(value).lower() in ("true", "1", "yes"):
+            return True
+        if from_string and str(value).lower() in ("false", "0", "no"):
+            return False
+        if not isinstance(value, bool):
+            fail("true or false")
+        return value
+    if hint is int:
+        if from_string:
+            try:
+                return int(str(value))
+            except ValueError:
+                fail("an integer")
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail("an integer")
+        return value
+    if hint is float:
+        if from_string:
+            try:
+                return float(str(value))
+            except ValueError:
+                fail("a number")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            fail("a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            fail("a string")
+        return value
+    raise TypeError(f"Unsupported config type {hint!r} for {key}")  # a bug in this module
+
+
+def _replace(section: Any, updates: dict, prefix: str, from_string: bool) -> Any:
+    hints = typing.get_type_hints(type(section))
+    changes = {}
+    for key, value in updates.items():
+        if key not in hints:
+            raise UserInputError(
+                f"Unknown config key `{prefix}{key}`: expected one of "
+                f"{[prefix + k for k in hints]}. Check the spelling.")
+        if dataclasses.is_dataclass(hints[key]):
+            if not isinstance(value, dict):
+                raise UserInputError(
+                    f"Invalid value for `{prefix}{key}`: expected a section (a JSON object) with keys "
+                    f"{list(typing.get_type_hints(hints[key]))}. Received: {value!r}")
+            changes[key] = _replace(getattr(section, key), value, f"{prefix}{key}.", from_string)
+        else:
+            changes[key] = _coerce(value, hints[key], prefix + key, from_string)
+    return dataclasses.replace(section, **changes)
+
+
+def from_dict(updates: dict, base: Optional[Config] = None) -> Config:
+    """`base` (default: the default preset) with the nested `updates` applied (typed values)."""
+    return _replace(base or Config(), updates, "", from_string=False)
+
+
+def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
+    """Applies `section.key=value` strings (values parsed by the key's type)."""
+    for item in overrides:
+        if "=" not in item:
+            raise UserInputError(
+                f"Invalid override {item!r}: expected the form section.key=value, e.g. train.epochs=3.")
+        key, value = item.split("=", 1)
+        nested: dict = {}
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+        cfg = _replace(cfg, nested, "", from_string=True)
+    return cfg
+
+
+def load_preset(name_or_file: str) -> Config:
+    """A registered preset, `pipelines/<name>.json`, or a JSON file path."""
+    if name_or_file in PRESETS:
+        return PRESETS[name_or_file]
+    candidates = [Path(name_or_file), PRESET_DIR / f"{name_or_file}.json"]
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        raise UserInputError(
+            f"Unknown config {name_or_file!r}: expected a preset name {sorted(PRESETS)}, a file "
+            f"{PRESET_DIR}/<name>.json, or the path of a JSON config file.")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserInputError(f"Config file {str(path)!r} is not valid JSON: {err}.") from None
+    if not isinstance(data, dict):
+        raise UserInputError(f"Config file {str(path)!r} must hold a JSON object of sections.")
+    base = data.pop("base", "default")
+    if base == name_or_file:
+        raise UserInputError(f"Config file {str(path)!r} names itself as its base.")
+    return from_dict(data, load_preset(base))
+
+
+def load(name_or_file: str = "default", overrides: Sequence[str] = ()) -> Config:
+    """Preset + overrides, validated."""
+    cfg = apply_overrides(load_preset(name_or_file), overrides)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Checks what types alone cannot; raises UserInputError with the fix."""
+
+    def need(ok: bool, key: str, expected: str, value: Any):
+        if not ok:
+            raise UserInputError(f"Invalid value for `{key}`: expected {expected}. Received: {key}={value!r}")
+
+    from tfsim.losses import LOSSES
+    from tfsim.models.backbones import BACKBONES
+
+    s, m, t = cfg.sampler, cfg.model, cfg.train
+    need(s.examples_per_class >= 2, "sampler.examples_per_class",
+         "an integer >= 2 so every batch holds positive pairs", s.examples_per_class)
+    need(s.classes_per_batch >= 2, "sampler.classes_per_batch",
+         "an integer >= 2 so every batch holds negatives", s.classes_per_batch)
+    need(m.backbone in BACKBONES, "model.backbone", f"one of {sorted(BACKBONES)}", m.backbone)
+    need(m.image_size >= 8, "model.image_size", "an integer >= 8 (pixels)", m.image_size)
+    need(m.embedding_dim >= 2, "model.embedding_dim", "an integer >= 2", m.embedding_dim)
+    need(m.width >= 4, "model.width", "an integer >= 4", m.width)
+    need(cfg.loss.name in LOSSES, "loss.name", f"one of {sorted(LOSSES)}", cfg.loss.name)
+    need(cfg.loss.margin >= 0, "loss.margin", "a number >= 0", cfg.loss.margin)
+    need(t.epochs >= 1, "train.epochs", "an integer >= 1", t.epochs)
+    need(t.steps_per_epoch >= 1, "train.steps_per_epoch", "an integer >= 1", t.steps_per_epoch)
+    need(t.learning_rate > 0, "train.learning_rate", "a number > 0", t.learning_rate)
+    need(len(cfg.eval.recall_ks) > 0 and all(k >= 1 for k in cfg.eval.recall_ks), "eval.recall_ks",
+         "a non-empty list of integers >= 1", cfg.eval.recall_ks)
+    need(cfg.data.source != "folder" or bool(cfg.data.path), "data.path",
+         "the image folder when data.source=folder", cfg.data.path)
+    need(cfg.data.source != "tfds" or bool(cfg.data.tfds_name), "data.tfds_name",
+         "a TFDS dataset name (e.g. cars196) when data.source=tfds", cfg.data.tfds_name)
+    need(cfg.index.num_neighbors >= 1, "index.num_neighbors", "an integer >= 1", cfg.index.num_neighbors)
+    need(cfg.run.name != "" and "/" not in cfg.run.name, "run.name", "a non-empty name without '/'",
+         cfg.run.name)

@@ -1,0 +1,107 @@
+"""tf.data input pipelines: index batches -> decoded, resized, (augmented) model inputs.
+
+Model inputs are float32 `[B, S, S, 3]` with pixel values in [0, 255]; grey images
+are repeated to 3 channels. Normalisation lives inside the model, so the exported
+SavedModel takes the same pixels the pipeline feeds.
+
+Data flow for training:  `samplers.pk_batches` (row indices)
+  -> gather in-memory images / read+decode files -> resize -> augment (train only)
+  -> `(images, labels)` batches for `model.fit`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from tfsim.data import samplers
+from tfsim.data.sources import ImageSet
+
+
+def to_model_input(images: tf.Tensor, image_size: int) -> tf.Tensor:
+    """uint8/float `[B, H, W, C]` (C in {1, 3}) -> float32 `[B, S, S, 3]` in [0, 255]."""
+    images = tf.cast(images, tf.float32)
+    if images.shape[-1] == 1:
+        images = tf.repeat(images, 3, axis=-1)
+    if images.shape[1] != image_size or images.shape[2] != image_size:
+        images = tf.image.resize(images, [image_size, image_size], antialias=True)
+    return images
+
+
+def decode_file(path: tf.Tensor) -> tf.Tensor:
+    """Reads and decodes one JPEG/PNG/BMP/GIF file to uint8 `[H, W, 3]`."""
+    return tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+
+
+def augment(images: tf.Tensor, seed: tf.Tensor, pad_fraction: float = 0.1) -> tf.Tensor:
+    """Per-image random horizontal flip and random translation (zero-pad and crop).
+
+    Args:
+        images: float32 `[B, S, S, 3]`.
+        seed: int `[2]` stateless seed.
+        pad_fraction: maximum shift, as a fraction of the side, in whole pixels.
+    """
+    s_flip, s_shift = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    b = tf.shape(images)[0]
+    flip = tf.random.stateless_uniform([b, 1, 1, 1], seed=s_flip) < 0.5
+    images = tf.where(flip, tf.reverse(images, axis=[2]), images)
+    side = images.shape[1]
+    pad = int(round(side * pad_fraction))
+    if pad == 0:
+        return images
+    padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+    offsets = tf.random.stateless_uniform([b, 2], seed=s_shift, minval=0, maxval=2 * pad + 1, dtype=tf.int32)
+    grid = tf.range(side)[None, :]
+    rows = offsets[:, :1] + grid  # [B, S] source rows of each image
+    cols = offsets[:, 1:] + grid
+    shifted = tf.gather(padded, rows, axis=1, batch_dims=1)
+    return tf.gather(shifted, cols, axis=2, batch_dims=1)
+
+
+def _loader(images: ImageSet, image_size: int):
+    """Returns `rows [B] -> float32 [B, S, S, 3]` for in-memory or file-backed sets."""
+    if images.images is not None:
+        table = tf.constant(images.images)
+        return lambda rows: to_model_input(tf.gather(table, rows), image_size)
+    paths = tf.constant(images.paths)
+
+    def load(rows):
+        def one(path):
+            img = tf.image.resize(tf.cast(decode_file(path), tf.float32), [image_size, image_size],
+                                  antialias=True)
+            return tf.ensure_shape(img, [image_size, image_size, 3])
+        return tf.map_fn(one, tf.gather(paths, rows), fn_output_signature=tf.float32)
+
+    return load
+
+
+def train_dataset(images: ImageSet, classes_per_batch: int, examples_per_class: int, image_size: int,
+                  seed: int = 0, augment_images: bool = True, start_step: int = 0) -> tf.data.Dataset:
+    """Infinite `(images [P*K, S, S, 3], labels [P*K])` P x K training batches."""
+    load = _loader(images, image_size)
+    labels = tf.constant(images.labels)
+    rows = samplers.pk_batches(images.labels, classes_per_batch, examples_per_class, seed, start_step)
+    aug_base = tf.constant([seed, 0xA06], tf.int64)
+
+    def make(step, r):
+        x = load(r)
+        if augment_images:
+            x = augment(x, tf.random.experimental.stateless_fold_in(aug_base, step))
+        return x, tf.gather(labels, r)
+
+    steps = tf.data.Dataset.counter(start_step, dtype=tf.int64)
+    return tf.data.Dataset.zip(steps, rows).map(make, num_parallel_calls=tf.data.AUTOTUNE,
+                                                deterministic=True).prefetch(tf.data.AUTOTUNE)
+
+
+def eval_dataset(images: ImageSet, image_size: int, batch_size: int = 256) -> tf.data.Dataset:
+    """`images [b, S, S, 3]` batches over the whole set in order (no labels, no augmentation)."""
+    load = _loader(images, image_size)
+    rows = tf.data.Dataset.range(len(images)).batch(batch_size)
+    return rows.map(lambda r: load(tf.cast(r, tf.int32)), num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
+
+
+def raw_pixels(images: ImageSet, image_size: int) -> np.ndarray:
+    """Flattened model-input pixels `[N, S*S*3]` (the raw-pixel retrieval baseline)."""
+    feats = [x.numpy().reshape(x.shape[0], -1) for x in eval_dataset(images, image_size)]
+    return np.concatenate(feats)

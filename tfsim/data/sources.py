@@ -1,0 +1,150 @@
+"""Where labelled images come from: the shipped default set, an image folder, or TFDS.
+
+Every source returns an `ImageSet`: labels, ids, class names, and either the
+decoded images in memory (`images`, uint8 `[N, H, W, C]`) or image file paths
+(`paths`) decoded lazily by the tf.data pipeline. Downstream code (splits,
+samplers, pipelines) only sees `ImageSet`s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from tfsim.errors import UserInputError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+DEFAULT_DATASET = "fashion_mnist_small"
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSet:
+    """Labelled images, in memory or on disk.
+
+    Attributes:
+        labels: int32 `[N]` indices into `class_names`.
+        ids: str `[N]` stable image ids (file paths or "<dataset>:<row>").
+        class_names: name of each label index.
+        images: uint8 `[N, H, W, C]` decoded images, or None when `paths` is set.
+        paths: str `[N]` image files, or None when `images` is set.
+        name: dataset name, for logs and run metadata.
+    """
+
+    labels: np.ndarray
+    ids: np.ndarray
+    class_names: tuple[str, ...]
+    images: Optional[np.ndarray] = None
+    paths: Optional[np.ndarray] = None
+    name: str = "images"
+
+    def __post_init__(self):
+        if (self.images is None) == (self.paths is None):
+            raise ValueError("An ImageSet holds exactly one of `images` or `paths`.")
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, rows: np.ndarray) -> "ImageSet":
+        """The images at `rows`, same class names."""
+        return dataclasses.replace(
+            self, labels=self.labels[rows], ids=self.ids[rows],
+            images=None if self.images is None else self.images[rows],
+            paths=None if self.paths is None else self.paths[rows])
+
+    def load_images(self, rows: Sequence[int]) -> list[np.ndarray]:
+        """Decoded uint8 images `[H, W, C]` at `rows` (for pictures, not for training)."""
+        if self.images is not None:
+            return [self.images[r] for r in rows]
+        from PIL import Image
+        return [np.asarray(Image.open(self.paths[r]).convert("RGB")) for r in rows]
+
+
+def load_default() -> ImageSet:
+    """The embedded default dataset: 600 images per class of Fashion-MNIST (MIT, Zalando SE)."""
+    assets = resources.files("tfsim.data") / "assets"
+    with resources.as_file(assets / f"{DEFAULT_DATASET}.npz") as path, np.load(path) as npz:
+        labels = npz["labels"].astype(np.int32)
+        return ImageSet(labels=labels,
+                        ids=np.array([f"{DEFAULT_DATASET}:{i}" for i in npz["source_index"]]),
+                        class_names=tuple(str(c) for c in npz["class_names"]),
+                        images=npz["images"], name=DEFAULT_DATASET)
+
+
+def default_dataset_info() -> dict:
+    """Provenance, licence and citation of the embedded default dataset."""
+    return json.loads((resources.files("tfsim.data") / "assets" / f"{DEFAULT_DATASET}.json").read_text())
+
+
+def load_folder(root: str) -> ImageSet:
+    """Images laid out as `root/<class name>/<image>` (jpg, png, bmp, gif).
+
+    Classes are the sub-folders in sorted order; files are read lazily.
+
+    Raises:
+        UserInputError: the folder does not exist or holds no class folders with images.
+    """
+    base = Path(root)
+    if not base.is_dir():
+        raise UserInputError(
+            f"Invalid value for `data.path`: expected a folder laid out as <path>/<class>/<image>. "
+            f"Received: data.path={root!r}, which is not a folder.")
+    classes, paths, labels = [], [], []
+    for class_dir in sorted(p for p in base.iterdir() if p.is_dir()):
+        files = sorted(f for f in class_dir.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            continue
+        labels += [len(classes)] * len(files)
+        paths += [str(f) for f in files]
+        classes.append(class_dir.name)
+    if len(classes) < 2:
+        raise UserInputError(
+            f"Invalid value for `data.path`: expected at least 2 class sub-folders holding "
+            f"{'/'.join(IMAGE_SUFFIXES)} images in {root!r}. Found {len(classes)}. "
+            "Lay the images out as <path>/<class>/<image>.")
+    paths_arr = np.array(paths)
+    return ImageSet(labels=np.array(labels, np.int32), ids=paths_arr, class_names=tuple(classes),
+                    paths=paths_arr, name=base.name)
+
+
+def load_tfds(name: str, split: str = "train+test", data_dir: Optional[str] = None,
+              manual_dir: Optional[str] = None, image_size: int = 256) -> ImageSet:
+    """A TFDS image-classification dataset (cars196, caltech_birds2011, ...), decoded in memory.
+
+    Images are resized (aspect kept, then centre-padded) to `image_size` so that a
+    dataset of variable-size images fits one array. Download works where the
+    network allows it; otherwise place the original archives in `manual_dir`
+    (TFDS checks their sha256).
+
+    Raises:
+        UserInputError: the dataset cannot be prepared (unknown name, no archives).
+    """
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+        ds = builder.as_dataset(split=split)
+    except Exception as err:  # TFDS raises many types for missing data / network
+        raise UserInputError(
+            f"Could not prepare TFDS dataset {name!r} (split {split!r}): {err}. "
+            "Check `data.tfds_name`, or put the original archives in `data.manual_dir`.") from err
+    label_key = "label"
+    names = tuple(builder.info.features[label_key].names)
+
+    def resize(ex):
+        img = tf.image.resize_with_pad(ex["image"], image_size, image_size)
+        return tf.cast(tf.round(img), tf.uint8), ex[label_key]
+
+    images, labels = [], []
+    for img, label in ds.map(resize, num_parallel_calls=tf.data.AUTOTUNE).as_numpy_iterator():
+        images.append(img)
+        labels.append(label)
+    return ImageSet(labels=np.array(labels, np.int32), ids=np.array([f"{name}:{i}" for i in range(len(labels))]),
+                    class_names=names, images=np.stack(images), name=name)

@@ -1,0 +1,48 @@
+"""Class-disjoint train/test splits, as the metric-learning papers use them.
+
+Retrieval is measured on classes never seen in training (CUB-200: classes
+1-100 train, 101-200 test; Cars196: 1-98 / 99-196; SOP: 11,318 / 11,316).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from tfsim.data.sources import ImageSet
+from tfsim.errors import UserInputError
+
+
+def class_disjoint_split(images: ImageSet, test_classes: Sequence[int] = ()) -> tuple[ImageSet, ImageSet]:
+    """Splits by class: `test_classes` held out, every other class for training.
+
+    Args:
+        images: the whole labelled set.
+        test_classes: label indices held out for evaluation. Empty: the second half
+            of the classes in label order (the CUB/Cars convention).
+
+    Returns:
+        `(train, test)` ImageSets with no class in common.
+
+    Raises:
+        UserInputError: unknown class indices, or a side left with fewer than 2 classes.
+    """
+    num_classes = len(images.class_names)
+    present = np.unique(images.labels)
+    if len(test_classes) == 0:
+        test = present[len(present) // 2:]
+    else:
+        test = np.unique(np.asarray(test_classes, np.int64))
+        bad = [int(c) for c in test if c not in present]
+        if bad:
+            raise UserInputError(
+                f"Invalid value for `data.test_classes`: expected label indices in 0..{num_classes - 1} "
+                f"present in the dataset. Received unknown classes {bad}.")
+    train = np.setdiff1d(present, test)
+    if len(train) < 2 or len(test) < 2:
+        raise UserInputError(
+            f"Invalid value for `data.test_classes`: expected at least 2 training and 2 held-out "
+            f"classes. Received {len(train)} training and {len(test)} held-out classes.")
+    is_test = np.isin(images.labels, test)
+    return images.subset(np.flatnonzero(~is_test)), images.subset(np.flatnonzero(is_test))

@@ -1,0 +1,147 @@
+"""Versioned SavedModels for TF Serving: `<root>/<name>/<version>/`.
+
+Layout of one export (TF Serving loads the SavedModel and ignores `assets.extra/`):
+
+    saved_models/<name>/<version>/
+      saved_model.pb, variables/          the embedder, plain TF ops (stock TF Serving)
+      assets.extra/tfsim/export.json       tfsim metadata: image size, embedding dim, config
+      assets.extra/tfsim/index/            ScaNN index of the evaluation gallery (optional)
+
+Signatures:
+  * ``serving_default``: `image_bytes` string `[N]` (encoded JPEG/PNG/BMP/GIF) ->
+    `embeddings` float32 `[N, D]`, L2-normalised. Decoding (3 channels) and resizing
+    to the model's input size happen inside the graph.
+  * ``serve_images``: `images` float32 `[N, S, S, 3]`, pixels in [0, 255] -> `embeddings`.
+
+Atomicity: the export is written under `<root>/<name>/.tmp-<version>-<random>/`
+(a name TF Serving ignores) and renamed to `<version>` once complete, so a
+half-written export is never visible under its final name. Versions are integers,
+one more than the largest existing one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import Callable, Optional
+
+import keras
+import tensorflow as tf
+
+from tfsim.errors import UserInputError
+
+log = logging.getLogger(__name__)
+EXPORT_FORMAT = "tfsim.export.v1"
+META_DIR = Path("assets.extra") / "tfsim"
+
+
+def next_version(base: Path) -> int:
+    """One more than the largest integer-named sub-folder of `base` (1 if none)."""
+    versions = [int(p.name) for p in base.iterdir() if p.is_dir() and re.fullmatch(r"\d+", p.name)] \
+        if base.is_dir() else []
+    return max(versions, default=0) + 1
+
+
+def _serving_functions(model: keras.Model, image_size: int):
+    def embed_images(images):
+        return {"embeddings": model(images, training=False)}
+
+    def decode_one(data):
+        img = tf.io.decode_image(data, channels=3, expand_animations=False)
+        img = tf.cast(img, tf.float32)
+        same = tf.logical_and(tf.shape(img)[0] == image_size, tf.shape(img)[1] == image_size)
+        img = tf.cond(same, lambda: img,
+                      lambda: tf.image.resize(img, [image_size, image_size], antialias=True))
+        return tf.ensure_shape(img, [image_size, image_size, 3])
+
+    def embed_bytes(image_bytes):
+        images = tf.map_fn(decode_one, image_bytes, fn_output_signature=tf.float32)
+        return embed_images(images)
+
+    return embed_bytes, embed_images
+
+
+def export_embedder(model: keras.Model, root: os.PathLike, name: str, image_size: int,
+                    metadata: Optional[dict] = None,
+                    write_extras: Optional[Callable[[Path], None]] = None) -> Path:
+    """Writes a new version of the embedding SavedModel (see module doc).
+
+    Args:
+        model: the Keras embedder, input float32 `[N, S, S, 3]` in [0, 255].
+        root: export root (e.g. "saved_models").
+        name: model name (a folder under root).
+        image_size: S.
+        metadata: extra JSON-able metadata stored in `export.json`.
+        write_extras: called with the export's `assets.extra/tfsim` folder before the
+            final rename, to add files (the index) inside the same atomic step.
+
+    Returns:
+        The final version folder.
+    """
+    base = Path(root) / name
+    base.mkdir(parents=True, exist_ok=True)
+    version = next_version(base)
+    work = base / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
+    try:
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        embed_bytes, embed_images = _serving_functions(model, image_size)
+        archive.add_endpoint("serving_default", embed_bytes,
+                             input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+        archive.add_endpoint("serve_images", embed_images, input_signature=[
+            tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="images")])
+        archive.write_out(str(work), verbose=False)
+        meta_dir = work / META_DIR
+        meta_dir.mkdir(parents=True, exist_ok=True)
+        meta = {"format": EXPORT_FORMAT, "name": name, "version": version, "image_size": image_size,
+                "embedding_dim": int(model.output_shape[-1]),
+                "signatures": {"serving_default": "image_bytes -> embeddings",
+                               "serve_images": "images -> embeddings"}}
+        meta.update(metadata or {})
+        (meta_dir / "export.json").write_text(json.dumps(meta, indent=2) + "\n")
+        if write_extras is not None:
+            write_extras(meta_dir)
+        while True:  # another process may have taken this version meanwhile
+            final = base / str(version)
+            try:
+                os.rename(work, final)
+                break
+            except OSError:
+                if not final.exists():
+                    raise
+                version += 1
+                meta["version"] = version
+                (work / META_DIR / "export.json").write_text(json.dumps(meta, indent=2) + "\n")
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    log.info("Exported SavedModel to %s", final)
+    return final
+
+
+def read_export(path: os.PathLike) -> dict:
+    """The tfsim metadata of an export folder.
+
+    Raises:
+        UserInputError: `path` is not a tfsim export.
+    """
+    path = Path(path)
+    meta_file = path / META_DIR / "export.json"
+    if not (path / "saved_model.pb").is_file() or not meta_file.is_file():
+        hint = ""
+        if path.is_dir():
+            versions = sorted((p.name for p in path.iterdir() if re.fullmatch(r"\d+", p.name)), key=int)
+            if versions:
+                hint = f" It holds versions {versions}: pass {str(path / versions[-1])!r}."
+        raise UserInputError(
+            f"{str(path)!r} is not a tfsim export: expected a version folder "
+            f"saved_models/<name>/<version>/ holding saved_model.pb and {META_DIR}/export.json.{hint}")
+    meta = json.loads(meta_file.read_text())
+    if meta.get("format") != EXPORT_FORMAT:
+        raise UserInputError(f"{str(path)!r} has export format {meta.get('format')!r}; expected {EXPORT_FORMAT!r}.")
+    return meta

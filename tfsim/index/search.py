@@ -1,0 +1,120 @@
+"""Query an export: embed an image with the SavedModel, search its ScaNN index, draw the result.
+
+`search_image(model_dir, image_path, k)` uses only artifacts on disk: the exported
+SavedModel (`serving_default`, image bytes in) and the index stored inside the
+export, so what it shows is what a served model would return.
+`render_grid` draws the picture the image-similarity literature shows: the query on
+the left, the k nearest gallery images to its right, each labelled with its class
+and score.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+
+from tfsim.errors import UserInputError
+from tfsim.export.saved_model import META_DIR, read_export
+from tfsim.index import scann_index
+
+
+@dataclasses.dataclass
+class SearchResult:
+    """Nearest gallery items of one query image, best first."""
+
+    query_path: Path
+    query_image: np.ndarray
+    rows: np.ndarray
+    scores: np.ndarray
+    ids: list[str]
+    labels: list[str]
+    images: list[np.ndarray]
+
+
+def read_query_image(path: os.PathLike) -> tuple[bytes, np.ndarray]:
+    """The file's bytes and its decoded RGB pixels; a clear error if it is not an image."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"Invalid value for `--image`: no such file {str(path)!r}. "
+                             "Expected the path of a JPEG/PNG/BMP/GIF image.")
+    data = path.read_bytes()
+    try:
+        with Image.open(path) as img:
+            pixels = np.asarray(img.convert("RGB"))
+    except (UnidentifiedImageError, OSError):
+        raise UserInputError(f"Invalid value for `--image`: {str(path)!r} is not a readable image. "
+                             "Expected a JPEG, PNG, BMP or GIF file.") from None
+    if path.suffix.lower() not in (".jpg", ".jpeg", ".png", ".bmp", ".gif"):
+        # Formats TF cannot decode in the serving graph (e.g. TIFF, WebP): re-encode as PNG.
+        import tensorflow as tf
+        data = tf.io.encode_png(pixels).numpy()
+    return data, pixels
+
+
+def search_image(model_dir: os.PathLike, image_path: os.PathLike, k: int = 6) -> SearchResult:
+    """Embeds `image_path` with the export at `model_dir` and returns its k nearest gallery items.
+
+    Raises:
+        UserInputError: not a tfsim export, an export without index, or not an image.
+    """
+    if k < 1:
+        raise UserInputError(f"Invalid value for `--top-k`: expected an integer >= 1. Received: {k}")
+    model_dir = Path(model_dir)
+    read_export(model_dir)
+    index_dir = model_dir / META_DIR / "index"
+    if not index_dir.is_dir():
+        raise UserInputError(f"Export {str(model_dir)!r} has no ScaNN index ({index_dir} is missing); "
+                             "re-run training with index.enabled=true.")
+    data, pixels = read_query_image(image_path)
+    import tensorflow as tf
+    import scann  # noqa: F401  (registers ScaNN ops, harmless for the embedder)
+
+    serving = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
+    query = serving(image_bytes=tf.constant([data]))["embeddings"].numpy()
+    index = scann_index.load(index_dir)
+    rows, scores = index.search(query, k)
+    rows, scores = rows[0], scores[0]
+    if index.images is not None:
+        images = [index.images[r] for r in rows]
+    else:
+        from PIL import Image
+        images = [np.asarray(Image.open(index.paths[r]).convert("RGB")) for r in rows]
+    return SearchResult(query_path=Path(image_path), query_image=pixels, rows=rows, scores=scores,
+                        ids=[str(index.ids[r]) for r in rows],
+                        labels=[index.class_names[index.labels[r]] for r in rows], images=images)
+
+
+def render_grid(result: SearchResult, out: os.PathLike, tile: int = 128) -> Path:
+    """Writes a PNG: the query on the left, then the results, each labelled; returns its path."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    caption_h, gap = 34, 6
+    n = len(result.images) + 1
+    canvas = Image.new("RGB", (n * tile + (n + 1) * gap + gap * 2, tile + caption_h + 2 * gap), "white")
+    draw = ImageDraw.Draw(canvas)
+
+    def paste(i: int, pixels: np.ndarray, lines: list[str], color: str):
+        img = Image.fromarray(np.asarray(pixels, np.uint8).squeeze()).convert("RGB")
+        img.thumbnail((tile, tile), Image.NEAREST if max(img.size) < tile else Image.BICUBIC)
+        if max(img.size) < tile:  # small images (28 px) are scaled up, pixels kept sharp
+            scale = tile / max(img.size)
+            img = img.resize((round(img.width * scale), round(img.height * scale)), Image.NEAREST)
+        x = gap + i * (tile + gap) + (gap * 2 if i > 0 else 0)
+        canvas.paste(img, (x + (tile - img.width) // 2, gap + (tile - img.height) // 2))
+        draw.rectangle([x - 1, gap - 1, x + tile, gap + tile], outline=color, width=2)
+        for j, line in enumerate(lines):
+            draw.text((x + 2, gap + tile + 3 + 14 * j), line[:22], fill="black", font=font)
+
+    paste(0, result.query_image, ["query", result.query_path.name], "blue")
+    for i, (img, label, score) in enumerate(zip(result.images, result.labels, result.scores), start=1):
+        paste(i, img, [f"{i}. {label}", f"score {score:.3f}"], "gray")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(out)
+    return out

@@ -1,0 +1,60 @@
+"""Shared pieces of the metric losses: label masks, casting, and safe reductions.
+
+Every mining loss starts from the same three masks of a batch of labels `[B]`:
+`same` (y_i == y_j, diagonal included), `positive` (same class, i != j) and
+`negative` (different class). Keeping them here means one definition of
+"positive pair" across the family.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+_LOW_PRECISION = (tf.float16, tf.bfloat16)
+
+
+def prepare(labels, embeddings):
+    """Converts inputs the way tensorflow-addons does.
+
+    Args:
+        labels: `[B]` or `[B, 1]` class ids (any numeric dtype).
+        embeddings: `[B, D]` float tensor; fp16/bf16 are computed in fp32.
+
+    Returns:
+        `(labels [B, 1], embeddings [B, D] float32-or-wider, original dtype)`.
+    """
+    embeddings = tf.convert_to_tensor(embeddings)
+    dtype = embeddings.dtype
+    if dtype in _LOW_PRECISION:
+        embeddings = tf.cast(embeddings, tf.float32)
+    labels = tf.convert_to_tensor(labels)
+    labels = tf.reshape(labels, [tf.shape(labels)[0], 1])
+    return labels, embeddings, dtype
+
+
+def label_masks(labels: tf.Tensor):
+    """Returns `(same, positive, negative)` boolean `[B, B]` masks for labels `[B, 1]`."""
+    same = tf.equal(labels, tf.transpose(labels))
+    eye = tf.cast(tf.eye(tf.shape(labels)[0]), tf.bool)
+    return same, tf.logical_and(same, tf.logical_not(eye)), tf.logical_not(same)
+
+
+def masked_max(x: tf.Tensor, mask: tf.Tensor, axis: int = 1) -> tf.Tensor:
+    """Max of `x` over `mask`; rows with an empty mask give the plain row minimum.
+
+    This matches tensorflow-addons' `_masked_maximum` (whose empty-row value is the
+    row minimum), which the tfa-compatible losses inherit.
+    """
+    low = tf.reduce_min(x, axis=axis, keepdims=True)
+    return tf.reduce_max(tf.where(mask, x, low), axis=axis)
+
+
+def masked_min(x: tf.Tensor, mask: tf.Tensor, axis: int = 1) -> tf.Tensor:
+    """Min of `x` over `mask`; rows with an empty mask give the plain row maximum."""
+    high = tf.reduce_max(x, axis=axis, keepdims=True)
+    return tf.reduce_min(tf.where(mask, x, high), axis=axis)
+
+
+def finish(loss: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
+    """Casts a float32 loss back to the caller's low-precision dtype, as tfa does."""
+    return tf.cast(loss, dtype) if dtype in _LOW_PRECISION else loss

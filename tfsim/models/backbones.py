@@ -1,0 +1,93 @@
+"""Backbones: image `[B, S, S, 3]` float pixels in [0, 255] -> feature map.
+
+Registry `BACKBONES` maps config names to builders `(image_size, weights, width) -> keras.Model`.
+
+* ``small_resnet``: a pre-activation-free ResNet for 28-64 px images (He et al.,
+  2016, basic blocks): 3x3 stem, three stages of two basic blocks at widths
+  w, 2w, 4w with stride 2 between stages. ~0.7M parameters at w=32. Random init only.
+* ``resnet50``: `keras.applications.ResNet50` without its top, with its own
+  "caffe" preprocessing inside the model. `weights` is None (random), "imagenet"
+  (downloaded by Keras, needs network) or the path of a local weights file.
+
+Reference: He, Zhang, Ren & Sun, "Deep Residual Learning for Image Recognition",
+CVPR 2016, arXiv:1512.03385.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Optional
+
+import keras
+from keras import layers
+
+from tfsim.errors import UserInputError
+
+_IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
+
+
+@keras.saving.register_keras_serializable(package="tfsim")
+class CaffePreprocess(layers.Layer):
+    """RGB [0, 255] -> BGR minus the ImageNet mean (keras.applications' "caffe" mode)."""
+
+    def call(self, x):
+        return x[..., ::-1] - keras.ops.convert_to_tensor(_IMAGENET_BGR_MEAN, dtype=x.dtype)
+
+
+def _basic_block(x, filters: int, stride: int, name: str):
+    shortcut = x
+    if stride != 1 or x.shape[-1] != filters:
+        shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False, name=f"{name}_proj")(x)
+        shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+    y = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv1")(x)
+    y = layers.BatchNormalization(name=f"{name}_bn1")(y)
+    y = layers.ReLU(name=f"{name}_relu1")(y)
+    y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y)
+    y = layers.BatchNormalization(name=f"{name}_bn2", gamma_initializer="zeros")(y)
+    return layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([shortcut, y]))
+
+
+def small_resnet(image_size: int, weights: Optional[str] = None, width: int = 32,
+                 blocks_per_stage: int = 2) -> keras.Model:
+    """Small ResNet for small images (see module doc)."""
+    if weights is not None:
+        raise UserInputError(
+            "Invalid value for `model.weights`: backbone 'small_resnet' has no pretrained weights; "
+            f"expected null. Received: weights={weights!r}")
+    inputs = keras.Input((image_size, image_size, 3), name="images")
+    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(inputs)
+    x = layers.Conv2D(width, 3, padding="same", use_bias=False, name="stem_conv")(x)
+    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.ReLU(name="stem_relu")(x)
+    for stage, mult in enumerate((1, 2, 4)):
+        for block in range(blocks_per_stage):
+            stride = 2 if stage > 0 and block == 0 else 1
+            x = _basic_block(x, width * mult, stride, f"stage{stage + 1}_block{block + 1}")
+    return keras.Model(inputs, x, name="small_resnet")
+
+
+def resnet50(image_size: int, weights: Optional[str] = None, width: int = 64) -> keras.Model:
+    """keras.applications ResNet50 feature extractor (see module doc)."""
+    if weights not in (None, "imagenet") and not os.path.isfile(str(weights)):
+        raise UserInputError(
+            "Invalid value for `model.weights`: expected null, 'imagenet' or the path of an existing "
+            f"weights file. Received: weights={weights!r} (no such file).")
+    inputs = keras.Input((image_size, image_size, 3), name="images")
+    x = CaffePreprocess(name="caffe_preprocess")(inputs)
+    base = keras.applications.ResNet50(include_top=False, weights=weights,
+                                       input_shape=(image_size, image_size, 3))
+    return keras.Model(inputs, base(x), name="resnet50")
+
+
+BACKBONES: dict[str, Callable[..., keras.Model]] = {
+    "small_resnet": small_resnet,
+    "resnet50": resnet50,
+}
+
+
+def get_backbone(name: str, image_size: int, weights: Optional[str] = None, width: int = 32) -> keras.Model:
+    """Builds the registered backbone `name`."""
+    if name not in BACKBONES:
+        raise UserInputError(
+            f"Invalid value for `model.backbone`: expected one of {sorted(BACKBONES)}. Received: {name!r}")
+    return BACKBONES[name](image_size, weights=weights, width=width)

@@ -1,0 +1,49 @@
+"""The embedding model: backbone -> global pooling -> dense projection -> L2 normalisation.
+
+Input: float32 `[B, S, S, 3]` pixels in [0, 255] (see `tfsim.data.pipeline`).
+Output: float32 `[B, embedding_dim]` unit vectors, so cosine similarity, dot product
+and L2 distance rank neighbours identically.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import keras
+from keras import layers
+
+from tfsim.models.backbones import get_backbone
+
+
+def build_embedding_model(backbone: str = "small_resnet", image_size: int = 28, embedding_dim: int = 64,
+                          pooling: str = "avg", weights: Optional[str] = None, width: int = 32,
+                          seed: Optional[int] = None) -> keras.Model:
+    """Builds the embedding model.
+
+    Args:
+        backbone: a name in `tfsim.models.backbones.BACKBONES`.
+        image_size: input side S in pixels.
+        embedding_dim: output dimension.
+        pooling: "avg" or "max" global pooling, or "flatten" (keeps the spatial layout).
+        weights: backbone weights (None, "imagenet" or a file; see backbones).
+        width: base width of the small ResNet.
+        seed: seeds Keras initialisers for a reproducible untrained model.
+
+    Returns:
+        A functional `keras.Model` named "embedder", input "images", output "embeddings".
+    """
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    features = get_backbone(backbone, image_size, weights=weights, width=width)
+    inputs = keras.Input((image_size, image_size, 3), name="images")
+    x = features(inputs)
+    if pooling == "flatten":
+        # Keeps the spatial layout of the final feature map (useful on small, aligned
+        # images such as Fashion-MNIST, where global pooling discards where things are).
+        x = layers.Flatten(name="flatten_pool")(x)
+    else:
+        pool = layers.GlobalAveragePooling2D if pooling == "avg" else layers.GlobalMaxPooling2D
+        x = pool(name=f"{pooling}_pool")(x)
+    x = layers.Dense(embedding_dim, name="projection")(x)
+    outputs = layers.UnitNormalization(axis=-1, name="embeddings")(x)
+    return keras.Model(inputs, outputs, name="embedder")

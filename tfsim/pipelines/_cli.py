@@ -1,0 +1,30 @@
+"""Shared CLI plumbing: logging set-up and user-error handling.
+
+A `UserInputError` (bad config, path or data) is printed as one line on stderr with
+exit status 2 and no traceback; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Callable
+
+from tfsim.errors import UserInputError
+
+
+def quiet_tensorflow() -> None:
+    """Silences TensorFlow's C++ info/warning chatter (call before importing TF)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def run(main: Callable[[list[str]], int], argv: list[str] | None = None) -> None:
+    """Runs `main(argv)` and exits with its status; user errors exit 2 with a clear message."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        status = main(sys.argv[1:] if argv is None else argv)
+    except UserInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(status or 0)

@@ -1,0 +1,38 @@
+"""`python -m tfsim.pipelines.search --model saved_models/<name>/<version> --image q.png [--top-k 6] [--out grid.png]`
+
+Prints the k nearest gallery items of an image (from the export's ScaNN index) and
+writes a PNG grid: the query on the left, the results to its right, labelled.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tfsim.pipelines import _cli
+
+_cli.quiet_tensorflow()
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tfsim.pipelines.search", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="an export version folder: saved_models/<name>/<version>")
+    parser.add_argument("--image", required=True, help="query image (JPEG/PNG/BMP/GIF)")
+    parser.add_argument("--top-k", type=int, default=6, help="number of results (default 6)")
+    parser.add_argument("--out", default=None, help="PNG grid to write (default: search_<image name>.png)")
+    args = parser.parse_args(argv)
+
+    from tfsim.index.search import render_grid, search_image
+
+    result = search_image(args.model, args.image, args.top_k)
+    print(f"{args.top_k} nearest gallery items of {args.image}:")
+    print(f"{'rank':>4}  {'score':>7}  {'label':<16} id")
+    for i, (score, label, id_) in enumerate(zip(result.scores, result.labels, result.ids), start=1):
+        print(f"{i:>4}  {score:>7.4f}  {label:<16} {id_}")
+    out = render_grid(result, args.out or f"search_{Path(args.image).stem}.png")
+    print(f"grid written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    _cli.run(main)

@@ -1,0 +1,62 @@
+"""`python -m tfsim.pipelines.train [--config NAME_OR_FILE] [--set key=value ...]`
+
+Trains, evaluates on held-out classes, exports a SavedModel and a ScaNN index
+(`tfsim.training.train` does the work; this file only parses arguments and prints).
+With no arguments it runs the default preset on the embedded Fashion-MNIST subset.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from tfsim.pipelines import _cli
+
+_cli.quiet_tensorflow()
+
+
+def format_table(metrics: dict, ks) -> str:
+    """The final retrieval table: trained model and the two baselines."""
+    cols = [f"R@{k}" for k in ks] + ["MAP@R", "R-prec"]
+    rows = [("trained", metrics), ("untrained network", metrics["baselines"]["untrained"]),
+            ("raw pixels", metrics["baselines"]["raw_pixels"])]
+    lines = [f"{'':<18}" + "".join(f"{c:>8}" for c in cols)]
+    for name, m in rows:
+        vals = [m[f"recall@{k}"] for k in ks] + [m["map@r"], m["r_precision"]]
+        lines.append(f"{name:<18}" + "".join(f"{v:>8.4f}" for v in vals))
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tfsim.pipelines.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="default", help="preset name, pipelines/<name>.json, or a JSON file")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set train.epochs=3 (repeatable)")
+    parser.add_argument("--run-dir", default=None, help="run folder (default: <run.root>/<run.name>)")
+    parser.add_argument("--no-resume", action="store_true", help="refuse to continue an existing run")
+    parser.add_argument("--quiet", action="store_true", help="no per-epoch Keras output")
+    args = parser.parse_args(argv)
+
+    from tfsim import config
+    from tfsim.training import train
+
+    cfg = config.load(args.config, args.overrides)
+    result = train(cfg, args.run_dir, resume=not args.no_resume, verbose=0 if args.quiet else 2)
+    m = result.metrics
+    print(f"\nRetrieval on held-out classes {result.test_classes} "
+          f"({m['num_queries']} queries, each against all other held-out images):")
+    print(format_table(m, cfg.eval.recall_ks))
+    print(f"\nrun folder:   {result.run_dir}  (metrics.json, config.json, tensorboard/, checkpoints/, samples/)")
+    if result.export_dir:
+        print(f"SavedModel:   {result.export_dir}")
+    if result.index_dir:
+        print(f"ScaNN index:  {result.index_dir}")
+    print(f"finished in {result.seconds:.0f} s")
+    if result.export_dir:
+        samples = sorted((result.run_dir / "samples").glob("*.png"))
+        if samples:
+            print(f"\ntry: python -m tfsim.pipelines.search --model {result.export_dir} --image {samples[0]} --top-k 6")
+    return 0
+
+
+if __name__ == "__main__":
+    _cli.run(main)

@@ -1,0 +1,213 @@
+"""`train(cfg)`: the whole pipeline of one run, stage by stage.
+
+Data flow (each stage a module of its own; this file only connects them):
+
+    config.validate
+      -> data.sources (ImageSet) -> data.splits.class_disjoint_split (train / held-out classes)
+      -> baselines on the held-out classes: raw pixels, untrained network
+      -> data.pipeline.train_dataset (P x K batches) -> model.fit under a tf.distribute strategy
+         callbacks: RetrievalEvaluation (val Recall@K) -> TensorBoard -> ResumableCheckpoint
+      -> evaluation.retrieval_metrics on the held-out classes -> metrics.json
+      -> export.export_embedder (SavedModel, TF Serving layout) with the ScaNN index of the
+         held-out gallery inside the same atomic export
+
+Run folder `<run.root>/<run.name>/`: config.json, metrics.json, tensorboard/,
+checkpoints/ (last.keras + last.json), samples/ (a few held-out query images).
+
+Resume: if the run folder holds a checkpoint written with the same config, training
+continues from the next epoch, and because P x K batches are indexed by step, it
+sees the same batches an uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfsim import config as config_lib
+from tfsim.config import Config
+from tfsim.data import pipeline, samplers, sources, splits
+from tfsim.errors import UserInputError
+from tfsim.evaluation.embed import embed
+from tfsim.evaluation.metrics import retrieval_metrics
+from tfsim.export import export_embedder
+from tfsim.index import scann_index
+from tfsim.losses import get_loss
+from tfsim.models import build_embedding_model
+from tfsim.training.callbacks import ResumableCheckpoint, RetrievalEvaluation
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a run produced."""
+
+    run_dir: Path
+    metrics: dict
+    export_dir: Optional[Path]
+    index_dir: Optional[Path]
+    test_classes: list[str]
+    seconds: float
+    history: list = dataclasses.field(default_factory=list)
+
+
+def load_data(cfg: config_lib.DataConfig, image_size: int) -> sources.ImageSet:
+    """The ImageSet named by the data config."""
+    if cfg.source == "default":
+        return sources.load_default()
+    if cfg.source == "folder":
+        return sources.load_folder(cfg.path)
+    return sources.load_tfds(cfg.tfds_name, cfg.tfds_split, cfg.data_dir, cfg.manual_dir,
+                             image_size=max(image_size, 32))
+
+
+def get_strategy(name: str) -> tf.distribute.Strategy:
+    """"default" (one device), "mirrored" (all local devices) or "auto" (mirrored if > 1 GPU)."""
+    if name == "mirrored" or (name == "auto" and len(tf.config.list_logical_devices("GPU")) > 1):
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def _prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg_file = run_dir / "config.json"
+    resolved = config_lib.to_dict(cfg)
+    if cfg_file.is_file() and ResumableCheckpoint.latest(run_dir / "checkpoints") is not None:
+        previous = json.loads(cfg_file.read_text())
+        if previous != json.loads(json.dumps(resolved)):
+            raise UserInputError(
+                f"Run folder {str(run_dir)!r} holds a checkpoint of a run with a different config. "
+                "Choose another name with --set run.name=NEW, or delete that folder to start over.")
+        if not resume:
+            raise UserInputError(
+                f"Run folder {str(run_dir)!r} already holds a checkpoint. Resume it (drop --no-resume), "
+                "choose another name with --set run.name=NEW, or delete the folder.")
+    tmp = cfg_file.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(resolved, indent=2) + "\n")
+    os.replace(tmp, cfg_file)
+
+
+def _write_samples(test: sources.ImageSet, out: Path, per_class: int = 1) -> list[Path]:
+    """A few held-out images as PNG files, to try the search command on."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for label in np.unique(test.labels):
+        for row in np.flatnonzero(test.labels == label)[:per_class]:
+            img = test.load_images([row])[0]
+            name = test.class_names[label].replace("/", "-").replace(" ", "_").lower()
+            path = out / f"{name}_{row}.png"
+            path.write_bytes(tf.io.encode_png(np.asarray(img, np.uint8)).numpy())
+            written.append(path)
+    return written
+
+
+def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = True, verbose: int = 2) -> TrainResult:
+    """Trains, evaluates on held-out classes, exports and indexes (see module doc).
+
+    Args:
+        cfg: the run's config (validated here).
+        run_dir: overrides `<run.root>/<run.name>`.
+        resume: continue from the run folder's checkpoint if there is one.
+        verbose: Keras `fit` verbosity (1 = progress bar, 2 = one line per epoch).
+
+    Returns:
+        A `TrainResult`.
+
+    Raises:
+        UserInputError: bad config or data, or a run folder that belongs to another config.
+    """
+    start = time.time()
+    config_lib.validate(cfg)
+    run_dir = Path(run_dir) if run_dir is not None else Path(cfg.run.root) / cfg.run.name
+    _prepare_run_dir(cfg, run_dir, resume)
+    keras.utils.set_random_seed(cfg.train.seed)
+
+    images = load_data(cfg.data, cfg.model.image_size)
+    train_set, test_set = splits.class_disjoint_split(images, cfg.data.test_classes)
+    s, m, t = cfg.sampler, cfg.model, cfg.train
+    samplers.check_pk(train_set.labels, s.classes_per_batch, s.examples_per_class)
+    test_names = [images.class_names[c] for c in np.unique(test_set.labels)]
+    log.info("Training on %d images of %d classes; evaluating on %d images of held-out classes %s.",
+             len(train_set), len(np.unique(train_set.labels)), len(test_set), test_names)
+
+    strategy = get_strategy(t.strategy)
+    if s.classes_per_batch % strategy.num_replicas_in_sync:
+        raise UserInputError(
+            f"Invalid value for `sampler.classes_per_batch`: expected a multiple of the {strategy.num_replicas_in_sync} "
+            f"replicas so each replica holds whole classes. Received: {s.classes_per_batch}")
+    with strategy.scope():
+        model = build_embedding_model(m.backbone, m.image_size, m.embedding_dim, m.pooling, m.weights,
+                                      m.width, seed=t.seed)
+        loss = get_loss(cfg.loss.name, margin=cfg.loss.margin, distance_metric=cfg.loss.distance_metric)
+        model.compile(optimizer=keras.optimizers.Adam(t.learning_rate), loss=loss)
+
+    ks, sim = cfg.eval.recall_ks, cfg.eval.similarity
+    baselines = {
+        "raw_pixels": retrieval_metrics(pipeline.raw_pixels(test_set, m.image_size), test_set.labels, ks, "cosine"),
+        "untrained": retrieval_metrics(embed(model, test_set, m.image_size, cfg.eval.batch_size),
+                                       test_set.labels, ks, sim),
+    }
+
+    initial_epoch = 0
+    checkpoint = ResumableCheckpoint.latest(run_dir / "checkpoints") if resume else None
+    if checkpoint is not None:
+        with strategy.scope():
+            model = keras.models.load_model(checkpoint[0])
+        initial_epoch = checkpoint[1]
+        log.info("Resuming %s from epoch %d.", run_dir, initial_epoch)
+
+    callbacks = []
+    evaluation = None
+    if cfg.eval.every_epoch:
+        evaluation = RetrievalEvaluation(pipeline.eval_dataset(test_set, m.image_size, cfg.eval.batch_size),
+                                         test_set.labels, ks, sim)
+        callbacks.append(evaluation)
+    callbacks += [keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False),
+                  ResumableCheckpoint(run_dir / "checkpoints")]
+    if initial_epoch < t.epochs:
+        data = pipeline.train_dataset(train_set, s.classes_per_batch, s.examples_per_class, m.image_size,
+                                      seed=s.seed, augment_images=cfg.data.augment,
+                                      start_step=initial_epoch * t.steps_per_epoch)
+        model.fit(data, epochs=t.epochs, steps_per_epoch=t.steps_per_epoch, initial_epoch=initial_epoch,
+                  callbacks=callbacks, verbose=verbose)
+
+    test_embeddings = embed(model, test_set, m.image_size, cfg.eval.batch_size)
+    metrics = retrieval_metrics(test_embeddings, test_set.labels, ks, sim)
+    metrics["baselines"] = baselines
+    metrics["test_classes"] = test_names
+    metrics["num_train_images"] = len(train_set)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    _write_samples(test_set, run_dir / "samples")
+
+    export_dir = index_dir = None
+    if cfg.export.enabled:
+        def write_index(meta_dir: Path):
+            if not cfg.index.enabled:
+                return
+            ic = cfg.index
+            searcher, params = scann_index.build(
+                test_embeddings, sim, ic.num_neighbors, ic.num_leaves, ic.num_leaves_to_search, ic.reorder,
+                ic.dims_per_block, ic.anisotropic_threshold)
+            scann_index.save(meta_dir / "index", searcher, params, test_set.ids, test_set.labels,
+                             images.class_names, sim, images=test_set.images, paths=test_set.paths, atomic=False)
+
+        export_dir = export_embedder(
+            model, cfg.export.root, cfg.export.name or cfg.run.name, m.image_size,
+            metadata={"run_dir": str(run_dir), "similarity": sim, "config": config_lib.to_dict(cfg),
+                      "metrics": {k: v for k, v in metrics.items() if k != "baselines"}},
+            write_extras=write_index)
+        if cfg.index.enabled:
+            index_dir = export_dir / "assets.extra" / "tfsim" / "index"
+    return TrainResult(run_dir=run_dir, metrics=metrics, export_dir=export_dir, index_dir=index_dir,
+                       test_classes=test_names, seconds=time.time() - start,
+                       history=evaluation.history if evaluation else [])
