@@ -70,6 +70,7 @@ class ModelConfig:
     embedding_dim: int = 64
     pooling: Literal["avg", "max", "flatten"] = "flatten"
     width: int = 32
+    blocks_per_stage: int = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,6 +294,7 @@ def validate(cfg: Config) -> None:
     need(m.image_size >= 8, "model.image_size", "an integer >= 8 (pixels)", m.image_size)
     need(m.embedding_dim >= 2, "model.embedding_dim", "an integer >= 2", m.embedding_dim)
     need(m.width >= 4, "model.width", "an integer >= 4", m.width)
+    need(m.blocks_per_stage >= 1, "model.blocks_per_stage", "an integer >= 1", m.blocks_per_stage)
     need(cfg.loss.name in LOSSES, "loss.name", f"one of {sorted(LOSSES)}", cfg.loss.name)
     need(cfg.loss.margin >= 0, "loss.margin", "a number >= 0", cfg.loss.margin)
     need(t.epochs >= 1, "train.epochs", "an integer >= 1", t.epochs)

@@ -72,7 +72,6 @@ def search_image(model_dir: os.PathLike, image_path: os.PathLike, k: int = 6) ->
                              "re-run training with index.enabled=true.")
     data, pixels = read_query_image(image_path)
     import tensorflow as tf
-    import scann  # noqa: F401  (registers ScaNN ops, harmless for the embedder)
 
     serving = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
     query = serving(image_bytes=tf.constant([data]))["embeddings"].numpy()

@@ -3,8 +3,8 @@
 Registry `BACKBONES` maps config names to builders `(image_size, weights, width) -> keras.Model`.
 
 * ``small_resnet``: a pre-activation-free ResNet for 28-64 px images (He et al.,
-  2016, basic blocks): 3x3 stem, three stages of two basic blocks at widths
-  w, 2w, 4w with stride 2 between stages. ~0.7M parameters at w=32. Random init only.
+  2016, basic blocks): 3x3 stem, three stages of `blocks_per_stage` basic blocks at widths
+  w, 2w, 4w with stride 2 between stages. ~0.7M parameters at w=32 with 2 blocks per stage. Random init only.
 * ``resnet50``: `keras.applications.ResNet50` without its top, with its own
   "caffe" preprocessing inside the model. `weights` is None (random), "imagenet"
   (downloaded by Keras, needs network) or the path of a local weights file.
@@ -66,8 +66,9 @@ def small_resnet(image_size: int, weights: Optional[str] = None, width: int = 32
     return keras.Model(inputs, x, name="small_resnet")
 
 
-def resnet50(image_size: int, weights: Optional[str] = None, width: int = 64) -> keras.Model:
-    """keras.applications ResNet50 feature extractor (see module doc)."""
+def resnet50(image_size: int, weights: Optional[str] = None, width: int = 64,
+             blocks_per_stage: int = 0) -> keras.Model:
+    """keras.applications ResNet50 feature extractor (see module doc; width/blocks are fixed)."""
     if weights not in (None, "imagenet") and not os.path.isfile(str(weights)):
         raise UserInputError(
             "Invalid value for `model.weights`: expected null, 'imagenet' or the path of an existing "
@@ -85,9 +86,10 @@ BACKBONES: dict[str, Callable[..., keras.Model]] = {
 }
 
 
-def get_backbone(name: str, image_size: int, weights: Optional[str] = None, width: int = 32) -> keras.Model:
+def get_backbone(name: str, image_size: int, weights: Optional[str] = None, width: int = 32,
+                 blocks_per_stage: int = 2) -> keras.Model:
     """Builds the registered backbone `name`."""
     if name not in BACKBONES:
         raise UserInputError(
             f"Invalid value for `model.backbone`: expected one of {sorted(BACKBONES)}. Received: {name!r}")
-    return BACKBONES[name](image_size, weights=weights, width=width)
+    return BACKBONES[name](image_size, weights=weights, width=width, blocks_per_stage=blocks_per_stage)

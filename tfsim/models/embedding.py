@@ -17,7 +17,7 @@ from tfsim.models.backbones import get_backbone
 
 def build_embedding_model(backbone: str = "small_resnet", image_size: int = 28, embedding_dim: int = 64,
                           pooling: str = "avg", weights: Optional[str] = None, width: int = 32,
-                          seed: Optional[int] = None) -> keras.Model:
+                          seed: Optional[int] = None, blocks_per_stage: int = 2) -> keras.Model:
     """Builds the embedding model.
 
     Args:
@@ -28,13 +28,15 @@ def build_embedding_model(backbone: str = "small_resnet", image_size: int = 28, 
         weights: backbone weights (None, "imagenet" or a file; see backbones).
         width: base width of the small ResNet.
         seed: seeds Keras initialisers for a reproducible untrained model.
+        blocks_per_stage: basic blocks per stage of the small ResNet.
 
     Returns:
         A functional `keras.Model` named "embedder", input "images", output "embeddings".
     """
     if seed is not None:
         keras.utils.set_random_seed(seed)
-    features = get_backbone(backbone, image_size, weights=weights, width=width)
+    features = get_backbone(backbone, image_size, weights=weights, width=width,
+                            blocks_per_stage=blocks_per_stage)
     inputs = keras.Input((image_size, image_size, 3), name="images")
     x = features(inputs)
     if pooling == "flatten":

@@ -105,7 +105,8 @@ def _write_samples(test: sources.ImageSet, out: Path, per_class: int = 1) -> lis
         for row in np.flatnonzero(test.labels == label)[:per_class]:
             img = test.load_images([row])[0]
             name = test.class_names[label].replace("/", "-").replace(" ", "_").lower()
-            path = out / f"{name}_{row}.png"
+            image_id = Path(str(test.ids[row])).stem.rsplit(":", 1)[-1]
+            path = out / f"{name}_{image_id}.png"
             path.write_bytes(tf.io.encode_png(np.asarray(img, np.uint8)).numpy())
             written.append(path)
     return written
@@ -147,7 +148,7 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
             f"replicas so each replica holds whole classes. Received: {s.classes_per_batch}")
     with strategy.scope():
         model = build_embedding_model(m.backbone, m.image_size, m.embedding_dim, m.pooling, m.weights,
-                                      m.width, seed=t.seed)
+                                      m.width, seed=t.seed, blocks_per_stage=m.blocks_per_stage)
         loss = get_loss(cfg.loss.name, margin=cfg.loss.margin, distance_metric=cfg.loss.distance_metric)
         model.compile(optimizer=keras.optimizers.Adam(t.learning_rate), loss=loss)
 
@@ -179,7 +180,7 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
                                       seed=s.seed, augment_images=cfg.data.augment,
                                       start_step=initial_epoch * t.steps_per_epoch)
         model.fit(data, epochs=t.epochs, steps_per_epoch=t.steps_per_epoch, initial_epoch=initial_epoch,
-                  callbacks=callbacks, verbose=verbose)
+                  callbacks=callbacks, verbose=verbose, shuffle=False)
 
     test_embeddings = embed(model, test_set, m.image_size, cfg.eval.batch_size)
     metrics = retrieval_metrics(test_embeddings, test_set.labels, ks, sim)

@@ -1,0 +1,159 @@
+"""The whole pipeline through its CLIs, on a tiny configuration, checking every artifact.
+
+One training run (module-scoped fixture) is shared by the tests below: run folder,
+metrics, TensorBoard, checkpoints, SavedModel (loaded in a fresh Python process with
+plain TensorFlow), ScaNN index, search command and its PNG grid, and user errors.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TINY = ["train.epochs=2", "train.steps_per_epoch=3", "model.width=8", "model.blocks_per_stage=1",
+        "model.embedding_dim=16", "run.name=tiny"]
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+
+
+def cli(module, *args, cwd):
+    return subprocess.run([sys.executable, "-m", f"tfsim.pipelines.{module}", *args], cwd=cwd, env=ENV,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("e2e")
+    sets = [a for s in TINY for a in ("--set", s)]
+    proc = cli("train", *sets, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return cwd, proc
+
+
+def test_train_prints_table_and_paths(run):
+    cwd, proc = run
+    out = proc.stdout
+    for needle in ("Retrieval on held-out classes", "trained", "untrained network", "raw pixels", "R@1",
+                   "MAP@R", "run folder:", "SavedModel:", "ScaNN index:", "saved_models/tiny/1"):
+        assert needle in out, needle
+    assert "Traceback" not in proc.stderr
+
+
+def test_run_folder_artifacts(run):
+    cwd, _ = run
+    run_dir = cwd / "runs" / "tiny"
+    cfg = json.loads((run_dir / "config.json").read_text())
+    assert cfg["train"]["epochs"] == 2 and cfg["model"]["width"] == 8
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    keys = ["recall@1", "recall@2", "recall@4", "recall@8", "map@r"]
+    for scope in (metrics, metrics["baselines"]["raw_pixels"], metrics["baselines"]["untrained"]):
+        for key in keys:
+            assert isinstance(scope[key], float) and 0.0 <= scope[key] <= 1.0
+    # held-out classes only, never seen in training
+    assert metrics["test_classes"] == ["Pullover", "Coat", "Sandal", "Shirt", "Sneaker"]
+    assert metrics["num_queries"] == 3000
+    assert metrics["baselines"]["raw_pixels"]["recall@1"] == pytest.approx(0.8013, abs=1e-3)
+    state = json.loads((run_dir / "checkpoints" / "last.json").read_text())
+    assert state == {"epoch": 2} and (run_dir / "checkpoints" / "last.keras").is_file()
+    assert len(list((run_dir / "samples").glob("*.png"))) == 5
+
+
+def test_tensorboard_has_loss_and_validation_recall(run):
+    import tensorflow as tf
+    cwd, _ = run
+    tags = {}
+    for f in (cwd / "runs" / "tiny" / "tensorboard").rglob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(f)):
+            for v in event.summary.value:
+                tags.setdefault(v.tag, []).append(event.step)
+    assert "epoch_loss" in tags
+    recall_tags = [t for t in tags if "recall_at_1" in t]
+    assert recall_tags and sorted(tags[recall_tags[0]]) == [0, 1]
+
+
+def test_saved_model_in_fresh_process_matches_keras(run, tmp_path):
+    cwd, _ = run
+    export = cwd / "saved_models" / "tiny" / "1"
+    assert (export / "saved_model.pb").is_file()
+    assert not [p for p in export.parent.iterdir() if p.name.startswith(".tmp")]
+    samples = sorted((cwd / "runs" / "tiny" / "samples").glob("*.png"))
+    # Keras embeddings of the same images, from the checkpoint, in this process.
+    import keras
+    import tensorflow as tf
+    import tfsim.losses  # noqa: F401 (registers the loss for load_model)
+    model = keras.models.load_model(cwd / "runs" / "tiny" / "checkpoints" / "last.keras")
+    pixels = np.stack([tf.io.decode_png(p.read_bytes(), channels=3).numpy() for p in samples]).astype(np.float32)
+    want = model.predict(pixels, verbose=0)
+    script = f"""
+import json, sys, numpy as np, tensorflow as tf
+assert 'tfsim' not in sys.modules
+m = tf.saved_model.load({str(export)!r})
+paths = {[str(p) for p in samples]!r}
+data = tf.constant([open(p, 'rb').read() for p in paths])
+by_bytes = m.signatures['serving_default'](image_bytes=data)['embeddings'].numpy()
+pixels = tf.cast(tf.stack([tf.io.decode_png(open(p, 'rb').read(), channels=3) for p in paths]), tf.float32)
+by_pixels = m.signatures['serve_images'](images=pixels)['embeddings'].numpy()
+print(json.dumps({{'bytes': by_bytes.tolist(), 'pixels': by_pixels.tolist()}}))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], env={**ENV, "PYTHONPATH": ""}, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in ("bytes", "pixels"):
+        emb = np.array(got[key])
+        np.testing.assert_allclose(emb, want, atol=1e-5)
+        np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    cli_out = subprocess.run([os.path.join(os.path.dirname(sys.executable), "saved_model_cli"), "show",
+                              "--dir", str(export), "--all"], capture_output=True, text=True, env=ENV).stdout
+    for needle in ("serving_default", "image_bytes", "serve_images", "embeddings"):
+        assert needle in cli_out
+
+
+def test_search_prints_neighbors_and_writes_grid(run):
+    cwd, _ = run
+    export = cwd / "saved_models" / "tiny" / "1"
+    query = sorted((cwd / "runs" / "tiny" / "samples").glob("*.png"))[0]
+    proc = cli("search", "--model", str(export), "--image", str(query), "--top-k", "6",
+               "--out", "grid.png", cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split() for line in proc.stdout.splitlines() if re.match(r"\s*\d+\s+-?\d+\.\d+\s", line)]
+    assert len(rows) == 6
+    scores = [float(r[1]) for r in rows]
+    assert scores == sorted(scores, reverse=True)
+    # The query is a gallery image: it finds itself first, with cosine ~1.
+    source_row = query.stem.rsplit("_", 1)[1]
+    assert scores[0] == pytest.approx(1.0, abs=1e-4)
+    assert rows[0][-1] == f"fashion_mnist_small:{source_row}"
+    assert len({r[-1] for r in rows}) == 6
+    from PIL import Image
+    grid = Image.open(cwd / "grid.png")
+    assert grid.width > 7 * 128 and grid.height > 128
+    # Results: the query tile and six result tiles are not blank.
+    arr = np.asarray(grid.convert("L"))
+    assert arr.std() > 20
+
+
+def test_user_errors_exit_2_without_traceback(run, tmp_path):
+    cwd, _ = run
+    export = cwd / "saved_models" / "tiny" / "1"
+    not_image = tmp_path / "notes.png"
+    not_image.write_text("hello")
+    cases = [
+        ("train", ["--set", "train.epocs=1"], "Unknown config key `train.epocs`"),
+        ("train", ["--set", "train.epochs=x"], "expected an integer"),
+        ("train", ["--set", "sampler.examples_per_class=1"], "expected an integer >= 2"),
+        ("train", ["--set", "sampler.classes_per_batch=6"], "larger than the training set"),
+        ("search", ["--model", str(export), "--image", str(tmp_path / "missing.png")], "no such file"),
+        ("search", ["--model", str(export), "--image", str(not_image)], "is not a readable image"),
+        ("search", ["--model", str(tmp_path), "--image", str(not_image)], "is not a tfsim export"),
+        ("search", ["--model", str(export.parent), "--image", str(not_image)], "pass"),
+    ]
+    for module, args, needle in cases:
+        proc = cli(module, *args, cwd=tmp_path)
+        assert proc.returncode == 2, (args, proc.stderr[-2000:])
+        assert needle in proc.stderr, (needle, proc.stderr[-2000:])
+        assert "Traceback" not in proc.stderr

@@ -1,0 +1,60 @@
+"""Export versioning and atomicity."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfsim.errors import UserInputError
+from tfsim.export import export_embedder, next_version, read_export
+from tfsim.models import build_embedding_model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_embedding_model("small_resnet", 16, 4, width=4, blocks_per_stage=1, seed=0)
+
+
+def test_versions_increase_and_no_temp_left(tmp_path, model):
+    (tmp_path / "m" / "7").mkdir(parents=True)  # an existing version, e.g. written by an older run
+    (tmp_path / "m" / "notes").mkdir()
+    assert next_version(tmp_path / "m") == 8
+    first = export_embedder(model, tmp_path, "m", 16, metadata={"k": 1})
+    second = export_embedder(model, tmp_path, "m", 16)
+    assert (first.name, second.name) == ("8", "9")
+    assert read_export(second)["version"] == 9 and read_export(first)["k"] == 1
+    assert not [p for p in (tmp_path / "m").iterdir() if p.name.startswith(".tmp")]
+
+
+def test_failed_export_leaves_nothing_visible(tmp_path, model):
+    def boom(meta_dir):
+        (meta_dir / "partial").write_text("x")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_embedder(model, tmp_path, "m", 16, write_extras=boom)
+    assert list((tmp_path / "m").iterdir()) == []
+
+
+def test_exported_png_path_equals_pixel_path(tmp_path, model):
+    path = export_embedder(model, tmp_path, "m", 16)
+    loaded = tf.saved_model.load(str(path))
+    img = np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    big = np.kron(img, np.ones((2, 2, 1), np.uint8))  # 32x32: resized inside the graph
+    by_bytes = loaded.signatures["serving_default"](
+        image_bytes=tf.constant([tf.io.encode_png(img).numpy()]))["embeddings"].numpy()
+    by_pixels = loaded.signatures["serve_images"](images=tf.constant(img[None], tf.float32))["embeddings"].numpy()
+    np.testing.assert_allclose(by_bytes, by_pixels, atol=1e-6)
+    np.testing.assert_allclose(by_pixels, model.predict(img[None].astype(np.float32), verbose=0), atol=1e-5)
+    resized = loaded.signatures["serving_default"](image_bytes=tf.constant([tf.io.encode_png(big).numpy()]))
+    assert resized["embeddings"].shape == (1, 4)
+    assert json.loads((path / "assets.extra" / "tfsim" / "export.json").read_text())["image_size"] == 16
+
+
+def test_read_export_errors(tmp_path, model):
+    with pytest.raises(UserInputError, match="is not a tfsim export"):
+        read_export(tmp_path)
+    export_embedder(model, tmp_path, "m", 16)
+    with pytest.raises(UserInputError, match="pass .*m/1"):
+        read_export(tmp_path / "m")

@@ -1,0 +1,49 @@
+"""Checkpoint/resume: an interrupted run, resumed, ends where an uninterrupted one does."""
+
+import keras
+import numpy as np
+import pytest
+
+from tfsim import config
+from tfsim.errors import UserInputError
+from tfsim.training import train
+from tfsim.training.callbacks import ResumableCheckpoint
+
+TINY = ["train.epochs=3", "train.steps_per_epoch=2", "model.width=8", "model.blocks_per_stage=1",
+        "model.embedding_dim=8", "export.enabled=false", "eval.every_epoch=false"]
+
+
+def test_interrupted_run_resumes_to_the_same_model(tmp_path, monkeypatch):
+    cfg = config.load("default", TINY + [f"run.root={tmp_path}"])
+    straight = train(cfg, tmp_path / "straight", verbose=0)
+
+    original = ResumableCheckpoint.on_epoch_end
+
+    def crash_after_first_epoch(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if epoch == 0:
+            raise KeyboardInterrupt("simulated interruption")
+
+    monkeypatch.setattr(ResumableCheckpoint, "on_epoch_end", crash_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "resumed", verbose=0)
+    assert ResumableCheckpoint.latest(tmp_path / "resumed" / "checkpoints")[1] == 1
+    assert not (tmp_path / "resumed" / "metrics.json").exists()
+    monkeypatch.setattr(ResumableCheckpoint, "on_epoch_end", original)
+    resumed = train(cfg, tmp_path / "resumed", verbose=0)
+
+    a = keras.models.load_model(tmp_path / "straight" / "checkpoints" / "last.keras")
+    b = keras.models.load_model(tmp_path / "resumed" / "checkpoints" / "last.keras")
+    for va, vb in zip(a.weights, b.weights):
+        np.testing.assert_allclose(va.numpy(), vb.numpy(), atol=1e-4, err_msg=va.path)
+    assert resumed.metrics["recall@1"] == pytest.approx(straight.metrics["recall@1"], abs=2e-3)
+
+
+def test_run_folder_of_another_config_is_refused(tmp_path):
+    cfg = config.load("default", TINY + ["train.epochs=1"])
+    train(cfg, tmp_path / "run", verbose=0)
+    other = config.load("default", TINY + ["train.epochs=1", "loss.margin=0.7"])
+    with pytest.raises(UserInputError, match="different config"):
+        train(other, tmp_path / "run", verbose=0)
+    with pytest.raises(UserInputError, match="already holds a checkpoint"):
+        train(cfg, tmp_path / "run", resume=False, verbose=0)
