@@ -55,8 +55,8 @@ class DataConfig:
 class SamplerConfig:
     """Online P x K batches: `classes_per_batch` (P) classes x `examples_per_class` (K) images."""
 
-    classes_per_batch: int = 5
-    examples_per_class: int = 12
+    classes_per_batch: int = 6
+    examples_per_class: int = 10
     seed: int = 0
 
 
@@ -67,10 +67,10 @@ class ModelConfig:
     backbone: str = "small_resnet"
     weights: Optional[str] = None
     image_size: int = 28
-    embedding_dim: int = 64
-    pooling: Literal["avg", "max", "flatten"] = "flatten"
+    embedding_dim: int = 128
+    pooling: Literal["avg", "max", "flatten"] = "avg"
     width: int = 32
-    blocks_per_stage: int = 2
+    blocks_per_stage: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,11 +84,15 @@ class LossConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation. `strategy`: "auto" (Mirrored when >1 GPU), "default" or "mirrored"."""
+    """Optimisation: Adam at `learning_rate`, constant or cosine-decayed to 0 over the run.
 
-    epochs: int = 8
-    steps_per_epoch: int = 50
+    `strategy`: "auto" (Mirrored when >1 GPU), "default" or "mirrored".
+    """
+
+    epochs: int = 10
+    steps_per_epoch: int = 100
     learning_rate: float = 1e-3
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
     seed: int = 0
     strategy: Literal["auto", "default", "mirrored"] = "auto"
 
@@ -180,24 +184,17 @@ def _coerce(value: Any, hint: Any, key: str, from_string: bool) -> Any:
         if not isinstance(value, bool):
             fail("true or false")
         return value
-    if hint is int:
+    if hint in (int, float):
+        expected = "an integer" if hint is int else "a number"
         if from_string:
             try:
-                return int(str(value))
+                return hint(str(value))
             except ValueError:
-                fail("an integer")
-        if isinstance(value, bool) or not isinstance(value, int):
-            fail("an integer")
-        return value
-    if hint is float:
-        if from_string:
-            try:
-                return float(str(value))
-            except ValueError:
-                fail("a number")
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            fail("a number")
-        return float(value)
+                fail(expected)
+        allowed = (int,) if hint is int else (int, float)
+        if isinstance(value, bool) or not isinstance(value, allowed):
+            fail(expected)
+        return hint(value)
     if hint is str:
         if not isinstance(value, str):
             fail("a string")

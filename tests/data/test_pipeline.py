@@ -64,3 +64,17 @@ def test_augment_flips_and_shifts_per_image_deterministically():
     np.testing.assert_array_equal(a, b)
     assert np.allclose(a.sum(axis=(1, 2, 3)), img.sum(axis=(1, 2, 3)))  # shifts stay in frame here
     assert len({a[i].tobytes() for i in range(4)}) > 1  # images get different transforms
+
+
+def test_tfds_source_with_mocked_cars196():
+    import tensorflow_datasets as tfds
+    with tfds.testing.mock_data(num_examples=12):
+        ds = sources.load_tfds("cars196", "train+test", image_size=32)
+    assert ds.images.shape == (12, 32, 32, 3) and ds.images.dtype == np.uint8
+    assert len(ds.class_names) == 196 and ds.class_names[0] == "AM General Hummer SUV 2000"
+    assert ds.labels.max() < 196
+
+
+def test_tfds_unknown_dataset_is_a_clear_error(tmp_path):
+    with pytest.raises(UserInputError, match="Could not prepare TFDS dataset 'no_such_dataset'"):
+        sources.load_tfds("no_such_dataset", data_dir=str(tmp_path))

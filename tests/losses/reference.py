@@ -50,3 +50,34 @@ def triplet_semihard(labels, x, margin=1.0, metric="L2") -> float:
                 dn = min(d[a, k] for k in range(n))  # tfa: row minimum when no negative
             total += max(d[a, p] - dn + margin, 0.0)
     return total / count if count else 0.0
+
+
+def triplet_hard(labels, x, margin=1.0, soft=False, metric="L2") -> float:
+    labels = np.asarray(labels).reshape(-1)
+    d = distance_matrix(x, metric) if isinstance(metric, str) else np.asarray(metric, np.float64)
+    n = len(labels)
+    losses = []
+    for a in range(n):
+        pos = [d[a, p] for p in range(n) if p != a and labels[p] == labels[a]]
+        neg = [d[a, k] for k in range(n) if labels[k] != labels[a]]
+        hp = max(pos) if pos else min(d[a])  # tfa: row minimum without positives
+        hn = min(neg) if neg else max(d[a])  # tfa: row maximum without negatives
+        losses.append(np.log1p(np.exp(hp - hn)) if soft else max(hp - hn + margin, 0.0))
+    return float(np.mean(losses))
+
+
+def lifted_struct(labels, x, margin=1.0) -> float:
+    labels = np.asarray(labels).reshape(-1)
+    d = distance_matrix(x, "L2")
+    n = len(labels)
+    total, pairs = 0.0, 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            if labels[i] != labels[j]:
+                continue
+            pairs += 1
+            s = sum(np.exp(margin - d[i, k]) for k in range(n) if labels[k] != labels[i])
+            s += sum(np.exp(margin - d[j, k]) for k in range(n) if labels[k] != labels[j])
+            if s > 0:
+                total += max(np.log(s) + d[i, j], 0.0) ** 2
+    return total / (2 * pairs) if pairs else 0.0

@@ -6,19 +6,33 @@
 
 from __future__ import annotations
 
-from tfsim.losses.triplet import TripletSemiHardLoss, triplet_semihard_loss
+import inspect
+
+from tfsim.losses.lifted import LiftedStructLoss, lifted_struct_loss
+from tfsim.losses.triplet import (TripletHardLoss, TripletSemiHardLoss, triplet_hard_loss,
+                                  triplet_semihard_loss)
 
 LOSSES = {
     "triplet_semihard": TripletSemiHardLoss,
+    "triplet_hard": TripletHardLoss,
+    "lifted_struct": LiftedStructLoss,
 }
 
 
 def get_loss(name: str, **kwargs):
-    """Builds the registered loss `name` with constructor `kwargs`."""
+    """Builds the registered loss `name` from config values.
+
+    Only the arguments the loss's constructor takes are passed (a config section holds
+    the union of all losses' arguments, e.g. `distance_metric` means nothing to
+    `lifted_struct`, which is defined on plain L2).
+    """
     if name not in LOSSES:
         raise ValueError(
             f"Invalid value for `loss.name`: expected one of {sorted(LOSSES)}. Received: {name!r}")
-    return LOSSES[name](**kwargs)
+    cls = LOSSES[name]
+    accepted = inspect.signature(cls.__init__).parameters
+    return cls(**{k: v for k, v in kwargs.items() if k in accepted})
 
 
-__all__ = ["LOSSES", "TripletSemiHardLoss", "get_loss", "triplet_semihard_loss"]
+__all__ = ["LOSSES", "LiftedStructLoss", "TripletHardLoss", "TripletSemiHardLoss", "get_loss",
+           "lifted_struct_loss", "triplet_hard_loss", "triplet_semihard_loss"]

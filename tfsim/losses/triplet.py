@@ -124,3 +124,61 @@ class TripletSemiHardLoss(_MetricLoss):
         super().__init__(name=name, **kwargs)
         self.margin = float(margin)
         self.distance_metric = distances.check_distance_metric(distance_metric)
+
+
+def triplet_hard_loss(labels, embeddings, margin: float = 1.0, soft: bool = False,
+                      distance_metric: distances.DistanceMetric = "L2") -> tf.Tensor:
+    """Batch-hard triplet loss of a batch (tensorflow-addons 0.23 semantics).
+
+    Per anchor a: the farthest positive d+ (a != p; with no positive, the row minimum
+    of d(a, .), as in tfa) and the closest negative d- (with no negative, the row
+    maximum); loss_a = max(d+ - d- + margin, 0), or softplus(d+ - d-) with `soft=True`
+    (margin ignored; tfa's log1p(exp(.)) without its overflow to inf). Mean over anchors.
+
+    Args:
+        labels: int tensor `[B]` (or `[B, 1]`).
+        embeddings: float tensor `[B, D]`; fp16/bf16 are computed in fp32.
+        margin: the margin of the hinge.
+        soft: use the soft-margin (softplus) form.
+        distance_metric: `"L2"`, `"squared-L2"`, `"angular"` or a callable.
+
+    Returns:
+        Scalar loss.
+
+    Example:
+        >>> loss = triplet_hard_loss([0, 0, 1, 1], tf.random.normal([4, 8]), margin=0.2)
+
+    Reference: Hermans, Beyer & Leibe, "In Defense of the Triplet Loss for Person
+    Re-Identification", 2017, arXiv:1703.07737.
+    """
+    distances.check_distance_metric(distance_metric)
+    labels, embeddings, dtype = _masks.prepare(labels, embeddings)
+    pdist = distances.pairwise_distances(embeddings, distance_metric)
+    _, positive, negative = _masks.label_masks(labels)
+    hardest_pos = _masks.masked_max(pdist, positive)
+    hardest_neg = _masks.masked_min(pdist, negative)
+    gap = hardest_pos - hardest_neg
+    per_anchor = tf.nn.softplus(gap) if soft else tf.maximum(gap + margin, 0.0)
+    return _masks.finish(tf.reduce_mean(per_anchor), dtype)
+
+
+@keras.saving.register_keras_serializable(package="tfsim")
+class TripletHardLoss(_MetricLoss):
+    """Keras loss class of `triplet_hard_loss` (same name and arguments as tfa 0.23).
+
+    Args:
+        margin: the margin of the hinge (default 1.0).
+        soft: soft-margin form (default False).
+        distance_metric: `"L2"` (default), `"squared-L2"`, `"angular"` or a callable.
+        name: the loss name.
+    """
+
+    fn = staticmethod(triplet_hard_loss)
+    _args = ("margin", "soft", "distance_metric")
+
+    def __init__(self, margin: float = 1.0, soft: bool = False,
+                 distance_metric: distances.DistanceMetric = "L2", name: str = "triplet_hard_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.margin = float(margin)
+        self.soft = bool(soft)
+        self.distance_metric = distances.check_distance_metric(distance_metric)

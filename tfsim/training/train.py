@@ -150,7 +150,10 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
         model = build_embedding_model(m.backbone, m.image_size, m.embedding_dim, m.pooling, m.weights,
                                       m.width, seed=t.seed, blocks_per_stage=m.blocks_per_stage)
         loss = get_loss(cfg.loss.name, margin=cfg.loss.margin, distance_metric=cfg.loss.distance_metric)
-        model.compile(optimizer=keras.optimizers.Adam(t.learning_rate), loss=loss)
+        lr = t.learning_rate
+        if t.lr_schedule == "cosine":
+            lr = keras.optimizers.schedules.CosineDecay(t.learning_rate, t.epochs * t.steps_per_epoch)
+        model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss)
 
     ks, sim = cfg.eval.recall_ks, cfg.eval.similarity
     baselines = {
