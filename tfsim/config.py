@@ -75,11 +75,18 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-    """The metric loss, by registered name (`tfsim.losses.LOSSES`), and its arguments."""
+    """The metric loss, by registered name (`tfsim.losses.LOSSES`), and its arguments.
+
+    `cross_replica`: under MirroredStrategy, mine each replica's anchors against the
+    global batch (exact single-device loss) instead of within the replica's slice.
+    Arguments a loss does not take (e.g. `distance_metric` for lifted_struct) are ignored.
+    """
 
     name: str = "triplet_semihard"
     margin: float = 0.2
     distance_metric: Literal["L2", "squared-L2", "angular"] = "L2"
+    soft: bool = False
+    cross_replica: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

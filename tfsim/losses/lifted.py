@@ -26,7 +26,27 @@ import tensorflow as tf
 
 from tfsim import distances
 from tfsim.losses import _masks
-from tfsim.losses.triplet import _MetricLoss
+from tfsim.losses.base import MetricLoss
+
+
+def lifted_terms(labels, embeddings, margin: float = 1.0):
+    """Per-anchor sums `[B]` of 0.25 max(J, 0)^2 over ordered positive pairs, and half their number."""
+    labels, embeddings, _ = _masks.prepare(labels, embeddings)
+    dist = distances.pairwise_l2(embeddings)
+    _, positive, negative = _masks.label_masks(labels)
+    diff = margin - dist
+    row_shift = _masks.masked_max(diff, negative)[:, None]  # m_i, [B, 1]
+    neg = tf.cast(negative, diff.dtype)
+    # exp of a masked-out entry may overflow; zero its exponent before exp, not after.
+    row_sum = tf.reduce_sum(tf.exp(tf.where(negative, diff - row_shift, 0.0)) * neg, axis=1, keepdims=True)
+    pair_shift = tf.maximum(row_shift, tf.transpose(row_shift))  # M_ij
+    pair_sum = (tf.exp(row_shift - pair_shift) * row_sum
+                + tf.exp(tf.transpose(row_shift) - pair_shift) * tf.transpose(row_sum))
+    has_neg = pair_sum > 0.0
+    log_sum = tf.math.log(tf.where(has_neg, pair_sum, 1.0))
+    j = tf.where(has_neg, pair_shift + log_sum + dist, 0.0)
+    pos = tf.cast(positive, j.dtype)
+    return 0.25 * tf.reduce_sum(tf.square(tf.maximum(j * pos, 0.0)), axis=1), tf.reduce_sum(pos) / 2.0
 
 
 def lifted_struct_loss(labels, embeddings, margin: float = 1.0) -> tf.Tensor:
@@ -45,38 +65,24 @@ def lifted_struct_loss(labels, embeddings, margin: float = 1.0) -> tf.Tensor:
 
     Reference: arXiv:1511.06452.
     """
-    labels, embeddings, dtype = _masks.prepare(labels, embeddings)
-    dist = distances.pairwise_l2(embeddings)
-    _, positive, negative = _masks.label_masks(labels)
-    diff = margin - dist
-    row_shift = _masks.masked_max(diff, negative)[:, None]  # m_i, [B, 1]
-    neg = tf.cast(negative, diff.dtype)
-    # exp of a masked-out entry may overflow; zero its exponent before exp, not after.
-    row_sum = tf.reduce_sum(tf.exp(tf.where(negative, diff - row_shift, 0.0)) * neg, axis=1, keepdims=True)
-    pair_shift = tf.maximum(row_shift, tf.transpose(row_shift))  # M_ij
-    pair_sum = (tf.exp(row_shift - pair_shift) * row_sum
-                + tf.exp(tf.transpose(row_shift) - pair_shift) * tf.transpose(row_sum))
-    has_neg = pair_sum > 0.0
-    log_sum = tf.math.log(tf.where(has_neg, pair_sum, 1.0))
-    j = tf.where(has_neg, pair_shift + log_sum + dist, 0.0)
-    pos = tf.cast(positive, j.dtype)
-    total = 0.25 * tf.reduce_sum(tf.square(tf.maximum(j * pos, 0.0)))
-    loss = tf.math.divide_no_nan(total, tf.reduce_sum(pos) / 2.0)
-    return _masks.finish(loss, dtype)
+    c, z = lifted_terms(labels, embeddings, margin)
+    return _masks.finish(tf.math.divide_no_nan(tf.reduce_sum(c), z), tf.convert_to_tensor(embeddings).dtype)
 
 
 @keras.saving.register_keras_serializable(package="tfsim")
-class LiftedStructLoss(_MetricLoss):
+class LiftedStructLoss(MetricLoss):
     """Keras loss class of `lifted_struct_loss` (same name and arguments as tfa 0.23).
 
     Args:
         margin: the margin (default 1.0).
+        cross_replica: under MirroredStrategy, mine against the global batch (see `base`).
         name: the loss name.
     """
 
-    fn = staticmethod(lifted_struct_loss)
+    terms = staticmethod(lifted_terms)
     _args = ("margin",)
 
-    def __init__(self, margin: float = 1.0, name: str = "lifted_struct_loss", **kwargs):
-        super().__init__(name=name, **kwargs)
+    def __init__(self, margin: float = 1.0, cross_replica: bool = False, name: str = "lifted_struct_loss",
+                 **kwargs):
+        super().__init__(name=name, cross_replica=cross_replica, **kwargs)
         self.margin = float(margin)

@@ -26,6 +26,34 @@ import tensorflow as tf
 
 from tfsim import distances
 from tfsim.losses import _masks
+from tfsim.losses.base import MetricLoss
+
+
+def semihard_terms(labels, embeddings, margin: float = 1.0, distance_metric: distances.DistanceMetric = "L2"):
+    """Per-anchor hinge sums `[B]` and the number of positive pairs (see `triplet_semihard_loss`)."""
+    distances.check_distance_metric(distance_metric)
+    labels, embeddings, _ = _masks.prepare(labels, embeddings)
+    pdist = distances.pairwise_distances(embeddings, distance_metric)
+    _, positive, negative = _masks.label_masks(labels)
+    num_neg = tf.reduce_sum(tf.cast(negative, tf.int32), axis=1, keepdims=True)  # [B, 1]
+
+    # Each anchor's negative distances in ascending order, non-negatives pushed past
+    # the end with a finite sentinel larger than any distance in the batch.
+    sentinel = tf.stop_gradient(tf.reduce_max(pdist)) + 1.0
+    neg_dist = tf.where(negative, pdist, sentinel)
+    order = tf.argsort(neg_dist, axis=1, stable=True)
+    sorted_neg = tf.gather(neg_dist, order, batch_dims=1)
+    # First negative strictly farther than d(a, p): its rank among a's negatives.
+    rank = tf.searchsorted(tf.stop_gradient(sorted_neg), tf.stop_gradient(pdist), side="right",
+                           out_type=tf.int32)
+    has_semihard = rank < num_neg
+    semihard = tf.gather(sorted_neg, tf.minimum(rank, tf.shape(pdist)[1] - 1), batch_dims=1)
+    hardest_fallback = _masks.masked_max(pdist, negative)[:, None]
+    neg_choice = tf.where(has_semihard, semihard, hardest_fallback)
+
+    hinge = tf.maximum(pdist - neg_choice + margin, 0.0)
+    pos = tf.cast(positive, hinge.dtype)
+    return tf.reduce_sum(hinge * pos, axis=1), tf.reduce_sum(pos)
 
 
 def triplet_semihard_loss(labels, embeddings, margin: float = 1.0,
@@ -48,82 +76,48 @@ def triplet_semihard_loss(labels, embeddings, margin: float = 1.0,
 
     Reference: arXiv:1503.03832.
     """
-    distances.check_distance_metric(distance_metric)
-    labels, embeddings, dtype = _masks.prepare(labels, embeddings)
-    pdist = distances.pairwise_distances(embeddings, distance_metric)
-    _, positive, negative = _masks.label_masks(labels)
-    num_neg = tf.reduce_sum(tf.cast(negative, tf.int32), axis=1, keepdims=True)  # [B, 1]
-
-    # Each anchor's negative distances in ascending order, non-negatives pushed past
-    # the end with a finite sentinel larger than any distance in the batch.
-    sentinel = tf.stop_gradient(tf.reduce_max(pdist)) + 1.0
-    neg_dist = tf.where(negative, pdist, sentinel)
-    order = tf.argsort(neg_dist, axis=1, stable=True)
-    sorted_neg = tf.gather(neg_dist, order, batch_dims=1)
-    # First negative strictly farther than d(a, p): its rank among a's negatives.
-    rank = tf.searchsorted(tf.stop_gradient(sorted_neg), tf.stop_gradient(pdist), side="right",
-                           out_type=tf.int32)
-    has_semihard = rank < num_neg
-    semihard = tf.gather(sorted_neg, tf.minimum(rank, tf.shape(pdist)[1] - 1), batch_dims=1)
-    hardest_fallback = _masks.masked_max(pdist, negative)[:, None]
-    neg_choice = tf.where(has_semihard, semihard, hardest_fallback)
-
-    hinge = tf.maximum(pdist - neg_choice + margin, 0.0)
-    pos = tf.cast(positive, hinge.dtype)
-    loss = tf.math.divide_no_nan(tf.reduce_sum(hinge * pos), tf.reduce_sum(pos))
-    return _masks.finish(loss, dtype)
+    return _reduce(semihard_terms(labels, embeddings, margin, distance_metric), embeddings)
 
 
-class _MetricLoss(keras.losses.Loss):
-    """Base of tfsim's Keras metric losses: `y_true` = labels `[B]`, `y_pred` = embeddings `[B, D]`.
-
-    Subclasses set `fn` and list their constructor arguments in `_args`; `get_config`
-    and `from_config` round-trip them (a callable distance is serialised as a
-    registered Keras object).
-    """
-
-    fn = None
-    _args: tuple[str, ...] = ()
-
-    def call(self, y_true, y_pred):
-        return type(self).fn(y_true, y_pred, **{k: getattr(self, k) for k in self._args})
-
-    def get_config(self):
-        config = super().get_config()
-        for key in self._args:
-            value = getattr(self, key)
-            config[key] = keras.saving.serialize_keras_object(value) if callable(value) else value
-        return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        if isinstance(config.get("distance_metric"), dict):
-            config["distance_metric"] = keras.saving.deserialize_keras_object(config["distance_metric"])
-        return cls(**config)
+def _reduce(terms, embeddings) -> tf.Tensor:
+    c, z = terms
+    return _masks.finish(tf.math.divide_no_nan(tf.reduce_sum(c), z), tf.convert_to_tensor(embeddings).dtype)
 
 
 @keras.saving.register_keras_serializable(package="tfsim")
-class TripletSemiHardLoss(_MetricLoss):
+class TripletSemiHardLoss(MetricLoss):
     """Keras loss class of `triplet_semihard_loss` (same name and arguments as tfa 0.23).
 
     Args:
         margin: the margin of the hinge (default 1.0).
         distance_metric: `"L2"` (default), `"squared-L2"`, `"angular"` or a callable.
+        cross_replica: under MirroredStrategy, mine against the global batch (see `base`).
         name: the loss name.
 
     Example:
         >>> model.compile(optimizer="adam", loss=TripletSemiHardLoss(margin=0.2))
     """
 
-    fn = staticmethod(triplet_semihard_loss)
+    terms = staticmethod(semihard_terms)
     _args = ("margin", "distance_metric")
 
     def __init__(self, margin: float = 1.0, distance_metric: distances.DistanceMetric = "L2",
-                 name: str = "triplet_semihard_loss", **kwargs):
-        super().__init__(name=name, **kwargs)
+                 cross_replica: bool = False, name: str = "triplet_semihard_loss", **kwargs):
+        super().__init__(name=name, cross_replica=cross_replica, **kwargs)
         self.margin = float(margin)
         self.distance_metric = distances.check_distance_metric(distance_metric)
+
+
+def hard_terms(labels, embeddings, margin: float = 1.0, soft: bool = False,
+               distance_metric: distances.DistanceMetric = "L2"):
+    """Per-anchor losses `[B]` and the batch size (see `triplet_hard_loss`)."""
+    distances.check_distance_metric(distance_metric)
+    labels, embeddings, _ = _masks.prepare(labels, embeddings)
+    pdist = distances.pairwise_distances(embeddings, distance_metric)
+    _, positive, negative = _masks.label_masks(labels)
+    gap = _masks.masked_max(pdist, positive) - _masks.masked_min(pdist, negative)
+    per_anchor = tf.nn.softplus(gap) if soft else tf.maximum(gap + margin, 0.0)
+    return per_anchor, tf.cast(tf.shape(per_anchor)[0], per_anchor.dtype)
 
 
 def triplet_hard_loss(labels, embeddings, margin: float = 1.0, soft: bool = False,
@@ -151,34 +145,28 @@ def triplet_hard_loss(labels, embeddings, margin: float = 1.0, soft: bool = Fals
     Reference: Hermans, Beyer & Leibe, "In Defense of the Triplet Loss for Person
     Re-Identification", 2017, arXiv:1703.07737.
     """
-    distances.check_distance_metric(distance_metric)
-    labels, embeddings, dtype = _masks.prepare(labels, embeddings)
-    pdist = distances.pairwise_distances(embeddings, distance_metric)
-    _, positive, negative = _masks.label_masks(labels)
-    hardest_pos = _masks.masked_max(pdist, positive)
-    hardest_neg = _masks.masked_min(pdist, negative)
-    gap = hardest_pos - hardest_neg
-    per_anchor = tf.nn.softplus(gap) if soft else tf.maximum(gap + margin, 0.0)
-    return _masks.finish(tf.reduce_mean(per_anchor), dtype)
+    return _reduce(hard_terms(labels, embeddings, margin, soft, distance_metric), embeddings)
 
 
 @keras.saving.register_keras_serializable(package="tfsim")
-class TripletHardLoss(_MetricLoss):
+class TripletHardLoss(MetricLoss):
     """Keras loss class of `triplet_hard_loss` (same name and arguments as tfa 0.23).
 
     Args:
         margin: the margin of the hinge (default 1.0).
         soft: soft-margin form (default False).
         distance_metric: `"L2"` (default), `"squared-L2"`, `"angular"` or a callable.
+        cross_replica: under MirroredStrategy, mine against the global batch (see `base`).
         name: the loss name.
     """
 
-    fn = staticmethod(triplet_hard_loss)
+    terms = staticmethod(hard_terms)
     _args = ("margin", "soft", "distance_metric")
 
     def __init__(self, margin: float = 1.0, soft: bool = False,
-                 distance_metric: distances.DistanceMetric = "L2", name: str = "triplet_hard_loss", **kwargs):
-        super().__init__(name=name, **kwargs)
+                 distance_metric: distances.DistanceMetric = "L2", cross_replica: bool = False,
+                 name: str = "triplet_hard_loss", **kwargs):
+        super().__init__(name=name, cross_replica=cross_replica, **kwargs)
         self.margin = float(margin)
         self.soft = bool(soft)
         self.distance_metric = distances.check_distance_metric(distance_metric)

@@ -24,6 +24,10 @@ from keras import layers
 from tfsim.errors import UserInputError
 
 _IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
+# Moving-statistics momentum of the small ResNet's BatchNorm. Keras' 0.99 averages
+# over ~100 steps, which lags behind the weights in short runs and makes inference-mode
+# embeddings stale; 0.9 (~10 steps) tracks them.
+BN_MOMENTUM = 0.9
 
 
 @keras.saving.register_keras_serializable(package="tfsim")
@@ -38,12 +42,12 @@ def _basic_block(x, filters: int, stride: int, name: str):
     shortcut = x
     if stride != 1 or x.shape[-1] != filters:
         shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False, name=f"{name}_proj")(x)
-        shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+        shortcut = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_proj_bn")(shortcut)
     y = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv1")(x)
-    y = layers.BatchNormalization(name=f"{name}_bn1")(y)
+    y = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn1")(y)
     y = layers.ReLU(name=f"{name}_relu1")(y)
     y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y)
-    y = layers.BatchNormalization(name=f"{name}_bn2", gamma_initializer="zeros")(y)
+    y = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn2", gamma_initializer="zeros")(y)
     return layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([shortcut, y]))
 
 
@@ -57,7 +61,7 @@ def small_resnet(image_size: int, weights: Optional[str] = None, width: int = 32
     inputs = keras.Input((image_size, image_size, 3), name="images")
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(inputs)
     x = layers.Conv2D(width, 3, padding="same", use_bias=False, name="stem_conv")(x)
-    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="stem_bn")(x)
     x = layers.ReLU(name="stem_relu")(x)
     for stage, mult in enumerate((1, 2, 4)):
         for block in range(blocks_per_stage):

@@ -149,7 +149,8 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
     with strategy.scope():
         model = build_embedding_model(m.backbone, m.image_size, m.embedding_dim, m.pooling, m.weights,
                                       m.width, seed=t.seed, blocks_per_stage=m.blocks_per_stage)
-        loss = get_loss(cfg.loss.name, margin=cfg.loss.margin, distance_metric=cfg.loss.distance_metric)
+        loss = get_loss(cfg.loss.name, margin=cfg.loss.margin, distance_metric=cfg.loss.distance_metric,
+                        soft=cfg.loss.soft, cross_replica=cfg.loss.cross_replica)
         lr = t.learning_rate
         if t.lr_schedule == "cosine":
             lr = keras.optimizers.schedules.CosineDecay(t.learning_rate, t.epochs * t.steps_per_epoch)

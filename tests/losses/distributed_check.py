@@ -1,0 +1,80 @@
+"""Run as a script: one Keras `fit` step under MirroredStrategy on 2 logical CPUs vs one device.
+
+Prints one JSON line: for each loss and cross_replica setting, the max abs difference
+between the mirrored weight update and the single-device expectation:
+* cross_replica=True: the gradient of the loss of the whole global batch;
+* cross_replica=False: the gradient of the mean of the two replicas' half-batch losses.
+Must run in a fresh process (logical devices are set before any TF op).
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import tensorflow as tf  # noqa: E402
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from tfsim.losses import LOSSES, get_loss  # noqa: E402
+
+B, D_IN, D = 16, 6, 4
+
+
+def make_model():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((D_IN,))
+    x = keras.layers.Dense(8, activation="tanh")(inputs)
+    x = keras.layers.Dense(D)(x)
+    return keras.Model(inputs, keras.layers.UnitNormalization()(x))
+
+
+def single_device_update(loss, x, y, halves: bool):
+    model = make_model()
+    with tf.GradientTape() as tape:
+        if halves:
+            h = B // 2
+            value = (loss(y[:h], model(x[:h])) + loss(y[h:], model(x[h:]))) / 2
+        else:
+            value = loss(y, model(x))
+    return [-g.numpy() for g in tape.gradient(value, model.trainable_variables)]
+
+
+def mirrored_update(strategy, name, cross_replica, x, y):
+    with strategy.scope():
+        model = make_model()
+        before = [v.numpy().copy() for v in model.trainable_variables]
+        model.compile(optimizer=keras.optimizers.SGD(1.0),
+                      loss=get_loss(name, margin=0.5, cross_replica=cross_replica))
+    ds = tf.data.Dataset.from_tensors((x, y))
+    model.fit(ds, epochs=1, verbose=0, shuffle=False)
+    return [v.numpy() - b for v, b in zip(model.trainable_variables, before)]
+
+
+def main():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(B, D_IN)).astype(np.float32)
+    # P x K, label-contiguous: replica 0 holds classes 0-1, replica 1 classes 2-3.
+    y = np.repeat(np.arange(4), 4).astype(np.int32)
+    out = {}
+    # One strategy for the whole process: a second MirroredStrategy reuses collective
+    # instance keys, which TF's collective executor rejects.
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    for name in LOSSES:
+        for cross in (True, False):
+            got = mirrored_update(strategy, name, cross, x, y)
+            want = single_device_update(get_loss(name, margin=0.5), x, y, halves=not cross)
+            scale = max(float(np.abs(w).max()) for w in want)
+            out[f"{name}/cross_replica={cross}"] = {
+                "max_abs_diff": max(float(np.abs(g - w).max()) for g, w in zip(got, want)),
+                "update_scale": scale}
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
