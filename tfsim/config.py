@@ -47,7 +47,7 @@ class DataConfig:
     tfds_split: str = "train+test"
     data_dir: Optional[str] = None
     manual_dir: Optional[str] = None
-    test_classes: tuple[int, ...] = (2, 4, 5, 6, 7)
+    test_classes: tuple[int, ...] = (2, 4, 5, 7)
     augment: bool = True
 
 
@@ -83,7 +83,7 @@ class LossConfig:
     """
 
     name: str = "triplet_semihard"
-    margin: float = 0.2
+    margin: float = 0.5
     distance_metric: Literal["L2", "squared-L2", "angular"] = "L2"
     soft: bool = False
     cross_replica: bool = False

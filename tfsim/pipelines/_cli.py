@@ -15,8 +15,8 @@ from tfsim.errors import UserInputError
 
 
 def quiet_tensorflow() -> None:
-    """Silences TensorFlow's C++ info/warning chatter (call before importing TF)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """Silences TensorFlow's C++ log chatter, e.g. cuInit errors on CPU-only machines (override by setting TF_CPP_MIN_LOG_LEVEL)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def run(main: Callable[[list[str]], int], argv: list[str] | None = None) -> None:

@@ -1,0 +1,20 @@
+"""Quality floor: a short real training run improves held-out retrieval clearly.
+
+300 steps of the default recipe (about 40 s on 2 CPU cores). Measured on this
+machine: held-out Recall@1 goes from ~0.72 (untrained) to ~0.80; the floor below
+leaves room for platform noise while still failing if learning is broken (wrong loss
+sign, labels not reaching the loss, a sampler without positives, frozen weights...).
+"""
+
+from tfsim import config
+from tfsim.training import train
+
+
+def test_short_training_beats_untrained_on_held_out_classes(tmp_path):
+    cfg = config.load("default", ["train.epochs=3", "train.steps_per_epoch=100", "export.enabled=false",
+                                  "eval.every_epoch=false"])
+    result = train(cfg, tmp_path / "run", verbose=0)
+    m = result.metrics
+    untrained = m["baselines"]["untrained"]
+    assert m["recall@1"] >= untrained["recall@1"] + 0.04, (m["recall@1"], untrained["recall@1"])
+    assert m["map@r"] >= untrained["map@r"] + 0.03, (m["map@r"], untrained["map@r"])
