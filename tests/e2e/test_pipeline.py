@@ -15,8 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# The index searches every leaf and re-scores every candidate here: the 6-step model's
+# embeddings are nearly degenerate, where an approximate search may miss a query's own
+# image, and this test is about the plumbing (ANN quality: tests/index).
 TINY = ["train.epochs=2", "train.steps_per_epoch=3", "model.width=8", "model.blocks_per_stage=1",
-        "model.embedding_dim=16", "run.name=tiny"]
+        "model.embedding_dim=16", "run.name=tiny", "index.num_leaves=8", "index.num_leaves_to_search=8",
+        "index.reorder=2400"]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
 
 
@@ -124,11 +128,12 @@ def test_search_prints_neighbors_and_writes_grid(run):
     assert len(rows) == 6
     scores = [float(r[1]) for r in rows]
     assert scores == sorted(scores, reverse=True)
-    # The query is a gallery image: it finds itself first, with cosine ~1.
+    # The query is a gallery image: it finds itself, with cosine ~1 (first, up to float ties).
     source_row = query.stem.rsplit("_", 1)[1]
+    found = {r[-1]: float(r[1]) for r in rows}
+    assert found.get(f"fashion_mnist_small:{source_row}", 0.0) == pytest.approx(1.0, abs=1e-4)
     assert scores[0] == pytest.approx(1.0, abs=1e-4)
-    assert rows[0][-1] == f"fashion_mnist_small:{source_row}"
-    assert len({r[-1] for r in rows}) == 6
+    assert len(found) == 6
     from PIL import Image
     grid = Image.open(cwd / "grid.png")
     assert grid.width > 7 * 128 and grid.height > 128
