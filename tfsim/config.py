@@ -86,6 +86,10 @@ class LossConfig:
     margin: float = 0.5
     distance_metric: Literal["L2", "squared-L2", "angular"] = "L2"
     soft: bool = False
+    alpha: float = 2.0
+    beta: float = 50.0
+    base: float = 0.5
+    epsilon: float = 0.1
     cross_replica: bool = False
 
 

@@ -81,3 +81,25 @@ def lifted_struct(labels, x, margin=1.0) -> float:
             if s > 0:
                 total += max(np.log(s) + d[i, j], 0.0) ** 2
     return total / (2 * pairs) if pairs else 0.0
+
+
+def multi_similarity(labels, x, alpha=2.0, beta=50.0, base=0.5, epsilon=0.1) -> float:
+    """Per anchor, as in the authors' code: skip anchors without positives/negatives before or after mining."""
+    labels = np.asarray(labels).reshape(-1)
+    x = np.asarray(x, np.float64)
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    s = x @ x.T
+    n = len(labels)
+    total = 0.0
+    for i in range(n):
+        pos = [s[i, j] for j in range(n) if j != i and labels[j] == labels[i]]
+        neg = [s[i, k] for k in range(n) if labels[k] != labels[i]]
+        if not pos or not neg:
+            continue
+        pos_kept = [p for p in pos if p - epsilon < max(neg)]
+        neg_kept = [q for q in neg if q + epsilon > min(pos)]
+        if not pos_kept or not neg_kept:
+            continue
+        total += np.log1p(sum(np.exp(-alpha * (p - base)) for p in pos_kept)) / alpha
+        total += np.log1p(sum(np.exp(beta * (q - base)) for q in neg_kept)) / beta
+    return total / n

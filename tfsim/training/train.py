@@ -149,8 +149,7 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
     with strategy.scope():
         model = build_embedding_model(m.backbone, m.image_size, m.embedding_dim, m.pooling, m.weights,
                                       m.width, seed=t.seed, blocks_per_stage=m.blocks_per_stage)
-        loss = get_loss(cfg.loss.name, margin=cfg.loss.margin, distance_metric=cfg.loss.distance_metric,
-                        soft=cfg.loss.soft, cross_replica=cfg.loss.cross_replica)
+        loss = get_loss(cfg.loss.name, **{k: v for k, v in config_lib.to_dict(cfg)["loss"].items() if k != "name"})
         lr = t.learning_rate
         if t.lr_schedule == "cosine":
             lr = keras.optimizers.schedules.CosineDecay(t.learning_rate, t.epochs * t.steps_per_epoch)
