@@ -86,6 +86,8 @@ class LossConfig:
     margin: float = 0.5
     distance_metric: Literal["L2", "squared-L2", "angular"] = "L2"
     soft: bool = False
+    pos_margin: float = 0.0
+    neg_margin: float = 1.0
     alpha: float = 2.0
     beta: float = 50.0
     base: float = 0.5

@@ -103,3 +103,14 @@ def multi_similarity(labels, x, alpha=2.0, beta=50.0, base=0.5, epsilon=0.1) -> 
         total += np.log1p(sum(np.exp(-alpha * (p - base)) for p in pos_kept)) / alpha
         total += np.log1p(sum(np.exp(beta * (q - base)) for q in neg_kept)) / beta
     return total / n
+
+
+def contrastive(labels, x, pos_margin=0.0, neg_margin=1.0, metric="L2") -> float:
+    labels = np.asarray(labels).reshape(-1)
+    d = distance_matrix(x, metric)
+    n = len(labels)
+    pull = [0.5 * max(d[i, j] - pos_margin, 0.0) ** 2 for i in range(n) for j in range(n)
+            if i != j and labels[i] == labels[j]]
+    push = [0.5 * max(neg_margin - d[i, j], 0.0) ** 2 for i in range(n) for j in range(n)
+            if labels[i] != labels[j]]
+    return (np.mean(pull) if pull else 0.0) + (np.mean(push) if push else 0.0)

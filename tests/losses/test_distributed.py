@@ -19,7 +19,8 @@ def results():
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("name", ["triplet_semihard", "triplet_hard", "lifted_struct", "multi_similarity"])
+@pytest.mark.parametrize("name", ["triplet_semihard", "triplet_hard", "lifted_struct", "multi_similarity",
+                                  "contrastive"])
 @pytest.mark.parametrize("cross", [True, False])
 def test_mirrored_update_matches_single_device(results, name, cross):
     r = results[f"{name}/cross_replica={cross}"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 
+from tfsim.losses.contrastive import ContrastiveLoss, contrastive_loss
 from tfsim.losses.lifted import LiftedStructLoss, lifted_struct_loss
 from tfsim.losses.multi_similarity import MultiSimilarityLoss, multi_similarity_loss
 from tfsim.losses.triplet import (TripletHardLoss, TripletSemiHardLoss, triplet_hard_loss,
@@ -18,6 +19,7 @@ LOSSES = {
     "triplet_hard": TripletHardLoss,
     "lifted_struct": LiftedStructLoss,
     "multi_similarity": MultiSimilarityLoss,
+    "contrastive": ContrastiveLoss,
 }
 
 
@@ -36,6 +38,6 @@ def get_loss(name: str, **kwargs):
     return cls(**{k: v for k, v in kwargs.items() if k in accepted})
 
 
-__all__ = ["LOSSES", "LiftedStructLoss", "MultiSimilarityLoss", "TripletHardLoss", "TripletSemiHardLoss",
+__all__ = ["LOSSES", "ContrastiveLoss", "LiftedStructLoss", "contrastive_loss", "MultiSimilarityLoss", "TripletHardLoss", "TripletSemiHardLoss",
            "get_loss", "lifted_struct_loss", "multi_similarity_loss", "triplet_hard_loss",
            "triplet_semihard_loss"]
