@@ -92,6 +92,7 @@ class LossConfig:
     beta: float = 50.0
     base: float = 0.5
     epsilon: float = 0.1
+    cost: float = 25.0
     cross_replica: bool = False
 
 

@@ -114,3 +114,15 @@ def contrastive(labels, x, pos_margin=0.0, neg_margin=1.0, metric="L2") -> float
     push = [0.5 * max(neg_margin - d[i, j], 0.0) ** 2 for i in range(n) for j in range(n)
             if labels[i] != labels[j]]
     return (np.mean(pull) if pull else 0.0) + (np.mean(push) if push else 0.0)
+
+
+def binomial_deviance(labels, x, alpha=2.0, beta=0.5, cost=25.0) -> float:
+    labels = np.asarray(labels).reshape(-1)
+    x = np.asarray(x, np.float64)
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    n = len(labels)
+    pos = [np.log1p(np.exp(-alpha * (x[i] @ x[j] - beta))) for i in range(n) for j in range(n)
+           if i != j and labels[i] == labels[j]]
+    neg = [np.log1p(np.exp(alpha * cost * (x[i] @ x[j] - beta))) for i in range(n) for j in range(n)
+           if labels[i] != labels[j]]
+    return (np.mean(pos) if pos else 0.0) + (np.mean(neg) if neg else 0.0)

@@ -20,7 +20,7 @@ def results():
 
 
 @pytest.mark.parametrize("name", ["triplet_semihard", "triplet_hard", "lifted_struct", "multi_similarity",
-                                  "contrastive"])
+                                  "contrastive", "binomial_deviance"])
 @pytest.mark.parametrize("cross", [True, False])
 def test_mirrored_update_matches_single_device(results, name, cross):
     r = results[f"{name}/cross_replica={cross}"]

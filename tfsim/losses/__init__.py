@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 
+from tfsim.losses.binomial import BinomialDevianceLoss, binomial_deviance_loss
 from tfsim.losses.contrastive import ContrastiveLoss, contrastive_loss
 from tfsim.losses.lifted import LiftedStructLoss, lifted_struct_loss
 from tfsim.losses.multi_similarity import MultiSimilarityLoss, multi_similarity_loss
@@ -20,6 +21,7 @@ LOSSES = {
     "lifted_struct": LiftedStructLoss,
     "multi_similarity": MultiSimilarityLoss,
     "contrastive": ContrastiveLoss,
+    "binomial_deviance": BinomialDevianceLoss,
 }
 
 
@@ -38,6 +40,6 @@ def get_loss(name: str, **kwargs):
     return cls(**{k: v for k, v in kwargs.items() if k in accepted})
 
 
-__all__ = ["LOSSES", "ContrastiveLoss", "LiftedStructLoss", "contrastive_loss", "MultiSimilarityLoss", "TripletHardLoss", "TripletSemiHardLoss",
+__all__ = ["LOSSES", "BinomialDevianceLoss", "ContrastiveLoss", "binomial_deviance_loss", "LiftedStructLoss", "contrastive_loss", "MultiSimilarityLoss", "TripletHardLoss", "TripletSemiHardLoss",
            "get_loss", "lifted_struct_loss", "multi_similarity_loss", "triplet_hard_loss",
            "triplet_semihard_loss"]
