@@ -70,11 +70,16 @@ def pairwise_l2(embeddings: tf.Tensor, squared: bool = False) -> tf.Tensor:
     return dist * _off_diagonal_mask(tf.shape(embeddings)[0], d2.dtype)
 
 
+def cosine_similarity_matrix(embeddings: tf.Tensor) -> tf.Tensor:
+    """`[B, B]` cosine similarities of the rows (L2-normalised with tf.math.l2_normalize)."""
+    normed = tf.math.l2_normalize(embeddings, axis=1)
+    return tf.matmul(normed, normed, transpose_b=True)
+
+
 def pairwise_angular(embeddings: tf.Tensor) -> tf.Tensor:
     """Pairwise angular distance 1 - cos(x_i, x_j), clipped at 0 (diagonal ~0, not masked)."""
-    normed = tf.math.l2_normalize(embeddings, axis=1)
     # tfa does not zero the diagonal here (it is 1 - |f|^2, ~1e-7): kept for exact parity.
-    return tf.maximum(1.0 - tf.matmul(normed, normed, transpose_b=True), 0.0)
+    return tf.maximum(1.0 - cosine_similarity_matrix(embeddings), 0.0)
 
 
 def check_distance_metric(metric: DistanceMetric) -> DistanceMetric:

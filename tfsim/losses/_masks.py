@@ -58,3 +58,22 @@ def masked_min(x: tf.Tensor, mask: tf.Tensor, axis: int = 1) -> tf.Tensor:
 def finish(loss: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
     """Casts a float32 loss back to the caller's low-precision dtype, as tfa does."""
     return tf.cast(loss, dtype) if dtype in _LOW_PRECISION else loss
+
+
+def reduce_terms(terms, dtype: tf.DType, scale: float = 1.0) -> tf.Tensor:
+    """`sum(c) / Z * scale` of a loss's `(c [B], Z)` terms, 0 when Z is 0, in the caller's dtype."""
+    c, z = terms
+    return finish(tf.math.divide_no_nan(tf.reduce_sum(c), z) * scale, dtype)
+
+
+def per_pair_type_means(pos_cost: tf.Tensor, neg_cost: tf.Tensor, positive: tf.Tensor, negative: tf.Tensor):
+    """Terms `(c [B], Z = 1)` of "mean cost over positive pairs + mean cost over negative pairs".
+
+    Each anchor's row sums are divided by the batch's pair counts, so summing c over any
+    subset of anchors (a replica's slice) gives that subset's share of the batch loss.
+    `pos_cost`/`neg_cost` are `[B, B]`, already zero outside their masks.
+    """
+    pos, neg = tf.cast(positive, pos_cost.dtype), tf.cast(negative, neg_cost.dtype)
+    c = (tf.math.divide_no_nan(tf.reduce_sum(pos_cost * pos, axis=1), tf.reduce_sum(pos))
+         + tf.math.divide_no_nan(tf.reduce_sum(neg_cost * neg, axis=1), tf.reduce_sum(neg)))
+    return c, tf.constant(1.0, c.dtype)

@@ -56,12 +56,10 @@ class MetricLoss(keras.losses.Loss):
         dtype = tf.convert_to_tensor(y_pred).dtype
         ctx = _replica_context()
         if ctx is None:
-            c, z = terms(y_true, y_pred, **args)
-            return _masks.finish(tf.math.divide_no_nan(tf.reduce_sum(c), z), dtype)
+            return _masks.reduce_terms(terms(y_true, y_pred, **args), dtype)
         n = ctx.num_replicas_in_sync
         if not self.cross_replica:
-            c, z = terms(y_true, y_pred, **args)
-            return _masks.finish(tf.math.divide_no_nan(tf.reduce_sum(c), z) / n, dtype)
+            return _masks.reduce_terms(terms(y_true, y_pred, **args), dtype, scale=1.0 / n)
         local = tf.shape(y_pred)[0]
         labels = ctx.all_gather(tf.reshape(y_true, [-1]), axis=0)
         embeddings = ctx.all_gather(y_pred, axis=0)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from tfsim import distances
 from tfsim.losses import _masks
 from tfsim.losses.base import MetricLoss
 
@@ -25,15 +26,10 @@ from tfsim.losses.base import MetricLoss
 def binomial_deviance_terms(labels, embeddings, alpha: float = 2.0, beta: float = 0.5, cost: float = 25.0):
     """Per-anchor terms `[B]` with the pair-count normalisers folded in, and Z = 1."""
     labels, embeddings, _ = _masks.prepare(labels, embeddings)
-    x = tf.math.l2_normalize(embeddings, axis=1)
-    sim = tf.matmul(x, x, transpose_b=True)
+    sim = distances.cosine_similarity_matrix(embeddings)
     _, positive, negative = _masks.label_masks(labels)
-    pos, neg = tf.cast(positive, sim.dtype), tf.cast(negative, sim.dtype)
-    pos_cost = tf.nn.softplus(-alpha * (sim - beta)) * pos
-    neg_cost = tf.nn.softplus(alpha * cost * (sim - beta)) * neg
-    per_anchor = (tf.math.divide_no_nan(tf.reduce_sum(pos_cost, axis=1), tf.reduce_sum(pos))
-                  + tf.math.divide_no_nan(tf.reduce_sum(neg_cost, axis=1), tf.reduce_sum(neg)))
-    return per_anchor, tf.constant(1.0, sim.dtype)
+    return _masks.per_pair_type_means(tf.nn.softplus(-alpha * (sim - beta)),
+                                      tf.nn.softplus(alpha * cost * (sim - beta)), positive, negative)
 
 
 def binomial_deviance_loss(labels, embeddings, alpha: float = 2.0, beta: float = 0.5,
@@ -53,8 +49,8 @@ def binomial_deviance_loss(labels, embeddings, alpha: float = 2.0, beta: float =
 
     Reference: arXiv:1407.4979.
     """
-    c, _ = binomial_deviance_terms(labels, embeddings, alpha, beta, cost)
-    return _masks.finish(tf.reduce_sum(c), tf.convert_to_tensor(embeddings).dtype)
+    return _masks.reduce_terms(binomial_deviance_terms(labels, embeddings, alpha, beta, cost),
+                               tf.convert_to_tensor(embeddings).dtype)
 
 
 @keras.saving.register_keras_serializable(package="tfsim")

@@ -31,12 +31,8 @@ def contrastive_terms(labels, embeddings, pos_margin: float = 0.0, neg_margin: f
     labels, embeddings, _ = _masks.prepare(labels, embeddings)
     d = distances.pairwise_distances(embeddings, distance_metric)
     _, positive, negative = _masks.label_masks(labels)
-    pos, neg = tf.cast(positive, d.dtype), tf.cast(negative, d.dtype)
-    pull = 0.5 * tf.square(tf.maximum(d - pos_margin, 0.0)) * pos
-    push = 0.5 * tf.square(tf.maximum(neg_margin - d, 0.0)) * neg
-    per_anchor = (tf.math.divide_no_nan(tf.reduce_sum(pull, axis=1), tf.reduce_sum(pos))
-                  + tf.math.divide_no_nan(tf.reduce_sum(push, axis=1), tf.reduce_sum(neg)))
-    return per_anchor, tf.constant(1.0, d.dtype)
+    return _masks.per_pair_type_means(0.5 * tf.square(tf.maximum(d - pos_margin, 0.0)),
+                                      0.5 * tf.square(tf.maximum(neg_margin - d, 0.0)), positive, negative)
 
 
 def contrastive_loss(labels, embeddings, pos_margin: float = 0.0, neg_margin: float = 1.0,
@@ -56,8 +52,8 @@ def contrastive_loss(labels, embeddings, pos_margin: float = 0.0, neg_margin: fl
     Example:
         >>> loss = contrastive_loss([0, 0, 1, 1], tf.random.normal([4, 8]), neg_margin=0.5)
     """
-    c, _ = contrastive_terms(labels, embeddings, pos_margin, neg_margin, distance_metric)
-    return _masks.finish(tf.reduce_sum(c), tf.convert_to_tensor(embeddings).dtype)
+    return _masks.reduce_terms(contrastive_terms(labels, embeddings, pos_margin, neg_margin, distance_metric),
+                               tf.convert_to_tensor(embeddings).dtype)
 
 
 @keras.saving.register_keras_serializable(package="tfsim")

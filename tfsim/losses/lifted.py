@@ -65,8 +65,7 @@ def lifted_struct_loss(labels, embeddings, margin: float = 1.0) -> tf.Tensor:
 
     Reference: arXiv:1511.06452.
     """
-    c, z = lifted_terms(labels, embeddings, margin)
-    return _masks.finish(tf.math.divide_no_nan(tf.reduce_sum(c), z), tf.convert_to_tensor(embeddings).dtype)
+    return _masks.reduce_terms(lifted_terms(labels, embeddings, margin), tf.convert_to_tensor(embeddings).dtype)
 
 
 @keras.saving.register_keras_serializable(package="tfsim")

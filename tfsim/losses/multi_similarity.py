@@ -25,6 +25,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from tfsim import distances
 from tfsim.losses import _masks
 from tfsim.losses.base import MetricLoss
 
@@ -40,8 +41,7 @@ def multi_similarity_terms(labels, embeddings, alpha: float = 2.0, beta: float =
                            epsilon: float = 0.1):
     """Per-anchor losses `[B]` and the batch size (see module doc)."""
     labels, embeddings, _ = _masks.prepare(labels, embeddings)
-    x = tf.math.l2_normalize(embeddings, axis=1)
-    sim = tf.matmul(x, x, transpose_b=True)
+    sim = distances.cosine_similarity_matrix(embeddings)
     _, positive, negative = _masks.label_masks(labels)
     hardest_neg = tf.reduce_max(tf.where(negative, sim, -2.0), axis=1, keepdims=True)
     easiest_pos = tf.reduce_min(tf.where(positive, sim, 2.0), axis=1, keepdims=True)
@@ -72,8 +72,8 @@ def multi_similarity_loss(labels, embeddings, alpha: float = 2.0, beta: float = 
 
     Reference: arXiv:1904.06627.
     """
-    c, z = multi_similarity_terms(labels, embeddings, alpha, beta, base, epsilon)
-    return _masks.finish(tf.reduce_sum(c) / z, tf.convert_to_tensor(embeddings).dtype)
+    return _masks.reduce_terms(multi_similarity_terms(labels, embeddings, alpha, beta, base, epsilon),
+                               tf.convert_to_tensor(embeddings).dtype)
 
 
 @keras.saving.register_keras_serializable(package="tfsim")

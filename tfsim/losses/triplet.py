@@ -76,12 +76,8 @@ def triplet_semihard_loss(labels, embeddings, margin: float = 1.0,
 
     Reference: arXiv:1503.03832.
     """
-    return _reduce(semihard_terms(labels, embeddings, margin, distance_metric), embeddings)
-
-
-def _reduce(terms, embeddings) -> tf.Tensor:
-    c, z = terms
-    return _masks.finish(tf.math.divide_no_nan(tf.reduce_sum(c), z), tf.convert_to_tensor(embeddings).dtype)
+    return _masks.reduce_terms(semihard_terms(labels, embeddings, margin, distance_metric),
+                               tf.convert_to_tensor(embeddings).dtype)
 
 
 @keras.saving.register_keras_serializable(package="tfsim")
@@ -145,7 +141,8 @@ def triplet_hard_loss(labels, embeddings, margin: float = 1.0, soft: bool = Fals
     Reference: Hermans, Beyer & Leibe, "In Defense of the Triplet Loss for Person
     Re-Identification", 2017, arXiv:1703.07737.
     """
-    return _reduce(hard_terms(labels, embeddings, margin, soft, distance_metric), embeddings)
+    return _masks.reduce_terms(hard_terms(labels, embeddings, margin, soft, distance_metric),
+                               tf.convert_to_tensor(embeddings).dtype)
 
 
 @keras.saving.register_keras_serializable(package="tfsim")
