@@ -53,16 +53,30 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SamplerConfig:
-    """Online P x K batches: `classes_per_batch` (P) classes x `examples_per_class` (K) images."""
+    """How training batches are drawn (`tfsim.data.samplers`), reproducibly from `seed`.
+
+    `kind`: "pk" (default): `classes_per_batch` (P) classes x `examples_per_class` (K)
+    images, label-contiguous, for mining losses; "random": `batch_size` images drawn
+    uniformly (for proxy losses, or mining losses as in tfa's examples); "triplets":
+    explicit (query, positive, negative) rows, `batch_size` // 3 triplets per batch,
+    `triplets_per_query` triplets sharing each query (for the triplet_margin loss).
+    """
 
     classes_per_batch: int = 6
     examples_per_class: int = 10
     seed: int = 0
+    kind: Literal["pk", "random", "triplets"] = "pk"
+    batch_size: int = 60
+    triplets_per_query: int = 4
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Backbone + embedding head. `weights`: null, "imagenet" or a local weights file."""
+    """Backbone + embedding head. `weights`: null, "imagenet" or a local weights file.
+
+    `layer_norm`: layer normalisation without affine parameters on the pooled features,
+    before the projection (Zhai & Wu 2019's recipe for normalized softmax).
+    """
 
     backbone: str = "small_resnet"
     weights: Optional[str] = None
@@ -71,29 +85,42 @@ class ModelConfig:
     pooling: Literal["avg", "max", "flatten"] = "avg"
     width: int = 32
     blocks_per_stage: int = 1
+    layer_norm: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
     """The metric loss, by registered name (`tfsim.losses.LOSSES`), and its arguments.
 
+    One section holds the union of all losses' arguments; a loss takes the ones it
+    has and ignores the rest (e.g. `distance_metric` for lifted_struct). `null` means
+    "the loss's own default" (e.g. alpha is 2 for multi_similarity and binomial_deviance,
+    beta 50 for one and 0.5 for the other). `margin` is 0.5 here, tuned for the default
+    preset's semi-hard triplet loss (tfa's default is 1.0); set `loss.margin=null` to use
+    a loss's own default margin after changing `loss.name`.
+
     `cross_replica`: under MirroredStrategy, mine each replica's anchors against the
     global batch (exact single-device loss) instead of within the replica's slice.
-    Arguments a loss does not take (e.g. `distance_metric` for lifted_struct) are ignored.
+    `proxy_lr_multiplier`: learning-rate multiplier of the class proxies of proxy losses
+    (normalized_softmax, proxy_nca).
     """
 
     name: str = "triplet_semihard"
-    margin: float = 0.5
-    distance_metric: Literal["L2", "squared-L2", "angular"] = "L2"
-    soft: bool = False
-    pos_margin: float = 0.0
-    neg_margin: float = 1.0
-    alpha: float = 2.0
-    beta: float = 50.0
-    base: float = 0.5
-    epsilon: float = 0.1
-    cost: float = 25.0
+    margin: Optional[float] = 0.5
+    distance_metric: Optional[Literal["L2", "squared-L2", "angular"]] = None
+    soft: Optional[bool] = None
+    pos_margin: Optional[float] = None
+    neg_margin: Optional[float] = None
+    alpha: Optional[float] = None
+    beta: Optional[float] = None
+    base: Optional[float] = None
+    epsilon: Optional[float] = None
+    cost: Optional[float] = None
+    scale: Optional[float] = None
+    temperature: Optional[float] = None
+    gamma: Optional[float] = None
     cross_replica: bool = False
+    proxy_lr_multiplier: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -307,7 +334,24 @@ def validate(cfg: Config) -> None:
     need(m.width >= 4, "model.width", "an integer >= 4", m.width)
     need(m.blocks_per_stage >= 1, "model.blocks_per_stage", "an integer >= 1", m.blocks_per_stage)
     need(cfg.loss.name in LOSSES, "loss.name", f"one of {sorted(LOSSES)}", cfg.loss.name)
-    need(cfg.loss.margin >= 0, "loss.margin", "a number >= 0", cfg.loss.margin)
+    lc = cfg.loss
+    need(lc.margin is None or lc.margin >= 0, "loss.margin", "a number >= 0 (or null)", lc.margin)
+    for key in ("scale", "temperature", "gamma", "alpha", "beta", "cost"):
+        value = getattr(lc, key)
+        need(value is None or value > 0, f"loss.{key}", "a number > 0 (or null for the loss's default)", value)
+    need(lc.proxy_lr_multiplier > 0, "loss.proxy_lr_multiplier", "a number > 0", lc.proxy_lr_multiplier)
+    from tfsim.losses import input_kind, supports_cross_replica
+    need(not lc.cross_replica or supports_cross_replica(lc.name), "loss.cross_replica",
+         f"false for loss {lc.name!r}, which has no cross-replica mode (only tfsim's batch losses do)",
+         lc.cross_replica)
+    kind = input_kind(lc.name)
+    need(kind != "triplets" or s.kind == "triplets", "sampler.kind",
+         f"'triplets' for loss {lc.name!r}, which takes explicit (query, positive, negative) rows", s.kind)
+    need(s.kind != "triplets" or kind == "triplets", "sampler.kind",
+         f"'pk' or 'random' for loss {lc.name!r} (only triplet_margin takes explicit triplets)", s.kind)
+    need(s.kind == "pk" or s.batch_size >= (3 if s.kind == "triplets" else 2), "sampler.batch_size",
+         "an integer >= 2 (>= 3 for triplets)", s.batch_size)
+    need(s.triplets_per_query >= 1, "sampler.triplets_per_query", "an integer >= 1", s.triplets_per_query)
     need(t.epochs >= 1, "train.epochs", "an integer >= 1", t.epochs)
     need(t.steps_per_epoch >= 1, "train.steps_per_epoch", "an integer >= 1", t.steps_per_epoch)
     need(t.learning_rate > 0, "train.learning_rate", "a number > 0", t.learning_rate)

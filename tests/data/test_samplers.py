@@ -1,9 +1,9 @@
-"""P x K sampler invariants."""
+"""Sampler invariants: P x K, random and explicit-triplet batches."""
 
 import numpy as np
 import pytest
 
-from tfsim.data.samplers import pk_batches
+from tfsim.data.samplers import pk_batches, random_batches, triplet_batches
 from tfsim.errors import UserInputError
 
 
@@ -68,3 +68,56 @@ def test_small_class_sampled_with_replacement():
 def test_bad_batch_shapes_are_clear_errors(p, k, match):
     with pytest.raises(UserInputError, match=match):
         pk_batches(labels_of(), p, k)
+
+
+def test_random_batches_are_distinct_rows_reproducible_and_fresh():
+    a = take(random_batches(50, 20, seed=3), 5)
+    assert all(r.shape == (20,) and len(set(r.tolist())) == 20 and r.min() >= 0 and r.max() < 50 for r in a)
+    np.testing.assert_array_equal(np.stack(a), np.stack(take(random_batches(50, 20, seed=3), 5)))
+    np.testing.assert_array_equal(np.stack(a[2:]), np.stack(take(random_batches(50, 20, seed=3, start_step=2), 3)))
+    assert not np.array_equal(a[0], a[1])
+    with pytest.raises(UserInputError, match="sampler.batch_size"):
+        random_batches(10, 11)
+
+
+def test_triplets_have_the_right_classes_and_share_queries():
+    labels = labels_of()
+    t, per_query = 12, 4
+    seen_negative_classes, seen_positions = set(), set()
+    for rows in take(triplet_batches(labels, t, per_query, seed=2), 40):
+        q, p, n = rows.reshape(t, 3).T
+        assert np.all(labels[p] == labels[q]) and np.all(p != q)  # positive: same class, another image
+        assert np.all(labels[n] != labels[q])  # negative: another class
+        assert np.all(q.reshape(-1, per_query) == q.reshape(-1, per_query)[:, :1])  # queries shared
+        assert len(set(q[::per_query].tolist())) == t // per_query  # distinct queries
+        seen_negative_classes |= {(a, b) for a, b in zip(labels[q], labels[n])}
+        seen_positions |= set(p.tolist())
+    classes = np.unique(labels)
+    # Every class pairs with (almost) every other as a negative, and positives cover most images.
+    assert len(seen_negative_classes) >= 0.9 * len(classes) * (len(classes) - 1)
+    assert len(seen_positions) >= 0.8 * len(labels)
+
+
+def test_triplet_negatives_are_uniform_over_other_images():
+    labels = np.array([0] * 2 + [1] * 8 + [2] * 2)
+    rows = np.concatenate(take(triplet_batches(labels, 2, 1, seed=0), 3000)).reshape(-1, 3)
+    from_class_0 = rows[labels[rows[:, 0]] == 0]
+    counts = np.bincount(labels[from_class_0[:, 2]], minlength=3)
+    assert counts[0] == 0
+    # 8 of the 10 other-class images are class 1: expect 80%.
+    assert abs(counts[1] / counts.sum() - 0.8) < 0.05
+
+
+def test_triplets_reproducible_resumable_and_errors():
+    labels = labels_of()
+    a = take(triplet_batches(labels, 6, 2, seed=9), 4)
+    np.testing.assert_array_equal(np.stack(a), np.stack(take(triplet_batches(labels, 6, 2, seed=9), 4)))
+    np.testing.assert_array_equal(np.stack(a[1:]),
+                                  np.stack(take(triplet_batches(labels, 6, 2, seed=9, start_step=1), 3)))
+    assert not np.array_equal(a[0], a[1])
+    with pytest.raises(UserInputError, match="at least 2 classes"):
+        triplet_batches(np.zeros(5, int), 2)
+    with pytest.raises(UserInputError, match="at least 2 classes and a class with at least 2 images"):
+        triplet_batches(np.arange(5), 2)
+    with pytest.raises(UserInputError, match="queries per batch"):
+        triplet_batches(np.array([0, 0, 1, 1]), 9, 1)

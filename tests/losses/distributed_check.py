@@ -4,6 +4,9 @@ Prints one JSON line: for each loss and cross_replica setting, the max abs diffe
 between the mirrored weight update and the single-device expectation:
 * cross_replica=True: the gradient of the loss of the whole global batch;
 * cross_replica=False: the gradient of the mean of the two replicas' half-batch losses.
+Losses without a cross-replica mode (Keras's Circle, the per-sample proxy losses) are
+checked with cross_replica=False only; for the proxy losses the mirrored update must
+also equal the whole-batch gradient (a per-sample mean has no mining to split).
 Must run in a fresh process (logical devices are set before any TF op).
 """
 
@@ -21,17 +24,21 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tfsim.losses import LOSSES, get_loss  # noqa: E402
+from tfsim.losses import LOSSES, get_loss, input_kind, supports_cross_replica  # noqa: E402
+from tfsim.models.proxies import CosineProxies  # noqa: E402
 
-B, D_IN, D = 16, 6, 4
+B, D_IN, D = 24, 6, 4
+KIND = "embeddings"
 
 
 def make_model():
     keras.utils.set_random_seed(0)
     inputs = keras.Input((D_IN,))
     x = keras.layers.Dense(8, activation="tanh")(inputs)
-    x = keras.layers.Dense(D)(x)
-    return keras.Model(inputs, keras.layers.UnitNormalization()(x))
+    x = keras.layers.UnitNormalization()(keras.layers.Dense(D)(x))
+    if KIND == "proxy_similarities":
+        x = CosineProxies(6)(x)
+    return keras.Model(inputs, x)
 
 
 def single_device_update(loss, x, y, halves: bool):
@@ -59,16 +66,21 @@ def mirrored_update(strategy, name, cross_replica, x, y):
 def main():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(B, D_IN)).astype(np.float32)
-    # P x K, label-contiguous: replica 0 holds classes 0-1, replica 1 classes 2-3.
-    y = np.repeat(np.arange(4), 4).astype(np.int32)
+    # P x K, label-contiguous: replica 0 holds classes 0-2, replica 1 classes 3-5.
+    y = np.repeat(np.arange(6), 4).astype(np.int32)
     out = {}
+    global KIND
     # One strategy for the whole process: a second MirroredStrategy reuses collective
     # instance keys, which TF's collective executor rejects.
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     for name in LOSSES:
-        for cross in (True, False):
+        KIND = input_kind(name)  # triplets: rows q, p, n; each replica holds 4 whole triplets
+        for cross in ((True, False) if supports_cross_replica(name) else (False,)):
             got = mirrored_update(strategy, name, cross, x, y)
             want = single_device_update(get_loss(name, margin=0.5), x, y, halves=not cross)
+            if KIND == "proxy_similarities":
+                whole = single_device_update(get_loss(name), x, y, halves=False)
+                want = [w if np.allclose(w, v, atol=1e-6) else w * np.nan for w, v in zip(want, whole)]
             scale = max(float(np.abs(w).max()) for w in want)
             out[f"{name}/cross_replica={cross}"] = {
                 "max_abs_diff": max(float(np.abs(g - w).max()) for g, w in zip(got, want)),

@@ -126,3 +126,55 @@ def binomial_deviance(labels, x, alpha=2.0, beta=0.5, cost=25.0) -> float:
     neg = [np.log1p(np.exp(alpha * cost * (x[i] @ x[j] - beta))) for i in range(n) for j in range(n)
            if labels[i] != labels[j]]
     return (np.mean(pos) if pos else 0.0) + (np.mean(neg) if neg else 0.0)
+
+
+def _unit(v):
+    v = np.asarray(v, np.float64)
+    return v / np.linalg.norm(v)
+
+
+def _logsumexp(values) -> float:
+    values = np.asarray(values, np.float64)
+    top = values.max()
+    return float(top + np.log(np.sum(np.exp(values - top))))
+
+
+def normalized_softmax(labels, x, proxies, temperature=0.05) -> float:
+    """Mean over samples of -log softmax(cos(x_i, w_c) / T)[y_i], from the embeddings and proxies."""
+    total = 0.0
+    for xi, yi in zip(x, np.asarray(labels).reshape(-1)):
+        logits = [float(_unit(xi) @ _unit(w)) / temperature for w in proxies]
+        total += _logsumexp(logits) - logits[yi]
+    return total / len(x)
+
+
+def proxy_nca(labels, x, proxies, scale=1.0) -> float:
+    """Mean over samples of -log(exp(-d(x, p_y)) / sum_{z != y} exp(-d(x, p_z))), d = squared L2 of unit vectors."""
+    total = 0.0
+    for xi, yi in zip(x, np.asarray(labels).reshape(-1)):
+        d = [scale * float(np.sum((_unit(xi) - _unit(w)) ** 2)) for w in proxies]
+        total += d[yi] + _logsumexp([-d[z] for z in range(len(proxies)) if z != yi])
+    return total / len(x)
+
+
+def nca(labels, x, scale=1.0) -> float:
+    """Mean over anchors with a positive of -log sum_{j same class} p_ij, p_ij softmax over j != i of -scale d^2."""
+    labels = np.asarray(labels).reshape(-1)
+    d = distance_matrix(x, "squared-L2")
+    n, total, count = len(labels), 0.0, 0
+    for i in range(n):
+        pos = [j for j in range(n) if j != i and labels[j] == labels[i]]
+        if not pos:
+            continue
+        denom = sum(np.exp(-scale * d[i, k]) for k in range(n) if k != i)
+        total += -np.log(sum(np.exp(-scale * d[i, j]) for j in pos) / denom)
+        count += 1
+    return total / count if count else 0.0
+
+
+def triplet_margin(x, margin=1.0) -> float:
+    """Mean over rows (q, p, n), (q', p', n'), ... of max(0, g + |q - p| - |q - n|)."""
+    x = np.asarray(x, np.float64)
+    hinges = [max(0.0, margin + np.linalg.norm(x[t] - x[t + 1]) - np.linalg.norm(x[t] - x[t + 2]))
+              for t in range(0, len(x), 3)]
+    return float(np.mean(hinges)) if hinges else 0.0

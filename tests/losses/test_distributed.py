@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tfsim.losses import LOSSES, supports_cross_replica
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -19,9 +21,14 @@ def results():
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("name", ["triplet_semihard", "triplet_hard", "lifted_struct", "multi_similarity",
-                                  "contrastive", "binomial_deviance"])
-@pytest.mark.parametrize("cross", [True, False])
+CASES = [(name, cross) for name in LOSSES for cross in ((True, False) if supports_cross_replica(name) else (False,))]
+
+
+def test_every_registered_loss_is_checked(results):
+    assert sorted(results) == sorted(f"{n}/cross_replica={c}" for n, c in CASES)
+
+
+@pytest.mark.parametrize("name,cross", CASES)
 def test_mirrored_update_matches_single_device(results, name, cross):
     r = results[f"{name}/cross_replica={cross}"]
     assert r["update_scale"] > 1e-4  # the step does something

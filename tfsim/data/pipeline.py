@@ -76,11 +76,33 @@ def _loader(images: ImageSet, image_size: int):
 
 
 def train_dataset(images: ImageSet, classes_per_batch: int, examples_per_class: int, image_size: int,
-                  seed: int = 0, augment_images: bool = True, start_step: int = 0) -> tf.data.Dataset:
-    """Infinite `(images [P*K, S, S, 3], labels [P*K])` P x K training batches."""
+                  seed: int = 0, augment_images: bool = True, start_step: int = 0, kind: str = "pk",
+                  batch_size: int = 60, triplets_per_query: int = 4) -> tf.data.Dataset:
+    """Infinite `(images [B, S, S, 3], labels [B])` training batches.
+
+    Args:
+        images: the training ImageSet (labels as the loss expects them).
+        classes_per_batch, examples_per_class: P and K of `kind="pk"` batches (B = P*K).
+        image_size: model input side.
+        seed: seeds the batches and the augmentation.
+        augment_images: apply `augment`.
+        start_step: first batch index (to resume).
+        kind: "pk", "random" (B = `batch_size`) or "triplets" (`batch_size` // 3 triplets,
+            B = 3 * that); see `tfsim.data.samplers`.
+        batch_size: B of random batches, rows of triplet batches.
+        triplets_per_query: see `samplers.triplet_batches`.
+    """
     load = _loader(images, image_size)
     labels = tf.constant(images.labels)
-    rows = samplers.pk_batches(images.labels, classes_per_batch, examples_per_class, seed, start_step)
+    if kind == "pk":
+        rows = samplers.pk_batches(images.labels, classes_per_batch, examples_per_class, seed, start_step)
+    elif kind == "random":
+        rows = samplers.random_batches(len(images), batch_size, seed, start_step)
+    elif kind == "triplets":
+        rows = samplers.triplet_batches(images.labels, max(batch_size // 3, 1), triplets_per_query, seed,
+                                        start_step)
+    else:
+        raise ValueError(f"Invalid value for `kind`: expected 'pk', 'random' or 'triplets'. Received: {kind!r}")
     aug_base = tf.constant([seed, 0xA06], tf.int64)
 
     def make(step, r):

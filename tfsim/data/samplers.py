@@ -1,9 +1,17 @@
 """Batch samplers, as tf.data pipelines of *row indices* into an ImageSet.
 
-`pk_batches` yields online P x K batches for the mining losses: P distinct classes,
-K images each, laid out label-contiguously (`[c0]*K + [c1]*K + ...`), so that when
-tf.distribute cuts the global batch into contiguous per-replica slices, a replica
-holds whole classes as long as P is a multiple of the replica count.
+* `pk_batches`: online P x K batches for the mining losses: P distinct classes,
+  K images each, laid out label-contiguously (`[c0]*K + [c1]*K + ...`), so that when
+  tf.distribute cuts the global batch into contiguous per-replica slices, a replica
+  holds whole classes as long as P is a multiple of the replica count.
+* `random_batches`: B distinct images drawn uniformly (for proxy losses, which need
+  no positives in the batch).
+* `triplet_batches`: explicit (query, positive, negative) triplets for the triplet
+  margin loss: Q queries drawn uniformly, and for each query `triplets_per_query`
+  triplets, each with a positive drawn from the query's class (never the query
+  itself) and a negative drawn uniformly from all images of the other classes.
+  Rows are `q, p, n, q, p', n', ...`; a replica's contiguous slice holds whole
+  triplets when the number of triplets is a multiple of the replica count.
 
 Batches are *step-indexed*: batch `s` is a pure function of `(seed, s)` computed
 with stateless random ops. Consequences: the same seed gives the same batches;
@@ -87,5 +95,104 @@ def pk_batches(labels: np.ndarray, classes_per_batch: int, examples_per_class: i
         with_repl = tf.cast(tf.random.stateless_uniform([p, k], seed=s_repl) * tf.cast(n, tf.float32), tf.int32)
         pos = tf.where(n >= k, distinct, tf.minimum(with_repl, n - 1))
         return tf.reshape(tf.gather(tf.gather(table_t, chosen), pos, batch_dims=1), [-1])
+
+    return tf.data.Dataset.counter(start_step, dtype=tf.int64).map(draw)
+
+
+def random_batches(num_rows: int, batch_size: int, seed: int = 0, start_step: int = 0) -> tf.data.Dataset:
+    """Infinite dataset of `batch_size` distinct row indices drawn uniformly, step-indexed.
+
+    Args:
+        num_rows: N, rows to draw from (>= batch_size).
+        batch_size: B.
+        seed: the stream's seed.
+        start_step: index of the first batch (to resume).
+
+    Raises:
+        UserInputError: a batch larger than the data.
+    """
+    if batch_size > num_rows:
+        raise UserInputError(
+            f"Invalid value for `sampler.batch_size`: expected at most the {num_rows} training images. "
+            f"Received: batch_size={batch_size}")
+    base = tf.constant([seed, 0xBA7C4], tf.int64)
+
+    def draw(step):
+        keys = tf.random.stateless_uniform([num_rows], seed=tf.random.experimental.stateless_fold_in(base, step))
+        return tf.cast(tf.argsort(keys)[:batch_size], tf.int32)
+
+    return tf.data.Dataset.counter(start_step, dtype=tf.int64).map(draw)
+
+
+def check_triplets(labels: np.ndarray) -> None:
+    """Raises UserInputError unless some class has >= 2 images and there are >= 2 classes."""
+    classes, counts = np.unique(labels, return_counts=True)
+    if len(classes) < 2 or counts.max() < 2:
+        raise UserInputError(
+            f"Cannot draw triplets: expected at least 2 classes and a class with at least 2 images. "
+            f"Received: {len(classes)} classes, at most {counts.max() if len(counts) else 0} images per class.")
+
+
+def triplet_batches(labels: np.ndarray, num_triplets: int, triplets_per_query: int = 4, seed: int = 0,
+                    start_step: int = 0) -> tf.data.Dataset:
+    """Infinite dataset of explicit (query, positive, negative) triplets, step-indexed.
+
+    Args:
+        labels: int `[N]` labels of the rows to sample from.
+        num_triplets: T, triplets per batch (a multiple of `triplets_per_query` is
+            natural; otherwise the last query has fewer triplets).
+        triplets_per_query: triplets sharing each query.
+        seed: the stream's seed.
+        start_step: index of the first batch (to resume).
+
+    Returns:
+        `tf.data.Dataset` of int32 `[3 * T]` row indices `q_0, p_0, n_0, q_1, ...`.
+        Queries are drawn (uniformly, distinct within a batch) among images whose class
+        has another image.
+
+    Raises:
+        UserInputError: no class with two images, or a single class.
+    """
+    labels = np.asarray(labels)
+    check_triplets(labels)
+    if num_triplets < 1 or triplets_per_query < 1:
+        raise UserInputError(
+            f"Invalid triplet batch: expected at least one triplet and triplets_per_query >= 1. "
+            f"Received: num_triplets={num_triplets}, triplets_per_query={triplets_per_query}")
+    classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    order = np.argsort(inverse, kind="stable").astype(np.int32)  # rows grouped by class
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int32)
+    position = np.empty(len(labels), np.int32)  # each row's rank inside its class
+    position[order] = np.arange(len(labels), dtype=np.int32) - np.repeat(starts, counts)
+    queryable = np.flatnonzero(counts[inverse] >= 2).astype(np.int32)
+    n_queries = -(-num_triplets // triplets_per_query)
+    if n_queries > len(queryable):
+        raise UserInputError(
+            f"Invalid triplet batch: {n_queries} queries per batch but only {len(queryable)} images have "
+            "another image of their class. Lower `sampler.batch_size` or raise `sampler.triplets_per_query`.")
+    t = {k: tf.constant(v) for k, v in dict(order=order, starts=starts, counts=counts.astype(np.int32),
+                                             cls=inverse.astype(np.int32), pos=position, queryable=queryable).items()}
+    n_rows = len(labels)
+    base = tf.constant([seed, 0x7819], tf.int64)
+
+    def draw(step):
+        s_q, s_p, s_n = tf.unstack(tf.random.experimental.stateless_split(
+            tf.random.experimental.stateless_fold_in(base, step), num=3))
+        pick = tf.argsort(tf.random.stateless_uniform([len(queryable)], seed=s_q))[:n_queries]
+        queries = tf.repeat(tf.gather(t["queryable"], pick), triplets_per_query)[:num_triplets]
+        qc = tf.gather(t["cls"], queries)
+        n_same = tf.gather(t["counts"], qc)
+        # Positive: a uniform rank among the class's other n-1 rows (skip the query's own rank).
+        u = tf.random.stateless_uniform([num_triplets], seed=s_p)
+        rank = tf.minimum(tf.cast(u * tf.cast(n_same - 1, tf.float32), tf.int32), n_same - 2)
+        rank = rank + tf.cast(rank >= tf.gather(t["pos"], queries), tf.int32)
+        positives = tf.gather(t["order"], tf.gather(t["starts"], qc) + rank)
+        # Negative: a uniform rank among the N - n rows of other classes (skip the class's block).
+        v = tf.random.stateless_uniform([num_triplets], seed=s_n)
+        rank = tf.minimum(tf.cast(v * tf.cast(n_rows - n_same, tf.float32), tf.int32), n_rows - n_same - 1)
+        start = tf.gather(t["starts"], qc)
+        rank = rank + tf.where(rank >= start, n_same, 0)
+        negatives = tf.gather(t["order"], rank)
+        return tf.reshape(tf.stack([queries, positives, negatives], axis=1), [-1])
 
     return tf.data.Dataset.counter(start_step, dtype=tf.int64).map(draw)

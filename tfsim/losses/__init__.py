@@ -1,19 +1,34 @@
 """tfsim's metric-learning losses: pure functions plus registered Keras classes.
 
-`LOSSES` maps the names used in configs (`loss.name`) to the Keras classes;
-`get_loss(name, **kwargs)` builds one with a clear error for unknown names.
+`LOSSES` maps the names used in configs (`loss.name`) to Keras loss classes;
+`get_loss(name, **kwargs)` builds one with a clear error for unknown names. Each class
+says what its `y_pred` is (`input_kind`), which the training pipeline uses to build the
+model and batches:
+
+* "embeddings": a labelled batch of embeddings (P x K or random batches). Mining losses
+  (tfa-compatible triplet and lifted losses, multi-similarity, contrastive, binomial
+  deviance, NCA) and Keras's own `keras.losses.Circle`, registered as it is rather than
+  rewritten.
+* "proxy_similarities": cosine similarities to learned class proxies
+  (`tfsim.models.proxies.CosineProxies`): normalized softmax, Proxy-NCA.
+* "triplets": explicit (query, positive, negative) rows from the triplet sampler:
+  the triplet margin loss.
 """
 
 from __future__ import annotations
 
 import inspect
 
+import keras
+
 from tfsim.losses.binomial import BinomialDevianceLoss, binomial_deviance_loss
 from tfsim.losses.contrastive import ContrastiveLoss, contrastive_loss
 from tfsim.losses.lifted import LiftedStructLoss, lifted_struct_loss
 from tfsim.losses.multi_similarity import MultiSimilarityLoss, multi_similarity_loss
-from tfsim.losses.triplet import (TripletHardLoss, TripletSemiHardLoss, triplet_hard_loss,
-                                  triplet_semihard_loss)
+from tfsim.losses.nca import NCALoss, nca_loss
+from tfsim.losses.proxy import NormalizedSoftmaxLoss, ProxyNCALoss, normalized_softmax_loss, proxy_nca_loss
+from tfsim.losses.triplet import (TripletHardLoss, TripletMarginLoss, TripletSemiHardLoss, triplet_hard_loss,
+                                  triplet_margin_loss, triplet_semihard_loss)
 
 LOSSES = {
     "triplet_semihard": TripletSemiHardLoss,
@@ -22,24 +37,42 @@ LOSSES = {
     "multi_similarity": MultiSimilarityLoss,
     "contrastive": ContrastiveLoss,
     "binomial_deviance": BinomialDevianceLoss,
+    "nca": NCALoss,
+    "circle": keras.losses.Circle,
+    "normalized_softmax": NormalizedSoftmaxLoss,
+    "proxy_nca": ProxyNCALoss,
+    "triplet_margin": TripletMarginLoss,
 }
+
+
+def input_kind(name: str) -> str:
+    """What the registered loss `name` takes as `y_pred` (see module doc)."""
+    return getattr(LOSSES[name], "input_kind", "embeddings")
+
+
+def supports_cross_replica(name: str) -> bool:
+    """Whether the loss has the `cross_replica` option (tfsim's batch losses)."""
+    return "cross_replica" in inspect.signature(LOSSES[name].__init__).parameters
 
 
 def get_loss(name: str, **kwargs):
     """Builds the registered loss `name` from config values.
 
-    Only the arguments the loss's constructor takes are passed (a config section holds
-    the union of all losses' arguments, e.g. `distance_metric` means nothing to
-    `lifted_struct`, which is defined on plain L2).
+    Only the arguments the loss's constructor takes, and that are not None, are passed:
+    a config section holds the union of all losses' arguments (e.g. `distance_metric`
+    means nothing to `lifted_struct`), and None means "the loss's own default".
     """
     if name not in LOSSES:
         raise ValueError(
             f"Invalid value for `loss.name`: expected one of {sorted(LOSSES)}. Received: {name!r}")
     cls = LOSSES[name]
     accepted = inspect.signature(cls.__init__).parameters
-    return cls(**{k: v for k, v in kwargs.items() if k in accepted})
+    return cls(**{k: v for k, v in kwargs.items() if k in accepted and v is not None})
 
 
-__all__ = ["LOSSES", "BinomialDevianceLoss", "ContrastiveLoss", "binomial_deviance_loss", "LiftedStructLoss", "contrastive_loss", "MultiSimilarityLoss", "TripletHardLoss", "TripletSemiHardLoss",
-           "get_loss", "lifted_struct_loss", "multi_similarity_loss", "triplet_hard_loss",
+__all__ = ["LOSSES", "BinomialDevianceLoss", "ContrastiveLoss", "LiftedStructLoss", "MultiSimilarityLoss",
+           "NCALoss", "NormalizedSoftmaxLoss", "ProxyNCALoss", "TripletHardLoss", "TripletMarginLoss",
+           "TripletSemiHardLoss", "binomial_deviance_loss", "contrastive_loss", "get_loss", "input_kind",
+           "lifted_struct_loss", "multi_similarity_loss", "nca_loss", "normalized_softmax_loss",
+           "proxy_nca_loss", "supports_cross_replica", "triplet_hard_loss", "triplet_margin_loss",
            "triplet_semihard_loss"]

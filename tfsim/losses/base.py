@@ -43,6 +43,7 @@ class MetricLoss(keras.losses.Loss):
         cross_replica: under a multi-replica strategy, mine against the global batch.
     """
 
+    input_kind = "embeddings"  # y_pred: embeddings of a labelled batch
     terms = None
     _args: tuple[str, ...] = ()
 

@@ -1,4 +1,4 @@
-"""The embedding model: backbone -> global pooling -> dense projection -> L2 normalisation.
+"""The embedding model: backbone -> global pooling -> (layer norm) -> dense projection -> L2 normalisation.
 
 Input: float32 `[B, S, S, 3]` pixels in [0, 255] (see `tfsim.data.pipeline`).
 Output: float32 `[B, embedding_dim]` unit vectors, so cosine similarity, dot product
@@ -17,7 +17,8 @@ from tfsim.models.backbones import get_backbone
 
 def build_embedding_model(backbone: str = "small_resnet", image_size: int = 28, embedding_dim: int = 64,
                           pooling: str = "avg", weights: Optional[str] = None, width: int = 32,
-                          seed: Optional[int] = None, blocks_per_stage: int = 2) -> keras.Model:
+                          seed: Optional[int] = None, blocks_per_stage: int = 2,
+                          layer_norm: bool = False) -> keras.Model:
     """Builds the embedding model.
 
     Args:
@@ -29,6 +30,8 @@ def build_embedding_model(backbone: str = "small_resnet", image_size: int = 28, 
         width: base width of the small ResNet.
         seed: seeds Keras initialisers for a reproducible untrained model.
         blocks_per_stage: basic blocks per stage of the small ResNet.
+        layer_norm: layer normalisation without affine parameters on the pooled features
+            (Zhai & Wu 2019, arXiv:1811.12649, section 3.2).
 
     Returns:
         A functional `keras.Model` named "embedder", input "images", output "embeddings".
@@ -46,6 +49,8 @@ def build_embedding_model(backbone: str = "small_resnet", image_size: int = 28, 
     else:
         pool = layers.GlobalAveragePooling2D if pooling == "avg" else layers.GlobalMaxPooling2D
         x = pool(name=f"{pooling}_pool")(x)
+    if layer_norm:
+        x = layers.LayerNormalization(center=False, scale=False, name="pooled_layer_norm")(x)
     x = layers.Dense(embedding_dim, name="projection")(x)
     outputs = layers.UnitNormalization(axis=-1, name="embeddings")(x)
     return keras.Model(inputs, outputs, name="embedder")

@@ -27,16 +27,19 @@ class RetrievalEvaluation(keras.callbacks.Callback):
         labels: int `[N]` labels of that set.
         ks: the K of Recall@K.
         similarity: retrieval score name.
+        embedder: the model that embeds (default: the model being fitted; pass the
+            embedder when fitting a wrapper such as a proxy trainer).
     """
 
     def __init__(self, dataset, labels: np.ndarray, ks: Sequence[int] = (1, 2, 4, 8),
-                 similarity: str = "cosine"):
+                 similarity: str = "cosine", embedder=None):
         super().__init__()
+        self.embedder = embedder
         self.dataset, self.labels, self.ks, self.similarity = dataset, np.asarray(labels), tuple(ks), similarity
         self.history: list[dict] = []
 
     def on_epoch_end(self, epoch, logs=None):
-        embeddings = self.model.predict(self.dataset, verbose=0)
+        embeddings = (self.embedder or self.model).predict(self.dataset, verbose=0)
         metrics = retrieval_metrics(embeddings, self.labels, self.ks, self.similarity)
         self.history.append(metrics)
         if logs is not None:

@@ -5,7 +5,10 @@ Data flow (each stage a module of its own; this file only connects them):
     config.validate
       -> data.sources (ImageSet) -> data.splits.class_disjoint_split (train / held-out classes)
       -> baselines on the held-out classes: raw pixels, untrained network
-      -> data.pipeline.train_dataset (P x K batches) -> model.fit under a tf.distribute strategy
+      -> data.pipeline.train_dataset (P x K, random or triplet batches)
+      -> model.fit under a tf.distribute strategy; the model fitted is the embedder, or for
+         proxy losses `embedder -> CosineProxies` (labels remapped to 0..C-1), with Adam
+         (`ScaledAdam`: the proxies' learning rate times `loss.proxy_lr_multiplier`)
          callbacks: RetrievalEvaluation (val Recall@K) -> TensorBoard -> ResumableCheckpoint
       -> evaluation.retrieval_metrics on the held-out classes -> metrics.json
       -> export.export_embedder (SavedModel, TF Serving layout) with the ScaNN index of the
@@ -41,9 +44,11 @@ from tfsim.evaluation.embed import embed
 from tfsim.evaluation.metrics import retrieval_metrics
 from tfsim.export import export_embedder
 from tfsim.index import scann_index
-from tfsim.losses import get_loss
+from tfsim.losses import get_loss, input_kind
 from tfsim.models import build_embedding_model
+from tfsim.models.proxies import PROXY_LAYER, build_proxy_trainer, embedder_of
 from tfsim.training.callbacks import ResumableCheckpoint, RetrievalEvaluation
+from tfsim.training.optimizers import ScaledAdam
 
 log = logging.getLogger(__name__)
 
@@ -136,29 +141,46 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
     images = load_data(cfg.data, cfg.model.image_size)
     train_set, test_set = splits.class_disjoint_split(images, cfg.data.test_classes)
     s, m, t = cfg.sampler, cfg.model, cfg.train
-    samplers.check_pk(train_set.labels, s.classes_per_batch, s.examples_per_class)
+    kind = input_kind(cfg.loss.name)
+    if kind == "proxy_similarities":  # proxies are indexed by class: labels 0..C-1
+        train_set = dataclasses.replace(train_set, labels=np.unique(train_set.labels, return_inverse=True)[1]
+                                        .astype(np.int32).reshape(-1))
+    if s.kind == "pk":
+        samplers.check_pk(train_set.labels, s.classes_per_batch, s.examples_per_class)
+    elif s.kind == "triplets":
+        samplers.check_triplets(train_set.labels)
     test_names = [images.class_names[c] for c in np.unique(test_set.labels)]
     log.info("Training on %d images of %d classes; evaluating on %d images of held-out classes %s.",
              len(train_set), len(np.unique(train_set.labels)), len(test_set), test_names)
 
     strategy = get_strategy(t.strategy)
-    if s.classes_per_batch % strategy.num_replicas_in_sync:
+    replicas = strategy.num_replicas_in_sync
+    unit = {"pk": ("sampler.classes_per_batch", s.classes_per_batch, "whole classes"),
+            "random": ("sampler.batch_size", s.batch_size, "equal shares"),
+            "triplets": ("sampler.batch_size", s.batch_size // 3, "whole triplets (batch_size // 3 of them)")}[s.kind]
+    if unit[1] % replicas:
         raise UserInputError(
-            f"Invalid value for `sampler.classes_per_batch`: expected a multiple of the {strategy.num_replicas_in_sync} "
-            f"replicas so each replica holds whole classes. Received: {s.classes_per_batch}")
+            f"Invalid value for `{unit[0]}`: expected a multiple of the {replicas} replicas so each replica "
+            f"holds {unit[2]}. Received: {unit[1]}")
     with strategy.scope():
-        model = build_embedding_model(m.backbone, m.image_size, m.embedding_dim, m.pooling, m.weights,
-                                      m.width, seed=t.seed, blocks_per_stage=m.blocks_per_stage)
-        loss = get_loss(cfg.loss.name, **{k: v for k, v in config_lib.to_dict(cfg)["loss"].items() if k != "name"})
+        embedder = build_embedding_model(m.backbone, m.image_size, m.embedding_dim, m.pooling, m.weights,
+                                         m.width, seed=t.seed, blocks_per_stage=m.blocks_per_stage,
+                                         layer_norm=m.layer_norm)
+        model = embedder
+        if kind == "proxy_similarities":
+            model = build_proxy_trainer(embedder, int(train_set.labels.max()) + 1, seed=t.seed)
+        loss_args = {k: v for k, v in config_lib.to_dict(cfg)["loss"].items() if k != "name"}
+        loss = get_loss(cfg.loss.name, **loss_args)
         lr = t.learning_rate
         if t.lr_schedule == "cosine":
             lr = keras.optimizers.schedules.CosineDecay(t.learning_rate, t.epochs * t.steps_per_epoch)
-        model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss)
+        optimizer = ScaledAdam(lr, lr_multipliers={PROXY_LAYER: cfg.loss.proxy_lr_multiplier})
+        model.compile(optimizer=optimizer, loss=loss)
 
     ks, sim = cfg.eval.recall_ks, cfg.eval.similarity
     baselines = {
         "raw_pixels": retrieval_metrics(pipeline.raw_pixels(test_set, m.image_size), test_set.labels, ks, "cosine"),
-        "untrained": retrieval_metrics(embed(model, test_set, m.image_size, cfg.eval.batch_size),
+        "untrained": retrieval_metrics(embed(embedder, test_set, m.image_size, cfg.eval.batch_size),
                                        test_set.labels, ks, sim),
     }
 
@@ -167,6 +189,7 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
     if checkpoint is not None:
         with strategy.scope():
             model = keras.models.load_model(checkpoint[0])
+        embedder = embedder_of(model)
         initial_epoch = checkpoint[1]
         log.info("Resuming %s from epoch %d.", run_dir, initial_epoch)
 
@@ -174,18 +197,19 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
     evaluation = None
     if cfg.eval.every_epoch:
         evaluation = RetrievalEvaluation(pipeline.eval_dataset(test_set, m.image_size, cfg.eval.batch_size),
-                                         test_set.labels, ks, sim)
+                                         test_set.labels, ks, sim, embedder=embedder)
         callbacks.append(evaluation)
     callbacks += [keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False),
                   ResumableCheckpoint(run_dir / "checkpoints")]
     if initial_epoch < t.epochs:
         data = pipeline.train_dataset(train_set, s.classes_per_batch, s.examples_per_class, m.image_size,
                                       seed=s.seed, augment_images=cfg.data.augment,
-                                      start_step=initial_epoch * t.steps_per_epoch)
+                                      start_step=initial_epoch * t.steps_per_epoch, kind=s.kind,
+                                      batch_size=s.batch_size, triplets_per_query=s.triplets_per_query)
         model.fit(data, epochs=t.epochs, steps_per_epoch=t.steps_per_epoch, initial_epoch=initial_epoch,
                   callbacks=callbacks, verbose=verbose, shuffle=False)
 
-    test_embeddings = embed(model, test_set, m.image_size, cfg.eval.batch_size)
+    test_embeddings = embed(embedder, test_set, m.image_size, cfg.eval.batch_size)
     metrics = retrieval_metrics(test_embeddings, test_set.labels, ks, sim)
     metrics["baselines"] = baselines
     metrics["test_classes"] = test_names
@@ -206,7 +230,7 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
                              images.class_names, sim, images=test_set.images, paths=test_set.paths, atomic=False)
 
         export_dir = export_embedder(
-            model, cfg.export.root, cfg.export.name or cfg.run.name, m.image_size,
+            embedder, cfg.export.root, cfg.export.name or cfg.run.name, m.image_size,
             metadata={"run_dir": str(run_dir), "similarity": sim, "config": config_lib.to_dict(cfg),
                       "metrics": {k: v for k, v in metrics.items() if k != "baselines"}},
             write_extras=write_index)
