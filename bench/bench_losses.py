@@ -3,7 +3,9 @@
 For batch sizes 64, 256, 1024 and embedding dims 128, 512: time one forward+backward
 of the loss w.r.t. the embeddings (compiled with tf.function, after a warm-up), and of
 a plain softmax cross-entropy over 100 classes on the same batch (a linear layer on
-the embeddings). Ratios are measured in the same run, interleaved, so machine noise
+the embeddings). Proxy losses (normalized softmax, Proxy-NCA) include their
+`CosineProxies` layer over the same 100 classes (gradients to embeddings and proxies);
+the explicit-triplet loss takes the largest multiple of 3 rows <= B. Ratios are measured in the same run, interleaved, so machine noise
 affects both sides alike.
 
     python bench/bench_losses.py [--repeats 20]
@@ -20,7 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tfsim.losses import LOSSES  # noqa: E402
+from tfsim.losses import LOSSES, input_kind  # noqa: E402
 
 
 def timed(fn, repeats: int) -> float:
@@ -54,13 +56,20 @@ def main() -> None:
                 return tape.gradient(loss, [x, w])
 
             for name, cls in LOSSES.items():
-                loss_obj = cls()
+                loss_obj, kind = cls(), input_kind(name)
 
                 @tf.function
                 def loss_step():
                     with tf.GradientTape() as tape:
-                        loss = loss_obj(labels, x)
-                    return tape.gradient(loss, x)
+                        if kind == "proxy_similarities":
+                            sims = tf.matmul(tf.math.l2_normalize(x, 1), tf.math.l2_normalize(w, 0))
+                            loss = loss_obj(cls_labels, sims)
+                        elif kind == "triplets":
+                            rows = 3 * (b // 3)
+                            loss = loss_obj(labels[:rows], x[:rows])
+                        else:
+                            loss = loss_obj(labels, x)
+                    return tape.gradient(loss, [x, w] if kind == "proxy_similarities" else x)
 
                 t_loss = timed(loss_step, args.repeats)
                 t_ref = timed(softmax_step, args.repeats)

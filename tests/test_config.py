@@ -65,3 +65,27 @@ def test_shipped_pipeline_configs_load(monkeypatch):
     assert files
     for f in files:
         config.load(f.stem)
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["loss.name=triplet_margin"], r"Invalid value for `sampler.kind`: expected 'triplets' for loss 'triplet_margin'"),
+    (["sampler.kind=triplets"], r"Invalid value for `sampler.kind`: expected 'pk' or 'random' for loss"),
+    (["loss.name=circle", "loss.cross_replica=true"], r"`loss.cross_replica`: expected false for loss 'circle'"),
+    (["loss.name=normalized_softmax", "loss.temperature=0"], r"`loss.temperature`: expected a number > 0"),
+    (["loss.proxy_lr_multiplier=-1"], r"`loss.proxy_lr_multiplier`: expected a number > 0"),
+    (["sampler.kind=random", "sampler.batch_size=1"], r"`sampler.batch_size`: expected an integer >= 2"),
+])
+def test_loss_and_sampler_combinations_are_checked(overrides, match):
+    with pytest.raises(UserInputError, match=match):
+        config.load("default", overrides)
+
+
+def test_unset_loss_arguments_take_each_loss_default():
+    from tfsim.losses import get_loss
+    cfg = config.load("default", ["loss.name=binomial_deviance"])
+    args = {k: v for k, v in config.to_dict(cfg)["loss"].items() if k != "name"}
+    loss = get_loss(cfg.loss.name, **args)
+    assert (loss.alpha, loss.beta, loss.cost) == (2.0, 0.5, 25.0)  # not multi-similarity's beta=50
+    cfg = config.load("default", ["loss.name=triplet_hard", "loss.margin=null", "loss.soft=true"])
+    loss = get_loss(cfg.loss.name, **{k: v for k, v in config.to_dict(cfg)["loss"].items() if k != "name"})
+    assert (loss.margin, loss.soft, loss.distance_metric) == (1.0, True, "L2")

@@ -39,6 +39,8 @@ class DataConfig:
     `source`: "default" (the shipped Fashion-MNIST subset), "folder"
     (`path/<class>/<image>`) or "tfds" (`tfds_name`, e.g. cars196). `test_classes`:
     label indices held out (never trained on); empty = second half of the classes.
+    `augment`: random flip and shift of training images; `erase_prob`: probability of
+    also erasing a random rectangle (random erasing, `tfsim.data.pipeline.augment`).
     """
 
     source: Literal["default", "folder", "tfds"] = "default"
@@ -49,6 +51,7 @@ class DataConfig:
     manual_dir: Optional[str] = None
     test_classes: tuple[int, ...] = (2, 4, 5, 7)
     augment: bool = True
+    erase_prob: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -339,6 +342,7 @@ def validate(cfg: Config) -> None:
     for key in ("scale", "temperature", "gamma", "alpha", "beta", "cost"):
         value = getattr(lc, key)
         need(value is None or value > 0, f"loss.{key}", "a number > 0 (or null for the loss's default)", value)
+    need(0 <= cfg.data.erase_prob <= 1, "data.erase_prob", "a probability in [0, 1]", cfg.data.erase_prob)
     need(lc.proxy_lr_multiplier > 0, "loss.proxy_lr_multiplier", "a number > 0", lc.proxy_lr_multiplier)
     from tfsim.losses import input_kind, supports_cross_replica
     need(not lc.cross_replica or supports_cross_replica(lc.name), "loss.cross_replica",

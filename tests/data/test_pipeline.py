@@ -78,3 +78,18 @@ def test_tfds_source_with_mocked_cars196():
 def test_tfds_unknown_dataset_is_a_clear_error(tmp_path):
     with pytest.raises(UserInputError, match="Could not prepare TFDS dataset 'no_such_dataset'"):
         sources.load_tfds("no_such_dataset", data_dir=str(tmp_path))
+
+
+def test_random_erasing_replaces_one_rectangle_by_the_mean():
+    img = np.random.default_rng(0).uniform(1, 255, (64, 20, 20, 3)).astype(np.float32)
+    seed = tf.constant([3, 4], tf.int64)
+    base = pipeline.augment(tf.constant(img), seed, pad_fraction=0.0).numpy()
+    erased = pipeline.augment(tf.constant(img), seed, pad_fraction=0.0, erase_prob=0.5).numpy()
+    changed = np.any(erased != base, axis=-1)  # [B, S, S]
+    hit = changed.any(axis=(1, 2))
+    assert 20 <= hit.sum() <= 44  # about half the images
+    for i in np.flatnonzero(hit):
+        rows, cols = np.flatnonzero(changed[i].any(1)), np.flatnonzero(changed[i].any(0))
+        assert changed[i].sum() == rows.size * cols.size  # one solid rectangle
+        assert 4 <= rows.size <= 10 and 4 <= cols.size <= 10  # sides 0.2-0.5 of 20 px
+        np.testing.assert_allclose(erased[i, rows[0], cols[0]], base[i].mean(axis=(0, 1)), rtol=1e-5)

@@ -33,29 +33,46 @@ def decode_file(path: tf.Tensor) -> tf.Tensor:
     return tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
 
 
-def augment(images: tf.Tensor, seed: tf.Tensor, pad_fraction: float = 0.1) -> tf.Tensor:
-    """Per-image random horizontal flip and random translation (zero-pad and crop).
+def augment(images: tf.Tensor, seed: tf.Tensor, pad_fraction: float = 0.1, erase_prob: float = 0.0,
+            erase_sides: tuple[float, float] = (0.2, 0.5)) -> tf.Tensor:
+    """Per-image random horizontal flip, random translation, and optional random erasing.
 
     Args:
         images: float32 `[B, S, S, 3]`.
         seed: int `[2]` stateless seed.
         pad_fraction: maximum shift, as a fraction of the side, in whole pixels.
+        erase_prob: probability that an image gets one rectangle replaced by its mean
+            pixel value (random erasing, Zhong et al. 2017, arXiv:1708.04896: a
+            regulariser against relying on any one part of the object).
+        erase_sides: range of the rectangle's height and width, as fractions of the side.
     """
     s_flip, s_shift = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    s_erase = tf.random.experimental.stateless_fold_in(seed, 0xE2A5E)
     b = tf.shape(images)[0]
     flip = tf.random.stateless_uniform([b, 1, 1, 1], seed=s_flip) < 0.5
     images = tf.where(flip, tf.reverse(images, axis=[2]), images)
     side = images.shape[1]
     pad = int(round(side * pad_fraction))
-    if pad == 0:
-        return images
-    padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
-    offsets = tf.random.stateless_uniform([b, 2], seed=s_shift, minval=0, maxval=2 * pad + 1, dtype=tf.int32)
-    grid = tf.range(side)[None, :]
-    rows = offsets[:, :1] + grid  # [B, S] source rows of each image
-    cols = offsets[:, 1:] + grid
-    shifted = tf.gather(padded, rows, axis=1, batch_dims=1)
-    return tf.gather(shifted, cols, axis=2, batch_dims=1)
+    if pad > 0:
+        padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+        offsets = tf.random.stateless_uniform([b, 2], seed=s_shift, minval=0, maxval=2 * pad + 1, dtype=tf.int32)
+        grid = tf.range(side)[None, :]
+        rows = offsets[:, :1] + grid  # [B, S] source rows of each image
+        cols = offsets[:, 1:] + grid
+        shifted = tf.gather(padded, rows, axis=1, batch_dims=1)
+        images = tf.gather(shifted, cols, axis=2, batch_dims=1)
+    if erase_prob > 0:
+        u = tf.random.stateless_uniform([b, 5], seed=s_erase)
+        lo, hi = erase_sides
+        size = (lo + (hi - lo) * u[:, :2]) * side  # [B, 2] height, width in pixels
+        start = u[:, 2:4] * (side - size)
+        grid = tf.cast(tf.range(side), tf.float32)[None, :]
+        in_rows = (grid >= start[:, :1]) & (grid < start[:, :1] + size[:, :1])  # [B, S]
+        in_cols = (grid >= start[:, 1:2]) & (grid < start[:, 1:2] + size[:, 1:2])
+        box = in_rows[:, :, None] & in_cols[:, None, :] & (u[:, 4] < erase_prob)[:, None, None]
+        mean = tf.reduce_mean(images, axis=[1, 2], keepdims=True)
+        images = tf.where(box[..., None], mean, images)
+    return images
 
 
 def _loader(images: ImageSet, image_size: int):
@@ -77,7 +94,7 @@ def _loader(images: ImageSet, image_size: int):
 
 def train_dataset(images: ImageSet, classes_per_batch: int, examples_per_class: int, image_size: int,
                   seed: int = 0, augment_images: bool = True, start_step: int = 0, kind: str = "pk",
-                  batch_size: int = 60, triplets_per_query: int = 4) -> tf.data.Dataset:
+                  batch_size: int = 60, triplets_per_query: int = 4, erase_prob: float = 0.0) -> tf.data.Dataset:
     """Infinite `(images [B, S, S, 3], labels [B])` training batches.
 
     Args:
@@ -86,6 +103,7 @@ def train_dataset(images: ImageSet, classes_per_batch: int, examples_per_class: 
         image_size: model input side.
         seed: seeds the batches and the augmentation.
         augment_images: apply `augment`.
+        erase_prob: random-erasing probability of `augment`.
         start_step: first batch index (to resume).
         kind: "pk", "random" (B = `batch_size`) or "triplets" (`batch_size` // 3 triplets,
             B = 3 * that); see `tfsim.data.samplers`.
@@ -108,7 +126,7 @@ def train_dataset(images: ImageSet, classes_per_batch: int, examples_per_class: 
     def make(step, r):
         x = load(r)
         if augment_images:
-            x = augment(x, tf.random.experimental.stateless_fold_in(aug_base, step))
+            x = augment(x, tf.random.experimental.stateless_fold_in(aug_base, step), erase_prob=erase_prob)
         return x, tf.gather(labels, r)
 
     steps = tf.data.Dataset.counter(start_step, dtype=tf.int64)

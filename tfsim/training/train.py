@@ -205,7 +205,8 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
         data = pipeline.train_dataset(train_set, s.classes_per_batch, s.examples_per_class, m.image_size,
                                       seed=s.seed, augment_images=cfg.data.augment,
                                       start_step=initial_epoch * t.steps_per_epoch, kind=s.kind,
-                                      batch_size=s.batch_size, triplets_per_query=s.triplets_per_query)
+                                      batch_size=s.batch_size, triplets_per_query=s.triplets_per_query,
+                                      erase_prob=cfg.data.erase_prob)
         model.fit(data, epochs=t.epochs, steps_per_epoch=t.steps_per_epoch, initial_epoch=initial_epoch,
                   callbacks=callbacks, verbose=verbose, shuffle=False)
 
