@@ -29,3 +29,20 @@ def test_loss_trains_above_untrained(name, tmp_path):
           f"recall@1 {untrained['recall@1']:.3f} -> {m['recall@1']:.3f}")
     assert m["map@r"] >= untrained["map@r"] + 0.02, (name, m["map@r"], untrained["map@r"])
     assert m["recall@1"] >= untrained["recall@1"] + 0.01, (name, m["recall@1"], untrained["recall@1"])
+
+
+def test_proxy_run_exports_the_embedder_not_the_proxies(tmp_path):
+    import numpy as np
+    import tensorflow as tf
+
+    cfg = config.load("default", ["train.epochs=1", "train.steps_per_epoch=2", "model.width=8",
+                                  "model.embedding_dim=16", "model.layer_norm=true", "eval.every_epoch=false",
+                                  "loss.name=normalized_softmax", f"export.root={tmp_path / 'exports'}"])
+    result = train(cfg, tmp_path / "run", verbose=0)
+    served = tf.saved_model.load(str(result.export_dir))
+    images = np.random.default_rng(0).uniform(0, 255, (3, 28, 28, 3)).astype(np.float32)
+    out = served.signatures["serve_images"](images=tf.constant(images))["embeddings"].numpy()
+    assert out.shape == (3, 16)  # embeddings, not the 6 training classes' similarities
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
+    import json
+    assert json.loads((result.index_dir / "index.json").read_text())["size"] == 2400  # the held-out gallery

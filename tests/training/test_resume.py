@@ -13,8 +13,13 @@ TINY = ["train.epochs=3", "train.steps_per_epoch=2", "model.width=8", "model.blo
         "model.embedding_dim=8", "export.enabled=false", "eval.every_epoch=false"]
 
 
-def test_interrupted_run_resumes_to_the_same_model(tmp_path, monkeypatch):
-    cfg = config.load("default", TINY + [f"run.root={tmp_path}"])
+@pytest.mark.parametrize("extra", [
+    [],  # P x K batches, mining loss, the embedder is the fitted model
+    ["loss.name=normalized_softmax", "loss.proxy_lr_multiplier=10", "sampler.kind=random"],  # proxies in the checkpoint
+    ["loss.name=triplet_margin", "sampler.kind=triplets"],  # explicit-triplet batches
+], ids=["pk", "proxies", "triplets"])
+def test_interrupted_run_resumes_to_the_same_model(tmp_path, monkeypatch, extra):
+    cfg = config.load("default", TINY + [f"run.root={tmp_path}"] + extra)
     straight = train(cfg, tmp_path / "straight", verbose=0)
 
     original = ResumableCheckpoint.on_epoch_end
@@ -34,6 +39,9 @@ def test_interrupted_run_resumes_to_the_same_model(tmp_path, monkeypatch):
 
     a = keras.models.load_model(tmp_path / "straight" / "checkpoints" / "last.keras")
     b = keras.models.load_model(tmp_path / "resumed" / "checkpoints" / "last.keras")
+    assert len(a.weights) == len(b.weights) and a.name == b.name
+    if extra and "normalized_softmax" in extra[0]:
+        assert a.name == "proxy_trainer" and b.optimizer.lr_multipliers == {"proxies": 10.0}
     for va, vb in zip(a.weights, b.weights):
         np.testing.assert_allclose(va.numpy(), vb.numpy(), atol=1e-4, err_msg=va.path)
     assert resumed.metrics["recall@1"] == pytest.approx(straight.metrics["recall@1"], abs=2e-3)
