@@ -27,8 +27,10 @@ def test_loss_trains_above_untrained(name, tmp_path):
     untrained = m["baselines"]["untrained"]
     print(f"{name}: map@r {untrained['map@r']:.3f} -> {m['map@r']:.3f}, "
           f"recall@1 {untrained['recall@1']:.3f} -> {m['recall@1']:.3f}")
-    assert m["map@r"] >= untrained["map@r"] + 0.02, (name, m["map@r"], untrained["map@r"])
-    assert m["recall@1"] >= untrained["recall@1"] + 0.01, (name, m["recall@1"], untrained["recall@1"])
+    # Measured on this machine: every loss lifts MAP@R by 0.065-0.13 and Recall@1 by
+    # 0.043-0.079 over the untrained 0.237 / 0.680. A loss that does not train fails.
+    assert m["map@r"] >= untrained["map@r"] + 0.04, (name, m["map@r"], untrained["map@r"])
+    assert m["recall@1"] >= untrained["recall@1"] + 0.025, (name, m["recall@1"], untrained["recall@1"])
 
 
 def test_proxy_run_exports_the_embedder_not_the_proxies(tmp_path):
