@@ -178,3 +178,23 @@ def triplet_margin(x, margin=1.0) -> float:
     hinges = [max(0.0, margin + np.linalg.norm(x[t] - x[t + 1]) - np.linalg.norm(x[t] - x[t + 2]))
               for t in range(0, len(x), 3)]
     return float(np.mean(hinges)) if hinges else 0.0
+
+
+def circle_per_anchor(labels, x, gamma=80.0, margin=0.4) -> np.ndarray:
+    """Circle loss (Sun et al., CVPR 2020, arXiv:2002.10857) per anchor, on cosine similarities s:
+    log(1 + sum_n exp(gamma a_n (s_n - m)) * sum_p exp(-gamma a_p (s_p - 1 + m))),
+    a_p = max(1 + m - s_p, 0), a_n = max(s_n + m, 0); positives exclude the anchor itself."""
+    labels = np.asarray(labels).reshape(-1)
+    x = np.asarray(x, np.float64)
+    out = np.zeros(len(x))
+    for i in range(len(x)):
+        pos, neg = [], []
+        for j in range(len(x)):
+            s = float(x[i] @ x[j])  # Keras's circle takes unit vectors as they are
+            if labels[j] == labels[i] and j != i:
+                pos.append(-gamma * max(1 + margin - s, 0.0) * (s - 1 + margin))
+            elif labels[j] != labels[i]:
+                neg.append(gamma * max(s + margin, 0.0) * (s - margin))
+        if pos and neg:
+            out[i] = np.log1p(np.exp(_logsumexp(pos) + _logsumexp(neg)))
+    return out
