@@ -40,7 +40,7 @@ def test_config_file_with_base_and_unknown_key(tmp_path, monkeypatch):
     good = tmp_path / "small.json"
     good.write_text(json.dumps({"base": "default", "model": {"embedding_dim": 32}, "train": {"epochs": 2}}))
     cfg = config.load(str(good))
-    assert cfg.model.embedding_dim == 32 and cfg.train.epochs == 2 and cfg.loss == config.LossConfig()
+    assert cfg.model.embedding_dim == 32 and cfg.train.epochs == 2 and cfg.loss == config.PRESETS["default"].loss
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"model": {"embeding_dim": 32}}))
     with pytest.raises(UserInputError, match="Unknown config key `model.embeding_dim`"):
@@ -74,10 +74,37 @@ def test_shipped_pipeline_configs_load(monkeypatch):
     (["loss.name=normalized_softmax", "loss.temperature=0"], r"`loss.temperature`: expected a number > 0"),
     (["loss.proxy_lr_multiplier=-1"], r"`loss.proxy_lr_multiplier`: expected a number > 0"),
     (["sampler.kind=random", "sampler.batch_size=1"], r"`sampler.batch_size`: expected an integer >= 2"),
+    (["data.augment=false", "data.erase_prob=0.5"], r"`data.erase_prob`: expected 0 when data.augment=false"),
+    (["loss.name=triplet_margin", "sampler.kind=triplets", "loss.distance_metric=angular"],
+     r"`loss.distance_metric`: expected 'squared-L2' \(the paper's\) or 'L2' for triplet_margin"),
 ])
 def test_loss_and_sampler_combinations_are_checked(overrides, match):
     with pytest.raises(UserInputError, match=match):
         config.load("default", overrides)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["loss.name=nca", "sampler.kind=random", "sampler.batch_size=32"],
+    ["loss.name=binomial_deviance", "loss.beta=0"],  # beta is a similarity threshold: 0 is valid
+    ["loss.name=binomial_deviance", "loss.beta=-0.2"],
+    ["loss.name=triplet_margin", "sampler.kind=triplets", "loss.distance_metric=L2"],
+    ["loss.name=normalized_softmax", "model.layer_norm=true", "loss.proxy_lr_multiplier=10", "loss.temperature=0.1"],
+    ["loss.name=circle", "loss.gamma=32"],
+    ["data.erase_prob=0.3"],
+])
+def test_valid_loss_and_sampler_combinations_pass(overrides):
+    cfg = config.load("default", overrides)
+    assert cfg.loss.name == next((o.split("=")[1] for o in overrides if o.startswith("loss.name=")), "triplet_semihard")
+
+
+def test_changing_the_loss_starts_from_its_own_arguments():
+    cfg = config.load("default", ["loss.cross_replica=true", "loss.name=lifted_struct"])
+    assert cfg.loss.margin is None and cfg.loss.cross_replica is True  # preset's 0.5 was semi-hard's
+    a = config.load("default", ["loss.margin=0.3", "loss.name=triplet_hard"])
+    b = config.load("default", ["loss.name=triplet_hard", "loss.margin=0.3"])
+    assert a == b and a.loss.margin == 0.3
+    assert config.load("default", ["loss.margin=0.2"]).loss.margin == 0.2  # same loss: kept as set
+    assert config.load("default").loss.margin == 0.5
 
 
 def test_unset_loss_arguments_take_each_loss_default():

@@ -70,12 +70,14 @@ def pairwise_l2(embeddings: tf.Tensor, squared: bool = False) -> tf.Tensor:
     return dist * _off_diagonal_mask(tf.shape(embeddings)[0], d2.dtype)
 
 
-def rowwise_l2(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
-    """Euclidean distances `[N]` between matching rows of `a` and `b` `[N, D]`.
+def rowwise_l2(a: tf.Tensor, b: tf.Tensor, squared: bool = False) -> tf.Tensor:
+    """(Squared) Euclidean distances `[N]` between matching rows of `a` and `b` `[N, D]`.
 
     Like `pairwise_l2`, an exact zero distance gives 0 with a finite (zero) gradient.
     """
     d2 = tf.reduce_sum(tf.square(a - b), axis=-1)
+    if squared:
+        return d2
     zero = tf.less_equal(d2, 0.0)
     return tf.sqrt(d2 + tf.cast(zero, d2.dtype) * 1e-16) * tf.cast(tf.logical_not(zero), d2.dtype)
 

@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 
 from tfsim.losses import LOSSES, get_loss, input_kind, supports_cross_replica  # noqa: E402
 from tfsim.models.proxies import CosineProxies  # noqa: E402
+from tfsim.training.optimizers import ScaledAdam  # noqa: E402
 
 B, D_IN, D = 24, 6, 4
 KIND = "embeddings"
@@ -85,6 +86,28 @@ def main():
             out[f"{name}/cross_replica={cross}"] = {
                 "max_abs_diff": max(float(np.abs(g - w).max()) for g, w in zip(got, want)),
                 "update_scale": scale}
+    # ScaledAdam under MirroredStrategy: one Adam step with a 10x proxy learning rate
+    # matches the same step on one device, and the proxies move 10x as far as with 1x.
+    KIND = "proxy_similarities"
+
+    def adam_update(scope, multiplier):
+        with scope:
+            model = make_model()
+            before = [v.numpy().copy() for v in model.trainable_variables]
+            model.compile(optimizer=ScaledAdam(0.01, lr_multipliers={"proxies": multiplier}),
+                          loss=get_loss("normalized_softmax"))
+        model.fit(tf.data.Dataset.from_tensors((x, y)), epochs=1, verbose=0, shuffle=False)
+        # (paths differ between instances, e.g. dense_3 vs dense_7: keep the layer name only)
+        return {f"{i}:{v.path.split('/', 1)[-1] if 'proxies' in v.path else v.path.split('/')[-1]}": v.numpy() - b
+                for i, (v, b) in enumerate(zip(model.trainable_variables, before))}
+
+    mirrored = adam_update(strategy.scope(), 10.0)
+    single = adam_update(tf.distribute.get_strategy().scope(), 10.0)
+    plain = adam_update(tf.distribute.get_strategy().scope(), 1.0)
+    ratios = {k: float(np.abs(single[k]).max() / np.abs(plain[k]).max()) for k in single}
+    out["scaled_adam"] = {"max_abs_diff": max(float(np.abs(mirrored[k] - single[k]).max()) for k in single),
+                          "update_scale": max(float(np.abs(v).max()) for v in single.values()),
+                          "ratios": ratios}
     print(json.dumps(out))
 
 

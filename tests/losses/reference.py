@@ -172,10 +172,12 @@ def nca(labels, x, scale=1.0) -> float:
     return total / count if count else 0.0
 
 
-def triplet_margin(x, margin=1.0) -> float:
-    """Mean over rows (q, p, n), (q', p', n'), ... of max(0, g + |q - p| - |q - n|)."""
+def triplet_margin(x, margin=1.0, squared=True) -> float:
+    """Mean over rows (q, p, n), (q', p', n'), ... of max(0, g + D(q, p) - D(q, n)),
+    D = |.|^2 (Wang et al. 2014, Eq. 1) or |.| with squared=False."""
     x = np.asarray(x, np.float64)
-    hinges = [max(0.0, margin + np.linalg.norm(x[t] - x[t + 1]) - np.linalg.norm(x[t] - x[t + 2]))
+    power = 2 if squared else 1
+    hinges = [max(0.0, margin + np.linalg.norm(x[t] - x[t + 1]) ** power - np.linalg.norm(x[t] - x[t + 2]) ** power)
               for t in range(0, len(x), 3)]
     return float(np.mean(hinges)) if hinges else 0.0
 

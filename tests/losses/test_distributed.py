@@ -25,7 +25,16 @@ CASES = [(name, cross) for name in LOSSES for cross in ((True, False) if support
 
 
 def test_every_registered_loss_is_checked(results):
-    assert sorted(results) == sorted(f"{n}/cross_replica={c}" for n, c in CASES)
+    assert sorted(k for k in results if k != "scaled_adam") == sorted(f"{n}/cross_replica={c}" for n, c in CASES)
+
+
+def test_scaled_adam_under_mirrored_strategy(results):
+    r = results["scaled_adam"]
+    assert r["update_scale"] > 1e-3
+    assert r["max_abs_diff"] <= 1e-6 + 1e-4 * r["update_scale"], r
+    assert sum(k.endswith(":proxies") for k in r["ratios"]) == 1 and len(r["ratios"]) == 5
+    for path, ratio in r["ratios"].items():  # only the proxies move 10x as far
+        assert ratio == pytest.approx(10.0 if path.endswith(":proxies") else 1.0, rel=1e-3), (path, ratio)
 
 
 @pytest.mark.parametrize("name,cross", CASES)

@@ -86,6 +86,17 @@ def test_bad_arguments_are_clear():
         CosineProxies(1)
 
 
+def test_cosine_proxies_under_mixed_precision():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        layer = CosineProxies(3)
+        out = layer(tf.random.normal([4, 8], dtype=tf.float16))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert out.dtype == tf.float32 and layer.proxies.dtype == "float32"
+    assert np.all(np.isfinite(out.numpy()))
+
+
 def test_cosine_proxies_layer():
     layer = CosineProxies(3)
     x = tf.constant([[3.0, 0.0], [0.0, -2.0], [0.0, 0.0]])
@@ -102,9 +113,13 @@ def test_cosine_proxies_layer():
 def test_proxy_trainer_saves_and_gives_back_its_embedder(tmp_path):
     embedder = build_embedding_model("small_resnet", 16, 8, width=4, blocks_per_stage=1, seed=0,
                                      layer_norm=True)
+    norm = embedder.get_layer("pooled_layer_norm")  # layer norm without affine parameters
+    assert not norm.center and not norm.scale and not norm.weights
     trainer = build_proxy_trainer(embedder, 4, seed=0)
-    trainer.compile(optimizer=ScaledAdam(1e-3, lr_multipliers={"proxies": 10.0}),
-                    loss=NormalizedSoftmaxLoss(temperature=0.1))
+    optimizer = ScaledAdam(1e-3, lr_multipliers={"proxies": 10.0})
+    trainer.compile(optimizer=optimizer, loss=NormalizedSoftmaxLoss(temperature=0.1))
+    scaled = [v.path for v in trainer.trainable_variables if optimizer.multiplier(v) != 1.0]
+    assert scaled == ["proxies/proxies"]  # only the proxies get the multiplier
     images = np.random.default_rng(0).uniform(0, 255, (8, 16, 16, 3)).astype(np.float32)
     labels = np.repeat(np.arange(4), 2)
     trainer.fit(images, labels, epochs=1, batch_size=8, verbose=0)

@@ -120,7 +120,7 @@ def train_dataset(images: ImageSet, classes_per_batch: int, examples_per_class: 
         rows = samplers.triplet_batches(images.labels, max(batch_size // 3, 1), triplets_per_query, seed,
                                         start_step)
     else:
-        raise ValueError(f"Invalid value for `kind`: expected 'pk', 'random' or 'triplets'. Received: {kind!r}")
+        raise ValueError(f"Invalid value for `kind`: expected 'pk', 'random' or 'triplets'. Received: kind={kind!r}")
     aug_base = tf.constant([seed, 0xA06], tf.int64)
 
     def make(step, r):

@@ -114,7 +114,7 @@ def random_batches(num_rows: int, batch_size: int, seed: int = 0, start_step: in
     if batch_size > num_rows:
         raise UserInputError(
             f"Invalid value for `sampler.batch_size`: expected at most the {num_rows} training images. "
-            f"Received: batch_size={batch_size}")
+            f"Received: sampler.batch_size={batch_size}")
     base = tf.constant([seed, 0xBA7C4], tf.int64)
 
     def draw(step):
@@ -129,8 +129,9 @@ def check_triplets(labels: np.ndarray) -> None:
     classes, counts = np.unique(labels, return_counts=True)
     if len(classes) < 2 or counts.max() < 2:
         raise UserInputError(
-            f"Cannot draw triplets: expected at least 2 classes and a class with at least 2 images. "
-            f"Received: {len(classes)} classes, at most {counts.max() if len(counts) else 0} images per class.")
+            "Invalid training set for triplets: expected at least 2 classes and a class with at least 2 images. "
+            f"Received: {len(classes)} classes, at most {counts.max() if len(counts) else 0} images per class. "
+            "Hold out fewer classes (data.test_classes) or add images.")
 
 
 def triplet_batches(labels: np.ndarray, num_triplets: int, triplets_per_query: int = 4, seed: int = 0,
@@ -157,8 +158,9 @@ def triplet_batches(labels: np.ndarray, num_triplets: int, triplets_per_query: i
     check_triplets(labels)
     if num_triplets < 1 or triplets_per_query < 1:
         raise UserInputError(
-            f"Invalid triplet batch: expected at least one triplet and triplets_per_query >= 1. "
-            f"Received: num_triplets={num_triplets}, triplets_per_query={triplets_per_query}")
+            "Invalid value for `sampler.batch_size` or `sampler.triplets_per_query`: expected at least one "
+            f"triplet (batch_size >= 3) and triplets_per_query >= 1. Received: num_triplets={num_triplets}, "
+            f"sampler.triplets_per_query={triplets_per_query}")
     classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
     order = np.argsort(inverse, kind="stable").astype(np.int32)  # rows grouped by class
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int32)
@@ -168,8 +170,9 @@ def triplet_batches(labels: np.ndarray, num_triplets: int, triplets_per_query: i
     n_queries = -(-num_triplets // triplets_per_query)
     if n_queries > len(queryable):
         raise UserInputError(
-            f"Invalid triplet batch: {n_queries} queries per batch but only {len(queryable)} images have "
-            "another image of their class. Lower `sampler.batch_size` or raise `sampler.triplets_per_query`.")
+            f"Invalid value for `sampler.batch_size`: expected at most {len(queryable)} distinct queries per batch "
+            f"(the images that have another image of their class). Received: {num_triplets} triplets in "
+            f"{n_queries} queries. Lower `sampler.batch_size` or raise `sampler.triplets_per_query`.")
     t = {k: tf.constant(v) for k, v in dict(order=order, starts=starts, counts=counts.astype(np.int32),
                                              cls=inverse.astype(np.int32), pos=position, queryable=queryable).items()}
     n_rows = len(labels)

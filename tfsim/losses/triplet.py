@@ -169,7 +169,18 @@ class TripletHardLoss(MetricLoss):
         self.distance_metric = distances.check_distance_metric(distance_metric)
 
 
-def explicit_triplet_terms(labels, embeddings, margin: float = 1.0):
+_TRIPLET_DISTANCES = ("squared-L2", "L2")
+
+
+def _check_triplet_distance(distance_metric: str) -> str:
+    if distance_metric not in _TRIPLET_DISTANCES:
+        raise ValueError(
+            f"Invalid value for `distance_metric`: expected one of {list(_TRIPLET_DISTANCES)} for the explicit-"
+            f"triplet loss. Received: distance_metric={distance_metric!r}")
+    return distance_metric
+
+
+def explicit_triplet_terms(labels, embeddings, margin: float = 1.0, distance_metric: str = "squared-L2"):
     """Hinges of explicit triplets, placed on each triplet's query row `[3T]`, and T.
 
     Rows are `(query, positive, negative)` triplets in order: 0-2, 3-5, ... The cost of a
@@ -177,36 +188,40 @@ def explicit_triplet_terms(labels, embeddings, margin: float = 1.0):
     a replica's share, holds the costs of exactly its own triplets.
     """
     del labels  # the sampler's row order says which rows are positives and negatives
+    squared = _check_triplet_distance(distance_metric) == "squared-L2"
     embeddings = tf.convert_to_tensor(embeddings)
     if embeddings.shape[0] is not None and embeddings.shape[0] % 3:
         raise ValueError(
-            "Invalid batch for `triplet_margin`: expected (query, positive, negative) rows, a multiple of 3. "
-            f"Received: {embeddings.shape[0]} rows. Use sampler.kind=triplets.")
+            "Invalid value for `embeddings`: expected (query, positive, negative) rows, a multiple of 3 "
+            f"(use sampler.kind=triplets). Received: embeddings.shape[0]={embeddings.shape[0]}")
     _, embeddings, _ = _masks.prepare(tf.zeros([tf.shape(embeddings)[0]], tf.int32), embeddings)
     triplets = tf.reshape(embeddings, [-1, 3, tf.shape(embeddings)[1]])
     q, p, n = triplets[:, 0], triplets[:, 1], triplets[:, 2]
-    hinge = tf.maximum(margin + distances.rowwise_l2(q, p) - distances.rowwise_l2(q, n), 0.0)
+    gap = distances.rowwise_l2(q, p, squared) - distances.rowwise_l2(q, n, squared)
+    hinge = tf.maximum(margin + gap, 0.0)
     per_row = tf.reshape(tf.stack([hinge, tf.zeros_like(hinge), tf.zeros_like(hinge)], axis=1), [-1])
     return per_row, tf.cast(tf.shape(hinge)[0], hinge.dtype)
 
 
-def triplet_margin_loss(labels, embeddings, margin: float = 1.0) -> tf.Tensor:
+def triplet_margin_loss(labels, embeddings, margin: float = 1.0, distance_metric: str = "squared-L2") -> tf.Tensor:
     """Triplet loss on explicit (query, positive, negative) triplets ("deep ranking").
 
-    loss = mean over triplets of max(0, g + D(q, p) - D(q, n)), D the Euclidean distance
-    and g = `margin` the gap (1.0 in the paper). The triplets come from the sampler
+    loss = mean over triplets of max(0, g + D(q, p) - D(q, n)), with g = `margin` the gap
+    and D the paper's squared Euclidean distance (its Eq. 1), or the plain Euclidean
+    distance with `distance_metric="L2"`. The triplets come from the sampler
     (`tfsim.data.samplers.triplet_batches`), not from mining.
 
     Args:
         labels: `[3T]` labels (unused: the row order defines the triplets).
         embeddings: float `[3T, D]`, rows `(q_0, p_0, n_0, q_1, p_1, n_1, ...)`; fp16/bf16 in fp32.
-        margin: the gap g.
+        margin: the gap g (default 1.0).
+        distance_metric: "squared-L2" (default, the paper's) or "L2".
 
     Returns:
         Scalar loss; 0 for an empty batch.
 
     Raises:
-        ValueError: if the number of rows is known and not a multiple of 3.
+        ValueError: if the number of rows is known and not a multiple of 3, or an unknown metric.
 
     Example:
         >>> loss = triplet_margin_loss(None, tf.random.normal([6, 8]))
@@ -214,7 +229,7 @@ def triplet_margin_loss(labels, embeddings, margin: float = 1.0) -> tf.Tensor:
     Reference: Wang et al., "Learning Fine-grained Image Similarity with Deep Ranking",
     CVPR 2014, arXiv:1404.4661.
     """
-    return _masks.reduce_terms(explicit_triplet_terms(labels, embeddings, margin),
+    return _masks.reduce_terms(explicit_triplet_terms(labels, embeddings, margin, distance_metric),
                                tf.convert_to_tensor(embeddings).dtype)
 
 
@@ -223,7 +238,8 @@ class TripletMarginLoss(MetricLoss):
     """Keras loss class of `triplet_margin_loss`; batches come from `sampler.kind=triplets`.
 
     Args:
-        margin: the gap g (default 1.0, the paper's).
+        margin: the gap g (default 1.0).
+        distance_metric: "squared-L2" (default, the paper's) or "L2".
         cross_replica: under MirroredStrategy, reduce over the global batch (see `base`);
             each replica's slice must hold whole triplets.
         name: the loss name.
@@ -231,9 +247,10 @@ class TripletMarginLoss(MetricLoss):
 
     input_kind = "triplets"
     terms = staticmethod(explicit_triplet_terms)
-    _args = ("margin",)
+    _args = ("margin", "distance_metric")
 
-    def __init__(self, margin: float = 1.0, cross_replica: bool = False, name: str = "triplet_margin_loss",
-                 **kwargs):
+    def __init__(self, margin: float = 1.0, distance_metric: str = "squared-L2", cross_replica: bool = False,
+                 name: str = "triplet_margin_loss", **kwargs):
         super().__init__(name=name, cross_replica=cross_replica, **kwargs)
         self.margin = float(margin)
+        self.distance_metric = _check_triplet_distance(distance_metric)

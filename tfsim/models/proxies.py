@@ -44,17 +44,19 @@ class CosineProxies(keras.layers.Layer):
     def __init__(self, num_classes: int, initializer="random_normal", name: str = PROXY_LAYER, **kwargs):
         super().__init__(name=name, **kwargs)
         if int(num_classes) < 2:
-            raise ValueError(f"Invalid value for `num_classes`: expected an integer >= 2. Received: {num_classes!r}")
+            raise ValueError("Invalid value for `num_classes`: expected an integer >= 2 (one proxy per training "
+                             f"class). Received: num_classes={num_classes!r}")
         self.num_classes = int(num_classes)
         self.initializer = keras.initializers.get(initializer)
 
     def build(self, input_shape):
+        # autocast=False: under a mixed-precision policy the proxies stay float32, like the output.
         self.proxies = self.add_weight(name="proxies", shape=(self.num_classes, int(input_shape[-1])),
-                                       initializer=self.initializer, dtype="float32")
+                                       initializer=self.initializer, dtype="float32", autocast=False)
 
     def call(self, embeddings):
         x = tf.math.l2_normalize(tf.cast(embeddings, tf.float32), axis=-1)
-        p = tf.math.l2_normalize(tf.convert_to_tensor(self.proxies), axis=-1)
+        p = tf.math.l2_normalize(tf.cast(self.proxies, tf.float32), axis=-1)
         return tf.matmul(x, p, transpose_b=True)
 
     def compute_output_shape(self, input_shape):

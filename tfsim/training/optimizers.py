@@ -34,7 +34,7 @@ class ScaledAdam(keras.optimizers.Adam):
         for key, value in self.lr_multipliers.items():
             if not value > 0:
                 raise ValueError(f"Invalid value for `lr_multipliers[{key!r}]`: expected a number > 0. "
-                                 f"Received: {value!r}")
+                                 f"Received: lr_multipliers[{key!r}]={value!r}")
 
     def multiplier(self, keras_variable) -> float:
         """The multiplier of one (Keras) variable: 1.0 unless a path component is a key."""
