@@ -24,22 +24,15 @@ def setup(seed, pattern, b=12, d=6):
     return labels, x, layer, sims
 
 
-@pytest.mark.parametrize("temperature", [0.05, 0.3, 1.0])
+@pytest.mark.parametrize("fn,ref,arg", [(normalized_softmax_loss, reference.normalized_softmax, a)
+                                        for a in (0.05, 0.3, 1.0)]
+                         + [(proxy_nca_loss, reference.proxy_nca, a) for a in (1.0, 3.0, 16.0)])
 @pytest.mark.parametrize("pattern", ["pxk", "random", "all_same", "all_distinct"])
-def test_normalized_softmax_matches_reference(temperature, pattern):
+def test_matches_reference(fn, ref, arg, pattern):
+    # temperature (normalized softmax) or scale (Proxy-NCA)
     labels, x, layer, sims = setup(5, pattern)
-    got = float(normalized_softmax_loss(labels, sims, temperature))
-    want = reference.normalized_softmax(labels, x, layer.proxies.numpy(), temperature)
-    np.testing.assert_allclose(got, want, rtol=1e-5)
-
-
-@pytest.mark.parametrize("scale", [1.0, 3.0, 16.0])
-@pytest.mark.parametrize("pattern", ["pxk", "random", "all_same", "all_distinct"])
-def test_proxy_nca_matches_reference(scale, pattern):
-    labels, x, layer, sims = setup(6, pattern)
-    got = float(proxy_nca_loss(labels, sims, scale))
-    want = reference.proxy_nca(labels, x, layer.proxies.numpy(), scale)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    want = ref(labels, x, layer.proxies.numpy(), arg)
+    np.testing.assert_allclose(float(fn(labels, sims, arg)), want, rtol=1e-5, atol=1e-6)
 
 
 def test_golden_values():

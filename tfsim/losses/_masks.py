@@ -1,4 +1,4 @@
-"""Shared pieces of the metric losses: label masks, casting, and safe reductions.
+"""Shared pieces of the metric losses: label masks, casting, safe reductions (masked max/min/logsumexp) and argument checks.
 
 Every mining loss starts from the same three masks of a batch of labels `[B]`:
 `same` (y_i == y_j, diagonal included), `positive` (same class, i != j) and
@@ -11,6 +11,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 _LOW_PRECISION = (tf.float16, tf.bfloat16)
+_FAR = -1e9  # an exponent standing in for "not in the sum": exp underflows to exactly 0
 
 
 def prepare(labels, embeddings):
@@ -53,6 +54,20 @@ def masked_min(x: tf.Tensor, mask: tf.Tensor, axis: int = 1) -> tf.Tensor:
     """Min of `x` over `mask`; rows with an empty mask give the plain row maximum."""
     high = tf.reduce_max(x, axis=axis, keepdims=True)
     return tf.reduce_min(tf.where(mask, x, high), axis=axis)
+
+
+def masked_logsumexp(x: tf.Tensor, mask: tf.Tensor, axis: int = 1) -> tf.Tensor:
+    """log(sum over `mask` of exp(x)) along `axis`, stable; an empty row gives about -1e9
+    (finite, with zero gradient), which callers either mask out or pass through softplus."""
+    return tf.reduce_logsumexp(tf.where(mask, x, _FAR), axis=axis)
+
+
+def check_positive(name: str, value) -> float:
+    """`float(value)` if it is > 0, else a Keras-style ValueError naming the argument."""
+    value = float(value)
+    if not value > 0:
+        raise ValueError(f"Invalid value for `{name}`: expected a number > 0. Received: {name}={value!r}")
+    return value
 
 
 def finish(loss: tf.Tensor, dtype: tf.DType) -> tf.Tensor:

@@ -29,12 +29,9 @@ from tfsim import distances
 from tfsim.losses import _masks
 from tfsim.losses.base import MetricLoss
 
-_FAR = -1e4  # exponent standing in for "no term": exp underflows to exactly 0
-
-
 def _log1p_sum_exp(z: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
     """Row-wise log(1 + sum_{mask} exp(z)), stable, 0 for an empty row."""
-    return tf.nn.softplus(tf.reduce_logsumexp(tf.where(mask, z, _FAR), axis=1))
+    return tf.nn.softplus(_masks.masked_logsumexp(z, mask))
 
 
 def multi_similarity_terms(labels, embeddings, alpha: float = 2.0, beta: float = 50.0, base: float = 0.5,

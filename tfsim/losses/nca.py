@@ -21,17 +21,13 @@ from tfsim import distances
 from tfsim.losses import _masks
 from tfsim.losses.base import MetricLoss
 
-_FAR = -1e9
-
-
 def nca_terms(labels, embeddings, scale: float = 1.0):
     """Per-anchor -log p_i `[B]` (0 for anchors without a positive) and their count."""
     labels, embeddings, _ = _masks.prepare(labels, embeddings)
     logits = -scale * distances.squared_l2_matrix(embeddings)
     _, positive, _ = _masks.label_masks(labels)
     others = tf.logical_not(tf.cast(tf.eye(tf.shape(logits)[0]), tf.bool))
-    log_p = (tf.reduce_logsumexp(tf.where(positive, logits, _FAR), axis=1)
-             - tf.reduce_logsumexp(tf.where(others, logits, _FAR), axis=1))
+    log_p = _masks.masked_logsumexp(logits, positive) - _masks.masked_logsumexp(logits, others)
     valid = tf.reduce_any(positive, axis=1)
     c = tf.where(valid, -log_p, 0.0)
     return c, tf.reduce_sum(tf.cast(valid, c.dtype))
@@ -69,6 +65,4 @@ class NCALoss(MetricLoss):
 
     def __init__(self, scale: float = 1.0, cross_replica: bool = False, name: str = "nca_loss", **kwargs):
         super().__init__(name=name, cross_replica=cross_replica, **kwargs)
-        self.scale = float(scale)
-        if not self.scale > 0:
-            raise ValueError(f"Invalid value for `scale`: expected a number > 0. Received: scale={scale!r}")
+        self.scale = _masks.check_positive("scale", scale)

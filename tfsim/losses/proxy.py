@@ -31,31 +31,26 @@ import tensorflow as tf
 
 from tfsim.losses import _masks
 
-_FAR = -1e9  # logit standing in for "not in the sum": exp underflows to exactly 0
-
 
 def _prepare(labels, similarities):
-    similarities = tf.convert_to_tensor(similarities)
-    dtype = similarities.dtype
-    if dtype in _masks._LOW_PRECISION:
-        similarities = tf.cast(similarities, tf.float32)
-    labels = tf.cast(tf.reshape(tf.convert_to_tensor(labels), [-1]), tf.int32)
-    return labels, similarities, dtype
+    """Class indices `[B]` int32 and similarities (fp16/bf16 computed in fp32), as `_masks.prepare`."""
+    labels, similarities, _ = _masks.prepare(labels, similarities)
+    return tf.cast(tf.reshape(labels, [-1]), tf.int32), similarities
 
 
 def normalized_softmax_per_sample(labels, similarities, temperature: float = 0.05) -> tf.Tensor:
     """Per-sample normalized softmax losses `[B]` (float32 for fp16/bf16 input)."""
-    labels, sims, _ = _prepare(labels, similarities)
+    labels, sims = _prepare(labels, similarities)
     return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=sims / temperature)
 
 
 def proxy_nca_per_sample(labels, similarities, scale: float = 1.0) -> tf.Tensor:
     """Per-sample Proxy-NCA losses `[B]` (float32 for fp16/bf16 input)."""
-    labels, sims, _ = _prepare(labels, similarities)
+    labels, sims = _prepare(labels, similarities)
     logits = -scale * (2.0 - 2.0 * sims)  # -scale * squared distance of unit vectors
     own = tf.one_hot(labels, tf.shape(sims)[1], on_value=True, off_value=False)
     positive = tf.reduce_sum(tf.where(own, logits, 0.0), axis=1)
-    others = tf.reduce_logsumexp(tf.where(own, _FAR, logits), axis=1)
+    others = _masks.masked_logsumexp(logits, tf.logical_not(own))
     return others - positive
 
 
@@ -121,13 +116,6 @@ class ProxyLoss(keras.losses.Loss):
         return config
 
 
-def _positive(name: str, value) -> float:
-    value = float(value)
-    if not value > 0:
-        raise ValueError(f"Invalid value for `{name}`: expected a number > 0. Received: {name}={value!r}")
-    return value
-
-
 @keras.saving.register_keras_serializable(package="tfsim")
 class NormalizedSoftmaxLoss(ProxyLoss):
     """Keras loss class of `normalized_softmax_loss` (train with `CosineProxies`).
@@ -142,7 +130,7 @@ class NormalizedSoftmaxLoss(ProxyLoss):
 
     def __init__(self, temperature: float = 0.05, name: str = "normalized_softmax_loss", **kwargs):
         super().__init__(name=name, **kwargs)
-        self.temperature = _positive("temperature", temperature)
+        self.temperature = _masks.check_positive("temperature", temperature)
 
 
 @keras.saving.register_keras_serializable(package="tfsim")
@@ -159,4 +147,4 @@ class ProxyNCALoss(ProxyLoss):
 
     def __init__(self, scale: float = 1.0, name: str = "proxy_nca_loss", **kwargs):
         super().__init__(name=name, **kwargs)
-        self.scale = _positive("scale", scale)
+        self.scale = _masks.check_positive("scale", scale)

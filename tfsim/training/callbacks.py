@@ -39,7 +39,8 @@ class RetrievalEvaluation(keras.callbacks.Callback):
         self.history: list[dict] = []
 
     def on_epoch_end(self, epoch, logs=None):
-        embeddings = (self.embedder or self.model).predict(self.dataset, verbose=0)
+        model = self.embedder if self.embedder is not None else self.model
+        embeddings = model.predict(self.dataset, verbose=0)
         metrics = retrieval_metrics(embeddings, self.labels, self.ks, self.similarity)
         self.history.append(metrics)
         if logs is not None:
