@@ -75,6 +75,9 @@ def test_shipped_pipeline_configs_load(monkeypatch):
     (["loss.proxy_lr_multiplier=-1"], r"`loss.proxy_lr_multiplier`: expected a number > 0"),
     (["sampler.kind=random", "sampler.batch_size=1"], r"`sampler.batch_size`: expected an integer >= 2"),
     (["data.augment=false", "data.erase_prob=0.5"], r"`data.erase_prob`: expected 0 when data.augment=false"),
+    (["whitening.power=1.5"], r"`whitening.power`: expected a number in \[0, 1\]"),
+    (["whitening.dims=129"], r"`whitening.dims`: expected 0 \(all axes\) or 1..model.embedding_dim=128"),
+    (["whitening.max_images=1"], r"`whitening.max_images`: expected an integer >= 2"),
     (["loss.name=triplet_margin", "sampler.kind=triplets", "loss.distance_metric=angular"],
      r"`loss.distance_metric`: expected 'squared-L2' \(the paper's\) or 'L2' for triplet_margin"),
 ])
@@ -91,6 +94,8 @@ def test_loss_and_sampler_combinations_are_checked(overrides, match):
     ["loss.name=normalized_softmax", "model.layer_norm=true", "loss.proxy_lr_multiplier=10", "loss.temperature=0.1"],
     ["loss.name=circle", "loss.gamma=32"],
     ["data.erase_prob=0.3"],
+    ["whitening.enabled=false"],
+    ["whitening.power=0", "whitening.dims=32"],
 ])
 def test_valid_loss_and_sampler_combinations_pass(overrides):
     cfg = config.load("default", overrides)

@@ -154,6 +154,23 @@ class EvalConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class WhiteningConfig:
+    """PCA whitening of the embeddings, fitted on the training images after training
+    (`tfsim.models.whitening`) and part of the evaluated, exported and indexed model.
+
+    `power` in [0, 1]: eigenvalue exponent (0 = PCA only, 1 = full whitening, 0.5 =
+    square-root whitening). `dims`: principal axes kept (0 = all, so the exported embedding
+    keeps `model.embedding_dim`). `max_images`: training images embedded to fit it (a
+    seeded random subset when there are more).
+    """
+
+    enabled: bool = True
+    power: float = 0.5
+    dims: int = 0
+    max_images: int = 20000
+
+
+@dataclasses.dataclass(frozen=True)
 class ExportConfig:
     """SavedModel export to `<root>/<name or run.name>/<version>/`."""
 
@@ -186,6 +203,7 @@ class Config:
     loss: LossConfig = LossConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    whitening: WhiteningConfig = WhiteningConfig()
     export: ExportConfig = ExportConfig()
     index: IndexConfig = IndexConfig()
 
@@ -356,6 +374,11 @@ def validate(cfg: Config) -> None:
         value = getattr(lc, key)
         need(value is None or value > 0, f"loss.{key}", "a number > 0 (or null for the loss's default)", value)
     need(0 <= cfg.data.erase_prob <= 1, "data.erase_prob", "a probability in [0, 1]", cfg.data.erase_prob)
+    w = cfg.whitening
+    need(0 <= w.power <= 1, "whitening.power", "a number in [0, 1] (0 = PCA only, 1 = full whitening)", w.power)
+    need(0 <= w.dims <= m.embedding_dim, "whitening.dims",
+         f"0 (all axes) or 1..model.embedding_dim={m.embedding_dim}", w.dims)
+    need(w.max_images >= 2, "whitening.max_images", "an integer >= 2", w.max_images)
     need(cfg.data.augment or cfg.data.erase_prob == 0, "data.erase_prob",
          "0 when data.augment=false (erasing is part of the augmentation)", cfg.data.erase_prob)
     need(lc.name != "triplet_margin" or lc.distance_metric in (None, "L2", "squared-L2"), "loss.distance_metric",

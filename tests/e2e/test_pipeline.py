@@ -41,7 +41,8 @@ def run(tmp_path_factory):
 def test_train_prints_table_and_paths(run):
     cwd, proc = run
     out = proc.stdout
-    for needle in ("Retrieval on held-out classes", "trained", "untrained network", "raw pixels", "R@1",
+    for needle in ("Retrieval on held-out classes", "trained", "trained, unwhitened", "untrained network",
+                   "raw pixels", "raw pixels whitened", "R@1",
                    "MAP@R", "run folder:", "SavedModel:", "ScaNN index:", "saved_models/tiny/1"):
         assert needle in out, needle
     assert "Traceback" not in proc.stderr
@@ -54,7 +55,8 @@ def test_run_folder_artifacts(run):
     assert cfg["train"]["epochs"] == 2 and cfg["model"]["width"] == 8
     metrics = json.loads((run_dir / "metrics.json").read_text())
     keys = ["recall@1", "recall@2", "recall@4", "recall@8", "map@r"]
-    for scope in (metrics, metrics["baselines"]["raw_pixels"], metrics["baselines"]["untrained"]):
+    b = metrics["baselines"]
+    for scope in (metrics, metrics["unwhitened"], b["raw_pixels"], b["untrained"], b["raw_pixels_whitened"]):
         for key in keys:
             assert isinstance(scope[key], float) and 0.0 <= scope[key] <= 1.0
     # held-out classes only, never seen in training
@@ -91,7 +93,11 @@ def test_saved_model_in_fresh_process_matches_keras(run, tmp_path):
     import tfsim.losses  # noqa: F401 (registers the loss for load_model)
     model = keras.models.load_model(cwd / "runs" / "tiny" / "checkpoints" / "last.keras")
     pixels = np.stack([tf.io.decode_png(p.read_bytes(), channels=3).numpy() for p in samples]).astype(np.float32)
-    want = model.predict(pixels, verbose=0)
+    # The export is the checkpoint's embedder followed by the whitening saved in the run.
+    white = np.load(cwd / "runs" / "tiny" / "whitening.npz")
+    raw = model.predict(pixels, verbose=0).astype(np.float64) - white["mean"]
+    want = raw @ white["projection"].astype(np.float64)
+    want /= np.linalg.norm(want, axis=1, keepdims=True)
     script = f"""
 import json, sys, numpy as np, tensorflow as tf
 assert 'tfsim' not in sys.modules

@@ -15,14 +15,18 @@ _cli.quiet_tensorflow()
 
 
 def format_table(metrics: dict, ks) -> str:
-    """The final retrieval table: trained model and the two baselines."""
+    """The final retrieval table: trained model (before whitening too), and the baselines."""
     cols = [f"R@{k}" for k in ks] + ["MAP@R", "R-prec"]
-    rows = [("trained", metrics), ("untrained network", metrics["baselines"]["untrained"]),
-            ("raw pixels", metrics["baselines"]["raw_pixels"])]
-    lines = [f"{'':<18}" + "".join(f"{c:>8}" for c in cols)]
+    b = metrics["baselines"]
+    rows = [("trained", metrics), ("trained, unwhitened", metrics.get("unwhitened")),
+            ("untrained network", b["untrained"]), ("raw pixels", b["raw_pixels"]),
+            ("raw pixels whitened", b.get("raw_pixels_whitened"))]
+    lines = [f"{'':<20}" + "".join(f"{c:>8}" for c in cols)]
     for name, m in rows:
+        if m is None:
+            continue
         vals = [m[f"recall@{k}"] for k in ks] + [m["map@r"], m["r_precision"]]
-        lines.append(f"{name:<18}" + "".join(f"{v:>8.4f}" for v in vals))
+        lines.append(f"{name:<20}" + "".join(f"{v:>8.4f}" for v in vals))
     return "\n".join(lines)
 
 

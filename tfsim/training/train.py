@@ -4,18 +4,23 @@ Data flow (each stage a module of its own; this file only connects them):
 
     config.validate
       -> data.sources (ImageSet) -> data.splits.class_disjoint_split (train / held-out classes)
-      -> baselines on the held-out classes: raw pixels, untrained network
+      -> baselines on the held-out classes: raw pixels, untrained network (+ whitening),
+         raw pixels + whitening
       -> data.pipeline.train_dataset (P x K, random or triplet batches)
       -> model.fit under a tf.distribute strategy; the model fitted is the embedder, or for
          proxy losses `embedder -> CosineProxies` (labels remapped to 0..C-1), with Adam
          (`ScaledAdam`: the proxies' learning rate times `loss.proxy_lr_multiplier`)
          callbacks: RetrievalEvaluation (val Recall@K) -> TensorBoard -> ResumableCheckpoint
+      -> models.whitening: PCA whitening fitted on the training images' embeddings,
+         appended to the embedder (config `whitening`; on by default)
       -> evaluation.retrieval_metrics on the held-out classes -> metrics.json
+         (`unwhitened`: the same metrics before whitening)
       -> export.export_embedder (SavedModel, TF Serving layout) with the ScaNN index of the
          held-out gallery inside the same atomic export
 
 Run folder `<run.root>/<run.name>/`: config.json, metrics.json, tensorboard/,
-checkpoints/ (last.keras + last.json), samples/ (a few held-out query images).
+checkpoints/ (last.keras + last.json: the trained model, before whitening), whitening.npz
+(`mean`, `projection` of the exported whitening), samples/ (a few held-out query images).
 
 Resume: if the run folder holds a checkpoint written with the same config, training
 continues from the next epoch, and because P x K batches are indexed by step, it
@@ -47,6 +52,7 @@ from tfsim.index import scann_index
 from tfsim.losses import get_loss, input_kind
 from tfsim.models import build_embedding_model
 from tfsim.models.proxies import PROXY_LAYER, build_proxy_trainer, embedder_of
+from tfsim.models.whitening import fit_whitening, whiten, with_whitening
 from tfsim.training.callbacks import ResumableCheckpoint, RetrievalEvaluation
 from tfsim.training.optimizers import ScaledAdam
 
@@ -117,6 +123,21 @@ def _write_samples(test: sources.ImageSet, out: Path, per_class: int = 1) -> lis
     return written
 
 
+# Raw-pixel vectors longer than this (e.g. 64x64x3 = 12,288) get no whitened baseline: their
+# covariance would be too large to fit. The default's 28x28x3 = 2,352 is far below.
+_MAX_WHITENED_PIXELS = 4096
+
+
+def _final_embeddings(embedder: keras.Model, fit_set: sources.ImageSet, test_set: sources.ImageSet,
+                      cfg: Config) -> np.ndarray:
+    """Test embeddings of `embedder` after the configured post-processing (whitening fitted on `fit_set`)."""
+    m, w, bs = cfg.model, cfg.whitening, cfg.eval.batch_size
+    test = embed(embedder, test_set, m.image_size, bs)
+    if not w.enabled:
+        return test
+    return whiten(test, *fit_whitening(embed(embedder, fit_set, m.image_size, bs), w.power, w.dims))
+
+
 def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = True, verbose: int = 2) -> TrainResult:
     """Trains, evaluates on held-out classes, exports and indexes (see module doc).
 
@@ -177,12 +198,25 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
         optimizer = ScaledAdam(lr, lr_multipliers={PROXY_LAYER: cfg.loss.proxy_lr_multiplier})
         model.compile(optimizer=optimizer, loss=loss)
 
-    ks, sim = cfg.eval.recall_ks, cfg.eval.similarity
+    ks, sim, w, bs = cfg.eval.recall_ks, cfg.eval.similarity, cfg.whitening, cfg.eval.batch_size
+    fit_set = train_set
+    if len(train_set) > w.max_images:  # a seeded subset fits the whitening
+        rows = np.sort(np.random.default_rng(t.seed).choice(len(train_set), w.max_images, replace=False))
+        fit_set = train_set.subset(rows)
+    # Baselines go through the same post-processing as the trained model: the untrained
+    # network is the whole pipeline minus training (whitened if whitening is on).
+    raw_test = pipeline.raw_pixels(test_set, m.image_size)
     baselines = {
-        "raw_pixels": retrieval_metrics(pipeline.raw_pixels(test_set, m.image_size), test_set.labels, ks, "cosine"),
-        "untrained": retrieval_metrics(embed(embedder, test_set, m.image_size, cfg.eval.batch_size),
-                                       test_set.labels, ks, sim),
+        "raw_pixels": retrieval_metrics(raw_test, test_set.labels, ks, "cosine"),
+        "untrained": retrieval_metrics(_final_embeddings(embedder, fit_set, test_set, cfg), test_set.labels, ks, sim),
     }
+    if w.enabled and raw_test.shape[1] <= _MAX_WHITENED_PIXELS:
+        raw_fit = pipeline.raw_pixels(fit_set, m.image_size)
+        raw_fit /= np.maximum(np.linalg.norm(raw_fit, axis=1, keepdims=True), 1e-12)
+        raw_test_unit = raw_test / np.maximum(np.linalg.norm(raw_test, axis=1, keepdims=True), 1e-12)
+        baselines["raw_pixels_whitened"] = retrieval_metrics(
+            whiten(raw_test_unit, *fit_whitening(raw_fit, w.power, w.dims)), test_set.labels, ks, "cosine")
+    del raw_test
 
     initial_epoch = 0
     checkpoint = ResumableCheckpoint.latest(run_dir / "checkpoints") if resume else None
@@ -210,8 +244,15 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
         model.fit(data, epochs=t.epochs, steps_per_epoch=t.steps_per_epoch, initial_epoch=initial_epoch,
                   callbacks=callbacks, verbose=verbose, shuffle=False)
 
-    test_embeddings = embed(embedder, test_set, m.image_size, cfg.eval.batch_size)
+    final = embedder
+    if w.enabled:
+        mean, projection = fit_whitening(embed(embedder, fit_set, m.image_size, bs), w.power, w.dims)
+        np.savez(run_dir / "whitening.npz", mean=mean, projection=projection)
+        final = with_whitening(embedder, mean, projection)
+    test_embeddings = embed(final, test_set, m.image_size, bs)
     metrics = retrieval_metrics(test_embeddings, test_set.labels, ks, sim)
+    if w.enabled:
+        metrics["unwhitened"] = retrieval_metrics(embed(embedder, test_set, m.image_size, bs), test_set.labels, ks, sim)
     metrics["baselines"] = baselines
     metrics["test_classes"] = test_names
     metrics["num_train_images"] = len(train_set)
@@ -231,9 +272,9 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
                              images.class_names, sim, images=test_set.images, paths=test_set.paths, atomic=False)
 
         export_dir = export_embedder(
-            embedder, cfg.export.root, cfg.export.name or cfg.run.name, m.image_size,
+            final, cfg.export.root, cfg.export.name or cfg.run.name, m.image_size,
             metadata={"run_dir": str(run_dir), "similarity": sim, "config": config_lib.to_dict(cfg),
-                      "metrics": {k: v for k, v in metrics.items() if k != "baselines"}},
+                      "metrics": {k: v for k, v in metrics.items() if k not in ("baselines", "unwhitened")}},
             write_extras=write_index)
         if cfg.index.enabled:
             index_dir = export_dir / "assets.extra" / "tfsim" / "index"

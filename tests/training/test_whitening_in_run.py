@@ -1,0 +1,46 @@
+"""Whitening inside a run: fitted on the training classes only, and what is evaluated."""
+
+import keras
+import numpy as np
+import pytest
+
+from tfsim import config
+from tfsim.data import sources, splits
+from tfsim.evaluation.embed import embed
+from tfsim.evaluation.metrics import retrieval_metrics
+from tfsim.models.whitening import fit_whitening, whiten
+from tfsim.training import train
+
+TINY = ["train.epochs=1", "train.steps_per_epoch=5", "model.width=8", "model.blocks_per_stage=1",
+        "model.embedding_dim=16", "export.enabled=false", "eval.every_epoch=false"]
+
+
+@pytest.fixture(scope="module")
+def default_split():
+    return splits.class_disjoint_split(sources.load_default(), config.DataConfig().test_classes)
+
+
+def test_whitening_is_fitted_on_training_images_and_evaluated(tmp_path, default_split):
+    cfg = config.load("default", TINY + ["whitening.dims=12"])
+    result = train(cfg, tmp_path / "run", verbose=0)
+    train_set, test_set = default_split
+    saved = np.load(tmp_path / "run" / "whitening.npz")
+    embedder = keras.models.load_model(tmp_path / "run" / "checkpoints" / "last.keras")
+    # Refit from the checkpoint's embeddings of the 3,600 training images (never held-out ones).
+    mean, projection = fit_whitening(embed(embedder, train_set, 28), power=0.5, dims=12)
+    np.testing.assert_allclose(saved["mean"], mean, atol=1e-5)
+    np.testing.assert_allclose(saved["projection"], projection, rtol=1e-3, atol=1e-4)
+    # The reported metrics are those of the whitened test embeddings; `unwhitened` of the plain ones.
+    test = embed(embedder, test_set, 28)
+    m = result.metrics
+    assert m["recall@1"] == pytest.approx(
+        retrieval_metrics(whiten(test, mean, projection), test_set.labels, (1,), "cosine")["recall@1"], abs=2e-3)
+    assert m["unwhitened"]["recall@1"] == pytest.approx(
+        retrieval_metrics(test, test_set.labels, (1,), "cosine")["recall@1"], abs=1e-6)
+    assert set(m["baselines"]) == {"raw_pixels", "untrained", "raw_pixels_whitened"}
+
+
+def test_whitening_off_evaluates_the_plain_embedder(tmp_path):
+    result = train(config.load("default", TINY + ["whitening.enabled=false"]), tmp_path / "run", verbose=0)
+    assert not (tmp_path / "run" / "whitening.npz").exists()
+    assert "unwhitened" not in result.metrics and "raw_pixels_whitened" not in result.metrics["baselines"]
