@@ -14,8 +14,9 @@ from tfsim import config
 from tfsim.losses import LOSSES
 from tfsim.training import train
 
+# Whitening off: this measures what each loss's training does, before any post-processing.
 BASE = ["train.epochs=1", "train.steps_per_epoch=80", "model.width=16", "model.embedding_dim=32",
-        "export.enabled=false", "eval.every_epoch=false", "train.learning_rate=0.002"]
+        "export.enabled=false", "eval.every_epoch=false", "train.learning_rate=0.002", "whitening.enabled=false"]
 EXTRA = {
     "triplet_margin": ["sampler.kind=triplets"],  # explicit (query, positive, negative) rows
 }
