@@ -248,7 +248,8 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
     if w.enabled:
         mean, projection = fit_whitening(embed(embedder, fit_set, m.image_size, bs), w.power, w.dims)
         np.savez(run_dir / "whitening.npz", mean=mean, projection=projection)
-        final = with_whitening(embedder, mean, projection)
+        with strategy.scope():
+            final = with_whitening(embedder, mean, projection)
     test_embeddings = embed(final, test_set, m.image_size, bs)
     metrics = retrieval_metrics(test_embeddings, test_set.labels, ks, sim)
     if w.enabled:
