@@ -71,6 +71,7 @@ def test_rank_deficient_features_stay_finite():
 @pytest.mark.parametrize("kwargs, match", [
     ({"features": np.zeros((1, 4))}, "at least 2 rows"),
     ({"features": np.full((5, 4), np.nan)}, "finite"),
+    ({"features": np.ones((5, 4))}, "rows that vary"),  # zero covariance: no finite whitening
     ({"features": np.zeros((5, 4)), "power": 1.5}, "power"),
     ({"features": np.zeros((5, 4)), "dims": 5}, "dims"),
 ])

@@ -7,7 +7,7 @@ Human Annotation", TPAMI 2018). Metric losses leave a few directions of the embe
 most of the variance of the training classes; on classes never seen, those directions
 drown the others in a cosine. Whitening rebalances them:
 
-    y = normalize((x - mean) @ U[:, :d] @ diag((lambda[:d] + eps) ** (-power / 2)))
+    y = normalize((x - mean) @ U[:, :d] @ diag(max(lambda[:d], eps * lambda[0]) ** (-power / 2)))
 
 where `mean` is the mean training embedding and `U`, `lambda` the eigenvectors and
 eigenvalues of the training embeddings' covariance, in decreasing order.
@@ -56,8 +56,8 @@ def fit_whitening(features: np.ndarray, power: float = 0.5, dims: Optional[int] 
         `(mean [D], projection [D, dims])`, float32.
 
     Raises:
-        ValueError: on fewer than 2 rows, non-finite values, a power outside [0, 1] or
-            dims outside 1..D.
+        ValueError: on fewer than 2 rows, non-finite values, identical rows (no variance), a
+            power outside [0, 1] or dims outside 1..D.
     """
     x = np.asarray(features, np.float64)
     if x.ndim != 2 or x.shape[0] < 2:
@@ -76,8 +76,12 @@ def fit_whitening(features: np.ndarray, power: float = 0.5, dims: Optional[int] 
     centred = x - mean
     cov = centred.T @ centred / (x.shape[0] - 1)
     eigenvalues, eigenvectors = np.linalg.eigh(cov)  # ascending
+    if not eigenvalues.max() > 0:  # else the floor is 0 and the projection infinite
+        raise ValueError("Invalid value for `features`: expected rows that vary (there is no axis to whiten "
+                         "otherwise; did the embedder collapse to a constant?). Received: "
+                         f"{x.shape[0]} identical rows")
     order = np.argsort(eigenvalues)[::-1][:d]
-    eigenvalues = np.maximum(eigenvalues[order], eps * max(float(eigenvalues.max()), np.finfo(np.float64).tiny))
+    eigenvalues = np.maximum(eigenvalues[order], eps * float(eigenvalues.max()))
     eigenvectors = eigenvectors[:, order]
     # Eigenvectors are defined up to sign: fix it (largest |component| positive) so that
     # refitting the same data gives the same projection.
