@@ -36,8 +36,17 @@ def test_train_under_mirrored_strategy_exports_a_whitened_model(tmp_path):
     assert (tmp_path / "runs" / "fashion_mnist_small" / "whitening.npz").is_file()
     export = Path(out["export"])
     assert (export / "saved_model.pb").is_file() and (export / "assets.extra" / "tfsim" / "index").is_dir()
+    import keras
     import numpy as np
     import tensorflow as tf
+    from tfsim.models.whitening import whiten
+    # The export is the trained embedder followed by the saved whitening (unit norm alone
+    # would not tell: the plain embedder's outputs are unit vectors too).
+    run = tmp_path / "runs" / "fashion_mnist_small"
+    images = np.random.default_rng(0).uniform(0, 255, (4, 28, 28, 3)).astype(np.float32)
     served = tf.saved_model.load(str(export))
-    emb = served.signatures["serve_images"](images=tf.zeros([2, 28, 28, 3]))["embeddings"].numpy()
+    emb = served.signatures["serve_images"](images=tf.constant(images))["embeddings"].numpy()
+    plain = keras.models.load_model(run / "checkpoints" / "last.keras", compile=False).predict(images, verbose=0)
+    white = np.load(run / "whitening.npz")
+    np.testing.assert_allclose(emb, whiten(plain, white["mean"], white["projection"]), atol=1e-4)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
