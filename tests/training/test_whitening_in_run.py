@@ -24,7 +24,7 @@ def test_whitening_is_fitted_on_training_images_and_evaluated(tmp_path, default_
     cfg = config.load("default", TINY + ["whitening.dims=12"])
     result = train(cfg, tmp_path / "run", verbose=0)
     train_set, test_set = default_split
-    saved = np.load(tmp_path / "run" / "whitening.npz")
+    saved = dict(np.load(tmp_path / "run" / "whitening.npz"))
     embedder = keras.models.load_model(tmp_path / "run" / "checkpoints" / "last.keras")
     # Refit from the checkpoint's embeddings of the 3,600 training images (never held-out ones).
     mean, projection = fit_whitening(embed(embedder, train_set, 28), power=0.5, dims=12)
@@ -38,6 +38,12 @@ def test_whitening_is_fitted_on_training_images_and_evaluated(tmp_path, default_
     assert m["unwhitened"]["recall@1"] == pytest.approx(
         retrieval_metrics(test, test_set.labels, (1,), "cosine")["recall@1"], abs=1e-6)
     assert set(m["baselines"]) == {"raw_pixels", "untrained", "raw_pixels_whitened"}
+    # Re-entering the finished run (resume with no epoch left) refits the same whitening.
+    again = train(cfg, tmp_path / "run", verbose=0)
+    np.testing.assert_allclose(np.load(tmp_path / "run" / "whitening.npz")["projection"], saved["projection"],
+                               atol=1e-6)
+    assert again.metrics["recall@1"] == pytest.approx(m["recall@1"], abs=1e-6)
+    assert again.metrics["map@r"] == pytest.approx(m["map@r"], abs=1e-6)
 
 
 def test_whitening_off_evaluates_the_plain_embedder(tmp_path):
