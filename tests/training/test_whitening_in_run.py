@@ -50,3 +50,22 @@ def test_whitening_off_evaluates_the_plain_embedder(tmp_path):
     result = train(config.load("default", TINY + ["whitening.enabled=false"]), tmp_path / "run", verbose=0)
     assert not (tmp_path / "run" / "whitening.npz").exists()
     assert "unwhitened" not in result.metrics and "raw_pixels_whitened" not in result.metrics["baselines"]
+
+
+def test_refit_whitening_on_a_finished_run_without_retraining(tmp_path):
+    """Post-training sections may change when a finished run is re-entered: the checkpoint is
+    reused (no training step) and only the whitening is refitted with the new settings."""
+    first = train(config.load("default", TINY), tmp_path / "run", verbose=0)
+    before = (tmp_path / "run" / "checkpoints" / "last.keras").stat().st_mtime_ns
+    pca_only = train(config.load("default", TINY + ["whitening.power=0"]), tmp_path / "run", verbose=0)
+    assert (tmp_path / "run" / "checkpoints" / "last.keras").stat().st_mtime_ns == before  # not retrained
+    assert pca_only.metrics["unwhitened"] == first.metrics["unwhitened"]
+    projection = np.load(tmp_path / "run" / "whitening.npz")["projection"]
+    np.testing.assert_allclose(projection.T @ projection, np.eye(16), atol=1e-4)  # power 0: a rotation
+
+
+def test_collapsed_embeddings_are_a_clear_user_error():
+    from tfsim.errors import UserInputError
+    from tfsim.training.train import _fit_or_explain
+    with pytest.raises(UserInputError, match="collapse.*whitening.enabled=false"):
+        _fit_or_explain(np.ones((100, 4), np.float32), config.WhiteningConfig())

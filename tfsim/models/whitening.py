@@ -150,5 +150,10 @@ def with_whitening(embedder: keras.Model, mean: np.ndarray, projection: np.ndarr
 
 def whiten(features: np.ndarray, mean: np.ndarray, projection: np.ndarray) -> np.ndarray:
     """NumPy version of the layer, for feature sets that are not model outputs (raw pixels)."""
-    y = (np.asarray(features, np.float64) - mean) @ projection.astype(np.float64)
-    return (y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    return normalize_rows((np.asarray(features, np.float64) - mean) @ projection.astype(np.float64))
+
+
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (all-zero rows stay zero), float32."""
+    x = np.asarray(x, np.float64)
+    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)

@@ -49,7 +49,7 @@ def main(argv: list[str]) -> int:
     print(f"\nRetrieval on held-out classes {result.test_classes} "
           f"({m['num_queries']} queries, each against all other held-out images):")
     print(format_table(m, cfg.eval.recall_ks))
-    print(f"\nrun folder:   {result.run_dir}  (metrics.json, config.json, tensorboard/, checkpoints/, samples/)")
+    print(f"\nrun folder:   {result.run_dir}  (metrics.json, config.json, tensorboard/, checkpoints/, whitening.npz, samples/)")
     if result.export_dir:
         print(f"SavedModel:   {result.export_dir}")
     if result.index_dir:

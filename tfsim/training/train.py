@@ -52,7 +52,7 @@ from tfsim.index import scann_index
 from tfsim.losses import get_loss, input_kind
 from tfsim.models import build_embedding_model
 from tfsim.models.proxies import PROXY_LAYER, build_proxy_trainer, embedder_of
-from tfsim.models.whitening import fit_whitening, whiten, with_whitening
+from tfsim.models.whitening import fit_whitening, normalize_rows, whiten, with_whitening
 from tfsim.training.callbacks import ResumableCheckpoint, RetrievalEvaluation
 from tfsim.training.optimizers import ScaledAdam
 
@@ -89,13 +89,20 @@ def get_strategy(name: str) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
+_POST_TRAINING_SECTIONS = ("eval", "whitening", "export", "index")
+
+
 def _prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg_file = run_dir / "config.json"
     resolved = config_lib.to_dict(cfg)
     if cfg_file.is_file() and ResumableCheckpoint.latest(run_dir / "checkpoints") is not None:
         previous = json.loads(cfg_file.read_text())
-        if previous != json.loads(json.dumps(resolved)):
+        current = json.loads(json.dumps(resolved))
+        # Sections applied after training may change on resume (e.g. refit the whitening with
+        # another power without retraining); everything that shapes the weights may not.
+        if ({k: v for k, v in previous.items() if k not in _POST_TRAINING_SECTIONS}
+                != {k: v for k, v in current.items() if k not in _POST_TRAINING_SECTIONS}):
             raise UserInputError(
                 f"Run folder {str(run_dir)!r} holds a checkpoint of a run with a different config. "
                 "Choose another name with --set run.name=NEW, or delete that folder to start over.")
@@ -135,7 +142,21 @@ def _final_embeddings(embedder: keras.Model, fit_set: sources.ImageSet, test_set
     test = embed(embedder, test_set, m.image_size, bs)
     if not w.enabled:
         return test
-    return whiten(test, *fit_whitening(embed(embedder, fit_set, m.image_size, bs), w.power, w.dims))
+    return whiten(test, *_fit_or_explain(embed(embedder, fit_set, m.image_size, bs), w))
+
+
+def _fit_or_explain(features: np.ndarray, w: config_lib.WhiteningConfig) -> tuple[np.ndarray, np.ndarray]:
+    """`fit_whitening` with the run's settings; a degenerate fit becomes a user-facing message."""
+    if len(features) < 4 * features.shape[1]:
+        log.warning("Whitening is fitted on %d images for %d dimensions; with fewer than ~4 per dimension "
+                    "the small-variance axes are noise and whitening can hurt (try whitening.power=0 or "
+                    "whitening.dims smaller, or whitening.enabled=false).", len(features), features.shape[1])
+    try:
+        return fit_whitening(features, w.power, w.dims)
+    except ValueError as e:
+        raise UserInputError(
+            f"Cannot fit the whitening on the training images' embeddings: {e} Check that training did not "
+            "collapse (lower train.learning_rate), or set whitening.enabled=false.") from e
 
 
 def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = True, verbose: int = 2) -> TrainResult:
@@ -210,12 +231,10 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
         "raw_pixels": retrieval_metrics(raw_test, test_set.labels, ks, "cosine"),
         "untrained": retrieval_metrics(_final_embeddings(embedder, fit_set, test_set, cfg), test_set.labels, ks, sim),
     }
-    if w.enabled and raw_test.shape[1] <= _MAX_WHITENED_PIXELS:
-        raw_fit = pipeline.raw_pixels(fit_set, m.image_size)
-        raw_fit /= np.maximum(np.linalg.norm(raw_fit, axis=1, keepdims=True), 1e-12)
-        raw_test_unit = raw_test / np.maximum(np.linalg.norm(raw_test, axis=1, keepdims=True), 1e-12)
+    if w.enabled and w.dims <= raw_test.shape[1] <= _MAX_WHITENED_PIXELS:
+        raw_fit = normalize_rows(pipeline.raw_pixels(fit_set, m.image_size))
         baselines["raw_pixels_whitened"] = retrieval_metrics(
-            whiten(raw_test_unit, *fit_whitening(raw_fit, w.power, w.dims)), test_set.labels, ks, "cosine")
+            whiten(normalize_rows(raw_test), *fit_whitening(raw_fit, w.power, w.dims)), test_set.labels, ks, "cosine")
     del raw_test
 
     initial_epoch = 0
@@ -246,7 +265,7 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
 
     final = embedder
     if w.enabled:
-        mean, projection = fit_whitening(embed(embedder, fit_set, m.image_size, bs), w.power, w.dims)
+        mean, projection = _fit_or_explain(embed(embedder, fit_set, m.image_size, bs), w)
         np.savez(run_dir / "whitening.npz", mean=mean, projection=projection)
         with strategy.scope():
             final = with_whitening(embedder, mean, projection)
