@@ -69,3 +69,16 @@ def test_collapsed_embeddings_are_a_clear_user_error():
     from tfsim.training.train import _fit_or_explain
     with pytest.raises(UserInputError, match="collapse.*whitening.enabled=false"):
         _fit_or_explain(np.ones((100, 4), np.float32), config.WhiteningConfig())
+
+
+def test_large_training_sets_fit_on_a_seeded_subset(tmp_path, default_split):
+    cfg = config.load("default", TINY + ["whitening.max_images=500"])
+    train(cfg, tmp_path / "run", verbose=0)
+    train_set, _ = default_split
+    embedder = keras.models.load_model(tmp_path / "run" / "checkpoints" / "last.keras")
+    rows = np.sort(np.random.default_rng(cfg.train.seed).choice(len(train_set), 500, replace=False))
+    mean, _ = fit_whitening(embed(embedder, train_set.subset(rows), 28))
+    full_mean, _ = fit_whitening(embed(embedder, train_set, 28))
+    saved = np.load(tmp_path / "run" / "whitening.npz")["mean"]
+    np.testing.assert_allclose(saved, mean, atol=1e-5)
+    assert np.abs(saved - full_mean).max() > 1e-4  # a subset, not all 3,600 images
