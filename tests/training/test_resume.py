@@ -10,7 +10,8 @@ from tfsim.training import train
 from tfsim.training.callbacks import ResumableCheckpoint
 
 TINY = ["train.epochs=3", "train.steps_per_epoch=2", "model.width=8", "model.blocks_per_stage=1",
-        "model.embedding_dim=8", "export.enabled=false", "eval.every_epoch=false"]
+        "model.embedding_dim=8", "export.enabled=false", "eval.every_epoch=false",
+        "whitening.enabled=false"]  # (refitting on a finished run: tests/training/test_whitening_in_run.py)
 
 
 @pytest.mark.parametrize("extra", [
