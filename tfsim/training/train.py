@@ -135,14 +135,16 @@ def _write_samples(test: sources.ImageSet, out: Path, per_class: int = 1) -> lis
 _MAX_WHITENED_PIXELS = 4096
 
 
-def _final_embeddings(embedder: keras.Model, fit_set: sources.ImageSet, test_set: sources.ImageSet,
-                      cfg: Config) -> np.ndarray:
-    """Test embeddings of `embedder` after the configured post-processing (whitening fitted on `fit_set`)."""
+def _embed_held_out(embedder: keras.Model, fit_set: sources.ImageSet, test_set: sources.ImageSet,
+                    cfg: Config) -> tuple[np.ndarray, np.ndarray, Optional[tuple[np.ndarray, np.ndarray]]]:
+    """Held-out embeddings after and before the configured whitening (fitted on `fit_set`), and
+    the whitening `(mean, projection)` (None when off). One pass of the network over each set."""
     m, w, bs = cfg.model, cfg.whitening, cfg.eval.batch_size
     test = embed(embedder, test_set, m.image_size, bs)
     if not w.enabled:
-        return test
-    return whiten(test, *_fit_or_explain(embed(embedder, fit_set, m.image_size, bs), w))
+        return test, test, None
+    whitening = _fit_or_explain(embed(embedder, fit_set, m.image_size, bs), w)
+    return whiten(test, *whitening), test, whitening
 
 
 def _fit_or_explain(features: np.ndarray, w: config_lib.WhiteningConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -219,7 +221,7 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
         optimizer = ScaledAdam(lr, lr_multipliers={PROXY_LAYER: cfg.loss.proxy_lr_multiplier})
         model.compile(optimizer=optimizer, loss=loss)
 
-    ks, sim, w, bs = cfg.eval.recall_ks, cfg.eval.similarity, cfg.whitening, cfg.eval.batch_size
+    ks, sim, w = cfg.eval.recall_ks, cfg.eval.similarity, cfg.whitening
     fit_set = train_set
     if len(train_set) > w.max_images:  # a seeded subset fits the whitening
         rows = np.sort(np.random.default_rng(t.seed).choice(len(train_set), w.max_images, replace=False))
@@ -229,7 +231,7 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
     raw_test = pipeline.raw_pixels(test_set, m.image_size)
     baselines = {
         "raw_pixels": retrieval_metrics(raw_test, test_set.labels, ks, "cosine"),
-        "untrained": retrieval_metrics(_final_embeddings(embedder, fit_set, test_set, cfg), test_set.labels, ks, sim),
+        "untrained": retrieval_metrics(_embed_held_out(embedder, fit_set, test_set, cfg)[0], test_set.labels, ks, sim),
     }
     if w.enabled and w.dims <= raw_test.shape[1] <= _MAX_WHITENED_PIXELS:
         raw_fit = normalize_rows(pipeline.raw_pixels(fit_set, m.image_size))
@@ -263,16 +265,17 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
         model.fit(data, epochs=t.epochs, steps_per_epoch=t.steps_per_epoch, initial_epoch=initial_epoch,
                   callbacks=callbacks, verbose=verbose, shuffle=False)
 
+    # The exported model is `embedder -> Whitening`; its held-out embeddings are computed here as
+    # whiten(embedder output), the same function in NumPy (tests check the export matches).
+    test_embeddings, unwhitened, whitening = _embed_held_out(embedder, fit_set, test_set, cfg)
     final = embedder
-    if w.enabled:
-        mean, projection = _fit_or_explain(embed(embedder, fit_set, m.image_size, bs), w)
-        np.savez(run_dir / "whitening.npz", mean=mean, projection=projection)
+    if whitening is not None:
+        np.savez(run_dir / "whitening.npz", mean=whitening[0], projection=whitening[1])
         with strategy.scope():
-            final = with_whitening(embedder, mean, projection)
-    test_embeddings = embed(final, test_set, m.image_size, bs)
+            final = with_whitening(embedder, *whitening)
     metrics = retrieval_metrics(test_embeddings, test_set.labels, ks, sim)
-    if w.enabled:
-        metrics["unwhitened"] = retrieval_metrics(embed(embedder, test_set, m.image_size, bs), test_set.labels, ks, sim)
+    if whitening is not None:
+        metrics["unwhitened"] = retrieval_metrics(unwhitened, test_set.labels, ks, sim)
     metrics["baselines"] = baselines
     metrics["test_classes"] = test_names
     metrics["num_train_images"] = len(train_set)
