@@ -39,8 +39,10 @@ class DataConfig:
     `source`: "default" (the shipped Fashion-MNIST subset), "folder"
     (`path/<class>/<image>`) or "tfds" (`tfds_name`, e.g. cars196). `test_classes`:
     label indices held out (never trained on); empty = second half of the classes.
-    `augment`: random flip and shift of training images; `erase_prob`: probability of
-    also erasing a random rectangle (random erasing, `tfsim.data.pipeline.augment`).
+    `augment`: random shift of training images by up to 10% of the side; `flip`: also
+    mirror them left-right at random (off by default: a mirrored digit or letter is another
+    symbol; turn it on for natural images); `erase_prob`: probability of also erasing a
+    random rectangle (random erasing). See `tfsim.data.pipeline.augment`.
     """
 
     source: Literal["default", "folder", "tfds"] = "default"
@@ -51,6 +53,7 @@ class DataConfig:
     manual_dir: Optional[str] = None
     test_classes: tuple[int, ...] = (2, 4, 5, 7)
     augment: bool = True
+    flip: bool = False
     erase_prob: float = 0.0
 
 
@@ -79,6 +82,8 @@ class ModelConfig:
 
     `layer_norm`: layer normalisation without affine parameters on the pooled features,
     before the projection (Zhai & Wu 2019's recipe for normalized softmax).
+    `zero_init_residual`: small ResNet only: start each residual branch's last BatchNorm
+    scale at 0 (a trick for very deep networks trained long; off, see `tfsim.models.backbones`).
     """
 
     backbone: str = "small_resnet"
@@ -89,6 +94,7 @@ class ModelConfig:
     width: int = 32
     blocks_per_stage: int = 1
     layer_norm: bool = False
+    zero_init_residual: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +130,7 @@ class LossConfig:
     scale: Optional[float] = None
     temperature: Optional[float] = None
     gamma: Optional[float] = None
+    triplets: Optional[Literal["semihard", "hard", "all", "easy"]] = None
     cross_replica: bool = False
     proxy_lr_multiplier: float = 1.0
 
@@ -381,6 +388,8 @@ def validate(cfg: Config) -> None:
     need(w.max_images >= 2, "whitening.max_images", "an integer >= 2", w.max_images)
     need(cfg.data.augment or cfg.data.erase_prob == 0, "data.erase_prob",
          "0 when data.augment=false (erasing is part of the augmentation)", cfg.data.erase_prob)
+    need(cfg.data.augment or not cfg.data.flip, "data.flip",
+         "false when data.augment=false (flipping is part of the augmentation)", cfg.data.flip)
     need(lc.name != "triplet_margin" or lc.distance_metric in (None, "L2", "squared-L2"), "loss.distance_metric",
          "'squared-L2' (the paper's) or 'L2' for triplet_margin", lc.distance_metric)
     need(lc.proxy_lr_multiplier > 0, "loss.proxy_lr_multiplier", "a number > 0", lc.proxy_lr_multiplier)

@@ -56,14 +56,40 @@ def test_model_input_grey_to_rgb_and_range():
     np.testing.assert_array_equal(x[..., 0].numpy(), ds.images[..., 0].astype(np.float32))
 
 
-def test_augment_flips_and_shifts_per_image_deterministically():
-    img = np.zeros((4, 10, 10, 3), np.float32)
-    img[:, 4:6, 1:3] = 1.0  # a blob left of centre
-    a = pipeline.augment(tf.constant(img), tf.constant([1, 2], tf.int64), pad_fraction=0.2).numpy()
-    b = pipeline.augment(tf.constant(img), tf.constant([1, 2], tf.int64), pad_fraction=0.2).numpy()
+def test_augment_shifts_per_image_deterministically_and_flips_only_when_asked():
+    img = np.zeros((64, 16, 16, 3), np.float32)
+    img[:, 7:9, 2:4] = 1.0  # a blob left of centre, 2 px wide
+    seed = tf.constant([1, 2], tf.int64)
+    a = pipeline.augment(tf.constant(img), seed, pad_fraction=0.125).numpy()  # shifts of up to 2 px
+    b = pipeline.augment(tf.constant(img), seed, pad_fraction=0.125).numpy()
     np.testing.assert_array_equal(a, b)
     assert np.allclose(a.sum(axis=(1, 2, 3)), img.sum(axis=(1, 2, 3)))  # shifts stay in frame here
-    assert len({a[i].tobytes() for i in range(4)}) > 1  # images get different transforms
+    assert len({a[i].tobytes() for i in range(64)}) > 1  # images get different transforms
+    # without flips the blob's columns stay within [0, 6)
+    cols = lambda x: np.flatnonzero(x.any(axis=(0, 2)))  # noqa: E731
+    assert all(cols(a[i]).max() < 6 for i in range(64))
+    # with flips about half the images show it mirrored, in columns [10, 16)
+    f = pipeline.augment(tf.constant(img), seed, pad_fraction=0.125, flip=True).numpy()
+    right = sum(cols(f[i]).min() >= 10 for i in range(64))
+    assert right + sum(cols(f[i]).max() < 6 for i in range(64)) == 64
+    assert 16 <= right <= 48
+    assert np.allclose(f.sum(axis=(1, 2, 3)), img.sum(axis=(1, 2, 3)))
+
+
+def test_train_dataset_flips_only_with_flip():
+    # Images whose left half is bright: a flip makes the right half bright.
+    imgs = np.zeros((40, 12, 12, 1), np.uint8)
+    imgs[:, :, :6] = 200
+    ds = sources.ImageSet(labels=np.repeat(np.arange(4), 10).astype(np.int32),
+                          ids=np.array([str(i) for i in range(40)]), class_names=("a", "b", "c", "d"), images=imgs)
+
+    def right_bright(flip):
+        x, _ = next(iter(pipeline.train_dataset(ds, 4, 8, 12, seed=0, flip=flip)))
+        x = x.numpy()
+        return int(np.sum(x[:, :, 8:].mean(axis=(1, 2, 3)) > x[:, :, :4].mean(axis=(1, 2, 3))))
+
+    assert right_bright(False) == 0
+    assert 6 <= right_bright(True) <= 26
 
 
 def test_tfds_source_with_mocked_cars196():

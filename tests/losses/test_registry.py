@@ -21,6 +21,7 @@ FUNCTIONS = {
     "contrastive": L.contrastive_loss, "binomial_deviance": L.binomial_deviance_loss, "nca": L.nca_loss,
     "circle": keras.losses.circle, "normalized_softmax": L.normalized_softmax_loss,
     "proxy_nca": L.proxy_nca_loss, "triplet_margin": L.triplet_margin_loss,
+    "batch_all_triplet": L.batch_all_triplet_loss,
 }
 NAMES = sorted(LOSSES)
 B, D_IN, D, C = 12, 5, 4, 4

@@ -28,6 +28,25 @@ def test_every_backbone_embeds_unit_vectors_and_gets_gradients(backbone, size, p
     assert all(np.all(np.isfinite(g.numpy())) for g in grads)
 
 
+@pytest.mark.parametrize("zero_init", [False, True])
+def test_residual_branches_start_at_gamma_one_unless_zero_init_is_asked(zero_init):
+    model = build_embedding_model("small_resnet", 28, 8, width=8, seed=0, blocks_per_stage=2,
+                                  zero_init_residual=zero_init)
+    backbone = model.get_layer("small_resnet")
+    last_bn = [l for l in backbone.layers if l.name.endswith("_bn2")]
+    assert len(last_bn) == 6
+    for layer in last_bn:
+        np.testing.assert_array_equal(layer.gamma.numpy(), 0.0 if zero_init else 1.0)
+    # the first BatchNorm of each branch and the stem are never zeroed
+    assert all(np.all(l.gamma.numpy() == 1.0) for l in backbone.layers if l.name.endswith(("_bn1", "stem_bn")))
+    # zero-initialised branches make each block the identity on its shortcut at init
+    x = np.random.default_rng(0).uniform(0, 255, (2, 28, 28, 3)).astype(np.float32)
+    block = keras.Model(backbone.input, [backbone.get_layer("stage1_block2_add").input[0],
+                                         backbone.get_layer("stage1_block2_add").output])
+    shortcut, added = block(x, training=False)
+    assert np.allclose(shortcut, added) == zero_init
+
+
 def test_same_seed_same_untrained_model():
     a = build_embedding_model("small_resnet", 28, 8, width=8, seed=3)
     b = build_embedding_model("small_resnet", 28, 8, width=8, seed=3)

@@ -34,12 +34,15 @@ def decode_file(path: tf.Tensor) -> tf.Tensor:
 
 
 def augment(images: tf.Tensor, seed: tf.Tensor, pad_fraction: float = 0.1, erase_prob: float = 0.0,
-            erase_sides: tuple[float, float] = (0.2, 0.5)) -> tf.Tensor:
-    """Per-image random horizontal flip, random translation, and optional random erasing.
+            erase_sides: tuple[float, float] = (0.2, 0.5), flip: bool = False) -> tf.Tensor:
+    """Per-image random translation, optional random horizontal flip and random erasing.
 
     Args:
         images: float32 `[B, S, S, 3]`.
         seed: int `[2]` stateless seed.
+        flip: mirror each image left-right with probability 1/2. Off by default: a mirrored
+            digit, letter or text is another symbol, so a folder of unknown content is
+            never flipped unless asked; natural-image presets (cars, birds) turn it on.
         pad_fraction: maximum shift, as a fraction of the side, in whole pixels.
         erase_prob: probability that an image gets one rectangle replaced by its mean
             pixel value (random erasing, Zhong et al. 2017, arXiv:1708.04896: a
@@ -49,8 +52,9 @@ def augment(images: tf.Tensor, seed: tf.Tensor, pad_fraction: float = 0.1, erase
     s_flip, s_shift = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     s_erase = tf.random.experimental.stateless_fold_in(seed, 0xE2A5E)
     b = tf.shape(images)[0]
-    flip = tf.random.stateless_uniform([b, 1, 1, 1], seed=s_flip) < 0.5
-    images = tf.where(flip, tf.reverse(images, axis=[2]), images)
+    if flip:
+        mirrored = tf.random.stateless_uniform([b, 1, 1, 1], seed=s_flip) < 0.5
+        images = tf.where(mirrored, tf.reverse(images, axis=[2]), images)
     side = images.shape[1]
     pad = int(round(side * pad_fraction))
     if pad > 0:
@@ -94,7 +98,8 @@ def _loader(images: ImageSet, image_size: int):
 
 def train_dataset(images: ImageSet, classes_per_batch: int, examples_per_class: int, image_size: int,
                   seed: int = 0, augment_images: bool = True, start_step: int = 0, kind: str = "pk",
-                  batch_size: int = 60, triplets_per_query: int = 4, erase_prob: float = 0.0) -> tf.data.Dataset:
+                  batch_size: int = 60, triplets_per_query: int = 4, erase_prob: float = 0.0,
+                  flip: bool = False) -> tf.data.Dataset:
     """Infinite `(images [B, S, S, 3], labels [B])` training batches.
 
     Args:
@@ -104,6 +109,7 @@ def train_dataset(images: ImageSet, classes_per_batch: int, examples_per_class: 
         seed: seeds the batches and the augmentation.
         augment_images: apply `augment`.
         erase_prob: random-erasing probability of `augment`.
+        flip: random horizontal flips in `augment`.
         start_step: first batch index (to resume).
         kind: "pk", "random" (B = `batch_size`) or "triplets" (`batch_size` // 3 triplets,
             B = 3 * that); see `tfsim.data.samplers`.
@@ -126,7 +132,7 @@ def train_dataset(images: ImageSet, classes_per_batch: int, examples_per_class: 
     def make(step, r):
         x = load(r)
         if augment_images:
-            x = augment(x, tf.random.experimental.stateless_fold_in(aug_base, step), erase_prob=erase_prob)
+            x = augment(x, tf.random.experimental.stateless_fold_in(aug_base, step), erase_prob=erase_prob, flip=flip)
         return x, tf.gather(labels, r)
 
     steps = tf.data.Dataset.counter(start_step, dtype=tf.int64)

@@ -6,7 +6,7 @@ says what its `y_pred` is (`input_kind`), which the training pipeline uses to bu
 model and batches:
 
 * "embeddings": a labelled batch of embeddings (P x K or random batches). Mining losses
-  (tfa-compatible triplet and lifted losses, multi-similarity, contrastive, binomial
+  (tfa-compatible triplet and lifted losses, the PML-style batch-all triplet loss, multi-similarity, contrastive, binomial
   deviance, NCA) and Keras's own `keras.losses.Circle`, registered as it is rather than
   rewritten.
 * "proxy_similarities": cosine similarities to learned class proxies
@@ -21,6 +21,7 @@ import inspect
 
 import keras
 
+from tfsim.losses.batch_all import BatchAllTripletLoss, batch_all_triplet_loss
 from tfsim.losses.binomial import BinomialDevianceLoss, binomial_deviance_loss
 from tfsim.losses.contrastive import ContrastiveLoss, contrastive_loss
 from tfsim.losses.lifted import LiftedStructLoss, lifted_struct_loss
@@ -42,6 +43,7 @@ LOSSES = {
     "normalized_softmax": NormalizedSoftmaxLoss,
     "proxy_nca": ProxyNCALoss,
     "triplet_margin": TripletMarginLoss,
+    "batch_all_triplet": BatchAllTripletLoss,
 }
 
 
@@ -70,9 +72,9 @@ def get_loss(name: str, **kwargs):
     return cls(**{k: v for k, v in kwargs.items() if k in accepted and v is not None})
 
 
-__all__ = ["LOSSES", "BinomialDevianceLoss", "ContrastiveLoss", "LiftedStructLoss", "MultiSimilarityLoss",
+__all__ = ["LOSSES", "BatchAllTripletLoss", "BinomialDevianceLoss", "ContrastiveLoss", "LiftedStructLoss", "MultiSimilarityLoss",
            "NCALoss", "NormalizedSoftmaxLoss", "ProxyNCALoss", "TripletHardLoss", "TripletMarginLoss",
-           "TripletSemiHardLoss", "binomial_deviance_loss", "contrastive_loss", "get_loss", "input_kind",
+           "TripletSemiHardLoss", "batch_all_triplet_loss", "binomial_deviance_loss", "contrastive_loss", "get_loss", "input_kind",
            "lifted_struct_loss", "multi_similarity_loss", "nca_loss", "normalized_softmax_loss",
            "proxy_nca_loss", "supports_cross_replica", "triplet_hard_loss", "triplet_margin_loss",
            "triplet_semihard_loss"]

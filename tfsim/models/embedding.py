@@ -18,7 +18,7 @@ from tfsim.models.backbones import get_backbone
 def build_embedding_model(backbone: str = "small_resnet", image_size: int = 28, embedding_dim: int = 64,
                           pooling: str = "avg", weights: Optional[str] = None, width: int = 32,
                           seed: Optional[int] = None, blocks_per_stage: int = 2,
-                          layer_norm: bool = False) -> keras.Model:
+                          layer_norm: bool = False, zero_init_residual: bool = False) -> keras.Model:
     """Builds the embedding model.
 
     Args:
@@ -32,6 +32,7 @@ def build_embedding_model(backbone: str = "small_resnet", image_size: int = 28, 
         blocks_per_stage: basic blocks per stage of the small ResNet.
         layer_norm: layer normalisation without affine parameters on the pooled features
             (Zhai & Wu 2019, arXiv:1811.12649, section 3.2).
+        zero_init_residual: small ResNet only: residual branches start at zero (see backbones).
 
     Returns:
         A functional `keras.Model` named "embedder", input "images", output "embeddings".
@@ -39,7 +40,7 @@ def build_embedding_model(backbone: str = "small_resnet", image_size: int = 28, 
     if seed is not None:
         keras.utils.set_random_seed(seed)
     features = get_backbone(backbone, image_size, weights=weights, width=width,
-                            blocks_per_stage=blocks_per_stage)
+                            blocks_per_stage=blocks_per_stage, zero_init_residual=zero_init_residual)
     inputs = keras.Input((image_size, image_size, 3), name="images")
     x = features(inputs)
     if pooling == "flatten":

@@ -69,6 +69,7 @@ class TrainResult:
     index_dir: Optional[Path]
     test_classes: list[str]
     seconds: float
+    fit_seconds: float = 0.0
     history: list = dataclasses.field(default_factory=list)
 
 
@@ -209,7 +210,7 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
     with strategy.scope():
         embedder = build_embedding_model(m.backbone, m.image_size, m.embedding_dim, m.pooling, m.weights,
                                          m.width, seed=t.seed, blocks_per_stage=m.blocks_per_stage,
-                                         layer_norm=m.layer_norm)
+                                         layer_norm=m.layer_norm, zero_init_residual=m.zero_init_residual)
         model = embedder
         if kind == "proxy_similarities":
             model = build_proxy_trainer(embedder, int(train_set.labels.max()) + 1, seed=t.seed)
@@ -239,7 +240,7 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
             whiten(normalize_rows(raw_test), *fit_whitening(raw_fit, w.power, w.dims)), test_set.labels, ks, "cosine")
     del raw_test
 
-    initial_epoch = 0
+    initial_epoch, fit_seconds = 0, 0.0
     checkpoint = ResumableCheckpoint.latest(run_dir / "checkpoints") if resume else None
     if checkpoint is not None:
         with strategy.scope():
@@ -261,9 +262,11 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
                                       seed=s.seed, augment_images=cfg.data.augment,
                                       start_step=initial_epoch * t.steps_per_epoch, kind=s.kind,
                                       batch_size=s.batch_size, triplets_per_query=s.triplets_per_query,
-                                      erase_prob=cfg.data.erase_prob)
+                                      erase_prob=cfg.data.erase_prob, flip=cfg.data.flip)
+        fit_start = time.time()
         model.fit(data, epochs=t.epochs, steps_per_epoch=t.steps_per_epoch, initial_epoch=initial_epoch,
                   callbacks=callbacks, verbose=verbose, shuffle=False)
+        fit_seconds = time.time() - fit_start
 
     # The exported model is `embedder -> Whitening`; its held-out embeddings are computed here as
     # whiten(embedder output), the same function in NumPy (tests check the export matches).
@@ -302,5 +305,5 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
         if cfg.index.enabled:
             index_dir = export_dir / "assets.extra" / "tfsim" / "index"
     return TrainResult(run_dir=run_dir, metrics=metrics, export_dir=export_dir, index_dir=index_dir,
-                       test_classes=test_names, seconds=time.time() - start,
+                       test_classes=test_names, seconds=time.time() - start, fit_seconds=fit_seconds,
                        history=evaluation.history if evaluation else [])
