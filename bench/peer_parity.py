@@ -68,6 +68,9 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "default, batch-all 0.2": ("default", ["loss.name=batch_all_triplet", "loss.margin=0.2"]),
     "default, tfa semi-hard 0.2": ("default", ["loss.name=triplet_semihard", "loss.margin=0.2"]),
     "default, tfa semi-hard 0.5": ("default", ["loss.name=triplet_semihard", "loss.margin=0.5"]),
+    # the defaults tfsim had before this bench existed (session 6): zero-initialised residual
+    # branches and random horizontal flips
+    "session-6 defaults": ("default", ["model.zero_init_residual=true", "data.flip=true"]),
     # the matched recipe with tfa's semi-hard semantics instead of PML's
     "tfsim, tfa semi-hard": ("matched", ["loss.name=triplet_semihard", "loss.margin=0.2"]),
 }
@@ -301,12 +304,14 @@ def main(argv=None) -> int:
                 if pml_python:
                     rows.setdefault("pml", []).append(run_pml(pml_python, data, args, seed, steps, work))
                     print(f"[{ds} seed {seed}] pml: R@1 {rows['pml'][-1]['recall@1']:.3f}", flush=True)
-                for name in names:
+                for i, name in enumerate(names):
                     base, extra = VARIANTS[name]
                     cfg = tfsim_config(base, folder, train_classes, test_classes, args, seed, extra)
-                    row = run_tfsim(cfg, steps_per_epoch, args.passes, work / f"{ds}_{seed}_{len(rows)}")
+                    row = run_tfsim(cfg, steps_per_epoch, args.passes, work / f"{ds}_seed{seed}_row{i}")
                     rows.setdefault(name, []).append(row)
                     print(f"[{ds} seed {seed}] {name}: R@1 {row['recall@1']:.3f}", flush=True)
+                results[ds] = {"rows": rows}  # kept after every seed: an interrupted bench keeps its runs
+                out.write_text(json.dumps(results, indent=1, default=float) + "\n")
             header = (f"{ds}: {n_train} training images of classes {list(train_classes)}, {len(data[3])} held-out "
                       f"of {list(test_classes)}; {args.image_size} px, P={args.classes_per_batch} x "
                       f"K={args.examples_per_class}, {steps} steps ({args.passes} passes), seeds {seeds}")

@@ -57,6 +57,14 @@ def test_config_file_with_base_and_unknown_key(tmp_path, monkeypatch):
     assert config.load("mine").train.epochs == 4
 
 
+def test_defaults_do_not_flip_or_zero_init_and_natural_image_presets_flip(monkeypatch):
+    from pathlib import Path
+    cfg = config.load("default")
+    assert cfg.data.flip is False and cfg.model.zero_init_residual is False
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    assert config.load("cars196_resnet50").data.flip and config.load("cub200_resnet50").data.flip
+
+
 def test_shipped_pipeline_configs_load(monkeypatch):
     from pathlib import Path
     root = Path(__file__).resolve().parents[1]
@@ -75,6 +83,8 @@ def test_shipped_pipeline_configs_load(monkeypatch):
     (["loss.proxy_lr_multiplier=-1"], r"`loss.proxy_lr_multiplier`: expected a number > 0"),
     (["sampler.kind=random", "sampler.batch_size=1"], r"`sampler.batch_size`: expected an integer >= 2"),
     (["data.augment=false", "data.erase_prob=0.5"], r"`data.erase_prob`: expected 0 when data.augment=false"),
+    (["data.augment=false", "data.flip=true"], r"`data.flip`: expected false when data.augment=false"),
+    (["loss.name=batch_all_triplet", "loss.triplets=semi"], r"`loss.triplets`: expected one of \['semihard'"),
     (["whitening.power=1.5"], r"`whitening.power`: expected a number in \[0, 1\]"),
     (["whitening.dims=129"], r"`whitening.dims`: expected 0 \(all axes\) or 1..model.embedding_dim=128"),
     (["whitening.max_images=1"], r"`whitening.max_images`: expected an integer >= 2"),
@@ -94,6 +104,8 @@ def test_loss_and_sampler_combinations_are_checked(overrides, match):
     ["loss.name=normalized_softmax", "model.layer_norm=true", "loss.proxy_lr_multiplier=10", "loss.temperature=0.1"],
     ["loss.name=circle", "loss.gamma=32"],
     ["data.erase_prob=0.3"],
+    ["data.flip=true", "model.zero_init_residual=true"],
+    ["loss.name=batch_all_triplet", "loss.triplets=hard", "loss.margin=0.1"],
     ["whitening.enabled=false"],
     ["whitening.power=0", "whitening.dims=32"],
 ])
