@@ -206,7 +206,7 @@ def pixels(folder: Path, train_classes, test_classes, image_size: int):
     return arr(train_set), train_set.labels, arr(test_set), test_set.labels
 
 
-def run_pml(pml_python: str, data: tuple, args, seed: int, steps: int, work: Path) -> dict:
+def run_pml(pml_python: str, data: tuple, args, seed: int, steps: int, work: Path, keras_init: bool = False) -> dict:
     from tfsim.evaluation.metrics import retrieval_metrics
     train_x, train_y, test_x, test_y = data
     inp, out = work / "pml_in.npz", work / "pml_out.npz"
@@ -216,7 +216,8 @@ def run_pml(pml_python: str, data: tuple, args, seed: int, steps: int, work: Pat
                     "--classes-per-batch", str(args.classes_per_batch),
                     "--examples-per-class", str(args.examples_per_class),
                     "--learning-rate", str(args.learning_rate), "--margin", str(args.margin),
-                    "--shift", str(shift), "--seed", str(seed)], check=True)
+                    "--shift", str(shift), "--seed", str(seed)] + (["--keras-init"] if keras_init else []),
+                   check=True)
     with np.load(out) as npz:
         row = retrieval_metrics(npz["embeddings"], test_y, KS, "cosine")
         row["train_seconds"] = float(npz["train_seconds"])
@@ -258,6 +259,8 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--variants", default="", help=f"extra rows, separated by semicolons, of {list(VARIANTS)[2:]}")
     p.add_argument("--no-pml", action="store_true")
+    p.add_argument("--pml-keras-init", action="store_true",
+                   help="add a row: PML with Keras's initialisers and epsilons (what the frameworks' defaults change)")
     p.add_argument("--pml-python", help="python of a virtualenv with torch + pytorch-metric-learning")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--classes-per-batch", type=int, default=5)
@@ -304,6 +307,9 @@ def main(argv=None) -> int:
                 if pml_python:
                     rows.setdefault("pml", []).append(run_pml(pml_python, data, args, seed, steps, work))
                     print(f"[{ds} seed {seed}] pml: R@1 {rows['pml'][-1]['recall@1']:.3f}", flush=True)
+                if pml_python and args.pml_keras_init:
+                    rows.setdefault("pml, Keras init", []).append(
+                        run_pml(pml_python, data, args, seed, steps, work, keras_init=True))
                 for i, name in enumerate(names):
                     base, extra = VARIANTS[name]
                     cfg = tfsim_config(base, folder, train_classes, test_classes, args, seed, extra)

@@ -93,6 +93,9 @@ def main() -> None:
     p.add_argument("--embedding-dim", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--keras-init", action="store_true",
+                   help="Keras's defaults instead of torch's: Glorot-uniform kernels, zero biases, BatchNorm "
+                        "eps 1e-3, Adam eps 1e-7 (to measure what the frameworks' defaults alone change)")
     args = p.parse_args()
 
     from pytorch_metric_learning import losses, miners, samplers
@@ -107,13 +110,21 @@ def main() -> None:
         test_x = torch.from_numpy(npz["test_images"]).permute(0, 3, 1, 2).float()
 
     model = SmallResNet(args.width, args.blocks_per_stage, args.embedding_dim)
+    if args.keras_init:
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                m.eps = 1e-3
     batch = args.classes_per_batch * args.examples_per_class
     sampler = samplers.MPerClassSampler(train_y.numpy(), m=args.examples_per_class, batch_size=batch,
                                         length_before_new_iter=args.steps * batch)
     rows = torch.tensor(list(iter(sampler)), dtype=torch.long).reshape(-1, batch)[:args.steps]
     miner = miners.TripletMarginMiner(margin=args.margin, type_of_triplets=args.triplets)
     loss_fn = losses.TripletMarginLoss(margin=args.margin)
-    opt = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
+    opt = torch.optim.Adam(model.parameters(), lr=args.learning_rate, eps=1e-7 if args.keras_init else 1e-8)
 
     start = time.perf_counter()
     model.train()
