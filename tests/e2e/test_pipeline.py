@@ -41,11 +41,30 @@ def run(tmp_path_factory):
 def test_train_prints_table_and_paths(run):
     cwd, proc = run
     out = proc.stdout
-    for needle in ("Retrieval on held-out classes", "trained", "trained, unwhitened", "untrained network",
-                   "raw pixels", "raw pixels whitened", "R@1",
-                   "MAP@R", "run folder:", "SavedModel:", "ScaNN index:", "saved_models/tiny/1"):
+    for needle in ("Retrieval on held-out classes", "run folder:", "SavedModel:", "ScaNN index:",
+                   "saved_models/tiny/1"):
         assert needle in out, needle
     assert "Traceback" not in proc.stderr
+    # The table: a header of metric names, then one row per model, each row's label followed by
+    # exactly the numbers in metrics.json (rows matched by their whole label, not a substring).
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Retrieval on held-out classes"))
+    assert lines[start + 1].split() == ["R@1", "R@2", "R@4", "R@8", "MAP@R", "R-prec"]
+    table = {}
+    for line in lines[start + 2:]:
+        m = re.fullmatch(r"(\S.*?)\s+((?:\d\.\d{4}\s*){6})", line)
+        if not m:
+            break
+        table[m.group(1)] = [float(v) for v in m.group(2).split()]
+    assert list(table) == ["trained", "trained, unwhitened", "untrained network", "raw pixels",
+                           "raw pixels whitened"]
+    metrics = json.loads((cwd / "runs" / "tiny" / "metrics.json").read_text())
+    b = metrics["baselines"]
+    cols = ["recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_precision"]
+    for label, m in [("trained", metrics), ("trained, unwhitened", metrics["unwhitened"]),
+                     ("untrained network", b["untrained"]), ("raw pixels", b["raw_pixels"]),
+                     ("raw pixels whitened", b["raw_pixels_whitened"])]:
+        np.testing.assert_allclose(table[label], [m[c] for c in cols], atol=5e-5, err_msg=label)
 
 
 def test_run_folder_artifacts(run):

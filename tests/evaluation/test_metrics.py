@@ -66,3 +66,13 @@ def test_perfect_and_random_embeddings():
     perfect = np.eye(5)[labels] + 1e-3 * np.random.default_rng(0).normal(size=(50, 5))
     m = retrieval_metrics(perfect, labels)
     assert m["recall@1"] == 1.0 and m["map@r"] == pytest.approx(1.0)
+    # Random embeddings, 20 classes x 50 images: each neighbour is of the query's class with
+    # probability 49/999, so Recall@1 ~ 0.049, Recall@8 ~ 1 - (1 - 0.049)^8 ~ 0.33, and MAP@R,
+    # R-precision ~ 0.049 (chance). 1,000 queries: sd of Recall@1 ~ 0.007.
+    labels = np.repeat(np.arange(20), 50)
+    m = retrieval_metrics(np.random.default_rng(1).normal(size=(1000, 64)), labels, ks=(1, 8))
+    chance = 49 / 999
+    assert m["recall@1"] == pytest.approx(chance, abs=0.025)
+    assert m["recall@8"] == pytest.approx(1 - (1 - chance) ** 8, abs=0.05)
+    assert m["r_precision"] == pytest.approx(chance, abs=0.01)
+    assert m["map@r"] < 2 * chance

@@ -44,9 +44,12 @@ def test_small_gallery_is_exact_and_round_trips(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
     moved = path.rename(tmp_path / "moved")  # an index must load from wherever it is copied
     loaded = scann_index.load(moved)
-    rows, scores = loaded.search(gallery[:20], 5)
-    _, want = exact_knn(gallery[:20], gallery, 5, "cosine")
-    np.testing.assert_array_equal(rows[:, 0], want[:, 0])
+    # Queries that are not gallery rows (a gallery row would find itself in any index).
+    queries = clustered(20, seed=5)
+    rows, scores = loaded.search(queries, 5)
+    want_scores, want = exact_knn(queries, gallery, 5, "cosine")
+    np.testing.assert_array_equal(rows, want)  # brute force: exact, all 5 in order
+    np.testing.assert_allclose(scores, want_scores, rtol=1e-4, atol=1e-5)
     assert loaded.ids[rows[3, 0]] == f"id{want[3, 0]}"
     assert loaded.class_names[loaded.labels[rows[3, 0]]] == f"class{labels[want[3, 0]]}"
     np.testing.assert_array_equal(loaded.images[5], images[5])

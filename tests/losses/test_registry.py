@@ -66,6 +66,38 @@ def test_serialization_round_trip(name):
     assert float(clone(y, out)) == pytest.approx(float(loss(y, out)), rel=1e-6)
 
 
+# Arguments other than the defaults, for every loss: they must reach get_config and change the value.
+NON_DEFAULT = {
+    "batch_all_triplet": {"margin": 0.7, "triplets": "all"},
+    "binomial_deviance": {"alpha": 3.0, "beta": 0.2, "cost": 10.0},
+    "circle": {"gamma": 40.0, "margin": 0.3},
+    "contrastive": {"pos_margin": 0.1, "neg_margin": 0.8, "distance_metric": "squared-L2"},
+    "lifted_struct": {"margin": 0.5},
+    "multi_similarity": {"alpha": 3.0, "beta": 40.0, "base": 0.4, "epsilon": 0.2},
+    "nca": {"scale": 4.0},
+    "normalized_softmax": {"temperature": 0.1},
+    "proxy_nca": {"scale": 4.0},
+    "triplet_hard": {"margin": 0.3, "soft": True, "distance_metric": "squared-L2"},
+    "triplet_margin": {"margin": 0.4, "distance_metric": "L2"},
+    "triplet_semihard": {"margin": 0.3, "distance_metric": "angular"},
+}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_non_default_arguments_round_trip(name):
+    assert set(NON_DEFAULT) == set(LOSSES)
+    loss = LOSSES[name](**NON_DEFAULT[name])
+    config = loss.get_config()
+    for key, value in NON_DEFAULT[name].items():
+        assert config[key] == value, key
+    clone = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert clone.get_config() == config
+    y, out = labels_for(name, "pxk"), make_model(name)(features("pxk"))
+    value = float(loss(y, out))
+    assert float(clone(y, out)) == pytest.approx(value, rel=1e-6)
+    assert value != pytest.approx(float(LOSSES[name]()(y, out)), rel=1e-4)  # the arguments take effect
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_keras_file_round_trip(name, tmp_path):
     model = make_model(name)

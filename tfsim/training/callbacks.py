@@ -1,4 +1,4 @@
-"""Training callbacks: held-out retrieval evaluation per epoch, and resumable checkpoints."""
+"""Training callbacks: replica statistics sync, held-out retrieval evaluation per epoch, resumable checkpoints."""
 
 from __future__ import annotations
 
@@ -10,10 +10,43 @@ from typing import Sequence
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from tfsim.evaluation.metrics import retrieval_metrics
 
 log = logging.getLogger(__name__)
+
+
+def sync_replica_statistics(model: keras.Model) -> int:
+    """Sets every non-trainable variable's per-replica copies to their mean; returns how many differed.
+
+    Under tf.distribute, Keras 3 updates BatchNorm's moving mean and variance in each replica
+    from that replica's slice of the batch only, and never reconciles the copies: replica 0's
+    are the ones saved and exported, while `predict` under the strategy uses each replica's
+    own. Averaging them makes the evaluated, checkpointed and exported model one function
+    (a no-op on one device).
+    """
+    changed = 0
+    for variable in model.non_trainable_variables:
+        value = getattr(variable, "value", variable)
+        copies = getattr(value, "values", None)
+        if not isinstance(value, tf.distribute.DistributedValues) or copies is None or len(copies) < 2:
+            continue
+        tensors = [tf.convert_to_tensor(c) for c in copies]
+        if all(bool(tf.reduce_all(t == tensors[0])) for t in tensors[1:]):
+            continue
+        mean = tf.add_n(tensors) / len(tensors)
+        for copy in copies:
+            copy.assign(tf.identity(mean))
+        changed += 1
+    return changed
+
+
+class SyncReplicaStatistics(keras.callbacks.Callback):
+    """`sync_replica_statistics` at each epoch end; place it first, before evaluation and checkpoints."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        sync_replica_statistics(self.model)
 
 
 class RetrievalEvaluation(keras.callbacks.Callback):

@@ -10,7 +10,8 @@ Data flow (each stage a module of its own; this file only connects them):
       -> model.fit under a tf.distribute strategy; the model fitted is the embedder, or for
          proxy losses `embedder -> CosineProxies` (labels remapped to 0..C-1), with Adam
          (`ScaledAdam`: the proxies' learning rate times `loss.proxy_lr_multiplier`)
-         callbacks: RetrievalEvaluation (val Recall@K) -> TensorBoard -> ResumableCheckpoint
+         callbacks: SyncReplicaStatistics -> RetrievalEvaluation (val Recall@K) -> TensorBoard
+         -> ResumableCheckpoint
       -> models.whitening: PCA whitening fitted on the training images' embeddings,
          appended to the embedder (config `whitening`; on by default)
       -> evaluation.retrieval_metrics on the held-out classes -> metrics.json
@@ -53,7 +54,7 @@ from tfsim.losses import get_loss, input_kind
 from tfsim.models import build_embedding_model
 from tfsim.models.proxies import PROXY_LAYER, build_proxy_trainer, embedder_of
 from tfsim.models.whitening import fit_whitening, normalize_rows, whiten, with_whitening
-from tfsim.training.callbacks import ResumableCheckpoint, RetrievalEvaluation
+from tfsim.training.callbacks import ResumableCheckpoint, RetrievalEvaluation, SyncReplicaStatistics
 from tfsim.training.optimizers import ScaledAdam
 
 log = logging.getLogger(__name__)
@@ -249,7 +250,9 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
         initial_epoch = checkpoint[1]
         log.info("Resuming %s from epoch %d.", run_dir, initial_epoch)
 
-    callbacks = []
+    # Replicas' BatchNorm statistics are averaged first at every epoch end, so that evaluation,
+    # the checkpoint and the export all see the same model (see SyncReplicaStatistics).
+    callbacks = [SyncReplicaStatistics()]
     evaluation = None
     if cfg.eval.every_epoch:
         evaluation = RetrievalEvaluation(pipeline.eval_dataset(test_set, m.image_size, cfg.eval.batch_size),
