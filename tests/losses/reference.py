@@ -1,7 +1,7 @@
 """Independent naive float64 references for the metric losses (loops, no TF).
 
-Written from the papers' / tensorflow-addons' stated semantics (see
-../shared/design/FACTS.md), not from tfsim's code, so that tests comparing the
+Written from the papers' / tensorflow-addons' stated semantics (each function's
+docstring states them), not from tfsim's code, so that tests comparing the
 two can fail.
 """
 

@@ -87,7 +87,7 @@ class GalleryIndex:
 
 def build(embeddings: np.ndarray, similarity: str = "cosine", num_neighbors: int = 10, num_leaves: int = 0,
           num_leaves_to_search: int = 0, reorder: int = 100, dims_per_block: int = 2,
-          anisotropic_threshold: float = 0.2, seed: int = 0):
+          anisotropic_threshold: float = 0.2):
     """Builds a ScaNN searcher over `embeddings` `[G, D]`.
 
     Returns:

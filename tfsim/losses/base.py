@@ -8,7 +8,8 @@ all positive pairs. That form makes the distributed cases exact:
 * One device: `sum(c) / Z`.
 * MirroredStrategy, `cross_replica=False` (default): each replica mines within its own
   slice of the global batch and returns `(sum(c) / Z) / num_replicas`. Keras 3 *sums*
-  scalar losses across replicas (see shared/design/FACTS.md), so the total is the mean
+  scalar losses across replicas (a scalar `call` output is doubled with 2 replicas;
+  tests/losses/test_distributed.py checks it), so the total is the mean
   of the per-replica losses, not their sum.
 * MirroredStrategy, `cross_replica=True`: each replica all-gathers labels and embeddings,
   computes c and Z on the global batch, and returns the sum of c over *its own* anchors

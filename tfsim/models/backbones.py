@@ -53,7 +53,7 @@ def _basic_block(x, filters: int, stride: int, name: str, zero_init_residual: bo
 
 
 def small_resnet(image_size: int, weights: Optional[str] = None, width: int = 32,
-                 blocks_per_stage: int = 2, zero_init_residual: bool = False) -> keras.Model:
+                 blocks_per_stage: int = 1, zero_init_residual: bool = False) -> keras.Model:
     """Small ResNet for small images (see module doc).
 
     `zero_init_residual`: start the last BatchNorm scale (gamma) of every residual branch at
@@ -100,7 +100,7 @@ BACKBONES: dict[str, Callable[..., keras.Model]] = {
 
 
 def get_backbone(name: str, image_size: int, weights: Optional[str] = None, width: int = 32,
-                 blocks_per_stage: int = 2, zero_init_residual: bool = False) -> keras.Model:
+                 blocks_per_stage: int = 1, zero_init_residual: bool = False) -> keras.Model:
     """Builds the registered backbone `name`."""
     if name not in BACKBONES:
         raise UserInputError(

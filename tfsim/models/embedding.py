@@ -15,9 +15,9 @@ from keras import layers
 from tfsim.models.backbones import get_backbone
 
 
-def build_embedding_model(backbone: str = "small_resnet", image_size: int = 28, embedding_dim: int = 64,
+def build_embedding_model(backbone: str = "small_resnet", image_size: int = 28, embedding_dim: int = 128,
                           pooling: str = "avg", weights: Optional[str] = None, width: int = 32,
-                          seed: Optional[int] = None, blocks_per_stage: int = 2,
+                          seed: Optional[int] = None, blocks_per_stage: int = 1,
                           layer_norm: bool = False, zero_init_residual: bool = False) -> keras.Model:
     """Builds the embedding model.
 
