@@ -250,8 +250,64 @@ def summarize(rows: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
+def _cell(runs: list[dict], col: str) -> str:
+    v = np.array([r[col] for r in runs])
+    return f"{v.mean():.3f} +- {v.std():.3f}" if len(v) > 1 else f"{v.mean():.3f}"
+
+
+def markdown(results: dict, compact: bool = False) -> str:
+    """Markdown tables of a saved bench (`--markdown FILE`): the form docs/ and the README quote.
+
+    `compact`: one table, a row per bench row and a column per dataset, "R@1 / MAP@R" means.
+    Otherwise one table per dataset with every metric (mean +- sd over seeds), training wall
+    time and the ratio of each row's mean Recall@1 and time to PML's.
+    """
+    if compact:
+        names = list(dict.fromkeys(n for r in results.values() for n in r["rows"]))
+        out = ["| R@1 / MAP@R | " + " | ".join(results) + " |", "| --- |" + " --- |" * len(results)]
+        for name in names:
+            cells = []
+            for r in results.values():
+                runs = r["rows"].get(name)
+                cells.append("" if not runs else
+                             f"{np.mean([x['recall@1'] for x in runs]):.3f} / {np.mean([x['map@r'] for x in runs]):.3f}")
+            out.append(f"| {name} | " + " | ".join(cells) + " |")
+        for key in ("untrained", "raw_pixels"):
+            cells = []
+            for r in results.values():
+                runs = next((v for n, v in r["rows"].items() if n != "pml" and "untrained" in v[0]), None)
+                cells.append("" if runs is None else f"{np.mean([x[key]['recall@1'] for x in runs]):.3f} / "
+                                                     f"{np.mean([x[key]['map@r'] for x in runs]):.3f}")
+            out.append(f"| ({key.replace('_', ' ')}) | " + " | ".join(cells) + " |")
+        return "\n".join(out)
+    out = []
+    for ds, r in results.items():
+        rows = r["rows"]
+        out += [f"**{ds}**: {r.get('header', '').split(': ', 1)[-1]}", "",
+                "| row | R@1 | R@2 | R@4 | R@8 | MAP@R | R-prec | train s | R@1 / pml | time / pml |",
+                "| --- |" + " --- |" * 9]
+        pml = rows.get("pml")
+        for name, runs in rows.items():
+            ratio = ["", ""]
+            if pml and name != "pml":
+                ratio = [f"{np.mean([x[c] for x in runs]) / np.mean([x[c] for x in pml]):.3f}"
+                         for c in ("recall@1", "train_seconds")]
+            t = np.array([x["train_seconds"] for x in runs])
+            out.append(f"| {name} | " + " | ".join(_cell(runs, c) for c in COLUMNS)
+                       + f" | {t.mean():.0f} | {ratio[0]} | {ratio[1]} |")
+        base = next((v for n, v in rows.items() if n != "pml" and "untrained" in v[0]), None)
+        if base:
+            for key in ("untrained", "raw_pixels"):
+                out.append(f"| ({key.replace('_', ' ')}) | "
+                           + " | ".join(f"{np.mean([x[key][c] for x in base]):.3f}" for c in COLUMNS) + " | | | |")
+        out.append("")
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--markdown", metavar="JSON", help="only print a saved bench's results as Markdown tables")
+    p.add_argument("--compact", action="store_true", help="with --markdown: one R@1 / MAP@R table")
     p.add_argument("--datasets", default=",".join(DATASETS), help=f"comma-separated, of {list(DATASETS)}")
     p.add_argument("--data", help="any folder <class>/<image> (instead of --datasets)")
     p.add_argument("--train-classes", help="with --data: comma-separated class indices (sorted folder order)")
@@ -270,6 +326,9 @@ def main(argv=None) -> int:
     p.add_argument("--margin", type=float, default=0.2)
     p.add_argument("--out", default="runs/bench/peer_parity.json")
     args = p.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(Path(args.markdown).read_text()), compact=args.compact))
+        return 0
     logging.getLogger("tfsim").setLevel(logging.WARNING)
 
     pml_python = None if args.no_pml else ensure_pml_python(args.pml_python)
