@@ -10,8 +10,48 @@ from tfsim.errors import UserInputError
 
 def test_default_preset_validates_and_round_trips_to_json():
     cfg = config.load()
-    assert cfg == config.PRESETS["default"]
+    assert cfg == config.resolve(config.load_preset("default"))
+    assert (cfg.data.source, cfg.data.test_classes, cfg.run.name) == ("default", (2, 4, 5, 7), "fashion_mnist_small")
+    assert (cfg.loss.name, cfg.loss.margin) == ("triplet_semihard", 0.5)
     assert config.from_dict(json.loads(json.dumps(config.to_dict(cfg)))) == cfg
+
+
+def test_config_itself_names_no_dataset_split_or_run():
+    cfg = config.Config()
+    assert cfg.data.test_classes == () and cfg.run.name is None and cfg.loss.margin is None
+
+
+@pytest.mark.parametrize("overrides,name", [
+    ([], "fashion_mnist_small"),
+    (["data.source=folder", "data.path=/data/My Birds/"], "My Birds"),
+    (["data.source=tfds", "data.tfds_name=cars196:2.1.0"], "cars196"),
+    (["data.source=folder", "data.path=/x/y", "run.name=mine"], "mine"),
+])
+def test_run_is_named_after_the_data(overrides, name):
+    cfg = config.load("default", overrides)
+    assert cfg.run.name == name and config.resolve(cfg) == cfg
+
+
+def test_another_data_source_does_not_inherit_the_presets_split():
+    # The default preset holds out the shipped set's classes 2, 4, 5, 7; a user's folder must
+    # not silently get them (the second half of its classes instead, unless set).
+    cfg = config.load("default", ["data.source=folder", "data.path=/x"])
+    assert cfg.data.test_classes == () and cfg.data.augment is True
+    cfg = config.load("default", ["data.test_classes=5,6", "data.source=folder", "data.path=/x"])
+    assert cfg.data.test_classes == (5, 6)  # set in the same update: kept, whatever the order
+    cfg = config.load("default", ["data.augment=false", "data.source=folder", "data.path=/x"])
+    assert cfg.data.augment is False  # augmentation does not belong to a source
+    assert config.load("default", ["data.augment=false"]).data.test_classes == (2, 4, 5, 7)
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["data.path=/x"], r"Invalid value for `data.path`: expected null unless data.source=folder \(add --set "
+                       r"data.source=folder"),
+    (["data.tfds_name=cars196"], r"Invalid value for `data.tfds_name`: expected null unless data.source=tfds"),
+])
+def test_dataset_keys_without_their_source_are_errors(overrides, match):
+    with pytest.raises(UserInputError, match=match):
+        config.load("default", overrides)
 
 
 def test_overrides_are_typed():
@@ -40,7 +80,7 @@ def test_config_file_with_base_and_unknown_key(tmp_path, monkeypatch):
     good = tmp_path / "small.json"
     good.write_text(json.dumps({"base": "default", "model": {"embedding_dim": 32}, "train": {"epochs": 2}}))
     cfg = config.load(str(good))
-    assert cfg.model.embedding_dim == 32 and cfg.train.epochs == 2 and cfg.loss == config.PRESETS["default"].loss
+    assert cfg.model.embedding_dim == 32 and cfg.train.epochs == 2 and cfg.loss == config.load("default").loss
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"model": {"embeding_dim": 32}}))
     with pytest.raises(UserInputError, match="Unknown config key `model.embeding_dim`"):
@@ -51,28 +91,28 @@ def test_config_file_with_base_and_unknown_key(tmp_path, monkeypatch):
         config.load(str(typed))
     with pytest.raises(UserInputError, match="Unknown config 'nothing'"):
         config.load("nothing")
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "pipelines").mkdir()
-    (tmp_path / "pipelines" / "mine.json").write_text(json.dumps({"train": {"epochs": 4}}))
-    assert config.load("mine").train.epochs == 4
+    no_base = tmp_path / "no_base.json"  # no "base": starts from the default preset
+    no_base.write_text(json.dumps({"train": {"epochs": 4}}))
+    assert config.load(str(no_base)).data.test_classes == (2, 4, 5, 7)
+    neutral = tmp_path / "neutral.json"  # "base": null starts from Config()
+    neutral.write_text(json.dumps({"base": None, "train": {"epochs": 4}}))
+    assert config.load(str(neutral)).loss.margin is None
+    with pytest.raises(UserInputError, match=r"expected a preset name \['cars196_resnet50'"):
+        config.load("mine")
 
 
-def test_defaults_do_not_flip_or_zero_init_and_natural_image_presets_flip(monkeypatch):
-    from pathlib import Path
+def test_defaults_do_not_flip_or_zero_init_and_natural_image_presets_flip():
     cfg = config.load("default")
     assert cfg.data.flip is False and cfg.model.zero_init_residual is False
-    monkeypatch.chdir(Path(__file__).resolve().parents[1])
     assert config.load("cars196_resnet50").data.flip and config.load("cub200_resnet50").data.flip
 
 
-def test_shipped_pipeline_configs_load(monkeypatch):
-    from pathlib import Path
-    root = Path(__file__).resolve().parents[1]
-    monkeypatch.chdir(root)
-    files = sorted((root / "pipelines").glob("*.json"))
-    assert files
-    for f in files:
-        config.load(f.stem)
+def test_shipped_presets_load_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # presets are package data, not files next to the working directory
+    assert config.presets() == ["cars196_resnet50", "cub200_resnet50", "default"]
+    cars, cub = config.load("cars196_resnet50"), config.load("cub200_resnet50")
+    assert (cars.data.tfds_name, cars.run.name, cars.data.test_classes) == ("cars196", "cars196_resnet50", ())
+    assert (cub.data.tfds_name, cub.run.name, cub.model.backbone) == ("caltech_birds2011", "cub200_resnet50", "resnet50")
 
 
 @pytest.mark.parametrize("overrides,match", [

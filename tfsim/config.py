@@ -1,13 +1,22 @@
 """Typed configuration: frozen dataclasses, named presets, overrides and validation.
 
-A run is described by one `Config`, built from a preset (a name registered in
-`PRESETS`, or a JSON file: `pipelines/<name>.json` or any path) plus
-`--set section.key=value` overrides, then checked by `validate()` before any work
-starts. The resolved config is written next to the run as `config.json`.
+A run is described by one `Config`, built from a preset (a JSON file shipped in
+`tfsim/presets/`, named without its suffix: `default`, `cars196_resnet50`, ...; or the path
+of any JSON file) plus `--set section.key=value` overrides, then checked by `validate()`
+before any work starts. The resolved config (`resolve()`: the run's name filled in) is
+written next to the run as `config.json`.
 
-A JSON config file is a partial nested dict over the defaults, optionally naming
-the preset it starts from: `{"base": "default", "model": {"embedding_dim": 128}}`.
-Unknown sections or keys and wrongly typed values are errors that name the key.
+`Config()` itself is neutral: it names no dataset's split or run. Dataset choices (which
+classes the shipped Fashion-MNIST subset holds out, the cars/birds set-ups) live in the
+presets. A JSON config file is a partial nested dict over the preset it names as `base`
+("default" when absent; null for `Config()`): `{"base": "default", "model":
+{"embedding_dim": 128}}`. Unknown sections or keys and wrongly typed values are errors
+that name the key.
+
+Some settings are one variant of several, and the arguments of one variant do not carry
+over to another: an override or file that changes `loss.name` starts that loss from its
+own defaults (see `LossConfig`), and one that changes `data.source` starts that source
+from its own defaults (see `DataConfig`).
 
 Example:
     >>> cfg = load("default", ["train.epochs=2", "model.embedding_dim=32"])
@@ -26,9 +35,13 @@ from tfsim.errors import UserInputError
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """Where a run writes: `<root>/<name>/`."""
+    """Where a run writes: `<root>/<name>/`.
 
-    name: str = "fashion_mnist_small"
+    `name`: null = named after the data (`fashion_mnist_small` for the shipped set, the
+    folder's name, the TFDS dataset's name); `resolve()` fills it in.
+    """
+
+    name: Optional[str] = None
     root: str = "runs"
 
 
@@ -38,7 +51,11 @@ class DataConfig:
 
     `source`: "default" (the shipped Fashion-MNIST subset), "folder"
     (`path/<class>/<image>`) or "tfds" (`tfds_name`, e.g. cars196). `test_classes`:
-    label indices held out (never trained on); empty = second half of the classes.
+    label indices held out (never trained on); empty (the default) = the second half of
+    the classes in label order (sorted folder names), the papers' split for cars196 and
+    CUB-200. Changing `source` resets `path`, the `tfds_*` keys, `data_dir`, `manual_dir`
+    and `test_classes` to their defaults unless the same update sets them, so a preset's
+    split never silently applies to another dataset.
     `augment`: random shift of training images by up to 10% of the side; `flip`: also
     mirror them left-right at random (off by default: a mirrored digit or letter is another
     symbol; turn it on for natural images); `erase_prob`: probability of also erasing a
@@ -51,7 +68,7 @@ class DataConfig:
     tfds_split: str = "train+test"
     data_dir: Optional[str] = None
     manual_dir: Optional[str] = None
-    test_classes: tuple[int, ...] = (2, 4, 5, 7)
+    test_classes: tuple[int, ...] = ()
     augment: bool = True
     flip: bool = False
     erase_prob: float = 0.0
@@ -215,10 +232,18 @@ class Config:
     index: IndexConfig = IndexConfig()
 
 
-# The default preset: semi-hard triplet loss with margin 0.5 (measured best on the shipped
-# data among 0.05-1.0; tfa's default is 1.0).
-PRESETS: dict[str, Config] = {"default": Config(loss=LossConfig(name="triplet_semihard", margin=0.5))}
-PRESET_DIR = Path("pipelines")
+# Presets shipped with the package. default.json: the shipped Fashion-MNIST subset with its
+# held-out classes 2, 4, 5, 7, and the semi-hard triplet loss at margin 0.5 (tfa's default is
+# 1.0; 0.5 was measured best on the shipped data among 0.05-1.0).
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+
+# Data keys that belong to one source (reset when `data.source` changes, see DataConfig).
+_SOURCE_KEYS = ("path", "tfds_name", "tfds_split", "data_dir", "manual_dir", "test_classes")
+
+
+def presets() -> list[str]:
+    """Names of the presets shipped with the package."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
 
 
 def to_dict(cfg: Config) -> dict:
@@ -280,6 +305,9 @@ def _replace(section: Any, updates: dict, prefix: str, from_string: bool) -> Any
     if isinstance(section, LossConfig) and updates.get("name", section.name) != section.name:
         # Another loss: its arguments start from its own defaults (see LossConfig).
         section = LossConfig(cross_replica=section.cross_replica)
+    if isinstance(section, DataConfig) and updates.get("source", section.source) != section.source:
+        # Another dataset: its path, split and held-out classes start from the defaults.
+        section = dataclasses.replace(section, **{k: getattr(DataConfig(), k) for k in _SOURCE_KEYS})
     changes = {}
     for key, value in updates.items():
         if key not in hints:
@@ -299,7 +327,7 @@ def _replace(section: Any, updates: dict, prefix: str, from_string: bool) -> Any
 
 def from_dict(updates: dict, base: Optional[Config] = None) -> Config:
     """`base` (default: the default preset) with the nested `updates` applied (typed values)."""
-    return _replace(base or PRESETS["default"], updates, "", from_string=False)
+    return _replace(base or load_preset("default"), updates, "", from_string=False)
 
 
 def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
@@ -326,15 +354,13 @@ def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
 
 
 def load_preset(name_or_file: str) -> Config:
-    """A registered preset, `pipelines/<name>.json`, or a JSON file path."""
-    if name_or_file in PRESETS:
-        return PRESETS[name_or_file]
-    candidates = [Path(name_or_file), PRESET_DIR / f"{name_or_file}.json"]
-    path = next((p for p in candidates if p.is_file()), None)
-    if path is None:
+    """A preset shipped in `tfsim/presets/` (by name), or a JSON config file (by path)."""
+    shipped = PRESET_DIR / f"{name_or_file}.json"
+    path = shipped if "/" not in name_or_file and shipped.is_file() else Path(name_or_file)
+    if not path.is_file():
         raise UserInputError(
-            f"Unknown config {name_or_file!r}: expected a preset name {sorted(PRESETS)}, a file "
-            f"{PRESET_DIR}/<name>.json, or the path of a JSON config file.")
+            f"Unknown config {name_or_file!r}: expected a preset name {presets()} or the path of a JSON "
+            "config file.")
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
@@ -342,16 +368,30 @@ def load_preset(name_or_file: str) -> Config:
     if not isinstance(data, dict):
         raise UserInputError(f"Config file {str(path)!r} must hold a JSON object of sections.")
     base = data.pop("base", "default")
-    if base == name_or_file:
+    if base == name_or_file or (base is not None and (PRESET_DIR / f"{base}.json") == path):
         raise UserInputError(f"Config file {str(path)!r} names itself as its base.")
-    return from_dict(data, load_preset(base))
+    return _replace(Config() if base is None else load_preset(base), data, "", from_string=False)
+
+
+def resolve(cfg: Config) -> Config:
+    """The config with what depends on other keys filled in: `run.name` from the data."""
+    if cfg.run.name is not None:
+        return cfg
+    d = cfg.data
+    if d.source == "folder" and d.path:
+        name = Path(d.path).resolve().name or "folder"
+    elif d.source == "tfds" and d.tfds_name:
+        name = d.tfds_name.split(":")[0].replace("/", "_")
+    else:
+        name = "fashion_mnist_small"
+    return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, name=name))
 
 
 def load(name_or_file: str = "default", overrides: Sequence[str] = ()) -> Config:
-    """Preset + overrides, validated."""
+    """Preset + overrides, validated and resolved."""
     cfg = apply_overrides(load_preset(name_or_file), overrides)
     validate(cfg)
-    return cfg
+    return resolve(cfg)
 
 
 def validate(cfg: Config) -> None:
@@ -415,5 +455,11 @@ def validate(cfg: Config) -> None:
     need(cfg.data.source != "tfds" or bool(cfg.data.tfds_name), "data.tfds_name",
          "a TFDS dataset name (e.g. cars196) when data.source=tfds", cfg.data.tfds_name)
     need(cfg.index.num_neighbors >= 1, "index.num_neighbors", "an integer >= 1", cfg.index.num_neighbors)
-    need(cfg.run.name != "" and "/" not in cfg.run.name, "run.name", "a non-empty name without '/'",
-         cfg.run.name)
+    need(cfg.run.name is None or (cfg.run.name != "" and "/" not in cfg.run.name), "run.name",
+         "a non-empty name without '/' (or null: named after the data)", cfg.run.name)
+    need(cfg.data.source == "folder" or cfg.data.path is None, "data.path",
+         f"null unless data.source=folder (add --set data.source=folder to train on that folder; "
+         f"data.source is {cfg.data.source!r})", cfg.data.path)
+    need(cfg.data.source == "tfds" or cfg.data.tfds_name is None, "data.tfds_name",
+         f"null unless data.source=tfds (add --set data.source=tfds; data.source is {cfg.data.source!r})",
+         cfg.data.tfds_name)

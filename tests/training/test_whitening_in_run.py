@@ -17,7 +17,7 @@ TINY = ["train.epochs=1", "train.steps_per_epoch=5", "model.width=8", "model.blo
 
 @pytest.fixture(scope="module")
 def default_split():
-    return splits.class_disjoint_split(sources.load_default(), config.DataConfig().test_classes)
+    return splits.class_disjoint_split(sources.load_default(), config.load("default").data.test_classes)
 
 
 def test_whitening_is_fitted_on_training_images_and_evaluated(tmp_path, default_split):

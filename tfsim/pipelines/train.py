@@ -32,7 +32,7 @@ def format_table(metrics: dict, ks) -> str:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m tfsim.pipelines.train", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="default", help="preset name, pipelines/<name>.json, or a JSON file")
+    parser.add_argument("--config", default="default", help="a preset name (tfsim/presets/<name>.json) or the path of a JSON config file")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set train.epochs=3 (repeatable)")
     parser.add_argument("--run-dir", default=None, help="run folder (default: <run.root>/<run.name>)")

@@ -167,7 +167,7 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
     """Trains, evaluates on held-out classes, exports and indexes (see module doc).
 
     Args:
-        cfg: the run's config (validated here).
+        cfg: the run's config (validated and resolved here).
         run_dir: overrides `<run.root>/<run.name>`.
         resume: continue from the run folder's checkpoint if there is one.
         verbose: Keras `fit` verbosity (1 = progress bar, 2 = one line per epoch).
@@ -180,6 +180,7 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
     """
     start = time.time()
     config_lib.validate(cfg)
+    cfg = config_lib.resolve(cfg)
     run_dir = Path(run_dir) if run_dir is not None else Path(cfg.run.root) / cfg.run.name
     _prepare_run_dir(cfg, run_dir, resume)
     keras.utils.set_random_seed(cfg.train.seed)
