@@ -167,9 +167,33 @@ def test_changing_the_loss_starts_from_its_own_arguments():
 def test_unset_loss_arguments_take_each_loss_default():
     from tfsim.losses import get_loss
     cfg = config.load("default", ["loss.name=binomial_deviance"])
-    args = {k: v for k, v in config.to_dict(cfg)["loss"].items() if k != "name"}
-    loss = get_loss(cfg.loss.name, **args)
+    assert config.loss_args(cfg.loss) == {}  # nothing set: every argument is the loss's own default
+    loss = get_loss(cfg.loss.name, **config.loss_args(cfg.loss))
     assert (loss.alpha, loss.beta, loss.cost) == (2.0, 0.5, 25.0)  # not multi-similarity's beta=50
-    cfg = config.load("default", ["loss.name=triplet_hard", "loss.margin=null", "loss.soft=true"])
-    loss = get_loss(cfg.loss.name, **{k: v for k, v in config.to_dict(cfg)["loss"].items() if k != "name"})
-    assert (loss.margin, loss.soft, loss.distance_metric) == (1.0, True, "L2")
+    cfg = config.load("default", ["loss.name=triplet_hard", "loss.margin=null", "loss.soft=true",
+                                  "loss.cross_replica=true"])
+    assert config.loss_args(cfg.loss) == {"soft": True, "cross_replica": True}
+    loss = get_loss(cfg.loss.name, **config.loss_args(cfg.loss))
+    assert (loss.margin, loss.soft, loss.distance_metric, loss.cross_replica) == (1.0, True, "L2", True)
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["loss.temperature=0.1"], r"Invalid value for `loss.temperature`: expected null for loss 'triplet_semihard', "
+                               r"which takes \['margin', 'distance_metric', 'cross_replica'\]"),
+    (["loss.name=lifted_struct", "loss.distance_metric=angular"], r"`loss.distance_metric`: expected null for loss "
+                                                                  r"'lifted_struct'"),
+    (["loss.name=nca", "loss.margin=0.2"], r"`loss.margin`: expected null for loss 'nca', which takes \['scale'"),
+])
+def test_arguments_the_loss_does_not_take_are_errors(overrides, match):
+    with pytest.raises(UserInputError, match=match):
+        config.load("default", overrides)
+
+
+def test_get_loss_rejects_arguments_the_loss_does_not_take():
+    from tfsim.losses import get_loss
+    with pytest.raises(ValueError, match=r"Invalid argument 'margn' for loss 'triplet_hard': expected some of "
+                                         r"\['margin', 'soft', 'distance_metric', 'cross_replica'\]"):
+        get_loss("triplet_hard", margn=0.3)
+    with pytest.raises(ValueError, match=r"Invalid value for `name`: expected one of"):
+        get_loss("triplet_hardest")
+    assert get_loss("triplet_hard", margin=None).margin == 1.0  # None: the loss's default

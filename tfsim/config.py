@@ -118,9 +118,10 @@ class ModelConfig:
 class LossConfig:
     """The metric loss, by registered name (`tfsim.losses.LOSSES`), and its arguments.
 
-    One section holds the union of all losses' arguments; a loss takes the ones it
-    has and ignores the rest (e.g. `distance_metric` for lifted_struct). `null` means
-    "the loss's own default" (e.g. alpha is 2 for multi_similarity and binomial_deviance,
+    One section holds the union of all losses' arguments (one flat namespace for
+    `--set loss.KEY=VALUE`); setting an argument the chosen loss does not take (e.g.
+    `loss.temperature` with triplet_semihard) is an error naming the ones it takes
+    (`loss_args()` is what reaches the loss). `null` means "the loss's own default" (e.g. alpha is 2 for multi_similarity and binomial_deviance,
     beta 50 for one and 0.5 for the other). Arguments belong to the loss they were set
     for: an override or config file that changes `loss.name` starts that loss from its
     own defaults, keeping only the arguments it sets itself (and `cross_replica`). So
@@ -244,6 +245,14 @@ _SOURCE_KEYS = ("path", "tfds_name", "tfds_split", "data_dir", "manual_dir", "te
 def presets() -> list[str]:
     """Names of the presets shipped with the package."""
     return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
+
+
+def loss_args(loss: LossConfig) -> dict:
+    """The loss constructor's arguments from the config: those set (not null), without the loss
+    name and the optimiser's `proxy_lr_multiplier`; `cross_replica` only when true."""
+    skip = ("name", "proxy_lr_multiplier")
+    return {k: v for k, v in dataclasses.asdict(loss).items()
+            if k not in skip and v is not None and not (k == "cross_replica" and v is False)}
 
 
 def to_dict(cfg: Config) -> dict:
@@ -416,6 +425,12 @@ def validate(cfg: Config) -> None:
     need(m.blocks_per_stage >= 1, "model.blocks_per_stage", "an integer >= 1", m.blocks_per_stage)
     need(cfg.loss.name in LOSSES, "loss.name", f"one of {sorted(LOSSES)}", cfg.loss.name)
     lc = cfg.loss
+    from tfsim.losses import loss_arguments
+    takes = loss_arguments(lc.name)
+    for key in loss_args(lc):
+        need(key in takes or key == "cross_replica", f"loss.{key}",
+             f"null for loss {lc.name!r}, which takes {takes} (set it only with a loss that has it)",
+             getattr(lc, key))
     need(lc.margin is None or lc.margin >= 0, "loss.margin", "a number >= 0 (or null)", lc.margin)
     for key in ("scale", "temperature", "gamma", "alpha", "cost"):  # (beta may be <= 0 in binomial deviance)
         value = getattr(lc, key)

@@ -24,7 +24,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tfsim.losses import LOSSES, get_loss, input_kind, supports_cross_replica  # noqa: E402
+from tfsim.losses import LOSSES, get_loss, input_kind, loss_arguments, supports_cross_replica  # noqa: E402
 from tfsim.models.proxies import CosineProxies  # noqa: E402
 from tfsim.training.optimizers import ScaledAdam  # noqa: E402
 
@@ -53,12 +53,20 @@ def single_device_update(loss, x, y, halves: bool):
     return [-g.numpy() for g in tape.gradient(value, model.trainable_variables)]
 
 
+def make_loss(name, cross_replica):
+    """The loss with margin 0.5 where it has a margin, and `cross_replica` where it has that mode."""
+    kw = {"margin": 0.5} if "margin" in loss_arguments(name) else {}
+    if supports_cross_replica(name):
+        kw["cross_replica"] = cross_replica
+    return get_loss(name, **kw)
+
+
 def mirrored_update(strategy, name, cross_replica, x, y):
     with strategy.scope():
         model = make_model()
         before = [v.numpy().copy() for v in model.trainable_variables]
         model.compile(optimizer=keras.optimizers.SGD(1.0),
-                      loss=get_loss(name, margin=0.5, cross_replica=cross_replica))
+                      loss=make_loss(name, cross_replica))
     ds = tf.data.Dataset.from_tensors((x, y))
     model.fit(ds, epochs=1, verbose=0, shuffle=False)
     return [v.numpy() - b for v, b in zip(model.trainable_variables, before)]
@@ -78,7 +86,7 @@ def main():
         KIND = input_kind(name)  # triplets: rows q, p, n; each replica holds 4 whole triplets
         for cross in ((True, False) if supports_cross_replica(name) else (False,)):
             got = mirrored_update(strategy, name, cross, x, y)
-            want = single_device_update(get_loss(name, margin=0.5), x, y, halves=not cross)
+            want = single_device_update(make_loss(name, False), x, y, halves=not cross)
             if KIND == "proxy_similarities":
                 whole = single_device_update(get_loss(name), x, y, halves=False)
                 want = [w if np.allclose(w, v, atol=1e-6) else w * np.nan for w, v in zip(want, whole)]

@@ -57,24 +57,35 @@ def supports_cross_replica(name: str) -> bool:
     return "cross_replica" in inspect.signature(LOSSES[name].__init__).parameters
 
 
-def get_loss(name: str, **kwargs):
-    """Builds the registered loss `name` from config values.
+def loss_arguments(name: str) -> list[str]:
+    """The constructor arguments of the registered loss `name` (besides Keras's `name`, `reduction`, `dtype`)."""
+    params = inspect.signature(LOSSES[name].__init__).parameters
+    return [k for k, p in params.items() if k not in ("self", "name", "reduction", "dtype")
+            and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
 
-    Only the arguments the loss's constructor takes, and that are not None, are passed:
-    a config section holds the union of all losses' arguments (e.g. `distance_metric`
-    means nothing to `lifted_struct`), and None means "the loss's own default".
+
+def get_loss(name: str, **kwargs):
+    """Builds the registered loss `name`; arguments that are None take the loss's own default.
+
+    Raises:
+        ValueError: an unknown `name`, or an argument the loss does not take (a typo, or an
+            argument of another loss), naming the arguments it does take.
     """
     if name not in LOSSES:
         raise ValueError(
-            f"Invalid value for `loss.name`: expected one of {sorted(LOSSES)}. Received: {name!r}")
-    cls = LOSSES[name]
-    accepted = inspect.signature(cls.__init__).parameters
-    return cls(**{k: v for k, v in kwargs.items() if k in accepted and v is not None})
+            f"Invalid value for `name`: expected one of {sorted(LOSSES)}. Received: name={name!r}")
+    accepted = loss_arguments(name)
+    unknown = sorted(k for k in kwargs if k not in accepted)
+    if unknown:
+        raise ValueError(
+            f"Invalid argument {unknown[0]!r} for loss {name!r}: expected some of {accepted}. "
+            f"Received: {unknown[0]}={kwargs[unknown[0]]!r}")
+    return LOSSES[name](**{k: v for k, v in kwargs.items() if v is not None})
 
 
 __all__ = ["LOSSES", "BatchAllTripletLoss", "BinomialDevianceLoss", "ContrastiveLoss", "LiftedStructLoss", "MultiSimilarityLoss",
            "NCALoss", "NormalizedSoftmaxLoss", "ProxyNCALoss", "TripletHardLoss", "TripletMarginLoss",
-           "TripletSemiHardLoss", "batch_all_triplet_loss", "binomial_deviance_loss", "contrastive_loss", "get_loss", "input_kind",
+           "TripletSemiHardLoss", "batch_all_triplet_loss", "binomial_deviance_loss", "contrastive_loss", "get_loss", "input_kind", "loss_arguments",
            "lifted_struct_loss", "multi_similarity_loss", "nca_loss", "normalized_softmax_loss",
            "proxy_nca_loss", "supports_cross_replica", "triplet_hard_loss", "triplet_margin_loss",
            "triplet_semihard_loss"]

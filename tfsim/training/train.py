@@ -216,8 +216,7 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
         model = embedder
         if kind == "proxy_similarities":
             model = build_proxy_trainer(embedder, int(train_set.labels.max()) + 1, seed=t.seed)
-        loss_args = {k: v for k, v in config_lib.to_dict(cfg)["loss"].items() if k != "name"}
-        loss = get_loss(cfg.loss.name, **loss_args)
+        loss = get_loss(cfg.loss.name, **config_lib.loss_args(cfg.loss))
         lr = t.learning_rate
         if t.lr_schedule == "cosine":
             lr = keras.optimizers.schedules.CosineDecay(t.learning_rate, t.epochs * t.steps_per_epoch)
