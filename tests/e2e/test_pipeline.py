@@ -82,8 +82,7 @@ def test_run_folder_artifacts(run):
     assert metrics["test_classes"] == ["Pullover", "Coat", "Sandal", "Sneaker"]
     assert metrics["num_queries"] == 2400
     assert metrics["baselines"]["raw_pixels"]["recall@1"] == pytest.approx(0.8529, abs=1e-3)
-    state = json.loads((run_dir / "checkpoints" / "last.json").read_text())
-    assert state == {"epoch": 2} and (run_dir / "checkpoints" / "last.keras").is_file()
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["epoch-0002.keras"]
     assert len(list((run_dir / "samples").glob("*.png"))) == 4
 
 
@@ -110,7 +109,7 @@ def test_saved_model_in_fresh_process_matches_keras(run, tmp_path):
     import keras
     import tensorflow as tf
     import tfsim.losses  # noqa: F401 (registers the loss for load_model)
-    model = keras.models.load_model(cwd / "runs" / "tiny" / "checkpoints" / "last.keras")
+    model = keras.models.load_model(cwd / "runs" / "tiny" / "checkpoints" / "epoch-0002.keras")
     pixels = np.stack([tf.io.decode_png(p.read_bytes(), channels=3).numpy() for p in samples]).astype(np.float32)
     # The export is the checkpoint's embedder followed by the whitening saved in the run.
     white = np.load(cwd / "runs" / "tiny" / "whitening.npz")

@@ -53,7 +53,7 @@ def test_train_under_mirrored_strategy_exports_a_whitened_model(tmp_path):
     images = np.random.default_rng(0).uniform(0, 255, (4, 28, 28, 3)).astype(np.float32)
     served = tf.saved_model.load(str(export))
     emb = served.signatures["serve_images"](images=tf.constant(images))["embeddings"].numpy()
-    plain = keras.models.load_model(run / "checkpoints" / "last.keras", compile=False).predict(images, verbose=0)
+    plain = keras.models.load_model(run / "checkpoints" / "epoch-0001.keras", compile=False).predict(images, verbose=0)
     white = np.load(run / "whitening.npz")
     np.testing.assert_allclose(emb, whiten(plain, white["mean"], white["projection"]), atol=1e-4)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)

@@ -1,5 +1,7 @@
 """Checkpoint/resume: an interrupted run, resumed, ends where an uninterrupted one does."""
 
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -38,8 +40,9 @@ def test_interrupted_run_resumes_to_the_same_model(tmp_path, monkeypatch, extra)
     monkeypatch.setattr(ResumableCheckpoint, "on_epoch_end", original)
     resumed = train(cfg, tmp_path / "resumed", verbose=0)
 
-    a = keras.models.load_model(tmp_path / "straight" / "checkpoints" / "last.keras")
-    b = keras.models.load_model(tmp_path / "resumed" / "checkpoints" / "last.keras")
+    a = keras.models.load_model(tmp_path / "straight" / "checkpoints" / "epoch-0003.keras")
+    b = keras.models.load_model(tmp_path / "resumed" / "checkpoints" / "epoch-0003.keras")
+    assert [p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()] == ["epoch-0003.keras"]
     assert len(a.weights) == len(b.weights) and a.name == b.name
     if extra and "normalized_softmax" in extra[0]:
         assert a.name == "proxy_trainer" and b.optimizer.lr_multipliers == {"proxies": 10.0}
@@ -56,3 +59,35 @@ def test_run_folder_of_another_config_is_refused(tmp_path):
         train(other, tmp_path / "run", verbose=0)
     with pytest.raises(UserInputError, match="already holds a checkpoint"):
         train(cfg, tmp_path / "run", resume=False, verbose=0)
+
+
+def test_checkpoint_is_committed_by_one_rename(tmp_path, monkeypatch):
+    # A crash while saving epoch 2 leaves epoch 1's checkpoint as the latest, whole; a
+    # committed epoch 2 replaces it; a folder of the earlier layout (last.keras + last.json)
+    # still resumes.
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    cb = ResumableCheckpoint(tmp_path / "ck")
+    cb.set_model(model)
+    cb.on_epoch_end(0)
+    assert ResumableCheckpoint.latest(tmp_path / "ck") == (tmp_path / "ck" / "epoch-0001.keras", 1)
+
+    def crash(self, path, *args, **kwargs):
+        Path(path).write_bytes(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(keras.Model, "save", crash)
+    with pytest.raises(OSError):
+        cb.on_epoch_end(1)
+    assert ResumableCheckpoint.latest(tmp_path / "ck") == (tmp_path / "ck" / "epoch-0001.keras", 1)
+    keras.models.load_model(tmp_path / "ck" / "epoch-0001.keras")  # intact
+    monkeypatch.undo()
+    cb.on_epoch_end(1)
+    assert [p for p, _ in ResumableCheckpoint.checkpoints(tmp_path / "ck")] == [tmp_path / "ck" / "epoch-0002.keras"]
+
+    old = tmp_path / "old"
+    old.mkdir()
+    model.save(old / "last.keras")
+    (old / "last.json").write_text('{"epoch": 4}')
+    assert ResumableCheckpoint.latest(old) == (old / "last.keras", 4)
+    assert ResumableCheckpoint.latest(tmp_path / "nothing") is None

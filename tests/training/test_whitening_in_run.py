@@ -25,7 +25,7 @@ def test_whitening_is_fitted_on_training_images_and_evaluated(tmp_path, default_
     result = train(cfg, tmp_path / "run", verbose=0)
     train_set, test_set = default_split
     saved = dict(np.load(tmp_path / "run" / "whitening.npz"))
-    embedder = keras.models.load_model(tmp_path / "run" / "checkpoints" / "last.keras")
+    embedder = keras.models.load_model(tmp_path / "run" / "checkpoints" / "epoch-0001.keras")
     # Refit from the checkpoint's embeddings of the 3,600 training images (never held-out ones).
     mean, projection = fit_whitening(embed(embedder, train_set, 28), power=0.5, dims=12)
     np.testing.assert_allclose(saved["mean"], mean, atol=1e-5)
@@ -56,9 +56,9 @@ def test_refit_whitening_on_a_finished_run_without_retraining(tmp_path):
     """Post-training sections may change when a finished run is re-entered: the checkpoint is
     reused (no training step) and only the whitening is refitted with the new settings."""
     first = train(config.load("default", TINY), tmp_path / "run", verbose=0)
-    before = (tmp_path / "run" / "checkpoints" / "last.keras").stat().st_mtime_ns
+    before = (tmp_path / "run" / "checkpoints" / "epoch-0001.keras").stat().st_mtime_ns
     pca_only = train(config.load("default", TINY + ["whitening.power=0"]), tmp_path / "run", verbose=0)
-    assert (tmp_path / "run" / "checkpoints" / "last.keras").stat().st_mtime_ns == before  # not retrained
+    assert (tmp_path / "run" / "checkpoints" / "epoch-0001.keras").stat().st_mtime_ns == before  # not retrained
     assert pca_only.metrics["unwhitened"] == first.metrics["unwhitened"]
     projection = np.load(tmp_path / "run" / "whitening.npz")["projection"]
     np.testing.assert_allclose(projection.T @ projection, np.eye(16), atol=1e-4)  # power 0: a rotation
@@ -75,7 +75,7 @@ def test_large_training_sets_fit_on_a_seeded_subset(tmp_path, default_split):
     cfg = config.load("default", TINY + ["whitening.max_images=500"])
     train(cfg, tmp_path / "run", verbose=0)
     train_set, _ = default_split
-    embedder = keras.models.load_model(tmp_path / "run" / "checkpoints" / "last.keras")
+    embedder = keras.models.load_model(tmp_path / "run" / "checkpoints" / "epoch-0001.keras")
     rows = np.sort(np.random.default_rng(cfg.train.seed).choice(len(train_set), 500, replace=False))
     mean, _ = fit_whitening(embed(embedder, train_set.subset(rows), 28))
     full_mean, _ = fit_whitening(embed(embedder, train_set, 28))

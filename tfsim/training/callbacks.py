@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -86,28 +87,48 @@ class RetrievalEvaluation(keras.callbacks.Callback):
 class ResumableCheckpoint(keras.callbacks.Callback):
     """Saves the whole model (weights + optimizer state) at each epoch end, atomically.
 
-    Writes `<dir>/last.keras` and `<dir>/last.json` (`{"epoch": completed epochs}`),
-    each first under a temporary name then renamed, so an interrupted write leaves the
-    previous checkpoint intact. `latest(dir)` reads them back for resuming.
+    Writes `<dir>/epoch-NNNN.keras` (NNNN = completed epochs) under a temporary name, then
+    renames it: the model and its epoch number are committed by that one rename, so an
+    interruption at any moment leaves a complete checkpoint whose name says how far it got.
+    Older checkpoints are deleted only after the new one is in place. `latest(dir)` reads
+    the newest back for resuming (a run folder written before these names, with
+    `last.keras` + `last.json`, still resumes).
     """
 
-    def __init__(self, directory: os.PathLike):
+    PATTERN = re.compile(r"epoch-(\d+)\.keras")
+
+    def __init__(self, directory: os.PathLike, keep: int = 1):
         super().__init__()
         self.directory = Path(directory)
+        self.keep = keep
 
     def on_epoch_end(self, epoch, logs=None):
         self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self.directory / "last.tmp.keras"
+        final = self.directory / f"epoch-{epoch + 1:04d}.keras"
+        tmp = self.directory / f".tmp-{final.name}"
         self.model.save(tmp)
-        os.replace(tmp, self.directory / "last.keras")
-        state = self.directory / "last.json.tmp"
-        state.write_text(json.dumps({"epoch": epoch + 1}))
-        os.replace(state, self.directory / "last.json")
+        os.replace(tmp, final)
+        for old in self.checkpoints(self.directory)[:-self.keep]:
+            old[0].unlink(missing_ok=True)
 
-    @staticmethod
-    def latest(directory: os.PathLike):
-        """`(path of last.keras, completed epochs)` or None if there is no checkpoint."""
+    @classmethod
+    def checkpoints(cls, directory: os.PathLike) -> list[tuple[Path, int]]:
+        """`(path, completed epochs)` of every committed checkpoint, oldest first."""
         directory = Path(directory)
-        if not (directory / "last.keras").is_file() or not (directory / "last.json").is_file():
-            return None
-        return directory / "last.keras", int(json.loads((directory / "last.json").read_text())["epoch"])
+        found = []
+        for path in directory.glob("epoch-*.keras") if directory.is_dir() else ():
+            match = cls.PATTERN.fullmatch(path.name)
+            if match:
+                found.append((path, int(match.group(1))))
+        return sorted(found, key=lambda item: item[1])
+
+    @classmethod
+    def latest(cls, directory: os.PathLike):
+        """`(path, completed epochs)` of the newest checkpoint, or None if there is none."""
+        found = cls.checkpoints(directory)
+        if found:
+            return found[-1]
+        directory = Path(directory)  # the earlier layout
+        if (directory / "last.keras").is_file() and (directory / "last.json").is_file():
+            return directory / "last.keras", int(json.loads((directory / "last.json").read_text())["epoch"])
+        return None

@@ -20,7 +20,7 @@ Data flow (each stage a module of its own; this file only connects them):
          held-out gallery inside the same atomic export
 
 Run folder `<run.root>/<run.name>/`: config.json, metrics.json, tensorboard/,
-checkpoints/ (last.keras + last.json: the trained model, before whitening), whitening.npz
+checkpoints/ (epoch-NNNN.keras: the trained model after NNNN epochs, before whitening), whitening.npz
 (`mean`, `projection` of the exported whitening), samples/ (a few held-out query images).
 
 Resume: if the run folder holds a checkpoint written with the same config, training
