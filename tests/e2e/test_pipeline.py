@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # trains models / runs CLIs (see pyproject.toml)
+
 # The index searches every leaf and re-scores every candidate here: the 6-step model's
 # embeddings are nearly degenerate, where an approximate search may miss a query's own
 # image, and this test is about the plumbing (ANN quality: tests/index).

@@ -6,8 +6,12 @@ leaves room for platform noise while still failing if learning is broken (wrong 
 sign, labels not reaching the loss, a sampler without positives, frozen weights...).
 """
 
+import pytest
+
 from tfsim import config
 from tfsim.training import train
+
+pytestmark = pytest.mark.slow  # trains models / runs CLIs (see pyproject.toml)
 
 
 def test_short_training_beats_untrained_on_held_out_classes(tmp_path):

@@ -10,6 +10,8 @@ import pytest
 
 from tfsim.losses import LOSSES, supports_cross_replica
 
+pytestmark = pytest.mark.slow  # trains models / runs CLIs (see pyproject.toml)
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

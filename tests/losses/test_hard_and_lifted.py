@@ -33,7 +33,8 @@ def test_lifted_matches_reference(margin, pattern, scale):
 
 @pytest.mark.parametrize("name", ["triplet_semihard", "triplet_hard", "lifted_struct"])
 def test_registry_round_trip_and_finite(name):
-    loss = get_loss(name, margin=0.4, distance_metric="angular")
+    kw = {"margin": 0.4} if name == "lifted_struct" else {"margin": 0.4, "distance_metric": "angular"}
+    loss = get_loss(name, **kw)
     clone = keras.losses.deserialize(keras.losses.serialize(loss))
     assert type(clone) is type(loss) and clone.get_config() == loss.get_config()
     labels, x = batch(np.random.default_rng(2), "pxk", b=16, d=4)
@@ -42,4 +43,6 @@ def test_registry_round_trip_and_finite(name):
 
 def test_lifted_has_no_distance_metric_and_hard_soft_round_trips():
     assert "distance_metric" not in LiftedStructLoss().get_config()
+    with pytest.raises(ValueError, match="Invalid argument 'distance_metric' for loss 'lifted_struct'"):
+        get_loss("lifted_struct", distance_metric="angular")  # tfa's lifted loss is plain L2 only
     assert TripletHardLoss.from_config(TripletHardLoss(soft=True).get_config()).soft is True

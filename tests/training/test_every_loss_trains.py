@@ -14,6 +14,8 @@ from tfsim import config
 from tfsim.losses import LOSSES
 from tfsim.training import train
 
+pytestmark = pytest.mark.slow  # trains models / runs CLIs (see pyproject.toml)
+
 # Whitening off: this measures what each loss's training does, before any post-processing.
 BASE = ["train.epochs=1", "train.steps_per_epoch=200", "model.width=16", "model.embedding_dim=32",
         "export.enabled=false", "eval.every_epoch=false", "train.learning_rate=0.002", "whitening.enabled=false"]

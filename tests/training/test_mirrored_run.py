@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # trains models / runs CLIs (see pyproject.toml)
+
 SCRIPT = """
 import json, sys
 import tensorflow as tf

@@ -16,6 +16,7 @@ TINY = ["train.epochs=3", "train.steps_per_epoch=2", "model.width=8", "model.blo
         "whitening.enabled=false"]  # (refitting on a finished run: tests/training/test_whitening_in_run.py)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra", [
     [],  # P x K batches, mining loss, the embedder is the fitted model
     ["loss.name=normalized_softmax", "loss.proxy_lr_multiplier=10", "sampler.kind=random"],  # proxies in the checkpoint
@@ -51,6 +52,7 @@ def test_interrupted_run_resumes_to_the_same_model(tmp_path, monkeypatch, extra)
     assert resumed.metrics["recall@1"] == pytest.approx(straight.metrics["recall@1"], abs=2e-3)
 
 
+@pytest.mark.slow
 def test_run_folder_of_another_config_is_refused(tmp_path):
     cfg = config.load("default", TINY + ["train.epochs=1"])
     train(cfg, tmp_path / "run", verbose=0)

@@ -11,6 +11,8 @@ from tfsim.evaluation.metrics import retrieval_metrics
 from tfsim.models.whitening import fit_whitening, whiten
 from tfsim.training import train
 
+pytestmark = pytest.mark.slow  # trains models / runs CLIs (see pyproject.toml)
+
 TINY = ["train.epochs=1", "train.steps_per_epoch=5", "model.width=8", "model.blocks_per_stage=1",
         "model.embedding_dim=16", "export.enabled=false", "eval.every_epoch=false"]
 
