@@ -28,8 +28,9 @@ def test_versions_increase_and_no_temp_left(tmp_path, model):
 
 
 def test_failed_export_leaves_nothing_visible(tmp_path, model):
-    def boom(meta_dir):
-        (meta_dir / "partial").write_text("x")
+    def boom(export_dir):
+        assert (export_dir / "saved_model.pb").is_file()  # complete, not yet under its version number
+        (export_dir / "partial").write_text("x")
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError, match="disk full"):

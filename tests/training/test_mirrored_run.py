@@ -17,7 +17,7 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from tfsim import config
-import importlib; train_module = importlib.import_module("tfsim.training.train")
+import importlib; train_module = importlib.import_module("tfsim.training.fit")
 from tfsim.training import train
 replicas = []
 make_strategy = train_module.get_strategy

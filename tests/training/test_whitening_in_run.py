@@ -68,19 +68,38 @@ def test_refit_whitening_on_a_finished_run_without_retraining(tmp_path):
 
 def test_collapsed_embeddings_are_a_clear_user_error():
     from tfsim.errors import UserInputError
-    from tfsim.training.train import _fit_or_explain
+    from tfsim.training.stages import _fit_or_explain
     with pytest.raises(UserInputError, match="collapse.*whitening.enabled=false"):
         _fit_or_explain(np.ones((100, 4), np.float32), config.WhiteningConfig())
 
 
-def test_large_training_sets_fit_on_a_seeded_subset(tmp_path, default_split):
-    cfg = config.load("default", TINY + ["whitening.max_images=500"])
+def test_large_training_sets_fit_on_a_seeded_subset(tmp_path, default_split, monkeypatch):
+    # Whatever rows the implementation draws: the whitening is fitted on exactly 500 embeddings,
+    # each the embedding of a distinct training image; the same seed draws the same rows, and
+    # another seed other rows.
+    from tfsim.training import stages
+    fitted = []
+    original = stages.fit_whitening
+    monkeypatch.setattr(stages, "fit_whitening", lambda x, *a, **k: fitted.append(np.asarray(x)) or original(x, *a, **k))
+    cfg = config.load("default", TINY + ["whitening.max_images=500", "whitening.enabled=true"])
     train(cfg, tmp_path / "run", verbose=0)
     train_set, _ = default_split
     embedder = keras.models.load_model(tmp_path / "run" / "checkpoints" / "epoch-0001.keras")
-    rows = np.sort(np.random.default_rng(cfg.train.seed).choice(len(train_set), 500, replace=False))
-    mean, _ = fit_whitening(embed(embedder, train_set.subset(rows), 28))
-    full_mean, _ = fit_whitening(embed(embedder, train_set, 28))
+    full = embed(embedder, train_set, 28)
+    # Fits of this run: the trained model's, the untrained baseline's, the raw pixels'.
+    assert sorted(f.shape for f in fitted) == [(500, 16), (500, 16), (500, 2352)]
+    matches = [f for f in fitted if f.shape == (500, 16)
+               and ((f[:, None, :] - full[None, :, :]) ** 2).sum(-1).min(1).max() < 1e-8]
+    assert len(matches) == 1  # the trained model's: every row a training image's embedding
+    trained_fit = matches[0]
+    rows = ((trained_fit[:, None, :] - full[None, :, :]) ** 2).sum(-1).argmin(1)
+    assert len(set(rows.tolist())) == 500
     saved = np.load(tmp_path / "run" / "whitening.npz")["mean"]
-    np.testing.assert_allclose(saved, mean, atol=1e-5)
-    assert np.abs(saved - full_mean).max() > 1e-4  # a subset, not all 3,600 images
+    np.testing.assert_allclose(saved, trained_fit.mean(0), atol=1e-5)
+    assert np.abs(saved - full.mean(0)).max() > 1e-4  # a subset, not all 3,600 images
+    subset = stages.whitening_fit_set(cfg, train_set)
+    assert subset.ids.tolist() == stages.whitening_fit_set(cfg, train_set).ids.tolist()
+    assert sorted(subset.ids.tolist()) == sorted(train_set.ids[rows].tolist())
+    other = stages.whitening_fit_set(config.load("default", TINY + ["whitening.max_images=500", "train.seed=1"]),
+                                     train_set)
+    assert set(other.ids.tolist()) != set(subset.ids.tolist())

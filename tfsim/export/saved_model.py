@@ -77,8 +77,9 @@ def export_embedder(model: keras.Model, root: os.PathLike, name: str, image_size
         name: model name (a folder under root).
         image_size: S.
         metadata: extra JSON-able metadata stored in `export.json`.
-        write_extras: called with the export's `assets.extra/tfsim` folder before the
-            final rename, to add files (the index) inside the same atomic step.
+        write_extras: called with the export's folder (complete, loadable, still under its
+            temporary name) before the final rename, to add files (the index, under
+            `assets.extra/tfsim/`) inside the same atomic step.
 
     Returns:
         The final version folder.
@@ -105,7 +106,7 @@ def export_embedder(model: keras.Model, root: os.PathLike, name: str, image_size
         meta.update(metadata or {})
         (meta_dir / "export.json").write_text(json.dumps(meta, indent=2) + "\n")
         if write_extras is not None:
-            write_extras(meta_dir)
+            write_extras(work)
         while True:  # another process may have taken this version meanwhile
             final = base / str(version)
             try:

@@ -19,7 +19,7 @@ def format_table(metrics: dict, ks) -> str:
     cols = [f"R@{k}" for k in ks] + ["MAP@R", "R-prec"]
     b = metrics["baselines"]
     rows = [("trained", metrics), ("trained, unwhitened", metrics.get("unwhitened")),
-            ("untrained network", b["untrained"]), ("raw pixels", b["raw_pixels"]),
+            ("untrained network", b["untrained"]), ("raw pixels", b.get("raw_pixels")),
             ("raw pixels whitened", b.get("raw_pixels_whitened"))]
     lines = [f"{'':<20}" + "".join(f"{c:>8}" for c in cols)]
     for name, m in rows:
@@ -49,7 +49,7 @@ def main(argv: list[str]) -> int:
     print(f"\nRetrieval on held-out classes {result.test_classes} "
           f"({m['num_queries']} queries, each against all other held-out images):")
     print(format_table(m, cfg.eval.recall_ks))
-    print(f"\nrun folder:   {result.run_dir}  (metrics.json, config.json, tensorboard/, checkpoints/, whitening.npz, samples/)")
+    print(f"\nrun folder:   {result.run_dir}  (metrics.json, baselines.json, config.json, tensorboard/, checkpoints/, whitening.npz, samples/)")
     if result.export_dir:
         print(f"SavedModel:   {result.export_dir}")
     if result.index_dir:

@@ -1,0 +1,70 @@
+"""The stages after training, joined by files: what a re-run reuses and what it redoes."""
+
+import importlib
+import json
+
+import numpy as np
+import pytest
+
+from tfsim import config
+from tfsim.training import stages, train
+
+pytestmark = pytest.mark.slow  # trains models / runs CLIs (see pyproject.toml)
+
+TINY = ["train.epochs=1", "train.steps_per_epoch=3", "model.width=8", "model.embedding_dim=16",
+        "eval.every_epoch=false", "index.num_leaves=8", "index.num_leaves_to_search=8", "index.reorder=2400"]
+
+
+def versions(root):
+    return sorted(p.name for p in (root / "fashion_mnist_small").iterdir())
+
+
+def test_rerun_reuses_baselines_and_export_until_something_changes(tmp_path, monkeypatch):
+    sets = TINY + [f"export.root={tmp_path / 'exports'}"]
+    first = train(config.load("default", sets), tmp_path / "run", verbose=0)
+    assert versions(tmp_path / "exports") == ["1"]
+
+    built = []
+    original = stages.export_embedder
+    monkeypatch.setattr(stages, "export_embedder", lambda *a, **k: built.append(1) or original(*a, **k))
+    fit_module = importlib.import_module("tfsim.training.fit")  # (the package's `fit` is the function)
+    untrained_builds = []
+    build = fit_module.build_embedder
+    monkeypatch.setattr(fit_module, "build_embedder", lambda cfg: untrained_builds.append(1) or build(cfg))
+
+    again = train(config.load("default", sets), tmp_path / "run", verbose=0)
+    assert built == [] and untrained_builds == []  # nothing trained, baselines from baselines.json
+    assert again.export_dir == first.export_dir and versions(tmp_path / "exports") == ["1"]
+    assert again.metrics == first.metrics
+
+    # Another whitening: a different exported function and different (whitened) untrained baseline.
+    other = train(config.load("default", sets + ["whitening.power=0"]), tmp_path / "run", verbose=0)
+    assert built == [1] and untrained_builds == [1]
+    assert versions(tmp_path / "exports") == ["1", "2"] and other.export_dir.name == "2"
+    assert other.metrics["unwhitened"] == first.metrics["unwhitened"]  # same trained network
+    meta = json.loads((other.export_dir / "assets.extra" / "tfsim" / "export.json").read_text())
+    assert meta["content_hash"] != json.loads(
+        (first.export_dir / "assets.extra" / "tfsim" / "export.json").read_text())["content_hash"]
+
+
+def test_index_holds_the_exported_models_embeddings(tmp_path):
+    from tfsim.index import scann_index
+    result = train(config.load("default", TINY + [f"export.root={tmp_path / 'exports'}"]), tmp_path / "run",
+                   verbose=0)
+    from tfsim.training.fit import load_split
+    split = load_split(config.load("default", TINY))
+    served = stages.embed_with_export(result.export_dir, split.test, 28)
+    index = scann_index.load(result.index_dir)
+    rows, scores = index.search(served[:50], 1)
+    # Every held-out image finds itself with similarity 1: the gallery is what the SavedModel computes.
+    np.testing.assert_array_equal(rows[:, 0], np.arange(50))
+    np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-4)
+
+
+def test_raw_pixel_baselines_are_skipped_above_the_memory_cap(tmp_path, monkeypatch):
+    from tfsim.pipelines.train import format_table
+    monkeypatch.setattr(stages, "MAX_RAW_PIXEL_BYTES", 1000)
+    m = train(config.load("default", TINY + ["export.enabled=false"]), tmp_path / "run", verbose=0).metrics
+    assert set(m["baselines"]) == {"untrained"}
+    table = format_table(m, (1, 2, 4, 8))
+    assert "untrained network" in table and "raw pixels" not in table

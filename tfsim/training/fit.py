@@ -1,0 +1,179 @@
+"""`fit(cfg, run_dir)`: the training stage, from data to checkpoints.
+
+    data (`load_split`) -> P x K / random / triplet batches (`data.pipeline.train_dataset`)
+      -> the model (the embedder, or `embedder -> CosineProxies` for proxy losses, labels
+         remapped to 0..C-1) built and compiled under a tf.distribute strategy, with Adam
+         (`ScaledAdam`: the proxies' learning rate times `loss.proxy_lr_multiplier`)
+      -> `model.fit`, callbacks: SyncReplicaStatistics -> RetrievalEvaluation (held-out
+         Recall@K per epoch) -> TensorBoard -> ResumableCheckpoint
+      -> `<run_dir>/checkpoints/epoch-NNNN.keras`
+
+Its only output is the checkpoint: the stages after training (`tfsim.training.stages`)
+read it back. Resume: if `run_dir` holds a checkpoint, training continues from the next
+epoch, on the same batches an uninterrupted run would see (P x K batches are indexed by
+step); a run already at `train.epochs` is not rebuilt at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfsim import config as config_lib
+from tfsim.config import Config
+from tfsim.data import pipeline, samplers, sources, splits
+from tfsim.errors import UserInputError
+from tfsim.losses import get_loss, input_kind
+from tfsim.models import build_embedding_model
+from tfsim.models.proxies import PROXY_LAYER, build_proxy_trainer, embedder_of
+from tfsim.training.callbacks import ResumableCheckpoint, RetrievalEvaluation, SyncReplicaStatistics
+from tfsim.training.optimizers import ScaledAdam
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Split:
+    """The run's images: all of them, the training classes and the held-out classes."""
+
+    images: sources.ImageSet
+    train: sources.ImageSet
+    test: sources.ImageSet
+
+    @property
+    def test_class_names(self) -> list[str]:
+        return [self.images.class_names[c] for c in np.unique(self.test.labels)]
+
+
+@dataclasses.dataclass
+class FitResult:
+    """What training left: the checkpoint, and what this call did."""
+
+    checkpoint: Path
+    epochs: int
+    fit_seconds: float = 0.0
+    history: list = dataclasses.field(default_factory=list)
+
+
+def load_data(cfg: config_lib.DataConfig, image_size: int) -> sources.ImageSet:
+    """The ImageSet named by the data config."""
+    if cfg.source == "default":
+        return sources.load_default()
+    if cfg.source == "folder":
+        return sources.load_folder(cfg.path)
+    return sources.load_tfds(cfg.tfds_name, cfg.tfds_split, cfg.data_dir, cfg.manual_dir,
+                             image_size=max(image_size, 32))
+
+
+def load_split(cfg: Config) -> Split:
+    """The configured images split into training and held-out classes."""
+    images = load_data(cfg.data, cfg.model.image_size)
+    train_set, test_set = splits.class_disjoint_split(images, cfg.data.test_classes)
+    return Split(images, train_set, test_set)
+
+
+def get_strategy(name: str) -> tf.distribute.Strategy:
+    """"default" (one device), "mirrored" (all local devices) or "auto" (mirrored if > 1 GPU)."""
+    if name == "mirrored" or (name == "auto" and len(tf.config.list_logical_devices("GPU")) > 1):
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def build_embedder(cfg: Config) -> keras.Model:
+    """The (untrained) embedding model of the config, seeded by `train.seed`."""
+    m = cfg.model
+    return build_embedding_model(m.backbone, m.image_size, m.embedding_dim, m.pooling, m.weights, m.width,
+                                 seed=cfg.train.seed, blocks_per_stage=m.blocks_per_stage,
+                                 layer_norm=m.layer_norm, zero_init_residual=m.zero_init_residual)
+
+
+def _check_batches(cfg: Config, train_set: sources.ImageSet, replicas: int) -> None:
+    s = cfg.sampler
+    if s.kind == "pk":
+        samplers.check_pk(train_set.labels, s.classes_per_batch, s.examples_per_class)
+    elif s.kind == "triplets":
+        samplers.check_triplets(train_set.labels)
+    unit = {"pk": ("sampler.classes_per_batch", s.classes_per_batch, "whole classes"),
+            "random": ("sampler.batch_size", s.batch_size, "equal shares"),
+            "triplets": ("sampler.batch_size", s.batch_size // 3, "whole triplets (batch_size // 3 of them)")}[s.kind]
+    if unit[1] % replicas:
+        raise UserInputError(
+            f"Invalid value for `{unit[0]}`: expected a multiple of the {replicas} replicas so each replica "
+            f"holds {unit[2]}. Received: {unit[1]}")
+
+
+def fit(cfg: Config, run_dir: Path, split: Split, resume: bool = True, verbose: int = 2) -> FitResult:
+    """Trains the config's model on `split.train` and checkpoints it under `run_dir/checkpoints`.
+
+    Args:
+        cfg: a validated, resolved config.
+        run_dir: the run folder (prepared by `train`).
+        split: the run's data (`load_split(cfg)`).
+        resume: continue from the run folder's checkpoint if there is one.
+        verbose: Keras `fit` verbosity.
+
+    Returns:
+        A `FitResult` naming the final checkpoint.
+    """
+    s, m, t = cfg.sampler, cfg.model, cfg.train
+    ckpt_dir = run_dir / "checkpoints"
+    checkpoint = ResumableCheckpoint.latest(ckpt_dir) if resume else None
+    if checkpoint is not None and checkpoint[1] >= t.epochs:
+        return FitResult(checkpoint[0], checkpoint[1])
+
+    keras.utils.set_random_seed(t.seed)
+    train_set = split.train
+    kind = input_kind(cfg.loss.name)
+    if kind == "proxy_similarities":  # proxies are indexed by class: labels 0..C-1
+        train_set = dataclasses.replace(train_set, labels=np.unique(train_set.labels, return_inverse=True)[1]
+                                        .astype(np.int32).reshape(-1))
+    strategy = get_strategy(t.strategy)
+    _check_batches(cfg, train_set, strategy.num_replicas_in_sync)
+    log.info("Training on %d images of %d classes; evaluating on %d images of held-out classes %s.",
+             len(train_set), len(np.unique(train_set.labels)), len(split.test), split.test_class_names)
+
+    initial_epoch = 0
+    with strategy.scope():
+        if checkpoint is not None:
+            model = keras.models.load_model(checkpoint[0])
+            initial_epoch = checkpoint[1]
+            log.info("Resuming %s from epoch %d.", run_dir, initial_epoch)
+        else:
+            model = build_embedder(cfg)
+            if kind == "proxy_similarities":
+                model = build_proxy_trainer(model, int(train_set.labels.max()) + 1, seed=t.seed)
+            lr = t.learning_rate
+            if t.lr_schedule == "cosine":
+                lr = keras.optimizers.schedules.CosineDecay(t.learning_rate, t.epochs * t.steps_per_epoch)
+            optimizer = ScaledAdam(lr, lr_multipliers={PROXY_LAYER: cfg.loss.proxy_lr_multiplier})
+            model.compile(optimizer=optimizer, loss=get_loss(cfg.loss.name, **config_lib.loss_args(cfg.loss)))
+
+    # Replicas' BatchNorm statistics are averaged first at every epoch end, so that evaluation,
+    # the checkpoint and the export all see the same model (see SyncReplicaStatistics).
+    callbacks: list = [SyncReplicaStatistics()]
+    evaluation = None
+    if cfg.eval.every_epoch:
+        evaluation = RetrievalEvaluation(pipeline.eval_dataset(split.test, m.image_size, cfg.eval.batch_size),
+                                         split.test.labels, cfg.eval.recall_ks, cfg.eval.similarity,
+                                         embedder=embedder_of(model))
+        callbacks.append(evaluation)
+    callbacks += [keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False),
+                  ResumableCheckpoint(ckpt_dir)]
+    data = pipeline.train_dataset(train_set, s.classes_per_batch, s.examples_per_class, m.image_size,
+                                  seed=s.seed, augment_images=cfg.data.augment,
+                                  start_step=initial_epoch * t.steps_per_epoch, kind=s.kind,
+                                  batch_size=s.batch_size, triplets_per_query=s.triplets_per_query,
+                                  erase_prob=cfg.data.erase_prob, flip=cfg.data.flip)
+    start = time.time()
+    model.fit(data, epochs=t.epochs, steps_per_epoch=t.steps_per_epoch, initial_epoch=initial_epoch,
+              callbacks=callbacks, verbose=verbose, shuffle=False)
+    seconds = time.time() - start
+    path, epochs = ResumableCheckpoint.latest(ckpt_dir)
+    return FitResult(path, epochs, seconds, evaluation.history if evaluation else [])

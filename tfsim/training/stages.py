@@ -1,0 +1,253 @@
+"""The stages after training, each reading the files the one before it wrote.
+
+    checkpoints/epoch-NNNN.keras --load_embedder--> the trained embedder (one device)
+      --whitening_stage--> whitening.npz (PCA whitening fitted on the training images)
+      --final_model--> `embedder -> Whitening`: THE model; it is evaluated, exported and indexed
+      --evaluate_stage--> metrics.json (+ baselines.json: computed once per data/model/eval
+                          setting and reused, e.g. when a finished run is re-exported)
+      --export_stage--> saved_models/<name>/<version>/ (a new version only when the exported
+                        function or its settings changed) with the ScaNN index inside, built
+                        from embeddings computed by the exported SavedModel itself
+
+`tfsim.training.train.train` runs them in order after `fit`; each is a function of the
+config, the run folder and the data, so a command that only evaluates or exports can call
+the ones it needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfsim import config as config_lib
+from tfsim.config import Config
+from tfsim.data import pipeline, sources
+from tfsim.errors import UserInputError
+from tfsim.evaluation.metrics import retrieval_metrics
+from tfsim.export import export_embedder
+from tfsim.export.saved_model import META_DIR
+from tfsim.index import scann_index
+from tfsim.models.proxies import embedder_of
+from tfsim.models.whitening import fit_whitening, normalize_rows, whiten, with_whitening
+
+log = logging.getLogger(__name__)
+
+# Raw-pixel vectors longer than this (e.g. 64x64x3 = 12,288) get no whitened baseline: their
+# covariance would be too large to fit. The default's 28x28x3 = 2,352 is far below.
+MAX_WHITENED_PIXELS = 4096
+# Raw-pixel baselines are skipped when the held-out pixels would take more memory than this
+# (8,000 Cars196 images at 224 px are ~4.8 GB as float32).
+MAX_RAW_PIXEL_BYTES = 1 << 30
+BASELINES_VERSION = 1
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _hash(*parts) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, np.ndarray):
+            digest.update(str((part.dtype.str, part.shape)).encode())
+            digest.update(np.ascontiguousarray(part).tobytes())
+        else:
+            digest.update(json.dumps(part, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def load_embedder(checkpoint: Path) -> keras.Model:
+    """The trained embedder of a checkpoint, on one device (the proxies of a proxy trainer dropped)."""
+    return embedder_of(keras.models.load_model(checkpoint, compile=False))
+
+
+def whitening_fit_set(cfg: Config, train_set: sources.ImageSet) -> sources.ImageSet:
+    """The training images the whitening is fitted on: all, or a seeded subset of `whitening.max_images`."""
+    w = cfg.whitening
+    if len(train_set) <= w.max_images:
+        return train_set
+    rows = np.sort(np.random.default_rng(cfg.train.seed).choice(len(train_set), w.max_images, replace=False))
+    return train_set.subset(rows)
+
+
+def _embed(model: keras.Model, images: sources.ImageSet, cfg: Config):
+    return model.predict(pipeline.eval_dataset(images, cfg.model.image_size, cfg.eval.batch_size), verbose=0)
+
+
+def _fit_or_explain(features: np.ndarray, w: config_lib.WhiteningConfig) -> tuple[np.ndarray, np.ndarray]:
+    """`fit_whitening` with the run's settings; a degenerate fit becomes a user-facing message."""
+    if len(features) < 4 * features.shape[1]:
+        log.warning("Whitening is fitted on %d images for %d dimensions; with fewer than ~4 per dimension "
+                    "the small-variance axes are noise and whitening can hurt (try whitening.power=0 or "
+                    "whitening.dims smaller, or whitening.enabled=false).", len(features), features.shape[1])
+    try:
+        return fit_whitening(features, w.power, w.dims)
+    except ValueError as e:
+        raise UserInputError(
+            f"Cannot fit the whitening on the training images' embeddings: {e} Check that training did not "
+            "collapse (lower train.learning_rate), or set whitening.enabled=false.") from e
+
+
+def whitening_stage(cfg: Config, embedder: keras.Model, train_set: sources.ImageSet,
+                    run_dir: Optional[Path] = None) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """Fits the configured whitening on the training images' embeddings; writes `whitening.npz`.
+
+    Returns `(mean, projection)`, or None when `whitening.enabled` is false.
+    """
+    if not cfg.whitening.enabled:
+        return None
+    mean, projection = _fit_or_explain(np.asarray(_embed(embedder, whitening_fit_set(cfg, train_set), cfg)),
+                                       cfg.whitening)
+    if run_dir is not None:
+        tmp = run_dir / ".tmp-whitening.npz"
+        np.savez(tmp, mean=mean, projection=projection)
+        os.replace(tmp, run_dir / "whitening.npz")
+    return mean, projection
+
+
+def final_model(embedder: keras.Model, whitening: Optional[tuple[np.ndarray, np.ndarray]]) -> keras.Model:
+    """The model that is evaluated, exported and indexed: the embedder, then the whitening if any."""
+    return embedder if whitening is None else with_whitening(embedder, *whitening)
+
+
+def baselines_stage(cfg: Config, run_dir: Path, train_set: sources.ImageSet,
+                    test_set: sources.ImageSet) -> dict:
+    """Held-out metrics of the untrained network (same pipeline, whitening included) and of raw
+    pixels (whitened too when small enough), cached in `baselines.json` by what they depend on."""
+    from tfsim.training.fit import build_embedder  # (fit imports nothing from here)
+
+    key = _hash(BASELINES_VERSION, config_lib.to_dict(cfg.data), config_lib.to_dict(cfg.model),
+                cfg.train.seed, config_lib.to_dict(cfg.whitening), list(cfg.eval.recall_ks), cfg.eval.similarity)
+    cache = run_dir / "baselines.json"
+    if cache.is_file():
+        stored = json.loads(cache.read_text())
+        if stored.get("key") == key:
+            return stored["baselines"]
+    ks, sim, m = cfg.eval.recall_ks, cfg.eval.similarity, cfg.model
+    untrained = build_embedder(cfg)
+    whitening = whitening_stage(cfg, untrained, train_set)
+    baselines = {"untrained": retrieval_metrics(_embed(final_model(untrained, whitening), test_set, cfg),
+                                                test_set.labels, ks, sim)}
+    del untrained
+    raw_bytes = len(test_set) * m.image_size ** 2 * 3 * 4
+    if raw_bytes > MAX_RAW_PIXEL_BYTES:
+        log.info("Raw-pixel baselines skipped: %d held-out images at %d px would take %.1f GB.",
+                 len(test_set), m.image_size, raw_bytes / 1e9)
+    else:
+        raw_test = pipeline.raw_pixels(test_set, m.image_size)
+        baselines["raw_pixels"] = retrieval_metrics(raw_test, test_set.labels, ks, "cosine")
+        w = cfg.whitening
+        if w.enabled and w.dims <= raw_test.shape[1] <= MAX_WHITENED_PIXELS:
+            raw_fit = normalize_rows(pipeline.raw_pixels(whitening_fit_set(cfg, train_set), m.image_size))
+            baselines["raw_pixels_whitened"] = retrieval_metrics(
+                whiten(normalize_rows(raw_test), *fit_whitening(raw_fit, w.power, w.dims)), test_set.labels, ks,
+                "cosine")
+    _write_json(cache, {"key": key, "baselines": baselines})
+    return baselines
+
+
+def evaluation_model(embedder: keras.Model, final: keras.Model) -> keras.Model:
+    """One model giving the final embeddings and, if whitened, the embedder's own (one network pass)."""
+    if final is embedder:
+        return keras.Model(embedder.inputs, [embedder.outputs[0], embedder.outputs[0]])
+    inputs = keras.Input(embedder.input_shape[1:])
+    features = embedder(inputs)
+    return keras.Model(inputs, [final.layers[-1](features), features])
+
+
+def evaluate_stage(cfg: Config, run_dir: Path, embedder: keras.Model, final: keras.Model,
+                   test_set: sources.ImageSet, baselines: dict, extra: Optional[dict] = None) -> dict:
+    """Held-out retrieval metrics of `final` (and of the embedder alone, `unwhitened`); writes metrics.json."""
+    ks, sim = cfg.eval.recall_ks, cfg.eval.similarity
+    embeddings, unwhitened = _embed(evaluation_model(embedder, final), test_set, cfg)
+    metrics = retrieval_metrics(embeddings, test_set.labels, ks, sim)
+    if final is not embedder:
+        metrics["unwhitened"] = retrieval_metrics(unwhitened, test_set.labels, ks, sim)
+    metrics["baselines"] = baselines
+    metrics.update(extra or {})
+    _write_json(run_dir / "metrics.json", metrics)
+    return metrics
+
+
+def write_samples(test: sources.ImageSet, out: Path, per_class: int = 1) -> list[Path]:
+    """A few held-out images as PNG files, to try the search command on."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for label in np.unique(test.labels):
+        for row in np.flatnonzero(test.labels == label)[:per_class]:
+            img = test.load_images([row])[0]
+            name = test.class_names[label].replace("/", "-").replace(" ", "_").lower()
+            image_id = Path(str(test.ids[row])).stem.rsplit(":", 1)[-1]
+            path = out / f"{name}_{image_id}.png"
+            path.write_bytes(tf.io.encode_png(np.asarray(img, np.uint8)).numpy())
+            written.append(path)
+    return written
+
+
+def _latest_export(base: Path) -> Optional[Path]:
+    versions = [p for p in base.iterdir() if p.is_dir() and p.name.isdigit()] if base.is_dir() else []
+    return max(versions, key=lambda p: int(p.name), default=None)
+
+
+def embed_with_export(export_dir: Path, images: sources.ImageSet, image_size: int,
+                      batch_size: int = 256) -> np.ndarray:
+    """`[N, D]` embeddings of `images` computed by an exported SavedModel's `serve_images` signature."""
+    serve = tf.saved_model.load(str(export_dir)).signatures["serve_images"]
+    out = [serve(images=batch)["embeddings"].numpy() for batch in pipeline.eval_dataset(images, image_size, batch_size)]
+    return np.concatenate(out).astype(np.float32)
+
+
+def export_stage(cfg: Config, run_dir: Path, final: keras.Model, metrics: dict,
+                 split) -> tuple[Optional[Path], Optional[Path]]:
+    """Exports `final` as a new SavedModel version with the ScaNN index of the held-out gallery inside.
+
+    The index is built from the embeddings the SavedModel being exported computes (before
+    it is published, in the same atomic step). If the latest version already holds the same
+    function with the same export and index settings, it is reused: re-running a finished
+    run publishes no identical version for TF Serving to load.
+
+    Returns:
+        `(export_dir, index_dir)`; None for what is disabled.
+    """
+    if not cfg.export.enabled:
+        return None, None
+    name = cfg.export.name or cfg.run.name
+    content = _hash([np.asarray(w) for w in final.get_weights()], final.name, cfg.model.image_size,
+                    config_lib.to_dict(cfg.index), cfg.eval.similarity)
+    latest = _latest_export(Path(cfg.export.root) / name)
+    index_dir = META_DIR / "index"
+    if latest is not None:
+        meta_file = latest / META_DIR / "export.json"
+        if meta_file.is_file() and json.loads(meta_file.read_text()).get("content_hash") == content:
+            log.info("%s already holds this model and index; no new version exported.", latest)
+            return latest, (latest / index_dir if cfg.index.enabled else None)
+
+    sim, test = cfg.eval.similarity, split.test
+
+    def write_index(export_dir: Path):
+        if not cfg.index.enabled:
+            return
+        ic = cfg.index
+        gallery = embed_with_export(export_dir, test, cfg.model.image_size, cfg.eval.batch_size)
+        searcher, params = scann_index.build(gallery, sim, ic.num_neighbors, ic.num_leaves, ic.num_leaves_to_search,
+                                             ic.reorder, ic.dims_per_block, ic.anisotropic_threshold)
+        scann_index.save(export_dir / index_dir, searcher, params, test.ids, test.labels, split.images.class_names,
+                         sim, images=test.images, paths=test.paths, atomic=False)
+
+    export_dir = export_embedder(
+        final, cfg.export.root, name, cfg.model.image_size,
+        metadata={"run_dir": str(run_dir), "similarity": sim, "config": config_lib.to_dict(cfg),
+                  "content_hash": content,
+                  "metrics": {k: v for k, v in metrics.items() if k not in ("baselines", "unwhitened")}},
+        write_extras=write_index)
+    return export_dir, (export_dir / index_dir if cfg.index.enabled else None)
