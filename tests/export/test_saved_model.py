@@ -59,3 +59,22 @@ def test_read_export_errors(tmp_path, model):
     export_embedder(model, tmp_path, "m", 16)
     with pytest.raises(UserInputError, match="pass .*m/1"):
         read_export(tmp_path / "m")
+
+
+def test_served_query_reaches_the_network_as_a_training_image_does(tmp_path, model):
+    # A non-square grey image file: the training pipeline (file-backed set) and the SavedModel's
+    # bytes signature must give the network the same pixels, so the same embedding.
+    from tfsim.data import pipeline
+    from tfsim.data.sources import ImageSet
+    img = np.random.default_rng(3).integers(0, 255, (24, 40, 1), dtype=np.uint8)
+    png = tmp_path / "0" / "a.png"
+    png.parent.mkdir()
+    png.write_bytes(tf.io.encode_png(img).numpy())
+    files = ImageSet(labels=np.zeros(1, np.int32), ids=np.array([str(png)]), class_names=("0",),
+                     paths=np.array([str(png)]))
+    fed = next(iter(pipeline.eval_dataset(files, 16))).numpy()
+    assert fed.shape == (1, 16, 16, 3)
+    path = export_embedder(model, tmp_path / "exports", "m", 16)
+    served = tf.saved_model.load(str(path)).signatures["serving_default"](
+        image_bytes=tf.constant([png.read_bytes()]))["embeddings"].numpy()
+    np.testing.assert_allclose(served, model.predict(fed, verbose=0), atol=1e-5)

@@ -1,8 +1,8 @@
 """tf.data input pipelines: index batches -> decoded, resized, (augmented) model inputs.
 
-Model inputs are float32 `[B, S, S, 3]` with pixel values in [0, 255]; grey images
-are repeated to 3 channels. Normalisation lives inside the model, so the exported
-SavedModel takes the same pixels the pipeline feeds.
+Model inputs are float32 `[B, S, S, 3]` with pixel values in [0, 255], made by
+`tfsim.data.preprocess.preprocess` (the same function the exported SavedModel runs on a
+query). Normalisation lives inside the model.
 
 Data flow for training:  `samplers.pk_batches` (row indices)
   -> gather in-memory images / read+decode files -> resize -> augment (train only)
@@ -15,22 +15,13 @@ import numpy as np
 import tensorflow as tf
 
 from tfsim.data import samplers
+from tfsim.data.preprocess import decode_file, preprocess
 from tfsim.data.sources import ImageSet
 
 
 def to_model_input(images: tf.Tensor, image_size: int) -> tf.Tensor:
-    """uint8/float `[B, H, W, C]` (C in {1, 3}) -> float32 `[B, S, S, 3]` in [0, 255]."""
-    images = tf.cast(images, tf.float32)
-    if images.shape[-1] == 1:
-        images = tf.repeat(images, 3, axis=-1)
-    if images.shape[1] != image_size or images.shape[2] != image_size:
-        images = tf.image.resize(images, [image_size, image_size], antialias=True)
-    return images
-
-
-def decode_file(path: tf.Tensor) -> tf.Tensor:
-    """Reads and decodes one JPEG/PNG/BMP/GIF file to uint8 `[H, W, 3]`."""
-    return tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    """uint8/float `[B, H, W, C]` (C in {1, 3}) -> float32 `[B, S, S, 3]` in [0, 255] (`preprocess`)."""
+    return preprocess(images, image_size)
 
 
 def augment(images: tf.Tensor, seed: tf.Tensor, pad_fraction: float = 0.1, erase_prob: float = 0.0,
@@ -88,9 +79,7 @@ def _loader(images: ImageSet, image_size: int):
 
     def load(rows):
         def one(path):
-            img = tf.image.resize(tf.cast(decode_file(path), tf.float32), [image_size, image_size],
-                                  antialias=True)
-            return tf.ensure_shape(img, [image_size, image_size, 3])
+            return preprocess(decode_file(path), image_size)
         return tf.map_fn(one, tf.gather(paths, rows), fn_output_signature=tf.float32)
 
     return load

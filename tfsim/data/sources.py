@@ -115,7 +115,8 @@ def load_tfds(name: str, split: str = "train+test", data_dir: Optional[str] = No
               manual_dir: Optional[str] = None, image_size: int = 256) -> ImageSet:
     """A TFDS image-classification dataset (cars196, caltech_birds2011, ...), decoded in memory.
 
-    Images are resized (aspect kept, then centre-padded) to `image_size` so that a
+    Images are brought to `image_size` by `tfsim.data.preprocess.preprocess` (the rule the
+    pipeline and the exported model apply to every image) and kept as uint8, so that a
     dataset of variable-size images fits one array. Download works where the
     network allows it; otherwise place the original archives in `manual_dir`
     (TFDS checks their sha256).
@@ -125,6 +126,8 @@ def load_tfds(name: str, split: str = "train+test", data_dir: Optional[str] = No
     """
     import tensorflow as tf
     import tensorflow_datasets as tfds
+
+    from tfsim.data.preprocess import preprocess, to_uint8
 
     try:
         builder = tfds.builder(name, data_dir=data_dir)
@@ -139,8 +142,7 @@ def load_tfds(name: str, split: str = "train+test", data_dir: Optional[str] = No
     names = tuple(builder.info.features[label_key].names)
 
     def resize(ex):
-        img = tf.image.resize_with_pad(ex["image"], image_size, image_size)
-        return tf.cast(tf.round(img), tf.uint8), ex[label_key]
+        return to_uint8(preprocess(ex["image"], image_size)), ex[label_key]
 
     images, labels = [], []
     for img, label in ds.map(resize, num_parallel_calls=tf.data.AUTOTUNE).as_numpy_iterator():

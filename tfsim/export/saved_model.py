@@ -9,8 +9,8 @@ Layout of one export (TF Serving loads the SavedModel and ignores `assets.extra/
 
 Signatures:
   * ``serving_default``: `image_bytes` string `[N]` (encoded JPEG/PNG/BMP/GIF) ->
-    `embeddings` float32 `[N, D]`, L2-normalised. Decoding (3 channels) and resizing
-    to the model's input size happen inside the graph.
+    `embeddings` float32 `[N, D]`, L2-normalised. Decoding and resizing to the model's
+    input size happen inside the graph, with `tfsim.data.preprocess` (the training pipeline's).
   * ``serve_images``: `images` float32 `[N, S, S, 3]`, pixels in [0, 255] -> `embeddings`.
 
 Atomicity: the export is written under `<root>/<name>/.tmp-<version>-<random>/`
@@ -33,6 +33,7 @@ from typing import Callable, Optional
 import keras
 import tensorflow as tf
 
+from tfsim.data.preprocess import decode, preprocess
 from tfsim.errors import UserInputError
 
 log = logging.getLogger(__name__)
@@ -52,12 +53,7 @@ def _serving_functions(model: keras.Model, image_size: int):
         return {"embeddings": model(images, training=False)}
 
     def decode_one(data):
-        img = tf.io.decode_image(data, channels=3, expand_animations=False)
-        img = tf.cast(img, tf.float32)
-        same = tf.logical_and(tf.shape(img)[0] == image_size, tf.shape(img)[1] == image_size)
-        img = tf.cond(same, lambda: img,
-                      lambda: tf.image.resize(img, [image_size, image_size], antialias=True))
-        return tf.ensure_shape(img, [image_size, image_size, 3])
+        return preprocess(decode(data), image_size)
 
     def embed_bytes(image_bytes):
         images = tf.map_fn(decode_one, image_bytes, fn_output_signature=tf.float32)
