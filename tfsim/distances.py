@@ -1,27 +1,23 @@
-"""One definition of every distance and similarity tfsim uses.
+"""One object per distance, used by the losses, exact k-NN and the ScaNN index.
 
-Losses, evaluation and the ScaNN index all take their distances from here, so a
-"cosine" in a config means the same thing at training, evaluation and search time.
+`DISTANCES` holds the four tfsim knows, by canonical name; each `Distance` says whether
+larger means closer, whether vectors are L2-normalised first, and which ScaNN
+`distance_measure` implements it, and computes
 
-Two families:
+* `pairwise(x)`: the `[B, B]` matrix a loss mines, as a distance (larger = farther),
+  with tensorflow-addons 0.23's exact definitions (the tfa-compatible losses depend on
+  them): ``L2`` is the square root of the squared distance clipped at 0, where entries
+  with squared distance <= 0 are exactly 0 *without* passing through sqrt(0) (finite
+  gradient), diagonal 0; ``squared-L2`` the clipped squared distance, diagonal 0;
+  ``cosine`` the angular distance 1 - cos clipped at 0, diagonal left as computed
+  (1 - |f|^2, about 1e-7), as tfa's "angular";
+* `score(queries, gallery)`: `[Q, G]` retrieval scores oriented so that larger is
+  closer (distances negated), for evaluation and search.
 
-* **Pairwise distances for losses** (`pairwise_distances(embeddings, metric)`):
-  the tensorflow-addons 0.23 definitions, kept exactly because the tfa-compatible
-  losses are defined on them:
-
-  - ``"L2"``: sqrt of the squared distance clipped at 0; entries whose squared
-    distance is <= 0 are set to exactly 0 *without* passing through sqrt(0),
-    so the gradient stays finite; the diagonal is 0.
-  - ``"squared-L2"``: the clipped squared distance, diagonal 0.
-  - ``"angular"``: 1 - cosine similarity of the L2-normalised rows, clipped at
-    0; as in tfa the diagonal is left as computed (1 - |f|^2, about 1e-7).
-  - a callable ``f(embeddings) -> [B, B]`` distance matrix.
-
-* **Retrieval scores** (`Similarity`): how evaluation and the index rank a
-  gallery. `SIMILARITIES["cosine"]` (dot product of L2-normalised vectors, larger
-  is closer) is the default for L2-normalised embeddings, where it ranks exactly
-  like L2. Each entry says whether larger means closer and which ScaNN
-  `distance_measure` implements it.
+Every squared Euclidean distance goes through one Gram-matrix function
+(`squared_l2_between`). The losses' `distance_metric` argument keeps tfa's strings:
+"L2", "squared-L2" and "angular" (tfa's name for the cosine distance; `LOSS_DISTANCES`
+maps them to the distances), or a callable returning the `[B, B]` matrix.
 """
 
 from __future__ import annotations
@@ -34,39 +30,34 @@ import tensorflow as tf
 DistanceFn = Callable[[tf.Tensor], tf.Tensor]
 DistanceMetric = Union[str, DistanceFn]
 
-LOSS_DISTANCES = ("L2", "squared-L2", "angular")
-
 
 def _off_diagonal_mask(n: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
     return tf.ones([n, n], dtype) - tf.linalg.diag(tf.ones([n], dtype))
 
 
+def squared_l2_between(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+    """Squared Euclidean distances `[A, B]` between the rows of `a` and `b`, clipped at 0 (Gram matrix)."""
+    a_sq = tf.reduce_sum(tf.square(a), axis=1, keepdims=True)
+    b_sq = tf.reduce_sum(tf.square(b), axis=1, keepdims=True)
+    return tf.maximum(a_sq + tf.transpose(b_sq) - 2.0 * tf.matmul(a, b, transpose_b=True), 0.0)
+
+
 def squared_l2_matrix(embeddings: tf.Tensor) -> tf.Tensor:
-    """Squared Euclidean distances `[B, B]`, clipped at 0, via the Gram matrix."""
-    sq_norms = tf.reduce_sum(tf.square(embeddings), axis=1, keepdims=True)
-    d2 = sq_norms + tf.transpose(sq_norms) - 2.0 * tf.matmul(embeddings, embeddings, transpose_b=True)
-    return tf.maximum(d2, 0.0)
+    """Squared Euclidean distances `[B, B]` within a batch, clipped at 0."""
+    return squared_l2_between(embeddings, embeddings)
+
+
+def _sqrt_with_finite_gradient(d2: tf.Tensor) -> tf.Tensor:
+    # sqrt'(0) is infinite: shift exact zeros by a tiny constant before the sqrt, then mask
+    # them back to 0 so neither value nor gradient is polluted.
+    zero = tf.less_equal(d2, 0.0)
+    return tf.sqrt(d2 + tf.cast(zero, d2.dtype) * 1e-16) * tf.cast(tf.logical_not(zero), d2.dtype)
 
 
 def pairwise_l2(embeddings: tf.Tensor, squared: bool = False) -> tf.Tensor:
-    """Pairwise (squared) Euclidean distances with a finite gradient at 0.
-
-    Args:
-        embeddings: float tensor `[B, D]`.
-        squared: return squared distances.
-
-    Returns:
-        `[B, B]` tensor of the same dtype, zero on the diagonal.
-    """
+    """Pairwise (squared) Euclidean distances `[B, B]` with a finite gradient at 0, diagonal 0."""
     d2 = squared_l2_matrix(embeddings)
-    zero = tf.less_equal(d2, 0.0)
-    if squared:
-        dist = d2
-    else:
-        # sqrt'(0) is infinite: shift exact zeros by a tiny constant before the sqrt,
-        # then mask them back to 0 so neither value nor gradient is polluted.
-        dist = tf.sqrt(d2 + tf.cast(zero, d2.dtype) * 1e-16)
-    dist = dist * tf.cast(tf.logical_not(zero), d2.dtype)
+    dist = d2 * tf.cast(tf.greater(d2, 0.0), d2.dtype) if squared else _sqrt_with_finite_gradient(d2)
     return dist * _off_diagonal_mask(tf.shape(embeddings)[0], d2.dtype)
 
 
@@ -76,10 +67,7 @@ def rowwise_l2(a: tf.Tensor, b: tf.Tensor, squared: bool = False) -> tf.Tensor:
     Like `pairwise_l2`, an exact zero distance gives 0 with a finite (zero) gradient.
     """
     d2 = tf.reduce_sum(tf.square(a - b), axis=-1)
-    if squared:
-        return d2
-    zero = tf.less_equal(d2, 0.0)
-    return tf.sqrt(d2 + tf.cast(zero, d2.dtype) * 1e-16) * tf.cast(tf.logical_not(zero), d2.dtype)
+    return d2 if squared else _sqrt_with_finite_gradient(d2)
 
 
 def cosine_similarity_matrix(embeddings: tf.Tensor) -> tf.Tensor:
@@ -88,14 +76,73 @@ def cosine_similarity_matrix(embeddings: tf.Tensor) -> tf.Tensor:
     return tf.matmul(normed, normed, transpose_b=True)
 
 
-def pairwise_angular(embeddings: tf.Tensor) -> tf.Tensor:
-    """Pairwise angular distance 1 - cos(x_i, x_j), clipped at 0 (diagonal ~0, not masked)."""
-    # tfa does not zero the diagonal here (it is 1 - |f|^2, ~1e-7): kept for exact parity.
-    return tf.maximum(1.0 - cosine_similarity_matrix(embeddings), 0.0)
+@dataclasses.dataclass(frozen=True)
+class Distance:
+    """A distance or similarity (see module doc).
+
+    Attributes:
+        name: canonical name (a key of `DISTANCES`).
+        larger_is_closer: True for similarities (dot, cosine), False for distances.
+        normalize: whether vectors are L2-normalised before scoring.
+        scann_measure: the ScaNN `distance_measure` that implements it.
+    """
+
+    name: str
+    larger_is_closer: bool
+    normalize: bool
+    scann_measure: str
+
+    def prepare(self, x: tf.Tensor) -> tf.Tensor:
+        """The vectors to feed to `score` / the index (L2-normalised if the distance needs it)."""
+        x = tf.convert_to_tensor(x, tf.float32)
+        return tf.math.l2_normalize(x, axis=-1) if self.normalize else x
+
+    def pairwise(self, embeddings: tf.Tensor) -> tf.Tensor:
+        """The `[B, B]` distance matrix of a batch, larger = farther (tfa's definitions)."""
+        if self.name == "L2":
+            return pairwise_l2(embeddings, squared=False)
+        if self.name == "squared-L2":
+            return pairwise_l2(embeddings, squared=True)
+        if self.name == "cosine":
+            # tfa does not zero the diagonal here (it is 1 - |f|^2, ~1e-7): kept for exact parity.
+            return tf.maximum(1.0 - cosine_similarity_matrix(embeddings), 0.0)
+        raise ValueError(f"The {self.name!r} score is not a distance a loss can mine; use L2, squared-L2 or "
+                         "angular (cosine).")
+
+    def score(self, queries: tf.Tensor, gallery: tf.Tensor) -> tf.Tensor:
+        """`[Q, G]` scores, oriented so that larger is always closer (negated distances)."""
+        q, g = self.prepare(queries), self.prepare(gallery)
+        if self.larger_is_closer:
+            return tf.matmul(q, g, transpose_b=True)
+        d2 = squared_l2_between(q, g)
+        return -d2 if self.name == "squared-L2" else -tf.sqrt(d2)
+
+
+DISTANCES = {
+    "cosine": Distance("cosine", larger_is_closer=True, normalize=True, scann_measure="dot_product"),
+    "dot": Distance("dot", larger_is_closer=True, normalize=False, scann_measure="dot_product"),
+    "squared-L2": Distance("squared-L2", larger_is_closer=False, normalize=False, scann_measure="squared_l2"),
+    "L2": Distance("L2", larger_is_closer=False, normalize=False, scann_measure="squared_l2"),
+}
+# The losses' `distance_metric` strings (tensorflow-addons' vocabulary) and the distance each names.
+LOSS_DISTANCES = {"L2": "L2", "squared-L2": "squared-L2", "angular": "cosine"}
+
+
+def get_distance(name: str) -> Distance:
+    """The `Distance` of a canonical name.
+
+    Raises:
+        ValueError: an unknown name, naming the known ones.
+    """
+    try:
+        return DISTANCES[name]
+    except KeyError:
+        raise ValueError(f"Invalid value for `distance`: expected one of {sorted(DISTANCES)}. "
+                         f"Received: distance={name!r}") from None
 
 
 def check_distance_metric(metric: DistanceMetric) -> DistanceMetric:
-    """Returns `metric` if valid, else raises a ValueError naming the choices."""
+    """Returns a loss's `distance_metric` if valid, else raises a ValueError naming the choices."""
     if callable(metric) or metric in LOSS_DISTANCES:
         return metric
     raise ValueError(
@@ -104,62 +151,6 @@ def check_distance_metric(metric: DistanceMetric) -> DistanceMetric:
 
 
 def pairwise_distances(embeddings: tf.Tensor, metric: DistanceMetric = "L2") -> tf.Tensor:
-    """The `[B, B]` distance matrix of `embeddings` `[B, D]` under `metric` (see module doc)."""
+    """The `[B, B]` distance matrix of `embeddings` `[B, D]` under a loss's `distance_metric`."""
     check_distance_metric(metric)
-    if callable(metric):
-        return metric(embeddings)
-    if metric == "L2":
-        return pairwise_l2(embeddings, squared=False)
-    if metric == "squared-L2":
-        return pairwise_l2(embeddings, squared=True)
-    return pairwise_angular(embeddings)
-
-
-@dataclasses.dataclass(frozen=True)
-class Similarity:
-    """A retrieval score: how evaluation and the index rank gallery items.
-
-    Attributes:
-        name: canonical name.
-        larger_is_closer: True for similarities (dot, cosine), False for distances.
-        scann_measure: the ScaNN `distance_measure` that implements it.
-        normalize: whether vectors are L2-normalised before scoring.
-    """
-
-    name: str
-    larger_is_closer: bool
-    scann_measure: str
-    normalize: bool
-
-    def prepare(self, x: tf.Tensor) -> tf.Tensor:
-        """Returns the vectors to feed to `score` / the index (normalised if needed)."""
-        x = tf.convert_to_tensor(x, tf.float32)
-        return tf.math.l2_normalize(x, axis=-1) if self.normalize else x
-
-    def score(self, queries: tf.Tensor, gallery: tf.Tensor) -> tf.Tensor:
-        """`[Q, G]` scores, oriented so that larger is always closer (negated distances)."""
-        q, g = self.prepare(queries), self.prepare(gallery)
-        if self.name in ("cosine", "dot"):
-            return tf.matmul(q, g, transpose_b=True)
-        qn = tf.reduce_sum(tf.square(q), axis=1, keepdims=True)
-        gn = tf.reduce_sum(tf.square(g), axis=1, keepdims=True)
-        d2 = tf.maximum(qn + tf.transpose(gn) - 2.0 * tf.matmul(q, g, transpose_b=True), 0.0)
-        return -d2 if self.name == "squared-L2" else -tf.sqrt(d2)
-
-
-SIMILARITIES = {
-    "cosine": Similarity("cosine", True, "dot_product", normalize=True),
-    "dot": Similarity("dot", True, "dot_product", normalize=False),
-    "squared-L2": Similarity("squared-L2", False, "squared_l2", normalize=False),
-    "L2": Similarity("L2", False, "squared_l2", normalize=False),
-}
-
-
-def get_similarity(name: str) -> Similarity:
-    """Looks up a retrieval score by its canonical name."""
-    try:
-        return SIMILARITIES[name]
-    except KeyError:
-        raise ValueError(
-            f"Invalid value for `similarity`: expected one of {sorted(SIMILARITIES)}. "
-            f"Received: similarity={name!r}") from None
+    return metric(embeddings) if callable(metric) else get_distance(LOSS_DISTANCES[metric]).pairwise(embeddings)

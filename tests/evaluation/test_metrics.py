@@ -54,10 +54,10 @@ def test_golden_map_at_r():
 
 def test_exact_knn_excludes_self_and_orders_by_score():
     x = np.array([[1, 0], [0.9, 0.1], [0, 1], [-1, 0]], np.float32)
-    scores, idx = exact_knn(x, x, 3, "cosine", exclude_self=True, block_size=3)
+    idx, scores = exact_knn(x, x, 3, "cosine", exclude_self=True, block_size=3)
     assert idx[0].tolist() == [1, 2, 3] and idx[3][0] != 3
     assert np.all(np.diff(scores, axis=1) <= 0)
-    _, idx_l2 = exact_knn(x, x, 3, "L2", exclude_self=True)
+    idx_l2 = exact_knn(x, x, 3, "L2", exclude_self=True).indices
     assert idx_l2[0][0] == 1
 
 
@@ -76,3 +76,34 @@ def test_perfect_and_random_embeddings():
     assert m["recall@8"] == pytest.approx(1 - (1 - chance) ** 8, abs=0.05)
     assert m["r_precision"] == pytest.approx(chance, abs=0.01)
     assert m["map@r"] < 2 * chance
+
+
+@pytest.mark.parametrize("name", ["cosine", "dot", "L2", "squared-L2"])
+def test_each_distance_scores_like_a_naive_loop(name):
+    from tfsim import distances
+    rng = np.random.default_rng(4)
+    q, g = rng.normal(size=(5, 3)), rng.normal(size=(7, 3))
+    d = distances.get_distance(name)
+    unit = lambda v: v / np.linalg.norm(v)  # noqa: E731
+    naive = {"cosine": lambda a, b: unit(a) @ unit(b), "dot": lambda a, b: a @ b,
+             "L2": lambda a, b: -np.linalg.norm(a - b), "squared-L2": lambda a, b: -np.sum((a - b) ** 2)}[name]
+    want = np.array([[naive(a, b) for b in g] for a in q])
+    np.testing.assert_allclose(d.score(q, g).numpy(), want, rtol=1e-5, atol=1e-5)
+    assert d.larger_is_closer == (name in ("cosine", "dot"))
+    neighbors = exact_knn(q, g, 3, name)
+    np.testing.assert_array_equal(neighbors.indices, np.argsort(-want, axis=1)[:, :3])
+    np.testing.assert_allclose(neighbors.scores, np.sort(want, axis=1)[:, ::-1][:, :3], rtol=1e-5, atol=1e-5)
+
+
+def test_loss_distance_names_map_to_the_same_objects():
+    import tensorflow as tf
+    from tfsim import distances
+    x = tf.constant(np.random.default_rng(5).normal(size=(6, 4)), tf.float32)
+    np.testing.assert_allclose(distances.pairwise_distances(x, "angular").numpy(),
+                               np.maximum(1 - distances.get_distance("cosine").score(x, x).numpy(), 0), atol=1e-6)
+    np.testing.assert_allclose(distances.pairwise_distances(x, "squared-L2").numpy(),
+                               -distances.get_distance("squared-L2").score(x, x).numpy() * (1 - np.eye(6)), atol=1e-5)
+    with pytest.raises(ValueError, match=r"Invalid value for `distance`: expected one of"):
+        distances.get_distance("angular")  # tfa's name exists only at the losses' boundary
+    with pytest.raises(ValueError, match=r"Invalid value for `distance_metric`"):
+        distances.pairwise_distances(x, "cosine")

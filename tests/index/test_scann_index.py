@@ -23,7 +23,7 @@ def test_tree_ah_index_matches_brute_force(similarity):
     index = scann_index.GalleryIndex(searcher, np.arange(4000).astype(str), np.zeros(4000, np.int32),
                                      ("c",), similarity, params)
     rows, scores = index.search(queries, 10)
-    want_scores, want_rows = exact_knn(queries, gallery, 10, similarity)
+    want_rows, want_scores = exact_knn(queries, gallery, 10, similarity)
     recall = np.mean([len(set(rows[i]) & set(want_rows[i])) / 10 for i in range(len(queries))])
     assert recall >= 0.95, recall
     # Reordered results carry exact scores: the best one agrees with brute force where it was found.
@@ -47,7 +47,7 @@ def test_small_gallery_is_exact_and_round_trips(tmp_path):
     # Queries that are not gallery rows (a gallery row would find itself in any index).
     queries = clustered(20, seed=5)
     rows, scores = loaded.search(queries, 5)
-    want_scores, want = exact_knn(queries, gallery, 5, "cosine")
+    want, want_scores = exact_knn(queries, gallery, 5, "cosine")
     np.testing.assert_array_equal(rows, want)  # brute force: exact, all 5 in order
     np.testing.assert_allclose(scores, want_scores, rtol=1e-4, atol=1e-5)
     assert loaded.ids[rows[3, 0]] == f"id{want[3, 0]}"

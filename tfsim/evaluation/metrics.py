@@ -60,7 +60,7 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[i
         embeddings: float `[N, D]`.
         labels: int `[N]`.
         ks: the K of Recall@K.
-        similarity: a name in `tfsim.distances.SIMILARITIES`.
+        similarity: a name in `tfsim.distances.DISTANCES`.
 
     Returns:
         See `metrics_from_neighbors`.
@@ -70,5 +70,5 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[i
     per_label = dict(zip(np.unique(labels), counts))
     num_relevant = np.array([per_label[y] - 1 for y in labels])
     k = int(max(max(ks), num_relevant.max()))
-    _, idx = exact_knn(embeddings, embeddings, k, similarity, exclude_self=True)
+    idx = exact_knn(embeddings, embeddings, k, similarity, exclude_self=True).indices
     return metrics_from_neighbors(labels[idx], labels, num_relevant, ks)

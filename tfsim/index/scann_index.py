@@ -9,7 +9,7 @@ On disk (a folder, written atomically: built under a temporary name, then rename
       scann/            ScaNN's own serialised searcher (`searcher.serialize`)
 
 Search results are oriented so that larger scores are closer, whatever the
-similarity (`tfsim.distances.SIMILARITIES`), exactly like `evaluation.exact_knn`;
+similarity (`tfsim.distances.DISTANCES`), and returned as the same `Neighbors` as `evaluation.exact_knn`;
 that is what lets tests compare ScaNN to brute force by recall and by scores.
 
 Parameters (ScaNN's recommendations): galleries under `BRUTE_FORCE_BELOW` items are
@@ -35,6 +35,7 @@ import numpy as np
 
 from tfsim import distances
 from tfsim.errors import UserInputError
+from tfsim.evaluation.knn import Neighbors
 
 log = logging.getLogger(__name__)
 FORMAT = "tfsim.scann_index.v1"
@@ -65,7 +66,7 @@ class GalleryIndex:
     def __len__(self) -> int:
         return int(self.ids.shape[0])
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int) -> Neighbors:
         """Top-k gallery rows of each query.
 
         Args:
@@ -73,16 +74,16 @@ class GalleryIndex:
             k: neighbours, at most the gallery size.
 
         Returns:
-            `(rows [Q, k] int64, scores [Q, k] float32)`, best first, larger = closer.
+            `Neighbors(indices [Q, k] gallery rows, scores [Q, k])`, best first, larger = closer.
         """
-        sim = distances.get_similarity(self.similarity)
+        sim = distances.get_distance(self.similarity)
         q = np.asarray(sim.prepare(np.atleast_2d(queries)).numpy(), np.float32)
         k = min(int(k), len(self))
         rows, raw = self.searcher.search_batched(q, final_num_neighbors=k)
         scores = raw if sim.larger_is_closer else -raw
         if sim.name == "L2":
             scores = -np.sqrt(np.maximum(-scores, 0.0))
-        return rows.astype(np.int64), scores.astype(np.float32)
+        return Neighbors(rows.astype(np.int64), scores.astype(np.float32))
 
 
 def build(embeddings: np.ndarray, similarity: str = "cosine", num_neighbors: int = 10, num_leaves: int = 0,
@@ -96,7 +97,7 @@ def build(embeddings: np.ndarray, similarity: str = "cosine", num_neighbors: int
     embeddings = np.asarray(embeddings, np.float32)
     if embeddings.ndim != 2 or len(embeddings) == 0:
         raise ValueError(f"Expected a non-empty [G, D] gallery; got shape {embeddings.shape}.")
-    sim = distances.get_similarity(similarity)
+    sim = distances.get_distance(similarity)
     db = np.asarray(sim.prepare(embeddings).numpy(), np.float32)
     g = len(db)
     k = min(num_neighbors, g)
