@@ -197,3 +197,38 @@ def test_get_loss_rejects_arguments_the_loss_does_not_take():
     with pytest.raises(ValueError, match=r"Invalid value for `name`: expected one of"):
         get_loss("triplet_hardest")
     assert get_loss("triplet_hard", margin=None).margin == 1.0  # None: the loss's default
+
+
+def test_each_sampler_kind_and_backbone_has_its_own_options():
+    cfg = config.load("default")
+    s, m = cfg.sampler, cfg.model
+    assert (s.classes_per_batch, s.examples_per_class, s.batch_size, s.triplets_per_query) == (6, 10, None, None)
+    assert (m.width, m.blocks_per_stage, m.zero_init_residual) == (32, 1, False)
+    s = config.load("default", ["sampler.kind=random", "loss.name=nca"]).sampler
+    assert (s.classes_per_batch, s.batch_size, s.triplets_per_query) == (None, 60, None)
+    s = config.load("default", ["sampler.kind=triplets", "loss.name=triplet_margin"]).sampler
+    assert (s.batch_size, s.triplets_per_query) == (60, 4)
+    m = config.load("default", ["model.backbone=resnet50"]).model
+    assert (m.width, m.blocks_per_stage, m.zero_init_residual) == (None, None, None)
+    # A resolved config (e.g. a run's config.json) switched to another kind / backbone starts
+    # that one from its defaults instead of carrying the old one's options into an error.
+    resolved = config.from_dict(config.to_dict(config.load("default")))
+    switched = config.resolve(config.apply_overrides(resolved, ["sampler.kind=random", "loss.name=nca",
+                                                                "model.backbone=resnet50"]))
+    config.validate(switched)
+    assert switched.sampler.classes_per_batch is None and switched.model.width is None
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["model.backbone=resnet50", "model.width=64"],
+     r"Invalid value for `model.width`: expected null for backbone 'resnet50', which takes \[\]"),
+    (["model.backbone=resnet50", "model.zero_init_residual=true"], r"`model.zero_init_residual`: expected null"),
+    (["sampler.batch_size=32"], r"`sampler.batch_size`: expected null for sampler.kind='pk', which takes "
+                                r"\['classes_per_batch', 'examples_per_class'\]"),
+    (["sampler.kind=random", "loss.name=nca", "sampler.examples_per_class=4"],
+     r"`sampler.examples_per_class`: expected null for sampler.kind='random', which takes \['batch_size'\]"),
+    (["sampler.triplets_per_query=2"], r"`sampler.triplets_per_query`: expected null for sampler.kind='pk'"),
+])
+def test_options_of_another_variant_are_errors(overrides, match):
+    with pytest.raises(UserInputError, match=match):
+        config.load("default", overrides)

@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import typing
 from pathlib import Path
@@ -78,19 +79,22 @@ class DataConfig:
 class SamplerConfig:
     """How training batches are drawn (`tfsim.data.samplers`), reproducibly from `seed`.
 
-    `kind`: "pk" (default): `classes_per_batch` (P) classes x `examples_per_class` (K)
-    images, label-contiguous, for mining losses; "random": `batch_size` images drawn
-    uniformly (for proxy losses, or mining losses as in tfa's examples); "triplets":
-    explicit (query, positive, negative) rows, `batch_size` // 3 triplets per batch,
-    `triplets_per_query` triplets sharing each query (for the triplet_margin loss).
+    `kind`: "pk" (default): `classes_per_batch` (P, default 6) classes x
+    `examples_per_class` (K, default 10) images, label-contiguous, for mining losses;
+    "random": `batch_size` (default 60) images drawn uniformly (for proxy losses, or mining
+    losses as in tfa's examples); "triplets": explicit (query, positive, negative) rows,
+    `batch_size` // 3 triplets per batch (default 60), `triplets_per_query` (default 4)
+    triplets sharing each query (for the triplet_margin loss). Each kind's options are
+    null until `resolve()` fills in its defaults; setting another kind's option is an error,
+    and changing `kind` starts the new kind from its defaults.
     """
 
-    classes_per_batch: int = 6
-    examples_per_class: int = 10
+    classes_per_batch: Optional[int] = None
+    examples_per_class: Optional[int] = None
     seed: int = 0
     kind: Literal["pk", "random", "triplets"] = "pk"
-    batch_size: int = 60
-    triplets_per_query: int = 4
+    batch_size: Optional[int] = None
+    triplets_per_query: Optional[int] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,8 +103,11 @@ class ModelConfig:
 
     `layer_norm`: layer normalisation without affine parameters on the pooled features,
     before the projection (Zhai & Wu 2019's recipe for normalized softmax).
-    `zero_init_residual`: small ResNet only: start each residual branch's last BatchNorm
-    scale at 0 (a trick for very deep networks trained long; off, see `tfsim.models.backbones`).
+    `width`, `blocks_per_stage`, `zero_init_residual`: options of the small ResNet (defaults
+    32, 1, false; `zero_init_residual` starts each residual branch's last BatchNorm scale at
+    0, a trick for very deep networks trained long, see `tfsim.models.backbones`). resnet50
+    takes none: setting one with it is an error, and changing `backbone` starts the new
+    backbone from its defaults. Null until `resolve()` fills in the backbone's defaults.
     """
 
     backbone: str = "small_resnet"
@@ -108,10 +115,10 @@ class ModelConfig:
     image_size: int = 28
     embedding_dim: int = 128
     pooling: Literal["avg", "max", "flatten"] = "avg"
-    width: int = 32
-    blocks_per_stage: int = 1
+    width: Optional[int] = None
+    blocks_per_stage: Optional[int] = None
     layer_norm: bool = False
-    zero_init_residual: bool = False
+    zero_init_residual: Optional[bool] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,6 +247,14 @@ PRESET_DIR = Path(__file__).resolve().parent / "presets"
 
 # Data keys that belong to one source (reset when `data.source` changes, see DataConfig).
 _SOURCE_KEYS = ("path", "tfds_name", "tfds_split", "data_dir", "manual_dir", "test_classes")
+# Each sampler kind's options and their defaults (see SamplerConfig).
+SAMPLER_OPTIONS = {"pk": {"classes_per_batch": 6, "examples_per_class": 10},
+                   "random": {"batch_size": 60},
+                   "triplets": {"batch_size": 60, "triplets_per_query": 4}}
+_SAMPLER_KEYS = ("classes_per_batch", "examples_per_class", "batch_size", "triplets_per_query")
+# Backbone options in ModelConfig; which ones a backbone takes is its builder's signature
+# (`tfsim.models.backbones.backbone_arguments`), their defaults its builder's defaults.
+_BACKBONE_KEYS = ("width", "blocks_per_stage", "zero_init_residual")
 
 
 def presets() -> list[str]:
@@ -255,9 +270,24 @@ def loss_args(loss: LossConfig) -> dict:
             if k not in skip and v is not None and not (k == "cross_replica" and v is False)}
 
 
+def backbone_args(model: ModelConfig) -> dict:
+    """The backbone options that are set (not null), for `build_embedding_model(**...)`."""
+    return {k: getattr(model, k) for k in _BACKBONE_KEYS if getattr(model, k) is not None}
+
+
 def to_dict(cfg: Config) -> dict:
     """Plain nested dict (JSON-ready) of a config."""
     return dataclasses.asdict(cfg)
+
+
+# Sections with one variant of several, tagged by a key: changing the tag resets the keys
+# that belong to the variant (the loss's arguments, the source's split, ...).
+_VARIANTS = {
+    LossConfig: ("name", tuple(f.name for f in dataclasses.fields(LossConfig) if f.name not in ("name", "cross_replica"))),
+    DataConfig: ("source", _SOURCE_KEYS),
+    SamplerConfig: ("kind", _SAMPLER_KEYS),
+    ModelConfig: ("backbone", _BACKBONE_KEYS),
+}
 
 
 def _coerce(value: Any, hint: Any, key: str, from_string: bool) -> Any:
@@ -311,12 +341,11 @@ def _coerce(value: Any, hint: Any, key: str, from_string: bool) -> Any:
 
 def _replace(section: Any, updates: dict, prefix: str, from_string: bool) -> Any:
     hints = typing.get_type_hints(type(section))
-    if isinstance(section, LossConfig) and updates.get("name", section.name) != section.name:
-        # Another loss: its arguments start from its own defaults (see LossConfig).
-        section = LossConfig(cross_replica=section.cross_replica)
-    if isinstance(section, DataConfig) and updates.get("source", section.source) != section.source:
-        # Another dataset: its path, split and held-out classes start from the defaults.
-        section = dataclasses.replace(section, **{k: getattr(DataConfig(), k) for k in _SOURCE_KEYS})
+    variant = _VARIANTS.get(type(section))
+    if variant is not None and updates.get(variant[0], getattr(section, variant[0])) != getattr(section, variant[0]):
+        # Another loss / dataset / sampler / backbone: its own keys start from their defaults.
+        fresh = type(section)()
+        section = dataclasses.replace(section, **{k: getattr(fresh, k) for k in variant[1]})
     changes = {}
     for key, value in updates.items():
         if key not in hints:
@@ -383,7 +412,18 @@ def load_preset(name_or_file: str) -> Config:
 
 
 def resolve(cfg: Config) -> Config:
-    """The config with what depends on other keys filled in: `run.name` from the data."""
+    """The config with what depends on other keys filled in: `run.name` from the data, the
+    sampler kind's and the backbone's options that are null from their defaults."""
+    s = cfg.sampler
+    fill = {k: v for k, v in SAMPLER_OPTIONS[s.kind].items() if getattr(s, k) is None}
+    if fill:
+        cfg = dataclasses.replace(cfg, sampler=dataclasses.replace(s, **fill))
+    from tfsim.models.backbones import BACKBONES
+    if cfg.model.backbone in BACKBONES:
+        params = inspect.signature(BACKBONES[cfg.model.backbone]).parameters
+        fill = {k: params[k].default for k in _BACKBONE_KEYS if k in params and getattr(cfg.model, k) is None}
+        if fill:
+            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **fill))
     if cfg.run.name is not None:
         return cfg
     d = cfg.data
@@ -414,15 +454,23 @@ def validate(cfg: Config) -> None:
     from tfsim.models.backbones import BACKBONES
 
     s, m, t = cfg.sampler, cfg.model, cfg.train
-    need(s.examples_per_class >= 2, "sampler.examples_per_class",
+    for key in _SAMPLER_KEYS:
+        need(getattr(s, key) is None or key in SAMPLER_OPTIONS[s.kind], f"sampler.{key}",
+             f"null for sampler.kind={s.kind!r}, which takes {list(SAMPLER_OPTIONS[s.kind])}", getattr(s, key))
+    need(s.examples_per_class is None or s.examples_per_class >= 2, "sampler.examples_per_class",
          "an integer >= 2 so every batch holds positive pairs", s.examples_per_class)
-    need(s.classes_per_batch >= 2, "sampler.classes_per_batch",
+    need(s.classes_per_batch is None or s.classes_per_batch >= 2, "sampler.classes_per_batch",
          "an integer >= 2 so every batch holds negatives", s.classes_per_batch)
     need(m.backbone in BACKBONES, "model.backbone", f"one of {sorted(BACKBONES)}", m.backbone)
+    from tfsim.models.backbones import backbone_arguments
+    takes = backbone_arguments(m.backbone)
+    for key, value in backbone_args(m).items():
+        need(key in takes, f"model.{key}", f"null for backbone {m.backbone!r}, which takes {takes}", value)
     need(m.image_size >= 8, "model.image_size", "an integer >= 8 (pixels)", m.image_size)
     need(m.embedding_dim >= 2, "model.embedding_dim", "an integer >= 2", m.embedding_dim)
-    need(m.width >= 4, "model.width", "an integer >= 4", m.width)
-    need(m.blocks_per_stage >= 1, "model.blocks_per_stage", "an integer >= 1", m.blocks_per_stage)
+    need(m.width is None or m.width >= 4, "model.width", "an integer >= 4", m.width)
+    need(m.blocks_per_stage is None or m.blocks_per_stage >= 1, "model.blocks_per_stage", "an integer >= 1",
+         m.blocks_per_stage)
     need(cfg.loss.name in LOSSES, "loss.name", f"one of {sorted(LOSSES)}", cfg.loss.name)
     lc = cfg.loss
     from tfsim.losses import loss_arguments
@@ -457,9 +505,10 @@ def validate(cfg: Config) -> None:
          f"'triplets' for loss {lc.name!r}, which takes explicit (query, positive, negative) rows", s.kind)
     need(s.kind != "triplets" or kind == "triplets", "sampler.kind",
          f"'pk' or 'random' for loss {lc.name!r} (only triplet_margin takes explicit triplets)", s.kind)
-    need(s.kind == "pk" or s.batch_size >= (3 if s.kind == "triplets" else 2), "sampler.batch_size",
+    need(s.batch_size is None or s.batch_size >= (3 if s.kind == "triplets" else 2), "sampler.batch_size",
          "an integer >= 2 (>= 3 for triplets)", s.batch_size)
-    need(s.triplets_per_query >= 1, "sampler.triplets_per_query", "an integer >= 1", s.triplets_per_query)
+    need(s.triplets_per_query is None or s.triplets_per_query >= 1, "sampler.triplets_per_query",
+         "an integer >= 1", s.triplets_per_query)
     need(t.epochs >= 1, "train.epochs", "an integer >= 1", t.epochs)
     need(t.steps_per_epoch >= 1, "train.steps_per_epoch", "an integer >= 1", t.steps_per_epoch)
     need(t.learning_rate > 0, "train.learning_rate", "a number > 0", t.learning_rate)

@@ -1,6 +1,8 @@
 """Backbones: image `[B, S, S, 3]` float pixels in [0, 255] -> feature map.
 
-Registry `BACKBONES` maps config names to builders `(image_size, weights, width) -> keras.Model`.
+Registry `BACKBONES` maps config names to builders `(image_size, weights, **options) -> keras.Model`;
+`backbone_arguments(name)` lists a backbone's options (small_resnet: width, blocks_per_stage,
+zero_init_residual; resnet50: none).
 
 * ``small_resnet``: a pre-activation-free ResNet for 28-64 px images (He et al.,
   2016, basic blocks): 3x3 stem, three stages of `blocks_per_stage` basic blocks at widths
@@ -15,6 +17,7 @@ CVPR 2016, arXiv:1512.03385.
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Callable, Optional
 
@@ -79,9 +82,8 @@ def small_resnet(image_size: int, weights: Optional[str] = None, width: int = 32
     return keras.Model(inputs, x, name="small_resnet")
 
 
-def resnet50(image_size: int, weights: Optional[str] = None, width: int = 64,
-             blocks_per_stage: int = 0, zero_init_residual: bool = False) -> keras.Model:
-    """keras.applications ResNet50 feature extractor (see module doc; width/blocks are fixed)."""
+def resnet50(image_size: int, weights: Optional[str] = None) -> keras.Model:
+    """keras.applications ResNet50 feature extractor (see module doc; its widths and depth are fixed)."""
     if weights not in (None, "imagenet") and not os.path.isfile(str(weights)):
         raise UserInputError(
             "Invalid value for `model.weights`: expected null, 'imagenet' or the path of an existing "
@@ -99,11 +101,25 @@ BACKBONES: dict[str, Callable[..., keras.Model]] = {
 }
 
 
-def get_backbone(name: str, image_size: int, weights: Optional[str] = None, width: int = 32,
-                 blocks_per_stage: int = 1, zero_init_residual: bool = False) -> keras.Model:
-    """Builds the registered backbone `name`."""
+def backbone_arguments(name: str) -> list[str]:
+    """The options the registered backbone `name` takes besides `image_size` and `weights`."""
+    params = inspect.signature(BACKBONES[name]).parameters
+    return [k for k in params if k not in ("image_size", "weights")]
+
+
+def get_backbone(name: str, image_size: int, weights: Optional[str] = None, **options) -> keras.Model:
+    """Builds the registered backbone `name`; `options` that are None take the backbone's defaults.
+
+    Raises:
+        ValueError: an unknown `name`, or an option the backbone does not take (e.g. `width`
+            for resnet50), naming the ones it takes.
+    """
     if name not in BACKBONES:
-        raise UserInputError(
-            f"Invalid value for `model.backbone`: expected one of {sorted(BACKBONES)}. Received: {name!r}")
-    return BACKBONES[name](image_size, weights=weights, width=width, blocks_per_stage=blocks_per_stage,
-                           zero_init_residual=zero_init_residual)
+        raise ValueError(
+            f"Invalid value for `backbone`: expected one of {sorted(BACKBONES)}. Received: backbone={name!r}")
+    takes = backbone_arguments(name)
+    unknown = sorted(k for k, v in options.items() if k not in takes and v is not None)
+    if unknown:
+        raise ValueError(f"Invalid argument {unknown[0]!r} for backbone {name!r}: expected some of {takes}. "
+                         f"Received: {unknown[0]}={options[unknown[0]]!r}")
+    return BACKBONES[name](image_size, weights=weights, **{k: v for k, v in options.items() if v is not None})

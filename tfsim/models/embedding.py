@@ -16,9 +16,8 @@ from tfsim.models.backbones import get_backbone
 
 
 def build_embedding_model(backbone: str = "small_resnet", image_size: int = 28, embedding_dim: int = 128,
-                          pooling: str = "avg", weights: Optional[str] = None, width: int = 32,
-                          seed: Optional[int] = None, blocks_per_stage: int = 1,
-                          layer_norm: bool = False, zero_init_residual: bool = False) -> keras.Model:
+                          pooling: str = "avg", weights: Optional[str] = None, seed: Optional[int] = None,
+                          layer_norm: bool = False, **backbone_options) -> keras.Model:
     """Builds the embedding model.
 
     Args:
@@ -27,20 +26,21 @@ def build_embedding_model(backbone: str = "small_resnet", image_size: int = 28, 
         embedding_dim: output dimension.
         pooling: "avg" or "max" global pooling, or "flatten" (keeps the spatial layout).
         weights: backbone weights (None, "imagenet" or a file; see backbones).
-        width: base width of the small ResNet.
         seed: seeds Keras initialisers for a reproducible untrained model.
-        blocks_per_stage: basic blocks per stage of the small ResNet.
         layer_norm: layer normalisation without affine parameters on the pooled features
             (Zhai & Wu 2019, arXiv:1811.12649, section 3.2).
-        zero_init_residual: small ResNet only: residual branches start at zero (see backbones).
+        **backbone_options: the backbone's own options (`backbones.backbone_arguments`; for
+            small_resnet: width, blocks_per_stage, zero_init_residual); None = its default.
 
     Returns:
         A functional `keras.Model` named "embedder", input "images", output "embeddings".
+
+    Raises:
+        ValueError: an unknown backbone or an option it does not take.
     """
     if seed is not None:
         keras.utils.set_random_seed(seed)
-    features = get_backbone(backbone, image_size, weights=weights, width=width,
-                            blocks_per_stage=blocks_per_stage, zero_init_residual=zero_init_residual)
+    features = get_backbone(backbone, image_size, weights=weights, **backbone_options)
     inputs = keras.Input((image_size, image_size, 3), name="images")
     x = features(inputs)
     if pooling == "flatten":

@@ -89,9 +89,8 @@ def get_strategy(name: str) -> tf.distribute.Strategy:
 def build_embedder(cfg: Config) -> keras.Model:
     """The (untrained) embedding model of the config, seeded by `train.seed`."""
     m = cfg.model
-    return build_embedding_model(m.backbone, m.image_size, m.embedding_dim, m.pooling, m.weights, m.width,
-                                 seed=cfg.train.seed, blocks_per_stage=m.blocks_per_stage,
-                                 layer_norm=m.layer_norm, zero_init_residual=m.zero_init_residual)
+    return build_embedding_model(m.backbone, m.image_size, m.embedding_dim, m.pooling, m.weights,
+                                 seed=cfg.train.seed, layer_norm=m.layer_norm, **config_lib.backbone_args(m))
 
 
 def _check_batches(cfg: Config, train_set: sources.ImageSet, replicas: int) -> None:
@@ -100,9 +99,10 @@ def _check_batches(cfg: Config, train_set: sources.ImageSet, replicas: int) -> N
         samplers.check_pk(train_set.labels, s.classes_per_batch, s.examples_per_class)
     elif s.kind == "triplets":
         samplers.check_triplets(train_set.labels)
-    unit = {"pk": ("sampler.classes_per_batch", s.classes_per_batch, "whole classes"),
-            "random": ("sampler.batch_size", s.batch_size, "equal shares"),
-            "triplets": ("sampler.batch_size", s.batch_size // 3, "whole triplets (batch_size // 3 of them)")}[s.kind]
+    unit = {"pk": lambda: ("sampler.classes_per_batch", s.classes_per_batch, "whole classes"),
+            "random": lambda: ("sampler.batch_size", s.batch_size, "equal shares"),
+            "triplets": lambda: ("sampler.batch_size", s.batch_size // 3,
+                                 "whole triplets (batch_size // 3 of them)")}[s.kind]()
     if unit[1] % replicas:
         raise UserInputError(
             f"Invalid value for `{unit[0]}`: expected a multiple of the {replicas} replicas so each replica "
