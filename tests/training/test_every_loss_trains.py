@@ -32,9 +32,12 @@ def test_loss_trains_above_untrained(name, tmp_path):
     print(f"{name}: map@r {untrained['map@r']:.3f} -> {m['map@r']:.3f}, "
           f"recall@1 {untrained['recall@1']:.3f} -> {m['recall@1']:.3f}")
     # Measured on this machine (residual branches at gamma 1, untrained 0.304 / 0.761): in 200
-    # steps every loss lifts MAP@R by 0.064-0.114 and Recall@1 by 0.028-0.051; in 80 steps some
-    # lifted MAP@R by only 0.02. A loss that does not train (lift ~0) fails.
-    assert m["map@r"] >= untrained["map@r"] + 0.04, (name, m["map@r"], untrained["map@r"])
+    # steps every loss lifts MAP@R by 0.03-0.11 and Recall@1 by 0.028-0.051; bit-level changes
+    # (e.g. the order gradients are summed in) move a loss's lift by ~0.02 (batch_all_triplet:
+    # 0.029 / 0.049, and 0.058 / 0.062 on seeds 1, 2). The control, the same run at a learning
+    # rate of 1e-12 (weights frozen, BatchNorm statistics still updated), ends at 0.242 / 0.697:
+    # a loss that does not train falls ~0.06 *below* the untrained network, far under these floors.
+    assert m["map@r"] >= untrained["map@r"] + 0.02, (name, m["map@r"], untrained["map@r"])
     assert m["recall@1"] >= untrained["recall@1"] + 0.015, (name, m["recall@1"], untrained["recall@1"])
 
 
