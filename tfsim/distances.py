@@ -23,7 +23,7 @@ maps them to the distances), or a callable returning the `[B, B]` matrix.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Union
+from typing import Callable, Optional, Union
 
 import tensorflow as tf
 
@@ -35,16 +35,20 @@ def _off_diagonal_mask(n: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
     return tf.ones([n, n], dtype) - tf.linalg.diag(tf.ones([n], dtype))
 
 
-def squared_l2_between(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
-    """Squared Euclidean distances `[A, B]` between the rows of `a` and `b`, clipped at 0 (Gram matrix)."""
+def squared_l2_between(a: tf.Tensor, b: Optional[tf.Tensor] = None) -> tf.Tensor:
+    """Squared Euclidean distances `[A, B]` between the rows of `a` and `b` (default: `a` itself),
+    clipped at 0, through the Gram matrix."""
     a_sq = tf.reduce_sum(tf.square(a), axis=1, keepdims=True)
-    b_sq = tf.reduce_sum(tf.square(b), axis=1, keepdims=True)
+    # Within one batch the norms are computed once: the same graph (and float summation order
+    # of the gradient) as the losses have always had, so seeded runs reproduce recorded numbers.
+    b_sq = a_sq if b is None else tf.reduce_sum(tf.square(b), axis=1, keepdims=True)
+    b = a if b is None else b
     return tf.maximum(a_sq + tf.transpose(b_sq) - 2.0 * tf.matmul(a, b, transpose_b=True), 0.0)
 
 
 def squared_l2_matrix(embeddings: tf.Tensor) -> tf.Tensor:
     """Squared Euclidean distances `[B, B]` within a batch, clipped at 0."""
-    return squared_l2_between(embeddings, embeddings)
+    return squared_l2_between(embeddings)
 
 
 def _sqrt_with_finite_gradient(d2: tf.Tensor) -> tf.Tensor:
