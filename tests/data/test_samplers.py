@@ -76,7 +76,7 @@ def test_random_batches_are_distinct_rows_reproducible_and_fresh():
     np.testing.assert_array_equal(np.stack(a), np.stack(take(random_batches(50, 20, seed=3), 5)))
     np.testing.assert_array_equal(np.stack(a[2:]), np.stack(take(random_batches(50, 20, seed=3, start_step=2), 3)))
     assert not np.array_equal(a[0], a[1])
-    with pytest.raises(UserInputError, match="sampler.batch_size"):
+    with pytest.raises(UserInputError, match=r"Invalid value for `batch_size`: expected at most the 10 "):
         random_batches(10, 11)
 
 
@@ -125,5 +125,5 @@ def test_triplets_reproducible_resumable_and_errors():
         triplet_batches(np.zeros(5, int), 2)
     with pytest.raises(UserInputError, match="at least 2 classes and a class with at least 2 images"):
         triplet_batches(np.arange(5), 2)
-    with pytest.raises(UserInputError, match="`sampler.batch_size`: expected at most 4 distinct queries"):
+    with pytest.raises(UserInputError, match="`num_triplets`: expected at most 4 distinct queries"):
         triplet_batches(np.array([0, 0, 1, 1]), 9, 1)

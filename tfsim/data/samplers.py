@@ -35,11 +35,11 @@ def check_pk(labels: np.ndarray, classes_per_batch: int, examples_per_class: int
     """Raises UserInputError if a P x K batch cannot be drawn from `labels`."""
     if not isinstance(examples_per_class, (int, np.integer)) or examples_per_class < 2:
         raise UserInputError(
-            "Invalid value for `sampler.examples_per_class`: expected an integer >= 2 so every batch "
+            "Invalid value for `examples_per_class`: expected an integer >= 2 so every batch "
             f"holds positive pairs. Received: examples_per_class={examples_per_class!r}")
     if not isinstance(classes_per_batch, (int, np.integer)) or classes_per_batch < 2:
         raise UserInputError(
-            "Invalid value for `sampler.classes_per_batch`: expected an integer >= 2 so every batch "
+            "Invalid value for `classes_per_batch`: expected an integer >= 2 so every batch "
             f"holds negatives. Received: classes_per_batch={classes_per_batch!r}")
     num_classes = len(np.unique(labels))
     batch = classes_per_batch * examples_per_class
@@ -47,7 +47,7 @@ def check_pk(labels: np.ndarray, classes_per_batch: int, examples_per_class: int
         raise UserInputError(
             f"The P x K batch ({classes_per_batch} classes x {examples_per_class} images = {batch}) is larger "
             f"than the training set ({num_classes} classes, {len(labels)} images). Lower "
-            f"`sampler.classes_per_batch` to at most {num_classes} or `sampler.examples_per_class`.")
+            f"`classes_per_batch` to at most {num_classes} or `examples_per_class`.")
 
 
 def pk_batches(labels: np.ndarray, classes_per_batch: int, examples_per_class: int,
@@ -113,8 +113,8 @@ def random_batches(num_rows: int, batch_size: int, seed: int = 0, start_step: in
     """
     if batch_size > num_rows:
         raise UserInputError(
-            f"Invalid value for `sampler.batch_size`: expected at most the {num_rows} training images. "
-            f"Received: sampler.batch_size={batch_size}")
+            f"Invalid value for `batch_size`: expected at most the {num_rows} training images. "
+            f"Received: batch_size={batch_size}")
     base = tf.constant([seed, 0xBA7C4], tf.int64)
 
     def draw(step):
@@ -158,9 +158,9 @@ def triplet_batches(labels: np.ndarray, num_triplets: int, triplets_per_query: i
     check_triplets(labels)
     if num_triplets < 1 or triplets_per_query < 1:
         raise UserInputError(
-            "Invalid value for `sampler.batch_size` or `sampler.triplets_per_query`: expected at least one "
-            f"triplet (batch_size >= 3) and triplets_per_query >= 1. Received: num_triplets={num_triplets}, "
-            f"sampler.triplets_per_query={triplets_per_query}")
+            "Invalid value for `num_triplets` or `triplets_per_query`: expected at least one triplet and "
+            f"triplets_per_query >= 1. Received: num_triplets={num_triplets}, "
+            f"triplets_per_query={triplets_per_query}")
     classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
     order = np.argsort(inverse, kind="stable").astype(np.int32)  # rows grouped by class
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int32)
@@ -170,9 +170,9 @@ def triplet_batches(labels: np.ndarray, num_triplets: int, triplets_per_query: i
     n_queries = -(-num_triplets // triplets_per_query)
     if n_queries > len(queryable):
         raise UserInputError(
-            f"Invalid value for `sampler.batch_size`: expected at most {len(queryable)} distinct queries per batch "
+            f"Invalid value for `num_triplets`: expected at most {len(queryable)} distinct queries per batch "
             f"(the images that have another image of their class). Received: {num_triplets} triplets in "
-            f"{n_queries} queries. Lower `sampler.batch_size` or raise `sampler.triplets_per_query`.")
+            f"{n_queries} queries. Lower `num_triplets` or raise `triplets_per_query`.")
     t = {k: tf.constant(v) for k, v in dict(order=order, starts=starts, counts=counts.astype(np.int32),
                                              cls=inverse.astype(np.int32), pos=position, queryable=queryable).items()}
     n_rows = len(labels)

@@ -91,8 +91,8 @@ def load_folder(root: str) -> ImageSet:
     base = Path(root)
     if not base.is_dir():
         raise UserInputError(
-            f"Invalid value for `data.path`: expected a folder laid out as <path>/<class>/<image>. "
-            f"Received: data.path={root!r}, which is not a folder.")
+            f"Invalid value for `root`: expected a folder laid out as <root>/<class>/<image>. "
+            f"Received: root={root!r}, which is not a folder.")
     classes, paths, labels = [], [], []
     for class_dir in sorted(p for p in base.iterdir() if p.is_dir()):
         files = sorted(f for f in class_dir.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
@@ -103,9 +103,9 @@ def load_folder(root: str) -> ImageSet:
         classes.append(class_dir.name)
     if len(classes) < 2:
         raise UserInputError(
-            f"Invalid value for `data.path`: expected at least 2 class sub-folders holding "
+            f"Invalid value for `root`: expected at least 2 class sub-folders holding "
             f"{'/'.join(IMAGE_SUFFIXES)} images in {root!r}. Found {len(classes)}. "
-            "Lay the images out as <path>/<class>/<image>.")
+            "Lay the images out as <root>/<class>/<image>.")
     paths_arr = np.array(paths)
     return ImageSet(labels=np.array(labels, np.int32), ids=paths_arr, class_names=tuple(classes),
                     paths=paths_arr, name=base.name)
@@ -137,7 +137,7 @@ def load_tfds(name: str, split: str = "train+test", data_dir: Optional[str] = No
     except Exception as err:  # TFDS raises many types for missing data / network
         raise UserInputError(
             f"Could not prepare TFDS dataset {name!r} (split {split!r}): {err}. "
-            "Check `data.tfds_name`, or put the original archives in `data.manual_dir`.") from err
+            "Check `name`, or put the original archives in `manual_dir`.") from err
     label_key = "label"
     names = tuple(builder.info.features[label_key].names)
 

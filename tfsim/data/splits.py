@@ -37,12 +37,12 @@ def class_disjoint_split(images: ImageSet, test_classes: Sequence[int] = ()) -> 
         bad = [int(c) for c in test if c not in present]
         if bad:
             raise UserInputError(
-                f"Invalid value for `data.test_classes`: expected label indices in 0..{num_classes - 1} "
+                f"Invalid value for `test_classes`: expected label indices in 0..{num_classes - 1} "
                 f"present in the dataset. Received unknown classes {bad}.")
     train = np.setdiff1d(present, test)
     if len(train) < 2 or len(test) < 2:
         raise UserInputError(
-            f"Invalid value for `data.test_classes`: expected at least 2 training and 2 held-out "
+            f"Invalid value for `test_classes`: expected at least 2 training and 2 held-out "
             f"classes. Received {len(train)} training and {len(test)} held-out classes.")
     is_test = np.isin(images.labels, test)
     return images.subset(np.flatnonzero(~is_test)), images.subset(np.flatnonzero(is_test))

@@ -68,7 +68,7 @@ def small_resnet(image_size: int, weights: Optional[str] = None, width: int = 32
     """
     if weights is not None:
         raise UserInputError(
-            "Invalid value for `model.weights`: backbone 'small_resnet' has no pretrained weights; "
+            "Invalid value for `weights`: backbone 'small_resnet' has no pretrained weights; "
             f"expected null. Received: weights={weights!r}")
     inputs = keras.Input((image_size, image_size, 3), name="images")
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(inputs)
@@ -86,7 +86,7 @@ def resnet50(image_size: int, weights: Optional[str] = None) -> keras.Model:
     """keras.applications ResNet50 feature extractor (see module doc; its widths and depth are fixed)."""
     if weights not in (None, "imagenet") and not os.path.isfile(str(weights)):
         raise UserInputError(
-            "Invalid value for `model.weights`: expected null, 'imagenet' or the path of an existing "
+            "Invalid value for `weights`: expected None, 'imagenet' or the path of an existing "
             f"weights file. Received: weights={weights!r} (no such file).")
     inputs = keras.Input((image_size, image_size, 3), name="images")
     x = CaffePreprocess(name="caffe_preprocess")(inputs)

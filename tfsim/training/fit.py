@@ -28,11 +28,11 @@ import tensorflow as tf
 
 from tfsim import config as config_lib
 from tfsim.config import Config
-from tfsim.data import pipeline, samplers, sources, splits
-from tfsim.errors import UserInputError
+from tfsim.data import pipeline, sources, splits
 from tfsim.losses import get_loss, input_kind
 from tfsim.models import build_embedding_model
 from tfsim.models.proxies import PROXY_LAYER, build_proxy_trainer, embedder_of
+from tfsim.training import preflight
 from tfsim.training.callbacks import ResumableCheckpoint, RetrievalEvaluation, SyncReplicaStatistics
 from tfsim.training.optimizers import ScaledAdam
 
@@ -73,9 +73,10 @@ def load_data(cfg: config_lib.DataConfig, image_size: int) -> sources.ImageSet:
 
 
 def load_split(cfg: Config) -> Split:
-    """The configured images split into training and held-out classes."""
-    images = load_data(cfg.data, cfg.model.image_size)
-    train_set, test_set = splits.class_disjoint_split(images, cfg.data.test_classes)
+    """The configured images split into training and held-out classes (errors name config keys)."""
+    with preflight.config_keys(**preflight.DATA_KEYS):
+        images = load_data(cfg.data, cfg.model.image_size)
+        train_set, test_set = splits.class_disjoint_split(images, cfg.data.test_classes)
     return Split(images, train_set, test_set)
 
 
@@ -89,24 +90,9 @@ def get_strategy(name: str) -> tf.distribute.Strategy:
 def build_embedder(cfg: Config) -> keras.Model:
     """The (untrained) embedding model of the config, seeded by `train.seed`."""
     m = cfg.model
-    return build_embedding_model(m.backbone, m.image_size, m.embedding_dim, m.pooling, m.weights,
-                                 seed=cfg.train.seed, layer_norm=m.layer_norm, **config_lib.backbone_args(m))
-
-
-def _check_batches(cfg: Config, train_set: sources.ImageSet, replicas: int) -> None:
-    s = cfg.sampler
-    if s.kind == "pk":
-        samplers.check_pk(train_set.labels, s.classes_per_batch, s.examples_per_class)
-    elif s.kind == "triplets":
-        samplers.check_triplets(train_set.labels)
-    unit = {"pk": lambda: ("sampler.classes_per_batch", s.classes_per_batch, "whole classes"),
-            "random": lambda: ("sampler.batch_size", s.batch_size, "equal shares"),
-            "triplets": lambda: ("sampler.batch_size", s.batch_size // 3,
-                                 "whole triplets (batch_size // 3 of them)")}[s.kind]()
-    if unit[1] % replicas:
-        raise UserInputError(
-            f"Invalid value for `{unit[0]}`: expected a multiple of the {replicas} replicas so each replica "
-            f"holds {unit[2]}. Received: {unit[1]}")
+    with preflight.config_keys(**preflight.MODEL_KEYS):
+        return build_embedding_model(m.backbone, m.image_size, m.embedding_dim, m.pooling, m.weights,
+                                     seed=cfg.train.seed, layer_norm=m.layer_norm, **config_lib.backbone_args(m))
 
 
 def fit(cfg: Config, run_dir: Path, split: Split, resume: bool = True, verbose: int = 2) -> FitResult:
@@ -135,7 +121,7 @@ def fit(cfg: Config, run_dir: Path, split: Split, resume: bool = True, verbose: 
         train_set = dataclasses.replace(train_set, labels=np.unique(train_set.labels, return_inverse=True)[1]
                                         .astype(np.int32).reshape(-1))
     strategy = get_strategy(t.strategy)
-    _check_batches(cfg, train_set, strategy.num_replicas_in_sync)
+    preflight.check(cfg, train_set.labels, strategy.num_replicas_in_sync)  # before any model is built
     log.info("Training on %d images of %d classes; evaluating on %d images of held-out classes %s.",
              len(train_set), len(np.unique(train_set.labels)), len(split.test), split.test_class_names)
 

@@ -1,0 +1,63 @@
+"""Pre-flight: every check of config, data and replica count, in config terms, before training.
+
+Library functions name their own arguments in their errors (`sources.load_folder` says
+`root`, `samplers.check_pk` says `classes_per_batch`); a user of the CLI set config keys.
+`config_keys(...)` rewrites a library's `UserInputError` raised inside it into the config
+key the value came from, and `check(cfg, split, replicas)` runs, before any model is built,
+the checks that need the data or the replica count (what `config.validate` cannot know).
+
+    with config_keys(root="data.path"):
+        images = sources.load_folder(cfg.data.path)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+
+from tfsim.config import Config
+from tfsim.data import samplers
+from tfsim.errors import UserInputError
+
+# Library argument -> the config key that feeds it, for the calls `train` makes.
+DATA_KEYS = {"root": "data.path", "name": "data.tfds_name", "manual_dir": "data.manual_dir",
+             "test_classes": "data.test_classes"}
+SAMPLER_KEYS = {"classes_per_batch": "sampler.classes_per_batch", "examples_per_class": "sampler.examples_per_class",
+                "batch_size": "sampler.batch_size", "triplets_per_query": "sampler.triplets_per_query",
+                "num_triplets": "sampler.batch_size // 3"}
+MODEL_KEYS = {"weights": "model.weights", "backbone": "model.backbone"}
+
+
+def rename_keys(message: str, keys: dict[str, str]) -> str:
+    """`message` with each library argument (`arg` in backticks, or `arg=`) replaced by its config key."""
+    for arg, key in keys.items():
+        message = re.sub(rf"`{re.escape(arg)}`", f"`{key}`", message)
+        message = re.sub(rf"(?<![\w.]){re.escape(arg)}=", f"{key}=", message)
+    return message
+
+
+@contextlib.contextmanager
+def config_keys(**keys: str):
+    """Re-raises a `UserInputError` from inside the block with library arguments named as config keys."""
+    try:
+        yield
+    except UserInputError as err:
+        raise UserInputError(rename_keys(str(err), keys)) from err
+
+
+def check(cfg: Config, train_labels, replicas: int) -> None:
+    """Checks the sampler against the training labels and the replica count; raises UserInputError."""
+    s = cfg.sampler
+    with config_keys(**SAMPLER_KEYS):
+        if s.kind == "pk":
+            samplers.check_pk(train_labels, s.classes_per_batch, s.examples_per_class)
+        elif s.kind == "triplets":
+            samplers.check_triplets(train_labels)
+    unit = {"pk": lambda: ("sampler.classes_per_batch", s.classes_per_batch, "whole classes"),
+            "random": lambda: ("sampler.batch_size", s.batch_size, "equal shares"),
+            "triplets": lambda: ("sampler.batch_size", s.batch_size // 3,
+                                 "whole triplets (batch_size // 3 of them)")}[s.kind]()
+    if unit[1] % replicas:
+        raise UserInputError(
+            f"Invalid value for `{unit[0]}`: expected a multiple of the {replicas} replicas so each replica "
+            f"holds {unit[2]}. Received: {unit[1]}")
