@@ -129,7 +129,13 @@ def test_shipped_presets_load_from_any_directory(tmp_path, monkeypatch):
     (["whitening.dims=129"], r"`whitening.dims`: expected 0 \(all axes\) or 1..model.embedding_dim=128"),
     (["whitening.max_images=1"], r"`whitening.max_images`: expected an integer >= 2"),
     (["loss.name=triplet_margin", "sampler.kind=triplets", "loss.distance_metric=angular"],
-     r"`loss.distance_metric`: expected 'squared-L2' \(the paper's\) or 'L2' for triplet_margin"),
+     r"`loss.distance_metric`: expected one of \['squared-L2', 'L2'\] for the explicit-triplet loss. "
+     r"Received: loss.distance_metric='angular'"),
+    # Argument values are checked by the losses themselves; the config reports them by key.
+    (["loss.margin=-0.1"], r"Invalid value for `loss.margin`: expected a number >= 0. Received: loss.margin=-0.1"),
+    (["loss.name=multi_similarity", "loss.alpha=0"], r"`loss.alpha`: expected a number > 0"),
+    (["loss.name=binomial_deviance", "loss.cost=-1"], r"`loss.cost`: expected a number > 0"),
+    (["loss.name=circle", "loss.gamma=0"], r"`loss.gamma`: expected a number > 0"),
 ])
 def test_loss_and_sampler_combinations_are_checked(overrides, match):
     with pytest.raises(UserInputError, match=match):

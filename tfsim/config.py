@@ -31,7 +31,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
-from tfsim.errors import UserInputError
+from tfsim.errors import UserInputError, config_keys
 
 
 @dataclasses.dataclass(frozen=True)
@@ -473,16 +473,15 @@ def validate(cfg: Config) -> None:
          m.blocks_per_stage)
     need(cfg.loss.name in LOSSES, "loss.name", f"one of {sorted(LOSSES)}", cfg.loss.name)
     lc = cfg.loss
-    from tfsim.losses import loss_arguments
+    from tfsim.losses import get_loss, loss_arguments
     takes = loss_arguments(lc.name)
     for key in loss_args(lc):
         need(key in takes or key == "cross_replica", f"loss.{key}",
              f"null for loss {lc.name!r}, which takes {takes} (set it only with a loss that has it)",
              getattr(lc, key))
-    need(lc.margin is None or lc.margin >= 0, "loss.margin", "a number >= 0 (or null)", lc.margin)
-    for key in ("scale", "temperature", "gamma", "alpha", "cost"):  # (beta may be <= 0 in binomial deviance)
-        value = getattr(lc, key)
-        need(value is None or value > 0, f"loss.{key}", "a number > 0 (or null for the loss's default)", value)
+    # The values of the loss's arguments are checked by the loss itself (its constructor).
+    with config_keys(catch=(ValueError,), **{k: f"loss.{k}" for k in takes}):
+        get_loss(lc.name, **{k: v for k, v in loss_args(lc).items() if k in takes})
     need(0 <= cfg.data.erase_prob <= 1, "data.erase_prob", "a probability in [0, 1]", cfg.data.erase_prob)
     w = cfg.whitening
     need(0 <= w.power <= 1, "whitening.power", "a number in [0, 1] (0 = PCA only, 1 = full whitening)", w.power)
@@ -493,8 +492,6 @@ def validate(cfg: Config) -> None:
          "0 when data.augment=false (erasing is part of the augmentation)", cfg.data.erase_prob)
     need(cfg.data.augment or not cfg.data.flip, "data.flip",
          "false when data.augment=false (flipping is part of the augmentation)", cfg.data.flip)
-    need(lc.name != "triplet_margin" or lc.distance_metric in (None, "L2", "squared-L2"), "loss.distance_metric",
-         "'squared-L2' (the paper's) or 'L2' for triplet_margin", lc.distance_metric)
     need(lc.proxy_lr_multiplier > 0, "loss.proxy_lr_multiplier", "a number > 0", lc.proxy_lr_multiplier)
     from tfsim.losses import input_kind, supports_cross_replica
     need(not lc.cross_replica or supports_cross_replica(lc.name), "loss.cross_replica",

@@ -8,3 +8,34 @@ traceback; everything else is a bug and keeps its traceback.
 
 class UserInputError(ValueError):
     """Bad user input: the message says what was wrong, what was expected and how to fix it."""
+
+
+def rename_keys(message: str, keys: dict) -> str:
+    """`message` with each library argument (`arg` in backticks, or `arg=`) replaced by its config key."""
+    import re
+    for arg, key in keys.items():
+        message = re.sub(rf"`{re.escape(arg)}`", f"`{key}`", message)
+        message = re.sub(rf"(?<![\w.]){re.escape(arg)}=", f"{key}=", message)
+    return message
+
+
+class config_keys:  # noqa: N801 (used as a context manager, like contextlib's)
+    """Re-raises an error from inside the block as a `UserInputError` naming config keys.
+
+    Library functions name their own arguments in their errors (`root`, `margin`); code
+    that called them with config values wraps the call, e.g.
+    `with config_keys(root="data.path"): sources.load_folder(cfg.data.path)`.
+    `catch` says which errors are the user's (by default `UserInputError` only; a loss
+    constructor's `ValueError` is about its arguments, so config validation catches those).
+    """
+
+    def __init__(self, catch: tuple = (UserInputError,), **keys: str):
+        self.catch, self.keys = catch, keys
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, err, tb):
+        if err is not None and isinstance(err, self.catch):
+            raise UserInputError(rename_keys(str(err), self.keys)) from err
+        return False

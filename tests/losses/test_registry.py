@@ -137,3 +137,10 @@ def test_low_precision_inputs(name, dtype):
     want = tf.reduce_mean(FUNCTIONS[name](y, tf.cast(rounded, tf.float32)))
     assert np.isfinite(float(got))
     np.testing.assert_allclose(float(got), float(want), rtol=2e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "circle" and "margin" in L.loss_arguments(n)])
+def test_losses_check_their_own_argument_values(name):
+    with pytest.raises(ValueError, match=r"Invalid value for `margin`: expected a number >= 0. Received: margin=-1"):
+        LOSSES[name](margin=-1.0)
+    assert LOSSES[name](margin=0.0).margin == 0.0  # 0 is a valid margin

@@ -21,6 +21,7 @@ import inspect
 
 import keras
 
+from tfsim.losses import _masks
 from tfsim.losses.batch_all import BatchAllTripletLoss, batch_all_triplet_loss
 from tfsim.losses.binomial import BinomialDevianceLoss, binomial_deviance_loss
 from tfsim.losses.contrastive import ContrastiveLoss, contrastive_loss
@@ -80,7 +81,10 @@ def get_loss(name: str, **kwargs):
         raise ValueError(
             f"Invalid argument {unknown[0]!r} for loss {name!r}: expected some of {accepted}. "
             f"Received: {unknown[0]}={kwargs[unknown[0]]!r}")
-    return LOSSES[name](**{k: v for k, v in kwargs.items() if v is not None})
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if name == "circle" and "gamma" in kwargs:  # Keras's class, registered as is, does not check it
+        _masks.check_positive("gamma", kwargs["gamma"])
+    return LOSSES[name](**kwargs)
 
 
 __all__ = ["LOSSES", "BatchAllTripletLoss", "BinomialDevianceLoss", "ContrastiveLoss", "LiftedStructLoss", "MultiSimilarityLoss",

@@ -62,6 +62,14 @@ def masked_logsumexp(x: tf.Tensor, mask: tf.Tensor, axis: int = 1) -> tf.Tensor:
     return tf.reduce_logsumexp(tf.where(mask, x, _FAR), axis=axis)
 
 
+def check_non_negative(name: str, value) -> float:
+    """`float(value)` if it is >= 0, else a Keras-style ValueError naming the argument."""
+    value = float(value)
+    if not value >= 0:
+        raise ValueError(f"Invalid value for `{name}`: expected a number >= 0. Received: {name}={value!r}")
+    return value
+
+
 def check_positive(name: str, value) -> float:
     """`float(value)` if it is > 0, else a Keras-style ValueError naming the argument."""
     value = float(value)

@@ -115,7 +115,5 @@ class BatchAllTripletLoss(MetricLoss):
     def __init__(self, margin: float = 0.2, triplets: str = "semihard", cross_replica: bool = False,
                  name: str = "batch_all_triplet_loss", **kwargs):
         super().__init__(name=name, cross_replica=cross_replica, **kwargs)
-        self.margin = float(margin)
-        if self.margin < 0:
-            raise ValueError(f"Invalid value for `margin`: expected a number >= 0. Received: margin={margin!r}")
+        self.margin = _masks.check_non_negative("margin", margin)
         self.triplets = _check_triplets(triplets)

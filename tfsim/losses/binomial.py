@@ -63,4 +63,5 @@ class BinomialDevianceLoss(MetricLoss):
     def __init__(self, alpha: float = 2.0, beta: float = 0.5, cost: float = 25.0, cross_replica: bool = False,
                  name: str = "binomial_deviance_loss", **kwargs):
         super().__init__(name=name, cross_replica=cross_replica, **kwargs)
-        self.alpha, self.beta, self.cost = float(alpha), float(beta), float(cost)
+        self.alpha, self.cost = _masks.check_positive("alpha", alpha), _masks.check_positive("cost", cost)
+        self.beta = float(beta)  # a similarity threshold: any value

@@ -84,4 +84,4 @@ class LiftedStructLoss(MetricLoss):
     def __init__(self, margin: float = 1.0, cross_replica: bool = False, name: str = "lifted_struct_loss",
                  **kwargs):
         super().__init__(name=name, cross_replica=cross_replica, **kwargs)
-        self.margin = float(margin)
+        self.margin = _masks.check_non_negative("margin", margin)

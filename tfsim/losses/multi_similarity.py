@@ -89,4 +89,5 @@ class MultiSimilarityLoss(MetricLoss):
     def __init__(self, alpha: float = 2.0, beta: float = 50.0, base: float = 0.5, epsilon: float = 0.1,
                  cross_replica: bool = False, name: str = "multi_similarity_loss", **kwargs):
         super().__init__(name=name, cross_replica=cross_replica, **kwargs)
-        self.alpha, self.beta, self.base, self.epsilon = float(alpha), float(beta), float(base), float(epsilon)
+        self.alpha = _masks.check_positive("alpha", alpha)
+        self.beta, self.base, self.epsilon = float(beta), float(base), float(epsilon)

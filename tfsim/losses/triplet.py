@@ -100,7 +100,7 @@ class TripletSemiHardLoss(MetricLoss):
     def __init__(self, margin: float = 1.0, distance_metric: distances.DistanceMetric = "L2",
                  cross_replica: bool = False, name: str = "triplet_semihard_loss", **kwargs):
         super().__init__(name=name, cross_replica=cross_replica, **kwargs)
-        self.margin = float(margin)
+        self.margin = _masks.check_non_negative("margin", margin)
         self.distance_metric = distances.check_distance_metric(distance_metric)
 
 
@@ -164,7 +164,7 @@ class TripletHardLoss(MetricLoss):
                  distance_metric: distances.DistanceMetric = "L2", cross_replica: bool = False,
                  name: str = "triplet_hard_loss", **kwargs):
         super().__init__(name=name, cross_replica=cross_replica, **kwargs)
-        self.margin = float(margin)
+        self.margin = _masks.check_non_negative("margin", margin)
         self.soft = bool(soft)
         self.distance_metric = distances.check_distance_metric(distance_metric)
 
@@ -252,5 +252,5 @@ class TripletMarginLoss(MetricLoss):
     def __init__(self, margin: float = 1.0, distance_metric: str = "squared-L2", cross_replica: bool = False,
                  name: str = "triplet_margin_loss", **kwargs):
         super().__init__(name=name, cross_replica=cross_replica, **kwargs)
-        self.margin = float(margin)
+        self.margin = _masks.check_non_negative("margin", margin)
         self.distance_metric = _check_triplet_distance(distance_metric)

@@ -12,12 +12,9 @@ the checks that need the data or the replica count (what `config.validate` canno
 
 from __future__ import annotations
 
-import contextlib
-import re
-
 from tfsim.config import Config
 from tfsim.data import samplers
-from tfsim.errors import UserInputError
+from tfsim.errors import UserInputError, config_keys, rename_keys  # noqa: F401 (re-exported)
 
 # Library argument -> the config key that feeds it, for the calls `train` makes.
 DATA_KEYS = {"root": "data.path", "name": "data.tfds_name", "manual_dir": "data.manual_dir",
@@ -26,23 +23,6 @@ SAMPLER_KEYS = {"classes_per_batch": "sampler.classes_per_batch", "examples_per_
                 "batch_size": "sampler.batch_size", "triplets_per_query": "sampler.triplets_per_query",
                 "num_triplets": "sampler.batch_size // 3"}
 MODEL_KEYS = {"weights": "model.weights", "backbone": "model.backbone"}
-
-
-def rename_keys(message: str, keys: dict[str, str]) -> str:
-    """`message` with each library argument (`arg` in backticks, or `arg=`) replaced by its config key."""
-    for arg, key in keys.items():
-        message = re.sub(rf"`{re.escape(arg)}`", f"`{key}`", message)
-        message = re.sub(rf"(?<![\w.]){re.escape(arg)}=", f"{key}=", message)
-    return message
-
-
-@contextlib.contextmanager
-def config_keys(**keys: str):
-    """Re-raises a `UserInputError` from inside the block with library arguments named as config keys."""
-    try:
-        yield
-    except UserInputError as err:
-        raise UserInputError(rename_keys(str(err), keys)) from err
 
 
 def check(cfg: Config, train_labels, replicas: int) -> None:
