@@ -71,3 +71,43 @@ def test_train_under_mirrored_strategy_exports_a_whitened_model(tmp_path):
     want = retrieval_metrics(served_emb, test.labels, (1, 2, 4, 8), "cosine")
     for key in ("recall@1", "recall@8", "map@r"):
         assert abs(m[key] - want[key]) < 2e-3, (key, m[key], want[key])
+
+
+SYNC_SCRIPT = """
+import json
+import numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from tfsim.training.callbacks import SyncReplicaStatistics, sync_replica_statistics
+strategy = tf.distribute.MirroredStrategy()
+with strategy.scope():
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.BatchNormalization()(inputs)))
+    model.compile("sgd", "mse")
+# Replica 0 gets zeros, replica 1 noise around 10: their moving means and variances diverge.
+x = np.concatenate([np.zeros((8, 4)), 10 + np.random.default_rng(0).normal(size=(8, 4))]).astype("float32")
+model.fit(x, np.zeros((16, 2), "float32"), batch_size=16, epochs=1, verbose=0, shuffle=False)
+copies = lambda: [c.numpy().tolist() for c in model.layers[1].moving_mean.value.values]
+before = copies()
+changed = sync_replica_statistics(model)
+after, again = copies(), sync_replica_statistics(model)
+# The callback does it at every epoch end, so a fit leaves no divergence behind.
+model.fit(x, np.zeros((16, 2), "float32"), batch_size=16, epochs=1, verbose=0, shuffle=False,
+          callbacks=[SyncReplicaStatistics()])
+print(json.dumps({"before": before, "after": after, "changed": changed, "again": again, "fitted": copies()}))
+"""
+
+
+def test_replica_batchnorm_statistics_are_averaged(tmp_path):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.run([sys.executable, "-c", SYNC_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    first, second = out["before"]
+    assert first != second  # Keras 3 leaves each replica its own statistics
+    mean = [(a + b) / 2 for a, b in zip(first, second)]
+    for copy in out["after"]:
+        assert copy == pytest.approx(mean, abs=1e-6)
+    assert out["changed"] == 2 and out["again"] == 0  # moving mean and variance; then nothing left to do
+    assert out["fitted"][0] == out["fitted"][1]
