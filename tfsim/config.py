@@ -31,6 +31,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
+from tfsim.data import samplers
 from tfsim.errors import UserInputError, config_keys
 
 
@@ -247,10 +248,8 @@ PRESET_DIR = Path(__file__).resolve().parent / "presets"
 
 # Data keys that belong to one source (reset when `data.source` changes, see DataConfig).
 _SOURCE_KEYS = ("path", "tfds_name", "tfds_split", "data_dir", "manual_dir", "test_classes")
-# Each sampler kind's options and their defaults (see SamplerConfig).
-SAMPLER_OPTIONS = {"pk": {"classes_per_batch": 6, "examples_per_class": 10},
-                   "random": {"batch_size": 60},
-                   "triplets": {"batch_size": 60, "triplets_per_query": 4}}
+# Each sampler kind's options and their defaults are the samplers' (`samplers.KIND_OPTIONS`).
+SAMPLER_OPTIONS = samplers.KIND_OPTIONS
 _SAMPLER_KEYS = ("classes_per_batch", "examples_per_class", "batch_size", "triplets_per_query")
 # Backbone options in ModelConfig; which ones a backbone takes is its builder's signature
 # (`tfsim.models.backbones.backbone_arguments`), their defaults its builder's defaults.
@@ -457,10 +456,9 @@ def validate(cfg: Config) -> None:
     for key in _SAMPLER_KEYS:
         need(getattr(s, key) is None or key in SAMPLER_OPTIONS[s.kind], f"sampler.{key}",
              f"null for sampler.kind={s.kind!r}, which takes {list(SAMPLER_OPTIONS[s.kind])}", getattr(s, key))
-    need(s.examples_per_class is None or s.examples_per_class >= 2, "sampler.examples_per_class",
-         "an integer >= 2 so every batch holds positive pairs", s.examples_per_class)
-    need(s.classes_per_batch is None or s.classes_per_batch >= 2, "sampler.classes_per_batch",
-         "an integer >= 2 so every batch holds negatives", s.classes_per_batch)
+    # The values of the sampler's options are checked by the samplers themselves.
+    with config_keys(**{k: f"sampler.{k}" for k in _SAMPLER_KEYS}):
+        samplers.check_options(s.kind, **{k: getattr(s, k) for k in _SAMPLER_KEYS})
     need(m.backbone in BACKBONES, "model.backbone", f"one of {sorted(BACKBONES)}", m.backbone)
     from tfsim.models.backbones import backbone_arguments
     takes = backbone_arguments(m.backbone)
@@ -502,10 +500,7 @@ def validate(cfg: Config) -> None:
          f"'triplets' for loss {lc.name!r}, which takes explicit (query, positive, negative) rows", s.kind)
     need(s.kind != "triplets" or kind == "triplets", "sampler.kind",
          f"'pk' or 'random' for loss {lc.name!r} (only triplet_margin takes explicit triplets)", s.kind)
-    need(s.batch_size is None or s.batch_size >= (3 if s.kind == "triplets" else 2), "sampler.batch_size",
-         "an integer >= 2 (>= 3 for triplets)", s.batch_size)
-    need(s.triplets_per_query is None or s.triplets_per_query >= 1, "sampler.triplets_per_query",
-         "an integer >= 1", s.triplets_per_query)
+
     need(t.epochs >= 1, "train.epochs", "an integer >= 1", t.epochs)
     need(t.steps_per_epoch >= 1, "train.steps_per_epoch", "an integer >= 1", t.steps_per_epoch)
     need(t.learning_rate > 0, "train.learning_rate", "a number > 0", t.learning_rate)

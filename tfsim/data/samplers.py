@@ -31,16 +31,47 @@ from tfsim.errors import UserInputError
 log = logging.getLogger(__name__)
 
 
-def check_pk(labels: np.ndarray, classes_per_batch: int, examples_per_class: int) -> None:
-    """Raises UserInputError if a P x K batch cannot be drawn from `labels`."""
-    if not isinstance(examples_per_class, (int, np.integer)) or examples_per_class < 2:
+# The samplers by kind, with their options and defaults (the config's `sampler` section takes
+# these keys; `config.resolve` fills the chosen kind's defaults).
+KIND_OPTIONS = {"pk": {"classes_per_batch": 6, "examples_per_class": 10},
+                "random": {"batch_size": 60},
+                "triplets": {"batch_size": 60, "triplets_per_query": 4}}
+
+
+def check_options(kind: str, batch_size=None, classes_per_batch=None, examples_per_class=None,
+                  triplets_per_query=None) -> None:
+    """Checks a sampler kind's options without the data (None = not set); raises UserInputError."""
+    if kind == "pk":
+        check_pk_sizes(classes_per_batch, examples_per_class)
+    if batch_size is not None and batch_size < (3 if kind == "triplets" else 2):
+        raise UserInputError(f"Invalid value for `batch_size`: expected an integer >= "
+                             f"{3 if kind == 'triplets' else 2}. Received: batch_size={batch_size!r}")
+    if triplets_per_query is not None and triplets_per_query < 1:
+        raise UserInputError("Invalid value for `triplets_per_query`: expected an integer >= 1. "
+                             f"Received: triplets_per_query={triplets_per_query!r}")
+
+
+def check_pk_sizes(classes_per_batch, examples_per_class) -> None:
+    """P >= 2 and K >= 2 (None = not set); raises UserInputError."""
+    if examples_per_class is not None and (not isinstance(examples_per_class, (int, np.integer))
+                                           or examples_per_class < 2):
         raise UserInputError(
             "Invalid value for `examples_per_class`: expected an integer >= 2 so every batch "
             f"holds positive pairs. Received: examples_per_class={examples_per_class!r}")
-    if not isinstance(classes_per_batch, (int, np.integer)) or classes_per_batch < 2:
+    if classes_per_batch is not None and (not isinstance(classes_per_batch, (int, np.integer))
+                                          or classes_per_batch < 2):
         raise UserInputError(
             "Invalid value for `classes_per_batch`: expected an integer >= 2 so every batch "
             f"holds negatives. Received: classes_per_batch={classes_per_batch!r}")
+
+
+def check_pk(labels: np.ndarray, classes_per_batch: int, examples_per_class: int) -> None:
+    """Raises UserInputError if a P x K batch cannot be drawn from `labels`."""
+    if classes_per_batch is None or examples_per_class is None:
+        raise UserInputError("Invalid P x K sampler: expected `classes_per_batch` and `examples_per_class`. "
+                             f"Received: classes_per_batch={classes_per_batch!r}, "
+                             f"examples_per_class={examples_per_class!r}")
+    check_pk_sizes(classes_per_batch, examples_per_class)
     num_classes = len(np.unique(labels))
     batch = classes_per_batch * examples_per_class
     if classes_per_batch > num_classes or batch > len(labels):
@@ -131,7 +162,7 @@ def check_triplets(labels: np.ndarray) -> None:
         raise UserInputError(
             "Invalid training set for triplets: expected at least 2 classes and a class with at least 2 images. "
             f"Received: {len(classes)} classes, at most {counts.max() if len(counts) else 0} images per class. "
-            "Hold out fewer classes (data.test_classes) or add images.")
+            "Hold out fewer classes or add images.")
 
 
 def triplet_batches(labels: np.ndarray, num_triplets: int, triplets_per_query: int = 4, seed: int = 0,
