@@ -61,7 +61,9 @@ class DataConfig:
     `augment`: random shift of training images by up to 10% of the side; `flip`: also
     mirror them left-right at random (off by default: a mirrored digit or letter is another
     symbol; turn it on for natural images); `erase_prob`: probability of also erasing a
-    random rectangle (random erasing). See `tfsim.data.pipeline.augment`.
+    random rectangle (random erasing). See `tfsim.data.pipeline.augment`. `on_bad_file`
+    (folders): image files the pipeline cannot decode are skipped and listed in the run's
+    `data_report.json` ("skip"), or stop the run before training ("error").
     """
 
     source: Literal["default", "folder", "tfds"] = "default"
@@ -74,6 +76,7 @@ class DataConfig:
     augment: bool = True
     flip: bool = False
     erase_prob: float = 0.0
+    on_bad_file: Literal["skip", "error"] = "skip"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,7 +250,7 @@ class Config:
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 
 # Data keys that belong to one source (reset when `data.source` changes, see DataConfig).
-_SOURCE_KEYS = ("path", "tfds_name", "tfds_split", "data_dir", "manual_dir", "test_classes")
+_SOURCE_KEYS = ("path", "tfds_name", "tfds_split", "data_dir", "manual_dir", "test_classes", "on_bad_file")
 # Each sampler kind's options and their defaults are the samplers' (`samplers.KIND_OPTIONS`).
 SAMPLER_OPTIONS = samplers.KIND_OPTIONS
 _SAMPLER_KEYS = ("classes_per_batch", "examples_per_class", "batch_size", "triplets_per_query")

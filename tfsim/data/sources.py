@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from importlib import resources
 from pathlib import Path
 from typing import Optional, Sequence
@@ -18,6 +19,7 @@ import numpy as np
 
 from tfsim.errors import UserInputError
 
+log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 DEFAULT_DATASET = "fashion_mnist_small"
 
@@ -33,6 +35,8 @@ class ImageSet:
         images: uint8 `[N, H, W, C]` decoded images, or None when `paths` is set.
         paths: str `[N]` image files, or None when `images` is set.
         name: dataset name, for logs and run metadata.
+        report: what the source found while loading (`load_folder`: images per class,
+            skipped files with the reason), or None.
     """
 
     labels: np.ndarray
@@ -41,6 +45,7 @@ class ImageSet:
     images: Optional[np.ndarray] = None
     paths: Optional[np.ndarray] = None
     name: str = "images"
+    report: Optional[dict] = dataclasses.field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         if (self.images is None) == (self.paths is None):
@@ -80,35 +85,91 @@ def default_dataset_info() -> dict:
     return json.loads((resources.files("tfsim.data") / "assets" / f"{DEFAULT_DATASET}.json").read_text())
 
 
-def load_folder(root: str) -> ImageSet:
-    """Images laid out as `root/<class name>/<image>` (jpg, png, bmp, gif).
+def _hidden(path: Path, base: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(base).parts)
 
-    Classes are the sub-folders in sorted order; files are read lazily.
+
+def _decode_problem(path: Path) -> Optional[str]:
+    """Why the pipeline could not decode `path` (None if it can)."""
+    import tensorflow as tf
+
+    from tfsim.data.preprocess import decode
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        return f"unreadable: {err.strerror or err}"
+    if not data:
+        return "empty file (0 bytes)"
+    try:
+        decode(tf.constant(data))
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as err:
+        return "not a decodable image: " + str(err.message).splitlines()[0][:200]
+    return None
+
+
+def load_folder(root: str, check_files: bool = True, on_bad_file: str = "skip") -> ImageSet:
+    """Images laid out as `root/<class name>/.../<image>` (jpg, png, bmp, gif).
+
+    Classes are the top-level sub-folders in sorted order; a class's images are found
+    recursively inside its folder (e.g. Tiny ImageNet's `<wnid>/images/*.JPEG`). Hidden
+    files and folders (`.DS_Store`, `._x.jpg`, `.cache/`) are ignored and counted. With
+    `check_files`, every image is decoded once as the pipeline will decode it: files that
+    cannot be (empty, truncated beyond repair, not an image) are skipped and listed, or
+    stop the load with `on_bad_file="error"`. Paths are absolute. What was found is in the
+    set's `report` (images per class, skipped files with the reason, hidden files ignored).
 
     Raises:
-        UserInputError: the folder does not exist or holds no class folders with images.
+        UserInputError: the folder does not exist, holds fewer than 2 classes with images,
+            or (with `on_bad_file="error"`) holds an image the pipeline cannot decode.
     """
-    base = Path(root)
+    if on_bad_file not in ("skip", "error"):
+        raise UserInputError(f"Invalid value for `on_bad_file`: expected 'skip' or 'error'. "
+                             f"Received: on_bad_file={on_bad_file!r}")
+    base = Path(root).expanduser().resolve()
     if not base.is_dir():
         raise UserInputError(
             f"Invalid value for `root`: expected a folder laid out as <root>/<class>/<image>. "
             f"Received: root={root!r}, which is not a folder.")
-    classes, paths, labels = [], [], []
-    for class_dir in sorted(p for p in base.iterdir() if p.is_dir()):
-        files = sorted(f for f in class_dir.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    classes, paths, labels, skipped, hidden, empty_classes = [], [], [], [], 0, []
+    for class_dir in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = []
+        for f in sorted(class_dir.rglob("*")):
+            if not f.is_file() or f.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            if _hidden(f, base):
+                hidden += 1
+                continue
+            problem = _decode_problem(f) if check_files else None
+            if problem is not None:
+                skipped.append({"path": str(f), "reason": problem})
+                continue
+            files.append(f)
         if not files:
+            empty_classes.append(class_dir.name)
             continue
         labels += [len(classes)] * len(files)
         paths += [str(f) for f in files]
         classes.append(class_dir.name)
+    if skipped and on_bad_file == "error":
+        listed = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:5])
+        raise UserInputError(
+            f"{len(skipped)} image file(s) in {str(base)!r} cannot be decoded: {listed}"
+            f"{' ...' if len(skipped) > 5 else ''}. Remove or fix them, or skip them with on_bad_file='skip'.")
+    if skipped:
+        log.warning("Skipped %d image file(s) that cannot be decoded, e.g. %s (%s).", len(skipped),
+                    skipped[0]["path"], skipped[0]["reason"])
     if len(classes) < 2:
         raise UserInputError(
             f"Invalid value for `root`: expected at least 2 class sub-folders holding "
             f"{'/'.join(IMAGE_SUFFIXES)} images in {root!r}. Found {len(classes)}. "
             "Lay the images out as <root>/<class>/<image>.")
+    report = {"root": str(base), "images": len(paths),
+              "images_per_class": {c: labels.count(i) for i, c in enumerate(classes)},
+              "skipped": skipped, "hidden_ignored": hidden, "classes_without_images": empty_classes,
+              "checked": check_files}
     paths_arr = np.array(paths)
     return ImageSet(labels=np.array(labels, np.int32), ids=paths_arr, class_names=tuple(classes),
-                    paths=paths_arr, name=base.name)
+                    paths=paths_arr, name=base.name, report=report)
 
 
 def load_tfds(name: str, split: str = "train+test", data_dir: Optional[str] = None,

@@ -67,7 +67,7 @@ def load_data(cfg: config_lib.DataConfig, image_size: int) -> sources.ImageSet:
     if cfg.source == "default":
         return sources.load_default()
     if cfg.source == "folder":
-        return sources.load_folder(cfg.path)
+        return sources.load_folder(cfg.path, on_bad_file=cfg.on_bad_file)
     return sources.load_tfds(cfg.tfds_name, cfg.tfds_split, cfg.data_dir, cfg.manual_dir,
                              image_size=max(image_size, 32))
 

@@ -49,7 +49,7 @@ MAX_RAW_PIXEL_BYTES = 1 << 30
 BASELINES_VERSION = 1
 
 
-def _write_json(path: Path, data: dict) -> None:
+def write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(f".tmp-{path.name}")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)
@@ -152,7 +152,7 @@ def baselines_stage(cfg: Config, run_dir: Path, train_set: sources.ImageSet,
             baselines["raw_pixels_whitened"] = retrieval_metrics(
                 whiten(normalize_rows(raw_test), *fit_whitening(raw_fit, w.power, w.dims)), test_set.labels, ks,
                 "cosine")
-    _write_json(cache, {"key": key, "baselines": baselines})
+    write_json(cache, {"key": key, "baselines": baselines})
     return baselines
 
 
@@ -175,7 +175,7 @@ def evaluate_stage(cfg: Config, run_dir: Path, embedder: keras.Model, final: ker
         metrics["unwhitened"] = retrieval_metrics(unwhitened, test_set.labels, ks, sim)
     metrics["baselines"] = baselines
     metrics.update(extra or {})
-    _write_json(run_dir / "metrics.json", metrics)
+    write_json(run_dir / "metrics.json", metrics)
     return metrics
 
 

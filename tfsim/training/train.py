@@ -9,8 +9,9 @@
       -> stages.evaluate_stage -> metrics.json, samples/
       -> stages.export_stage -> saved_models/<name>/<version>/ with the ScaNN index inside
 
-Run folder: config.json, checkpoints/, tensorboard/, whitening.npz, baselines.json,
-metrics.json, samples/ (a few held-out query images).
+Run folder: config.json, data_report.json (image folders: images per class, files skipped
+and why), checkpoints/, tensorboard/, whitening.npz, baselines.json, metrics.json, samples/
+(a few held-out query images).
 
 Re-running a finished run skips training; sections applied after training (`eval`,
 `whitening`, `export`, `index`) may change, so that refits the whitening, re-evaluates and
@@ -95,6 +96,8 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
     run_dir = Path(run_dir) if run_dir is not None else Path(cfg.run.root) / cfg.run.name
     _prepare_run_dir(cfg, run_dir, resume)
     split = load_split(cfg)
+    if split.images.report is not None:  # what the source found: counts, skipped files and why
+        stages.write_json(run_dir / "data_report.json", split.images.report)
 
     trained = fit(cfg, run_dir, split, resume=resume, verbose=verbose)
     embedder = stages.load_embedder(trained.checkpoint)
