@@ -39,3 +39,10 @@ def test_preflight_checks_sampler_and_replicas_in_config_terms():
         preflight.check(config.load("default", ["sampler.classes_per_batch=4"]), np.repeat(np.arange(3), 20), 1)
     with pytest.raises(UserInputError, match=r"Lower `classes_per_batch` to at most 3"):
         samplers.check_pk(np.repeat(np.arange(3), 20), 4, 2)  # the library's own words
+
+
+def test_a_data_error_leaves_no_run_folder(tmp_path):
+    from tfsim.training import train
+    with pytest.raises(UserInputError, match=r"Invalid value for `data.test_classes`"):
+        train(config.load("default", ["data.test_classes=1,99"]), tmp_path / "run", verbose=0)
+    assert not (tmp_path / "run").exists()

@@ -57,7 +57,7 @@ def test_run_folder_of_another_config_is_refused(tmp_path):
     cfg = config.load("default", TINY + ["train.epochs=1"])
     train(cfg, tmp_path / "run", verbose=0)
     other = config.load("default", TINY + ["train.epochs=1", "loss.margin=0.7"])
-    with pytest.raises(UserInputError, match="different config"):
+    with pytest.raises(UserInputError, match=r"different config \(loss.margin=0.5 there, 0.7 now\)"):
         train(other, tmp_path / "run", verbose=0)
     with pytest.raises(UserInputError, match="already holds a checkpoint"):
         train(cfg, tmp_path / "run", resume=False, verbose=0)

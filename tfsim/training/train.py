@@ -52,8 +52,8 @@ class TrainResult:
 _POST_TRAINING_SECTIONS = ("eval", "whitening", "export", "index")
 
 
-def _prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
+def _check_run_dir(cfg: Config, run_dir: Path, resume: bool) -> None:
+    """Refuses a run folder that holds a checkpoint of another config (or any, without resume)."""
     cfg_file = run_dir / "config.json"
     resolved = config_lib.to_dict(cfg)
     if cfg_file.is_file() and ResumableCheckpoint.latest(run_dir / "checkpoints") is not None:
@@ -61,15 +61,27 @@ def _prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> None:
         current = json.loads(json.dumps(resolved))
         # Sections applied after training may change on resume (e.g. refit the whitening with
         # another power without retraining); everything that shapes the weights may not.
-        if ({k: v for k, v in previous.items() if k not in _POST_TRAINING_SECTIONS}
-                != {k: v for k, v in current.items() if k not in _POST_TRAINING_SECTIONS}):
+        differ = [f"{section}.{key}" for section in sorted(set(previous) | set(current))
+                  if section not in _POST_TRAINING_SECTIONS
+                  for key in sorted(set(previous.get(section, {})) | set(current.get(section, {})))
+                  if previous.get(section, {}).get(key) != current.get(section, {}).get(key)]
+        if differ:
+            shown = ", ".join(f"{k}={previous.get(k.split('.')[0], {}).get(k.split('.')[1])!r} there, "
+                              f"{current.get(k.split('.')[0], {}).get(k.split('.')[1])!r} now" for k in differ[:3])
             raise UserInputError(
-                f"Run folder {str(run_dir)!r} holds a checkpoint of a run with a different config. "
-                "Choose another name with --set run.name=NEW, or delete that folder to start over.")
+                f"Run folder {str(run_dir)!r} holds a checkpoint of a run with a different config ({shown}"
+                f"{', ...' if len(differ) > 3 else ''}). Choose another name with --set run.name=NEW, or delete "
+                "that folder to start over.")
         if not resume:
             raise UserInputError(
                 f"Run folder {str(run_dir)!r} already holds a checkpoint. Resume it (drop --no-resume), "
                 "choose another name with --set run.name=NEW, or delete the folder.")
+
+
+def _write_config(cfg: Config, run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg_file = run_dir / "config.json"
+    resolved = config_lib.to_dict(cfg)
     tmp = cfg_file.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(resolved, indent=2) + "\n")
     os.replace(tmp, cfg_file)
@@ -94,8 +106,9 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
     config_lib.validate(cfg)
     cfg = config_lib.resolve(cfg)
     run_dir = Path(run_dir) if run_dir is not None else Path(cfg.run.root) / cfg.run.name
-    _prepare_run_dir(cfg, run_dir, resume)
-    split = load_split(cfg)
+    _check_run_dir(cfg, run_dir, resume)
+    split = load_split(cfg)  # data errors stop the run before the run folder is written
+    _write_config(cfg, run_dir)
     if split.images.report is not None:  # what the source found: counts, skipped files and why
         stages.write_json(run_dir / "data_report.json", split.images.report)
 
