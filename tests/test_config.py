@@ -70,6 +70,9 @@ def test_overrides_are_typed():
     ("data.augment=maybe", r"expected true or false"),
     ("loss.name=nope", r"loss.name`: expected one of"),
     ("train.epochs", r"expected the form section.key=value"),
+    ("train.learning_rate=inf", r"Invalid value for `train.learning_rate`: expected a finite number. "
+                                r"Received: train.learning_rate='inf'"),
+    ("loss.margin=nan", r"`loss.margin`: expected a finite number"),
 ])
 def test_bad_overrides_are_clear_errors(override, match):
     with pytest.raises(UserInputError, match=match):

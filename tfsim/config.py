@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import math
 import typing
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
@@ -324,16 +325,20 @@ def _coerce(value: Any, hint: Any, key: str, from_string: bool) -> Any:
             fail("true or false")
         return value
     if hint in (int, float):
-        expected = "an integer" if hint is int else "a number"
+        expected = "an integer" if hint is int else "a finite number"
         if from_string:
             try:
-                return hint(str(value))
+                number = hint(str(value))
             except ValueError:
                 fail(expected)
-        allowed = (int,) if hint is int else (int, float)
-        if isinstance(value, bool) or not isinstance(value, allowed):
+        else:
+            allowed = (int,) if hint is int else (int, float)
+            if isinstance(value, bool) or not isinstance(value, allowed):
+                fail(expected)
+            number = hint(value)
+        if not math.isfinite(number):  # inf / nan would train on NaN to the end
             fail(expected)
-        return hint(value)
+        return number
     if hint is str:
         if not isinstance(value, str):
             fail("a string")
