@@ -5,6 +5,9 @@ paths, data). The CLIs print its message and exit with status 2 instead of a
 traceback; everything else is a bug and keeps its traceback.
 """
 
+import contextlib
+import re
+
 
 class UserInputError(ValueError):
     """Bad user input: the message says what was wrong, what was expected and how to fix it."""
@@ -12,14 +15,14 @@ class UserInputError(ValueError):
 
 def rename_keys(message: str, keys: dict) -> str:
     """`message` with each library argument (`arg` in backticks, or `arg=`) replaced by its config key."""
-    import re
     for arg, key in keys.items():
         message = re.sub(rf"`{re.escape(arg)}`", f"`{key}`", message)
         message = re.sub(rf"(?<![\w.]){re.escape(arg)}=", f"{key}=", message)
     return message
 
 
-class config_keys:  # noqa: N801 (used as a context manager, like contextlib's)
+@contextlib.contextmanager
+def config_keys(catch: tuple = (UserInputError,), **keys: str):
     """Re-raises an error from inside the block as a `UserInputError` naming config keys.
 
     Library functions name their own arguments in their errors (`root`, `margin`); code
@@ -29,13 +32,7 @@ class config_keys:  # noqa: N801 (used as a context manager, like contextlib's)
     constructor's `ValueError` is about its arguments, so config validation catches those).
     """
 
-    def __init__(self, catch: tuple = (UserInputError,), **keys: str):
-        self.catch, self.keys = catch, keys
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, err, tb):
-        if err is not None and isinstance(err, self.catch):
-            raise UserInputError(rename_keys(str(err), self.keys)) from err
-        return False
+    try:
+        yield
+    except catch as err:
+        raise UserInputError(rename_keys(str(err), keys)) from err

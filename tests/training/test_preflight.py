@@ -5,7 +5,7 @@ import pytest
 
 from tfsim import config
 from tfsim.data import samplers, splits, sources
-from tfsim.errors import UserInputError
+from tfsim.errors import UserInputError, rename_keys
 from tfsim.training import preflight
 
 
@@ -25,7 +25,7 @@ def test_library_errors_name_their_arguments_and_the_pipeline_renames_them(tmp_p
 
 def test_rename_keys_touches_whole_arguments_only():
     message = "Invalid value for `name`: bad. Received: name='x', tfds_name='y'"
-    assert preflight.rename_keys(message, {"name": "data.tfds_name"}) == (
+    assert rename_keys(message, {"name": "data.tfds_name"}) == (
         "Invalid value for `data.tfds_name`: bad. Received: data.tfds_name='x', tfds_name='y'")
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from tfsim.config import Config
 from tfsim.data import samplers
-from tfsim.errors import UserInputError, config_keys, rename_keys  # noqa: F401 (re-exported)
+from tfsim.errors import UserInputError, config_keys
 
 # Library argument -> the config key that feeds it, for the calls `train` makes.
 DATA_KEYS = {"root": "data.path", "name": "data.tfds_name", "manual_dir": "data.manual_dir",
@@ -33,11 +33,12 @@ def check(cfg: Config, train_labels, replicas: int) -> None:
             samplers.check_pk(train_labels, s.classes_per_batch, s.examples_per_class)
         elif s.kind == "triplets":
             samplers.check_triplets(train_labels)
-    unit = {"pk": lambda: ("sampler.classes_per_batch", s.classes_per_batch, "whole classes"),
-            "random": lambda: ("sampler.batch_size", s.batch_size, "equal shares"),
-            "triplets": lambda: ("sampler.batch_size", s.batch_size // 3,
-                                 "whole triplets (batch_size // 3 of them)")}[s.kind]()
-    if unit[1] % replicas:
-        raise UserInputError(
-            f"Invalid value for `{unit[0]}`: expected a multiple of the {replicas} replicas so each replica "
-            f"holds {unit[2]}. Received: {unit[1]}")
+    if s.kind == "pk":
+        key, units, what = "sampler.classes_per_batch", s.classes_per_batch, "whole classes"
+    elif s.kind == "random":
+        key, units, what = "sampler.batch_size", s.batch_size, "equal shares"
+    else:
+        key, units, what = "sampler.batch_size", s.batch_size // 3, "whole triplets (batch_size // 3 of them)"
+    if units % replicas:
+        raise UserInputError(f"Invalid value for `{key}`: expected a multiple of the {replicas} replicas so each "
+                             f"replica holds {what}. Received: {units}")

@@ -31,6 +31,7 @@ from tfsim import config as config_lib
 from tfsim.config import Config
 from tfsim.data import pipeline, sources
 from tfsim.errors import UserInputError
+from tfsim.evaluation.embed import embed
 from tfsim.evaluation.metrics import retrieval_metrics
 from tfsim.export import export_embedder
 from tfsim.export.saved_model import META_DIR
@@ -80,8 +81,8 @@ def whitening_fit_set(cfg: Config, train_set: sources.ImageSet) -> sources.Image
     return train_set.subset(rows)
 
 
-def _embed(model: keras.Model, images: sources.ImageSet, cfg: Config):
-    return model.predict(pipeline.eval_dataset(images, cfg.model.image_size, cfg.eval.batch_size), verbose=0)
+def _embed(model: keras.Model, images: sources.ImageSet, cfg: Config) -> np.ndarray:
+    return embed(model, images, cfg.model.image_size, cfg.eval.batch_size)
 
 
 def _fit_or_explain(features: np.ndarray, w: config_lib.WhiteningConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -106,7 +107,7 @@ def whitening_stage(cfg: Config, embedder: keras.Model, train_set: sources.Image
     """
     if not cfg.whitening.enabled:
         return None
-    mean, projection = _fit_or_explain(np.asarray(_embed(embedder, whitening_fit_set(cfg, train_set), cfg)),
+    mean, projection = _fit_or_explain(_embed(embedder, whitening_fit_set(cfg, train_set), cfg),
                                        cfg.whitening)
     if run_dir is not None:
         tmp = run_dir / ".tmp-whitening.npz"
@@ -169,7 +170,9 @@ def evaluate_stage(cfg: Config, run_dir: Path, embedder: keras.Model, final: ker
                    test_set: sources.ImageSet, baselines: dict, extra: Optional[dict] = None) -> dict:
     """Held-out retrieval metrics of `final` (and of the embedder alone, `unwhitened`); writes metrics.json."""
     ks, sim = cfg.eval.recall_ks, cfg.eval.similarity
-    embeddings, unwhitened = _embed(evaluation_model(embedder, final), test_set, cfg)
+    both = evaluation_model(embedder, final).predict(
+        pipeline.eval_dataset(test_set, cfg.model.image_size, cfg.eval.batch_size), verbose=0)
+    embeddings, unwhitened = both
     metrics = retrieval_metrics(embeddings, test_set.labels, ks, sim)
     if final is not embedder:
         metrics["unwhitened"] = retrieval_metrics(unwhitened, test_set.labels, ks, sim)
