@@ -182,12 +182,18 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    """Retrieval evaluation on the held-out classes."""
+    """Retrieval evaluation on the held-out classes.
+
+    `baselines`: also score the untrained network and raw pixels on the same images
+    (`baselines.json`, shown below the trained model's row); the tune command's trials
+    turn it off.
+    """
 
     recall_ks: tuple[int, ...] = (1, 2, 4, 8)
     every_epoch: bool = True
     similarity: Literal["cosine", "dot", "L2", "squared-L2"] = "cosine"
     batch_size: int = 256
+    baselines: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,6 +236,31 @@ class IndexConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class TuneConfig:
+    """Hyper-parameter search (`python -m tfsim.pipelines.tune`, `tfsim.training.tuning`);
+    `train` ignores this section.
+
+    `name`: the search's folder `<run.root>/tune/<name>/` (null = `run.name`).
+    `objective`: the metrics key maximised, scored on validation classes: `recall@K` (K in
+    `eval.recall_ks`), `map@r` or `r_precision`. `tuner`: keras-tuner's oracle: "grid"
+    (every combination), "random", "bayesian" or "hyperband" (the grid values are the search
+    space of each). `max_trials`: 0 = as many as the grid has combinations.
+    Validation classes are carved from the training classes, never from `data.test_classes`:
+    `val_classes` (label indices of training classes) if given, else a seeded random
+    `val_fraction` of the training classes (at least one; at least two are left to train on).
+    `seed`: which classes `val_fraction` picks, and the random/bayesian oracles' seed.
+    """
+
+    name: Optional[str] = None
+    objective: str = "map@r"
+    tuner: Literal["grid", "random", "bayesian", "hyperband"] = "grid"
+    max_trials: int = 0
+    val_fraction: float = 0.25
+    val_classes: tuple[int, ...] = ()
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """A whole run, one section per pipeline stage."""
 
@@ -243,6 +274,7 @@ class Config:
     whitening: WhiteningConfig = WhiteningConfig()
     export: ExportConfig = ExportConfig()
     index: IndexConfig = IndexConfig()
+    tune: TuneConfig = TuneConfig()
 
 
 # Presets shipped with the package. default.json: the shipped Fashion-MNIST subset with its
@@ -518,6 +550,14 @@ def validate(cfg: Config) -> None:
          "the image folder when data.source=folder", cfg.data.path)
     need(cfg.data.source != "tfds" or bool(cfg.data.tfds_name), "data.tfds_name",
          "a TFDS dataset name (e.g. cars196) when data.source=tfds", cfg.data.tfds_name)
+    u = cfg.tune
+    need(0 < u.val_fraction < 1, "tune.val_fraction", "a fraction in (0, 1) of the training classes", u.val_fraction)
+    need(u.max_trials >= 0, "tune.max_trials", "an integer >= 0 (0 = the whole grid)", u.max_trials)
+    scalar_keys = [f"recall@{k}" for k in cfg.eval.recall_ks] + ["map@r", "r_precision"]
+    need(u.objective in scalar_keys, "tune.objective",
+         f"one of {scalar_keys} (recall@K needs K in eval.recall_ks)", u.objective)
+    need(u.name is None or (u.name != "" and "/" not in u.name), "tune.name", "a non-empty name without '/'",
+         u.name)
     need(cfg.index.num_neighbors >= 1, "index.num_neighbors", "an integer >= 1", cfg.index.num_neighbors)
     need(cfg.run.name is None or (cfg.run.name != "" and "/" not in cfg.run.name), "run.name",
          "a non-empty name without '/' (or null: named after the data)", cfg.run.name)

@@ -17,9 +17,9 @@ _cli.quiet_tensorflow()
 def format_table(metrics: dict, ks) -> str:
     """The final retrieval table: trained model (before whitening too), and the baselines."""
     cols = [f"R@{k}" for k in ks] + ["MAP@R", "R-prec"]
-    b = metrics["baselines"]
+    b = metrics.get("baselines", {})
     rows = [("trained", metrics), ("trained, unwhitened", metrics.get("unwhitened")),
-            ("untrained network", b["untrained"]), ("raw pixels", b.get("raw_pixels")),
+            ("untrained network", b.get("untrained")), ("raw pixels", b.get("raw_pixels")),
             ("raw pixels whitened", b.get("raw_pixels_whitened"))]
     lines = [f"{'':<20}" + "".join(f"{c:>8}" for c in cols)]
     for name, m in rows:

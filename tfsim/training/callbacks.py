@@ -1,4 +1,5 @@
-"""Training callbacks: replica statistics sync, held-out retrieval evaluation per epoch, resumable checkpoints."""
+"""Training callbacks: replica statistics sync, a stop on a non-finite loss, held-out retrieval
+evaluation per epoch, resumable checkpoints."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfsim.errors import UserInputError
 from tfsim.evaluation.metrics import retrieval_metrics
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,38 @@ class SyncReplicaStatistics(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         sync_replica_statistics(self.model)
+
+
+class TrainingDiverged(UserInputError):
+    """The loss became NaN or infinite: the config trains a diverging model."""
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stops training with `TrainingDiverged` at the end of an epoch whose loss is NaN or inf.
+
+    Place it first in the callback list: raising in `on_epoch_end` ends `fit` before the
+    callbacks after it run, so the diverged weights are neither evaluated nor checkpointed
+    and the run folder keeps the last good checkpoint. (Keras' `TerminateOnNaN` only stops
+    after the epoch end, when the checkpoint callback has already saved the NaN weights.)
+    The check is once per epoch: a per-batch check would synchronise with the device at
+    every step.
+    """
+
+    def __init__(self, checkpoints: os.PathLike | None = None):
+        super().__init__()
+        self.checkpoints = checkpoints
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is None or np.isfinite(float(loss)):
+            return
+        last = ResumableCheckpoint.latest(self.checkpoints) if self.checkpoints is not None else None
+        kept = (f"The last good checkpoint ({last[0].name}, epoch {last[1]}) is kept."
+                if last is not None else "No epoch finished with a finite loss, so no checkpoint was written.")
+        raise TrainingDiverged(
+            f"Training diverged: the loss was {float(loss)} in epoch {epoch + 1}. {kept} Lower "
+            "train.learning_rate (or check the loss arguments) and train again under a new name "
+            "(--set run.name=NEW).")
 
 
 class RetrievalEvaluation(keras.callbacks.Callback):

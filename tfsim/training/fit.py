@@ -4,8 +4,8 @@
       -> the model (the embedder, or `embedder -> CosineProxies` for proxy losses, labels
          remapped to 0..C-1) built and compiled under a tf.distribute strategy, with Adam
          (`ScaledAdam`: the proxies' learning rate times `loss.proxy_lr_multiplier`)
-      -> `model.fit`, callbacks: SyncReplicaStatistics -> RetrievalEvaluation (held-out
-         Recall@K per epoch) -> TensorBoard -> ResumableCheckpoint
+      -> `model.fit`, callbacks: StopOnNonFiniteLoss -> SyncReplicaStatistics ->
+         RetrievalEvaluation (held-out Recall@K per epoch) -> TensorBoard -> ResumableCheckpoint
       -> `<run_dir>/checkpoints/epoch-NNNN.keras`
 
 Its only output is the checkpoint: the stages after training (`tfsim.training.stages`)
@@ -33,7 +33,8 @@ from tfsim.losses import get_loss, input_kind
 from tfsim.models import build_embedding_model
 from tfsim.models.proxies import PROXY_LAYER, build_proxy_trainer, embedder_of
 from tfsim.training import preflight
-from tfsim.training.callbacks import ResumableCheckpoint, RetrievalEvaluation, SyncReplicaStatistics
+from tfsim.training.callbacks import (ResumableCheckpoint, RetrievalEvaluation, StopOnNonFiniteLoss,
+                                     SyncReplicaStatistics)
 from tfsim.training.optimizers import ScaledAdam
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ def fit(cfg: Config, run_dir: Path, split: Split, resume: bool = True, verbose: 
 
     # Replicas' BatchNorm statistics are averaged first at every epoch end, so that evaluation,
     # the checkpoint and the export all see the same model (see SyncReplicaStatistics).
-    callbacks: list = [SyncReplicaStatistics()]
+    callbacks: list = [StopOnNonFiniteLoss(ckpt_dir), SyncReplicaStatistics()]
     evaluation = None
     if cfg.eval.every_epoch:
         evaluation = RetrievalEvaluation(pipeline.eval_dataset(split.test, m.image_size, cfg.eval.batch_size),

@@ -122,10 +122,14 @@ def final_model(embedder: keras.Model, whitening: Optional[tuple[np.ndarray, np.
 
 
 def baselines_stage(cfg: Config, run_dir: Path, train_set: sources.ImageSet,
-                    test_set: sources.ImageSet) -> dict:
+                    test_set: sources.ImageSet) -> Optional[dict]:
     """Held-out metrics of the untrained network (same pipeline, whitening included) and of raw
-    pixels (whitened too when small enough), cached in `baselines.json` by what they depend on."""
+    pixels (whitened too when small enough), cached in `baselines.json` by what they depend on.
+    None when `eval.baselines` is off."""
     from tfsim.training.fit import build_embedder  # (fit imports nothing from here)
+
+    if not cfg.eval.baselines:
+        return None
 
     key = _hash(BASELINES_VERSION, config_lib.to_dict(cfg.data), config_lib.to_dict(cfg.model),
                 cfg.train.seed, config_lib.to_dict(cfg.whitening), list(cfg.eval.recall_ks), cfg.eval.similarity)
@@ -167,7 +171,7 @@ def evaluation_model(embedder: keras.Model, final: keras.Model) -> keras.Model:
 
 
 def evaluate_stage(cfg: Config, run_dir: Path, embedder: keras.Model, final: keras.Model,
-                   test_set: sources.ImageSet, baselines: dict, extra: Optional[dict] = None) -> dict:
+                   test_set: sources.ImageSet, baselines: Optional[dict], extra: Optional[dict] = None) -> dict:
     """Held-out retrieval metrics of `final` (and of the embedder alone, `unwhitened`); writes metrics.json."""
     ks, sim = cfg.eval.recall_ks, cfg.eval.similarity
     both = evaluation_model(embedder, final).predict(
@@ -176,7 +180,8 @@ def evaluate_stage(cfg: Config, run_dir: Path, embedder: keras.Model, final: ker
     metrics = retrieval_metrics(embeddings, test_set.labels, ks, sim)
     if final is not embedder:
         metrics["unwhitened"] = retrieval_metrics(unwhitened, test_set.labels, ks, sim)
-    metrics["baselines"] = baselines
+    if baselines is not None:
+        metrics["baselines"] = baselines
     metrics.update(extra or {})
     write_json(run_dir / "metrics.json", metrics)
     return metrics

@@ -32,7 +32,7 @@ from tfsim.config import Config
 from tfsim.errors import UserInputError
 from tfsim.training import stages
 from tfsim.training.callbacks import ResumableCheckpoint
-from tfsim.training.fit import fit, load_split
+from tfsim.training.fit import Split, fit, load_split
 
 
 @dataclasses.dataclass
@@ -49,7 +49,7 @@ class TrainResult:
     history: list = dataclasses.field(default_factory=list)
 
 
-_POST_TRAINING_SECTIONS = ("eval", "whitening", "export", "index")
+_POST_TRAINING_SECTIONS = ("eval", "whitening", "export", "index", "tune")
 
 
 def _check_run_dir(cfg: Config, run_dir: Path, resume: bool) -> None:
@@ -87,7 +87,8 @@ def _write_config(cfg: Config, run_dir: Path) -> None:
     os.replace(tmp, cfg_file)
 
 
-def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = True, verbose: int = 2) -> TrainResult:
+def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = True, verbose: int = 2,
+          split: Optional[Split] = None) -> TrainResult:
     """Trains, evaluates on held-out classes, exports and indexes (see module doc).
 
     Args:
@@ -95,6 +96,9 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
         run_dir: overrides `<run.root>/<run.name>`.
         resume: continue from the run folder's checkpoint if there is one.
         verbose: Keras `fit` verbosity (1 = progress bar, 2 = one line per epoch).
+        split: the images to train and evaluate on, instead of `load_split(cfg)` (the tune
+            command passes each trial its training classes minus validation classes, and the
+            validation classes as the held-out set).
 
     Returns:
         A `TrainResult`.
@@ -107,7 +111,8 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
     cfg = config_lib.resolve(cfg)
     run_dir = Path(run_dir) if run_dir is not None else Path(cfg.run.root) / cfg.run.name
     _check_run_dir(cfg, run_dir, resume)
-    split = load_split(cfg)  # data errors stop the run before the run folder is written
+    if split is None:
+        split = load_split(cfg)  # data errors stop the run before the run folder is written
     _write_config(cfg, run_dir)
     if split.images.report is not None:  # what the source found: counts, skipped files and why
         stages.write_json(run_dir / "data_report.json", split.images.report)

@@ -1,0 +1,147 @@
+"""What a search leaves for a person: trials.csv, trials.md, objective.png, TensorBoard hparams.
+
+A trial is one row (`dict`): `trial` (keras-tuner's id), `status` ("ok", "failed" or
+"running"), one column per searched config key (its value), one per metric (`recall@1`,
+..., `map@r`, `r_precision`, measured on the validation classes), `seconds` and `reason`
+(why it failed). `sort_rows` puts the best objective first, then failed and running trials.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+
+def sort_rows(rows: list[dict], objective: str) -> list[dict]:
+    """Finished trials by objective, best first (ties: trial id), then the others by id."""
+    def key(row):
+        value = row.get(objective)
+        ok = row["status"] == "ok" and value is not None and math.isfinite(value)
+        return (0 if ok else 1, -value if ok else 0.0, row["trial"])
+    return sorted(rows, key=key)
+
+
+def _columns(rows: list[dict], keys: Sequence[str], metrics: Sequence[str]) -> list[str]:
+    extra = ["epochs"] if any("epochs" in r for r in rows) else []
+    return ["trial", "status", *keys, *extra, *metrics, "seconds", "reason"]
+
+
+def _text(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.3g}"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_tables(out: Path, rows: list[dict], keys: Sequence[str], metrics: Sequence[str], objective: str,
+                 header: str = "") -> None:
+    """`trials.csv` (machine-readable, full precision) and `trials.md` (sorted, 4 decimals)."""
+    rows = sort_rows(rows, objective)
+    cols = _columns(rows, keys, metrics)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(cols)
+    for row in rows:
+        writer.writerow(["" if row.get(c) is None else (",".join(map(str, row[c])) if isinstance(row.get(c), (list, tuple))
+                                                        else row[c]) for c in cols])
+    _atomic_write(out / "trials.csv", buffer.getvalue())
+    lines = [header, ""] if header else []
+    lines += ["| " + " | ".join(f"**{c}**" if c == objective else c for c in cols) + " |",
+              "| " + " | ".join("---" for _ in cols) + " |"]
+    for row in rows:
+        cells = [_text(row.get(c)).replace("|", "/").replace("\n", " ") for c in cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    _atomic_write(out / "trials.md", "\n".join(lines) + "\n")
+
+
+def _numeric(values: list) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def plot_objective(path: Path, rows: list[dict], keys: Sequence[str], objective: str) -> Optional[Path]:
+    """`objective.png`: the objective of each finished trial against each searched key, one panel per
+    key (log axis for positive numbers spanning 10x or more), the best trial ringed. None if no trial
+    finished."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    done = [r for r in rows if r["status"] == "ok" and r.get(objective) is not None and math.isfinite(r[objective])]
+    if not done or not keys:
+        return None
+    best = max(done, key=lambda r: r[objective])
+    failed = sum(r["status"] == "failed" for r in rows)
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys) + 0.6, 3.4), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        values = [r[key] for r in done]
+        y = [r[objective] for r in done]
+        if _numeric(values):
+            x = values
+            positive = all(v > 0 for v in values)
+            if positive and max(values) >= 10 * min(values):
+                ax.set_xscale("log")
+            best_x = best[key]
+        else:  # categories, in the order they were searched
+            names = list(dict.fromkeys(_text(v) for v in values))
+            x = [names.index(_text(v)) for v in values]
+            ax.set_xticks(range(len(names)), names, rotation=30 if max(map(len, names)) > 6 else 0)
+            best_x = names.index(_text(best[key]))
+        jitter = np.random.default_rng(0).uniform(-0.02, 0.02, len(x)) if not _numeric(values) else 0
+        ax.scatter(np.asarray(x, float) + jitter, y, s=28, color="tab:blue", alpha=0.8)
+        ax.scatter([best_x], [best[objective]], s=140, facecolors="none", edgecolors="tab:red", linewidths=1.8)
+        ax.set_xlabel(key)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"{objective} (validation classes)")
+    title = f"{len(done)} trials"
+    if failed:
+        title += f", {failed} failed (not shown)"
+    fig.suptitle(title + "; ringed: best", fontsize=10)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _hparam_domain(values: list):
+    from tensorboard.plugins.hparams import api as hp_api
+    return hp_api.Discrete(values)
+
+
+def write_hparams_experiment(logdir: Path, space: dict[str, list], metrics: Sequence[str]) -> None:
+    """The hparams dashboard's experiment: the searched keys with their values, and the metrics
+    (each trial's session, `write_hparams_session`, lives in its run folder below `logdir`)."""
+    import tensorflow as tf
+    from tensorboard.plugins.hparams import api as hp_api
+
+    hparams = [hp_api.HParam(key, _hparam_domain(values)) for key, values in space.items()]
+    with tf.summary.create_file_writer(str(logdir)).as_default():
+        hp_api.hparams_config(hparams=hparams,
+                              metrics=[hp_api.Metric(f"tune/{m}", display_name=m) for m in metrics])
+
+
+def write_hparams_session(logdir: Path, trial_id: str, values: dict, metrics: dict) -> None:
+    """One trial for the hparams dashboard: its values and its validation metrics."""
+    import tensorflow as tf
+    from tensorboard.plugins.hparams import api as hp_api
+
+    with tf.summary.create_file_writer(str(logdir)).as_default():
+        hp_api.hparams(values, trial_id=trial_id)
+        for name, value in metrics.items():
+            tf.summary.scalar(f"tune/{name}", value, step=0)
