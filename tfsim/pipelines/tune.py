@@ -26,7 +26,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="set a config value for every trial (repeatable)")
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
-                        help="a config key and the values to search (repeatable; ';' separates list values)")
+                        help="a config key and the values to search (repeatable)")
     parser.add_argument("--objective", help="metric maximised on the validation classes (tune.objective; default map@r)")
     parser.add_argument("--tuner", help="grid (default), random, bayesian or hyperband (tune.tuner)")
     parser.add_argument("--max-trials", help="at most this many trials (tune.max_trials; 0 = the whole grid)")

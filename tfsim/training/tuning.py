@@ -91,9 +91,8 @@ def metric_names(cfg: Config) -> list[str]:
 def parse_grid(cfg: Config, items: Sequence[str]) -> dict[str, list]:
     """`["loss.margin=0.2,0.5", ...]` -> `{"loss.margin": [0.2, 0.5], ...}`, typed by the config.
 
-    Values are separated by commas; for a list-valued key (e.g. `data.test_classes`) by
-    semicolons. Raises UserInputError naming the key for an unknown or fixed key, a value of
-    the wrong type, a key given twice or a value listed twice.
+    Values are separated by commas. Raises UserInputError naming the key for an unknown or
+    fixed key, a value of the wrong type, a key given twice or a value listed twice.
     """
     hints = typing.get_type_hints(Config)
     grid: dict[str, list] = {}
@@ -116,11 +115,11 @@ def parse_grid(cfg: Config, items: Sequence[str]) -> dict[str, list]:
         if key in grid:
             raise UserInputError(f"`{key}` is given twice with --grid: list all its values once, "
                                  f"e.g. --grid {key}=V1,V2.")
-        is_list = typing.get_origin(fields[name]) is tuple
-        parts = [p.strip() for p in text.split(";" if is_list else ",")]
+        if typing.get_origin(fields[name]) is tuple:  # (every list-valued key is a fixed one today)
+            raise UserInputError(f"`{key}` holds a list and cannot be searched. Set it with --set instead.")
+        parts = [p.strip() for p in text.split(",")]
         if not text.strip() or any(p == "" for p in parts):
-            raise UserInputError(f"Invalid --grid {item!r}: expected values separated by "
-                                 f"{'semicolons (the key holds a list)' if is_list else 'commas'}, none empty.")
+            raise UserInputError(f"Invalid --grid {item!r}: expected values separated by commas, none empty.")
         values = [config_lib._coerce(p, fields[name], key, from_string=True) for p in parts]
         if len(set(map(_label, values))) != len(values):
             raise UserInputError(f"Invalid --grid {item!r}: a value is listed twice.")

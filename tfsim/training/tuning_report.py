@@ -131,9 +131,11 @@ def write_hparams_experiment(logdir: Path, space: dict[str, list], metrics: Sequ
     from tensorboard.plugins.hparams import api as hp_api
 
     hparams = [hp_api.HParam(key, _hparam_domain(values)) for key, values in space.items()]
-    with tf.summary.create_file_writer(str(logdir)).as_default():
+    writer = tf.summary.create_file_writer(str(logdir))
+    with writer.as_default():
         hp_api.hparams_config(hparams=hparams,
                               metrics=[hp_api.Metric(f"tune/{m}", display_name=m) for m in metrics])
+    writer.close()
 
 
 def write_hparams_session(logdir: Path, trial_id: str, values: dict, metrics: dict) -> None:
@@ -141,7 +143,9 @@ def write_hparams_session(logdir: Path, trial_id: str, values: dict, metrics: di
     import tensorflow as tf
     from tensorboard.plugins.hparams import api as hp_api
 
-    with tf.summary.create_file_writer(str(logdir)).as_default():
+    writer = tf.summary.create_file_writer(str(logdir))
+    with writer.as_default():
         hp_api.hparams(values, trial_id=trial_id)
         for name, value in metrics.items():
             tf.summary.scalar(f"tune/{name}", value, step=0)
+    writer.close()
