@@ -337,12 +337,43 @@ def _make_oracle(cfg: Config, grid: dict[str, list], size: int):
                   max_consecutive_failed_trials=10 ** 9)
     max_trials = t.max_trials or size
     if t.tuner == "grid":
-        return kt.oracles.GridSearchOracle(max_trials=max_trials, **common)
+        return _resumable_grid_oracle()(max_trials=max_trials, **common)
     if t.tuner == "random":
         return kt.oracles.RandomSearchOracle(max_trials=max_trials, **common)
     if t.tuner == "bayesian":
         return kt.oracles.BayesianOptimizationOracle(max_trials=max_trials, **common)
     return kt.oracles.HyperbandOracle(max_epochs=cfg.train.epochs, factor=3, **common)
+
+
+def _resumable_grid_oracle():
+    """keras-tuner 1.4.8's GridSearchOracle, with the state it forgets on reload saved too.
+
+    Its `_ordered_ids` (trial ids in grid order) and `_populate_next` (trials whose next
+    combination is still to be proposed) are not part of its saved state, so a search
+    reloaded after a kill fails at the next trial with `KeyError` in `LinkedList.next`
+    (keras-team/keras-tuner#1055, open). This subclass adds both to the state.
+    """
+    import keras_tuner as kt
+
+    class ResumableGridSearchOracle(kt.oracles.GridSearchOracle):
+        def get_state(self):
+            state = super().get_state()
+            order, index = [], self._ordered_ids._next_index[None]  # walk the linked list from its head
+            while index is not None:
+                order.append(self._ordered_ids._memory[index])
+                index = self._ordered_ids._next_index[index]
+            state["tfsim_grid_order"] = order
+            state["tfsim_populate_next"] = list(self._populate_next)
+            return state
+
+        def set_state(self, state):
+            super().set_state(state)
+            self._ordered_ids = type(self._ordered_ids)()
+            for trial_id in state.get("tfsim_grid_order", []):
+                self._ordered_ids.insert(trial_id)  # appended in order
+            self._populate_next = list(state.get("tfsim_populate_next", []))
+
+    return ResumableGridSearchOracle
 
 
 def _tuner_class():

@@ -1,0 +1,93 @@
+"""The tune command as users run it: killed mid-search and run again, and distributed over a
+chief and two workers on 127.0.0.1 (keras-tuner's own distributed tuning)."""
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow  # runs the CLI in subprocesses (see pyproject.toml)
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
+TINY = ["--set", "train.steps_per_epoch=4", "--set", "model.width=8", "--set", "model.embedding_dim=16",
+        "--set", "sampler.classes_per_batch=4", "--set", "eval.every_epoch=false", "--set", "export.enabled=false",
+        "--set", "index.enabled=false", "--grid", "loss.margin=0.1,0.5", "--grid", "train.learning_rate=0.0005,0.003"]
+
+
+def tune_cmd(tmp_path, *extra):
+    return [sys.executable, "-m", "tfsim.pipelines.tune", "--set", f"run.root={tmp_path / 'runs'}", *TINY, *extra]
+
+
+def table(tune_dir):
+    return list(csv.DictReader((tune_dir / "trials.csv").open()))
+
+
+def test_killed_search_continues_without_rerunning_finished_trials(tmp_path):
+    tune_dir = tmp_path / "runs" / "tune" / "fashion_mnist_small"
+    cmd = tune_cmd(tmp_path, "--set", "train.epochs=3", "--no-final", "--quiet")
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:  # kill -9 once trial 0 is finished and trial 1 has checkpointed an epoch
+        deadline = time.time() + 240
+        while not list((tune_dir / "trial_1" / "run" / "checkpoints").glob("epoch-*.keras")):
+            assert proc.poll() is None and time.time() < deadline, "the search ended or stalled before trial 1"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    first = json.loads((tune_dir / "trial_0" / "tfsim_trial.json").read_text())
+    assert first["status"] == "ok" and not (tune_dir / "trial_1" / "tfsim_trial.json").exists()
+    finished_at = (tune_dir / "trial_0" / "tfsim_trial.json").stat().st_mtime_ns
+
+    again = subprocess.run(cmd[:-1], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (tune_dir / "trial_0" / "tfsim_trial.json").stat().st_mtime_ns == finished_at  # not run again
+    assert again.stderr.count("Training on 2400 images") == 3  # trials 1 (resumed), 2 and 3
+    assert "Resuming" in again.stderr and "from epoch" in again.stderr  # trial 1 from its last epoch
+    rows = table(tune_dir)
+    assert sorted(r["trial"] for r in rows) == ["0", "1", "2", "3"] and {r["status"] for r in rows} == {"ok"}
+    assert "4 trials (4 ok, 0 failed, 3 run now)" in again.stdout
+
+    rerun = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0 and "0 run now" in rerun.stdout and "Training on" not in rerun.stderr
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_distributed_search_chief_and_two_workers(tmp_path):
+    port = free_port()
+    cmd = tune_cmd(tmp_path, "--set", "train.epochs=1", "--quiet")
+    procs = {}
+    for tuner_id in ("chief", "tuner0", "tuner1"):
+        env = {**ENV, "KERASTUNER_TUNER_ID": tuner_id, "KERASTUNER_ORACLE_IP": "127.0.0.1",
+               "KERASTUNER_ORACLE_PORT": str(port)}
+        procs[tuner_id] = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                           stderr=subprocess.PIPE, text=True)
+        if tuner_id == "chief":
+            time.sleep(8)  # the oracle server listens before the workers ask it for trials
+    outputs = {k: p.communicate(timeout=600) for k, p in procs.items()}
+    for tuner_id, p in procs.items():
+        assert p.returncode == 0, f"{tuner_id}: {outputs[tuner_id][1][-3000:]}"
+    trained = {k: out[1].count("Training on 2400 images") for k, out in outputs.items()}
+    assert trained["tuner0"] + trained["tuner1"] == 4 and trained["chief"] == 0  # each trial ran exactly once
+    assert "worker finished" in outputs["tuner0"][0] and "worker finished" in outputs["tuner1"][0]
+    tune_dir = tmp_path / "runs" / "tune" / "fashion_mnist_small"
+    rows = table(tune_dir)
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"ok"}
+    scores = [float(r["map@r"]) for r in rows]
+    assert scores == sorted(scores, reverse=True)
+    # The chief trained the best config on all training classes and scored it on the test classes.
+    assert "on the test classes ['Pullover', 'Coat', 'Sandal', 'Sneaker']" in outputs["chief"][0]
+    assert (tmp_path / "runs" / "fashion_mnist_small_best" / "metrics.json").is_file()
