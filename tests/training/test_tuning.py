@@ -324,3 +324,17 @@ def test_grid_oracle_state_survives_a_reload(tmp_path, base):
         second.end_trial(trial)
         second.save()
     assert len(seen) == 6 and len(set(seen)) == 6  # every combination exactly once
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tuner", ["random", "bayesian", "hyperband"])
+def test_other_tuners_search_the_same_space(tmp_path, tuner):
+    cfg = tiny(tmp_path, f"tune.tuner={tuner}", "tune.max_trials=2", "train.epochs=2")
+    result = tuning.tune(cfg, ["loss.margin=0.1,0.5", "model.embedding_dim=16,32"], final=False)
+    assert result.rows and all(r["status"] == "ok" for r in result.rows)
+    assert all(r["loss.margin"] in (0.1, 0.5) and r["model.embedding_dim"] in (16, 32) for r in result.rows)
+    if tuner == "hyperband":  # trials at the budgets the oracle gives, up to train.epochs
+        assert {r["epochs"] for r in result.rows} <= {1, 2} and "epochs" in (result.tune_dir / "trials.md").read_text()
+        assert result.best_config.train.epochs == 2  # the best values, trained at the full budget
+    else:
+        assert len(result.rows) == 2
