@@ -46,3 +46,58 @@ def test_a_data_error_leaves_no_run_folder(tmp_path):
     with pytest.raises(UserInputError, match=r"Invalid value for `data.test_classes`"):
         train(config.load("default", ["data.test_classes=1,99"]), tmp_path / "run", verbose=0)
     assert not (tmp_path / "run").exists()
+
+
+def test_unwritable_outputs_stop_the_run_before_any_work(tmp_path, monkeypatch):
+    from tfsim.training import train
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    loaded = []
+    import importlib
+    train_module = importlib.import_module("tfsim.training.train")  # (the package's `train` is the function)
+    monkeypatch.setattr(train_module, "load_split", lambda cfg: loaded.append(1))
+    with pytest.raises(UserInputError, match=r"Cannot write the folder .*a_file/fashion_mnist_small' \(run.root\): "
+                                             r".*a_file' is a file, not a folder. Set run.root to a folder"):
+        train(config.load("default", [f"run.root={blocker}"]))
+    with pytest.raises(UserInputError, match=r"\(export.root\): .*a_file' is a file"):
+        train(config.load("default", [f"run.root={tmp_path / 'runs'}", f"export.root={blocker / 'sub'}"]))
+    assert loaded == [] and not (tmp_path / "runs").exists()  # nothing loaded, no folder left behind
+    preflight.check_writable(tmp_path / "new" / "deeper", "run.root")  # creatable: fine, and not created
+    assert not (tmp_path / "new").exists()
+
+
+def test_read_only_folder_is_refused(tmp_path):
+    import os
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    os.chmod(ro, 0o555)
+    try:
+        probe = ro / "probe"
+        try:
+            probe.write_text("x")  # root ignores permission bits: nothing to test then
+            pytest.skip("running as a user who can write read-only folders")
+        except PermissionError:
+            pass
+        with pytest.raises(UserInputError, match=r"'.*ro' is not writable \(Permission denied\)"):
+            preflight.check_writable(ro / "runs", "run.root")
+    finally:
+        os.chmod(ro, 0o755)
+
+
+def test_cli_reports_os_errors_on_paths_in_one_line(capsys):
+    from tfsim.pipelines import _cli
+
+    def main(argv):
+        raise PermissionError(13, "Permission denied", "/srv/exports/model")
+
+    with pytest.raises(SystemExit) as exit_info:
+        _cli.run(main, [])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err == "error: Permission denied: '/srv/exports/model'\n"
+
+    def bug(argv):
+        raise OSError("no path involved")
+
+    with pytest.raises(OSError, match="no path involved"):  # not a path problem: the traceback stays
+        _cli.run(bug, [])

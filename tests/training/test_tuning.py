@@ -148,24 +148,29 @@ def test_plot_handles_categories_and_no_finished_trial(tmp_path):
 
 # --- the NaN stop -------------------------------------------------------------------------------------
 
-def test_non_finite_loss_stops_before_the_checkpoint(tmp_path):
+def test_non_finite_loss_stops_at_that_step_keeping_the_last_checkpoint(tmp_path):
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    poisoned = keras.Variable(1.0, trainable=False)  # set to NaN after the first epoch
+    poisoned = keras.Variable(1.0, trainable=False)  # becomes NaN at step 3 of epoch 2
     model.compile("sgd", loss=lambda y, p: keras.ops.mean((p - y) ** 2) * poisoned)
 
     class Poison(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            poisoned.assign(float("nan"))
+        steps = 0
 
-    x, y = np.ones((8, 2), np.float32), np.ones((8, 1), np.float32)
+        def on_train_batch_end(self, batch, logs=None):
+            Poison.steps += 1
+            if Poison.steps == 6:  # 4 steps per epoch: after step 2 of epoch 2
+                poisoned.assign(float("nan"))
+
+    x, y = np.ones((16, 2), np.float32), np.ones((16, 1), np.float32)
     ckpt = tmp_path / "checkpoints"
-    with pytest.raises(TrainingDiverged, match=r"loss was nan in epoch 2\. The last good checkpoint "
+    with pytest.raises(TrainingDiverged, match=r"loss was nan at step 3 of epoch 2\. The last good checkpoint "
                                                r"\(epoch-0001.keras, epoch 1\) is kept"):
-        model.fit(x, y, epochs=4, verbose=0,
+        model.fit(x, y, epochs=4, batch_size=4, verbose=0,
                   callbacks=[StopOnNonFiniteLoss(ckpt), ResumableCheckpoint(ckpt), Poison()])
+    assert Poison.steps == 6  # stopped at the NaN step, not at the end of the epoch
     assert [e for _, e in ResumableCheckpoint.checkpoints(ckpt)] == [1]
-    restored = keras.models.load_model(ResumableCheckpoint.latest(ckpt)[0], compile=False)
+    restored = keras.models.load_model(ResumableCheckpoint.latest(ckpt)[0], compile=False, safe_mode=False)
     assert all(np.isfinite(w).all() for w in restored.get_weights())
 
 

@@ -57,30 +57,32 @@ class TrainingDiverged(UserInputError):
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
-    """Stops training with `TrainingDiverged` at the end of an epoch whose loss is NaN or inf.
+    """Stops training with `TrainingDiverged` at the step whose loss is NaN or inf.
 
-    Place it first in the callback list: raising in `on_epoch_end` ends `fit` before the
-    callbacks after it run, so the diverged weights are neither evaluated nor checkpointed
-    and the run folder keeps the last good checkpoint. (Keras' `TerminateOnNaN` only stops
-    after the epoch end, when the checkpoint callback has already saved the NaN weights.)
-    The check is once per epoch: a per-batch check would synchronise with the device at
-    every step.
+    Raising in `on_train_batch_end` ends `fit` inside the epoch, so the diverged weights are
+    neither evaluated nor checkpointed and the run folder keeps the last good checkpoint
+    (Keras' `TerminateOnNaN` lets the epoch end, when a checkpoint callback saves the NaN
+    weights). Reading the loss at every step costs one scalar copy per step.
     """
 
     def __init__(self, checkpoints: os.PathLike | None = None):
         super().__init__()
         self.checkpoints = checkpoints
+        self.epoch = 0
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is None or np.isfinite(float(loss)):
             return
         last = ResumableCheckpoint.latest(self.checkpoints) if self.checkpoints is not None else None
         kept = (f"The last good checkpoint ({last[0].name}, epoch {last[1]}) is kept."
-                if last is not None else "No epoch finished with a finite loss, so no checkpoint was written.")
+                if last is not None else "No epoch had finished, so there is no checkpoint.")
         raise TrainingDiverged(
-            f"Training diverged: the loss was {float(loss)} in epoch {epoch + 1}. {kept} Lower "
-            "train.learning_rate (or check the loss arguments) and train again under a new name "
+            f"Training diverged: the loss was {float(loss)} at step {batch + 1} of epoch {self.epoch + 1}. "
+            f"{kept} Lower train.learning_rate (or check the loss arguments) and train again under a new name "
             "(--set run.name=NEW).")
 
 

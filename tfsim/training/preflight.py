@@ -12,6 +12,10 @@ the checks that need the data or the replica count (what `config.validate` canno
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 from tfsim.config import Config
 from tfsim.data import samplers
 from tfsim.errors import UserInputError, config_keys
@@ -42,3 +46,25 @@ def check(cfg: Config, train_labels, replicas: int) -> None:
     if units % replicas:
         raise UserInputError(f"Invalid value for `{key}`: expected a multiple of the {replicas} replicas so each "
                              f"replica holds {what}. Received: {units}")
+
+
+def check_writable(path: os.PathLike, key: str) -> None:
+    """Raises UserInputError unless the folder `path` exists or can be created, and can be written.
+
+    Tried for real (a temporary file in the deepest existing folder), so read-only mounts are
+    caught even for root, for whom permission bits do not apply.
+    """
+    target = Path(path).absolute()
+    existing = target
+    while not existing.exists():
+        existing = existing.parent
+    fix = f"Set {key} to a folder you can write to."
+    if not existing.is_dir():
+        raise UserInputError(f"Cannot write the folder {str(path)!r} ({key}): {str(existing)!r} is a file, not a "
+                             f"folder. {fix}")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise UserInputError(f"Cannot write the folder {str(path)!r} ({key}): {str(existing)!r} is not writable "
+                             f"({err.strerror}). {fix}") from None

@@ -30,7 +30,7 @@ from typing import Optional
 from tfsim import config as config_lib
 from tfsim.config import Config
 from tfsim.errors import UserInputError
-from tfsim.training import stages
+from tfsim.training import preflight, stages
 from tfsim.training.callbacks import ResumableCheckpoint
 from tfsim.training.fit import Split, fit, load_split
 
@@ -109,8 +109,13 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
     start = time.time()
     config_lib.validate(cfg)
     cfg = config_lib.resolve(cfg)
+    run_dir_arg = run_dir
     run_dir = Path(run_dir) if run_dir is not None else Path(cfg.run.root) / cfg.run.name
     _check_run_dir(cfg, run_dir, resume)
+    # Outputs are checked before any work, so a bad path is not found after training.
+    preflight.check_writable(run_dir, "run.root" if run_dir_arg is None else "the run folder")
+    if cfg.export.enabled:
+        preflight.check_writable(cfg.export.root, "export.root")
     if split is None:
         split = load_split(cfg)  # data errors stop the run before the run folder is written
     _write_config(cfg, run_dir)

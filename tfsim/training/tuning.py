@@ -488,6 +488,9 @@ def tune(cfg: Config, grid_items: Sequence[str], verbose: int = 0, final: bool =
     name = cfg.tune.name or cfg.run.name
     root = Path(cfg.run.root) / "tune"
     tune_dir = root / name
+    preflight.check_writable(tune_dir, "run.root")
+    if final and cfg.export.enabled:
+        preflight.check_writable(cfg.export.root, "export.root")
     search = _Search(cfg, grid, tune_dir, verbose)
     size = check_search(cfg, grid, search.trial_split)
     val_ids = np.unique(search.trial_split.test.labels).tolist()
