@@ -53,12 +53,17 @@ class DataConfig:
     """Which labelled images, and which classes are held out for evaluation.
 
     `source`: "default" (the shipped Fashion-MNIST subset), "folder"
-    (`path/<class>/<image>`) or "tfds" (`tfds_name`, e.g. cars196). `test_classes`:
-    label indices held out (never trained on); empty (the default) = the second half of
-    the classes in label order (sorted folder names), the papers' split for cars196 and
-    CUB-200. Changing `source` resets `path`, the `tfds_*` keys, `data_dir`, `manual_dir`
-    and `test_classes` to their defaults unless the same update sets them, so a preset's
-    split never silently applies to another dataset.
+    (`path/<class>/<image>`), "list" (`path` is a list file: a `path,label[,split]` CSV,
+    Stanford Online Products' `Ebay_train.txt`, In-Shop's `list_eval_partition.txt` or
+    CUB's `images.txt`, see `tfsim.data.lists`; `image_root`: the folder its paths start
+    from, found when null) or "tfds" (`tfds_name`, e.g. cars196). `test_classes`:
+    label indices held out (never trained on); empty (the default) = the list's published
+    class-disjoint split when it has one (SOP, In-Shop, a CSV's split column), else the
+    second half of the classes in label order (sorted folder names; numeric class ids in
+    numeric order), the papers' split for cars196 and CUB-200. Changing `source` resets
+    `path`, `image_root`, the `tfds_*` keys, `data_dir`, `manual_dir` and `test_classes` to
+    their defaults unless the same update sets them, so a preset's split never silently
+    applies to another dataset.
     `augment`: random shift of training images by up to 10% of the side; `flip`: also
     mirror them left-right at random (off by default: a mirrored digit or letter is another
     symbol; turn it on for natural images); `erase_prob`: probability of also erasing a
@@ -67,8 +72,9 @@ class DataConfig:
     `data_report.json` ("skip"), or stop the run before training ("error").
     """
 
-    source: Literal["default", "folder", "tfds"] = "default"
+    source: Literal["default", "folder", "tfds", "list"] = "default"
     path: Optional[str] = None
+    image_root: Optional[str] = None
     tfds_name: Optional[str] = None
     tfds_split: str = "train+test"
     data_dir: Optional[str] = None
@@ -283,7 +289,7 @@ class Config:
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 
 # Data keys that belong to one source (reset when `data.source` changes, see DataConfig).
-_SOURCE_KEYS = ("path", "tfds_name", "tfds_split", "data_dir", "manual_dir", "test_classes", "on_bad_file")
+_SOURCE_KEYS = ("path", "image_root", "tfds_name", "tfds_split", "data_dir", "manual_dir", "test_classes", "on_bad_file")
 # Each sampler kind's options and their defaults are the samplers' (`samplers.KIND_OPTIONS`).
 SAMPLER_OPTIONS = samplers.KIND_OPTIONS
 _SAMPLER_KEYS = ("classes_per_batch", "examples_per_class", "batch_size", "triplets_per_query")
@@ -468,6 +474,9 @@ def resolve(cfg: Config) -> Config:
     d = cfg.data
     if d.source == "folder" and d.path:
         name = Path(d.path).resolve().name or "folder"
+    elif d.source == "list" and d.path:
+        from tfsim.data.lists import dataset_name
+        name = dataset_name(d.path)
     elif d.source == "tfds" and d.tfds_name:
         name = d.tfds_name.split(":")[0].replace("/", "_")
     else:
@@ -548,6 +557,10 @@ def validate(cfg: Config) -> None:
          "a non-empty list of integers >= 1", cfg.eval.recall_ks)
     need(cfg.data.source != "folder" or bool(cfg.data.path), "data.path",
          "the image folder when data.source=folder", cfg.data.path)
+    need(cfg.data.source != "list" or bool(cfg.data.path), "data.path",
+         "the list file when data.source=list", cfg.data.path)
+    need(cfg.data.source == "list" or cfg.data.image_root is None, "data.image_root",
+         f"null unless data.source=list (data.source is {cfg.data.source!r})", cfg.data.image_root)
     need(cfg.data.source != "tfds" or bool(cfg.data.tfds_name), "data.tfds_name",
          "a TFDS dataset name (e.g. cars196) when data.source=tfds", cfg.data.tfds_name)
     u = cfg.tune
@@ -561,8 +574,8 @@ def validate(cfg: Config) -> None:
     need(cfg.index.num_neighbors >= 1, "index.num_neighbors", "an integer >= 1", cfg.index.num_neighbors)
     need(cfg.run.name is None or (cfg.run.name != "" and "/" not in cfg.run.name), "run.name",
          "a non-empty name without '/' (or null: named after the data)", cfg.run.name)
-    need(cfg.data.source == "folder" or cfg.data.path is None, "data.path",
-         f"null unless data.source=folder (add --set data.source=folder to train on that folder; "
+    need(cfg.data.source in ("folder", "list") or cfg.data.path is None, "data.path",
+         f"null unless data.source=folder or list (add --set data.source=folder to train on that folder; "
          f"data.source is {cfg.data.source!r})", cfg.data.path)
     need(cfg.data.source == "tfds" or cfg.data.tfds_name is None, "data.tfds_name",
          f"null unless data.source=tfds (add --set data.source=tfds; data.source is {cfg.data.source!r})",

@@ -37,6 +37,8 @@ class ImageSet:
         name: dataset name, for logs and run metadata.
         report: what the source found while loading (`load_folder`: images per class,
             skipped files with the reason), or None.
+        splits: str `[N]` the published split of each image ("train", "test", "query",
+            "gallery") when the source has one (`tfsim.data.lists`), else None.
     """
 
     labels: np.ndarray
@@ -46,6 +48,7 @@ class ImageSet:
     paths: Optional[np.ndarray] = None
     name: str = "images"
     report: Optional[dict] = dataclasses.field(default=None, compare=False, repr=False)
+    splits: Optional[np.ndarray] = dataclasses.field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         if (self.images is None) == (self.paths is None):
@@ -59,7 +62,8 @@ class ImageSet:
         return dataclasses.replace(
             self, labels=self.labels[rows], ids=self.ids[rows],
             images=None if self.images is None else self.images[rows],
-            paths=None if self.paths is None else self.paths[rows])
+            paths=None if self.paths is None else self.paths[rows],
+            splits=None if self.splits is None else self.splits[rows])
 
     def load_images(self, rows: Sequence[int]) -> list[np.ndarray]:
         """Decoded uint8 images `[H, W, C]` at `rows` (for pictures, not for training)."""
@@ -105,6 +109,26 @@ def _decode_problem(path: Path) -> Optional[str]:
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as err:
         return "not a decodable image: " + str(err.message).splitlines()[0][:200]
     return None
+
+
+def check_images(files: Sequence[Path], check_files: bool = True) -> tuple[np.ndarray, list[dict], list[str]]:
+    """Which of `files` the pipeline can use: `(kept [N] bool, skipped [{path, reason}], missing [path])`.
+
+    Missing files are always found; with `check_files` every existing file is decoded once
+    as the pipeline will decode it.
+    """
+    kept = np.zeros(len(files), bool)
+    skipped, missing = [], []
+    for i, f in enumerate(files):
+        if not f.is_file():
+            missing.append(str(f))
+            continue
+        problem = _decode_problem(f) if check_files else None
+        if problem is not None:
+            skipped.append({"path": str(f), "reason": problem})
+            continue
+        kept[i] = True
+    return kept, skipped, missing
 
 
 def load_folder(root: str, check_files: bool = True, on_bad_file: str = "skip") -> ImageSet:

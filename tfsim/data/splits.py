@@ -6,7 +6,7 @@ Retrieval is measured on classes never seen in training (CUB-200: classes
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -46,3 +46,20 @@ def class_disjoint_split(images: ImageSet, test_classes: Sequence[int] = ()) -> 
             f"classes. Received {len(train)} training and {len(test)} held-out classes.")
     is_test = np.isin(images.labels, test)
     return images.subset(np.flatnonzero(~is_test)), images.subset(np.flatnonzero(is_test))
+
+
+def list_test_classes(images: ImageSet) -> Optional[np.ndarray]:
+    """The test classes a list's published split defines, or None.
+
+    A split that is class-disjoint (no class has both "train" images and others: SOP's
+    train/test files, In-Shop's train vs query + gallery) defines them. A per-image split
+    (CUB's `train_test_split.txt`, the classification split: every class on both sides)
+    does not: None, and the metric-learning protocol (second half of the classes) applies.
+    """
+    if images.splits is None:
+        return None
+    is_train = images.splits == "train"
+    train_classes, other_classes = np.unique(images.labels[is_train]), np.unique(images.labels[~is_train])
+    if len(train_classes) == 0 or len(other_classes) == 0 or np.intersect1d(train_classes, other_classes).size:
+        return None
+    return other_classes

@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from tfsim import config as config_lib
 from tfsim.config import Config
-from tfsim.data import pipeline, sources, splits
+from tfsim.data import lists, pipeline, sources, splits
 from tfsim.losses import get_loss, input_kind
 from tfsim.models import build_embedding_model
 from tfsim.models.proxies import PROXY_LAYER, build_proxy_trainer, embedder_of
@@ -69,6 +69,8 @@ def load_data(cfg: config_lib.DataConfig, image_size: int) -> sources.ImageSet:
         return sources.load_default()
     if cfg.source == "folder":
         return sources.load_folder(cfg.path, on_bad_file=cfg.on_bad_file)
+    if cfg.source == "list":
+        return lists.load_list(cfg.path, cfg.image_root, on_bad_file=cfg.on_bad_file)
     return sources.load_tfds(cfg.tfds_name, cfg.tfds_split, cfg.data_dir, cfg.manual_dir,
                              image_size=max(image_size, 32))
 
@@ -77,7 +79,14 @@ def load_split(cfg: Config) -> Split:
     """The configured images split into training and held-out classes (errors name config keys)."""
     with preflight.config_keys(**preflight.DATA_KEYS):
         images = load_data(cfg.data, cfg.model.image_size)
-        train_set, test_set = splits.class_disjoint_split(images, cfg.data.test_classes)
+        test_classes = cfg.data.test_classes
+        if not test_classes and images.splits is not None:
+            published = splits.list_test_classes(images)
+            if published is not None:  # the list's own class-disjoint split (SOP, In-Shop)
+                test_classes = tuple(int(c) for c in published)
+            else:
+                log.info("The list's split is per image, not by class: holding out the second half of the classes.")
+        train_set, test_set = splits.class_disjoint_split(images, test_classes)
     return Split(images, train_set, test_set)
 
 

@@ -21,8 +21,8 @@ from tfsim.data import samplers
 from tfsim.errors import UserInputError, config_keys
 
 # Library argument -> the config key that feeds it, for the calls `train` makes.
-DATA_KEYS = {"root": "data.path", "name": "data.tfds_name", "manual_dir": "data.manual_dir",
-             "test_classes": "data.test_classes", "on_bad_file": "data.on_bad_file"}
+DATA_KEYS = {"root": "data.path", "path": "data.path", "image_root": "data.image_root", "name": "data.tfds_name",
+             "manual_dir": "data.manual_dir", "test_classes": "data.test_classes", "on_bad_file": "data.on_bad_file"}
 SAMPLER_KEYS = {"classes_per_batch": "sampler.classes_per_batch", "examples_per_class": "sampler.examples_per_class",
                 "batch_size": "sampler.batch_size", "triplets_per_query": "sampler.triplets_per_query",
                 "num_triplets": "sampler.batch_size // 3"}

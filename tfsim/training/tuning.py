@@ -65,7 +65,7 @@ log = logging.getLogger(__name__)
 # Keys a search may not vary: where outputs go, the search itself, how trials are measured,
 # and which images are the data and the test classes (the validation split depends on them).
 _FIXED_SECTIONS = ("run", "tune", "export", "index", "eval")
-_FIXED_DATA_KEYS = ("source", "path", "tfds_name", "tfds_split", "data_dir", "manual_dir", "test_classes",
+_FIXED_DATA_KEYS = ("source", "path", "image_root", "tfds_name", "tfds_split", "data_dir", "manual_dir", "test_classes",
                     "on_bad_file")
 # Grids larger than this are validated value by value instead of combination by combination.
 _MAX_CHECKED_COMBINATIONS = 5000

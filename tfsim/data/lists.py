@@ -1,0 +1,246 @@
+"""Image lists: a CSV of your own, or the list files the research datasets ship with.
+
+`load_list(path)` reads one list file and returns an `ImageSet` whose `splits` say which
+published split each image belongs to. The format is recognised by the file's name:
+
+| file | dataset | rows | split |
+| --- | --- | --- | --- |
+| `*.csv` | yours | `path,label[,split]` (header optional) | the `split` column if any |
+| `Ebay_train.txt` / `Ebay_test.txt` / `Ebay_info.txt` | Stanford Online Products | `image_id class_id super_class_id path`; both `Ebay_train.txt` and `Ebay_test.txt` are read | train / test by file (11,318 / 11,316 classes) |
+| `list_eval_partition.txt` | In-Shop Clothes | `image_name item_id evaluation_status` after a count and a header line | train / query / gallery |
+| `images.txt` | CUB-200-2011 | `image_id path`, with `image_class_labels.txt`, `classes.txt`, `train_test_split.txt` beside it | train / test per image (the classification split) |
+
+Paths in a list are relative to `image_root` if given, else to the first of the list's
+folder, its parent, `<parent>/Img` (In-Shop) and `<folder>/images` (CUB) where the first
+listed image exists; they are stored absolute. Labels: class ids that are all integers are
+ordered numerically (so CUB's classes 1-100 and SOP's 1-11,318 come first, and "the second
+half of the classes" is the papers' test half); other labels alphabetically.
+
+Which split is the held-out one is `tfsim.data.splits.list_test_classes`: a split that is
+class-disjoint (SOP's files, In-Shop's train vs query + gallery, a CSV's column) defines the
+test classes; CUB's per-image classification split does not, and the metric-learning
+protocol (first 100 classes / last 100) applies instead.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from tfsim.data.sources import ImageSet, check_images
+from tfsim.errors import UserInputError
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("*.csv (path,label[,split])", "Ebay_train.txt / Ebay_test.txt (Stanford Online Products)",
+           "list_eval_partition.txt (In-Shop)", "images.txt (CUB-200-2011)")
+
+
+def _fail(path: Path, line: int, expected: str, got: str) -> UserInputError:
+    return UserInputError(f"Invalid list file {str(path)!r}, line {line}: expected {expected}. Received: {got!r}")
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as err:
+        raise UserInputError(f"Invalid list file {str(path)!r}: not UTF-8 text ({err.reason}).") from None
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[str], Optional[list[str]]]:
+    rows = [r for r in csv.reader(_read_lines(path)) if r and any(c.strip() for c in r)]
+    if rows and (rows[0][0].strip().lower() in ("path", "file", "filename", "image")
+                 or (len(rows[0]) > 1 and rows[0][1].strip().lower() in ("label", "class"))):
+        rows = rows[1:]
+    if not rows:
+        raise UserInputError(f"Invalid list file {str(path)!r}: no rows. Expected lines of path,label[,split].")
+    width = len(rows[0])
+    paths, labels, split = [], [], []
+    for i, row in enumerate(rows, 1):
+        if len(row) != width or width not in (2, 3):
+            raise _fail(path, i, f"path,label[,split] with the same number of columns on every line ({width})",
+                        ",".join(row))
+        paths.append(row[0].strip())
+        labels.append(row[1].strip())
+        if width == 3:
+            split.append(row[2].strip().lower())
+    return paths, labels, split or None
+
+
+def _read_sop(path: Path) -> tuple[list[str], list[str], list[str]]:
+    folder = path.parent
+    paths, labels, split = [], [], []
+    for name, part in (("Ebay_train.txt", "train"), ("Ebay_test.txt", "test")):
+        file = folder / name
+        if not file.is_file():
+            raise UserInputError(f"Stanford Online Products list {str(path)!r}: expected {name} beside it "
+                                 f"(the published train/test split). It is not in {str(folder)!r}.")
+        lines = [line for line in _read_lines(file) if line.strip()]
+        for i, line in enumerate(lines[1:], 2):  # header: image_id class_id super_class_id path
+            fields = line.split()
+            if len(fields) != 4:
+                raise _fail(file, i, "image_id class_id super_class_id path", line)
+            paths.append(fields[3])
+            labels.append(fields[1])
+            split.append(part)
+    return paths, labels, split
+
+
+def _read_inshop(path: Path) -> tuple[list[str], list[str], list[str]]:
+    lines = [line for line in _read_lines(path) if line.strip()]
+    paths, labels, split = [], [], []
+    for i, line in enumerate(lines[2:], 3):  # a count line, then: image_name item_id evaluation_status
+        fields = line.split()
+        if len(fields) != 3 or fields[2] not in ("train", "query", "gallery"):
+            raise _fail(path, i, "image_name item_id train|query|gallery", line)
+        paths.append(fields[0])
+        labels.append(fields[1])
+        split.append(fields[2])
+    return paths, labels, split
+
+
+def _id_table(path: Path, what: str) -> dict[str, str]:
+    table = {}
+    for i, line in enumerate(_read_lines(path), 1):
+        if not line.strip():
+            continue
+        fields = line.split(maxsplit=1)
+        if len(fields) != 2:
+            raise _fail(path, i, what, line)
+        table[fields[0]] = fields[1].strip()
+    return table
+
+
+def _read_cub(path: Path) -> tuple[list[str], list[str], Optional[list[str]], dict[str, str]]:
+    images = _id_table(path, "image_id path")
+    folder = path.parent
+    class_file, split_file, names_file = (folder / "image_class_labels.txt", folder / "train_test_split.txt",
+                                          folder / "classes.txt")
+    classes = _id_table(class_file, "image_id class_id") if class_file.is_file() else None
+    is_train = _id_table(split_file, "image_id is_training_image") if split_file.is_file() else None
+    names = _id_table(names_file, "class_id class_name") if names_file.is_file() else {}
+    paths, labels, split = [], [], []
+    for image_id, rel in images.items():
+        paths.append(rel)
+        if classes is not None:
+            if image_id not in classes:
+                raise UserInputError(f"CUB list {str(class_file)!r} has no class for image {image_id} ({rel}).")
+            labels.append(classes[image_id])
+        else:  # "001.Black_footed_Albatross/x.jpg": the class is the folder
+            folder_name = Path(rel).parts[0]
+            labels.append(folder_name.split(".", 1)[0] if "." in folder_name else folder_name)
+            names.setdefault(labels[-1], folder_name)
+        if is_train is not None:
+            split.append("train" if is_train.get(image_id) == "1" else "test")
+    return paths, labels, split if is_train is not None else None, names
+
+
+def _image_root(path: Path, first: str, image_root: Optional[str], candidates: Sequence[Path]) -> Path:
+    if image_root is not None:
+        root = Path(image_root).expanduser().resolve()
+        if not root.is_dir():
+            raise UserInputError(f"Invalid value for `image_root`: expected the folder the list's paths are relative "
+                                 f"to. Received: image_root={image_root!r}, which is not a folder.")
+        return root
+    if Path(first).is_absolute():
+        return Path("/")
+    for root in candidates:
+        if (root / first).is_file():
+            return root.resolve()
+    raise UserInputError(
+        f"Cannot find the images of list {str(path)!r}: its first image {first!r} is not under "
+        f"{[str(c) for c in candidates]}. Set `image_root` to the folder its paths are relative to.")
+
+
+def dataset_name(path: str) -> str:
+    """The name runs on this list are named after: the dataset, or a CSV's file name."""
+    name = Path(path).name
+    if name in ("Ebay_train.txt", "Ebay_test.txt", "Ebay_info.txt"):
+        return "stanford_online_products"
+    if name == "list_eval_partition.txt":
+        return "inshop"
+    if name == "images.txt":
+        return "cub200"
+    return Path(path).stem or "list"
+
+
+def load_list(path: str, image_root: Optional[str] = None, check_files: bool = True,
+              on_bad_file: str = "skip") -> ImageSet:
+    """The images of a list file (see the module doc for the formats).
+
+    Args:
+        path: the list file.
+        image_root: the folder the list's relative paths start from (default: found, see
+            the module doc).
+        check_files: decode every image once, as the pipeline will (see `check_images`).
+        on_bad_file: "skip" (listed in the report) or "error".
+
+    Returns:
+        An ImageSet with absolute `paths`, `splits` (or None when the list has no split) and a
+        `report` (images per class and per split, skipped and missing files with the reason).
+
+    Raises:
+        UserInputError: an unknown format, a malformed line (named by number), images not
+            found, fewer than 2 classes, or a bad image with `on_bad_file="error"`.
+    """
+    if on_bad_file not in ("skip", "error"):
+        raise UserInputError(f"Invalid value for `on_bad_file`: expected 'skip' or 'error'. "
+                             f"Received: on_bad_file={on_bad_file!r}")
+    file = Path(path).expanduser().resolve()
+    if not file.is_file():
+        raise UserInputError(f"Invalid value for `path`: expected a list file, one of {list(FORMATS)}. "
+                             f"Received: path={path!r}, which is not a file.")
+    names: dict[str, str] = {}
+    name, dataset = file.name, dataset_name(str(file))
+    if file.suffix.lower() == ".csv":
+        paths, labels, split = _read_csv(file)
+        candidates = [file.parent]
+    elif name in ("Ebay_train.txt", "Ebay_test.txt", "Ebay_info.txt"):
+        paths, labels, split = _read_sop(file)
+        candidates = [file.parent]
+    elif name == "list_eval_partition.txt":
+        paths, labels, split = _read_inshop(file)
+        candidates = [file.parent, file.parent.parent, file.parent.parent / "Img"]
+    elif name == "images.txt":
+        paths, labels, split, names = _read_cub(file)
+        candidates = [file.parent / "images", file.parent]
+    else:
+        raise UserInputError(f"Invalid value for `path`: expected a list file, one of {list(FORMATS)}. "
+                             f"Received: path={path!r}.")
+    if not paths:
+        raise UserInputError(f"List file {str(file)!r} lists no images.")
+    root = _image_root(file, paths[0], image_root, candidates)
+    files = [Path(p) if Path(p).is_absolute() else root / p for p in paths]
+
+    # Classes: numeric ids in numeric order (the papers' class order), names in alphabetical order.
+    unique = sorted(set(labels), key=lambda c: (0, int(c), c) if c.lstrip("-").isdigit() else (1, 0, c))
+    index = {c: i for i, c in enumerate(unique)}
+    label_ids = np.array([index[c] for c in labels], np.int32)
+    kept, skipped, missing = check_images(files, check_files)
+    if missing:
+        log.warning("%d listed image(s) do not exist, e.g. %s.", len(missing), missing[0])
+    problems = [{"path": p, "reason": "listed but missing"} for p in missing] + skipped
+    if problems and on_bad_file == "error":
+        listed = "; ".join(f"{s['path']}: {s['reason']}" for s in problems[:5])
+        raise UserInputError(f"{len(problems)} listed image(s) of {str(file)!r} cannot be used: {listed}"
+                             f"{' ...' if len(problems) > 5 else ''}. Fix the list or the files, or skip them with "
+                             "on_bad_file='skip'.")
+    rows = np.flatnonzero(kept)
+    class_names = tuple(names.get(c, c) for c in unique)
+    split_arr = None if split is None else np.array(split)[rows]
+    abs_paths = np.array([str(files[r]) for r in rows])
+    present = np.unique(label_ids[rows])
+    if len(present) < 2:
+        raise UserInputError(f"List file {str(file)!r} has {len(present)} class(es) with usable images; "
+                             "expected at least 2.")
+    report = {"list": str(file), "image_root": str(root), "format": dataset, "images": int(len(rows)),
+              "images_per_class": {class_names[c]: int(n) for c, n in zip(*np.unique(label_ids[rows], return_counts=True))},
+              "skipped": problems, "checked": check_files}
+    if split_arr is not None:
+        report["images_per_split"] = {s: int(n) for s, n in zip(*np.unique(split_arr, return_counts=True))}
+    return ImageSet(labels=label_ids[rows], ids=abs_paths, class_names=class_names, paths=abs_paths,
+                    name=dataset, report=report, splits=split_arr)
