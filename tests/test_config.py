@@ -45,7 +45,7 @@ def test_another_data_source_does_not_inherit_the_presets_split():
 
 
 @pytest.mark.parametrize("overrides,match", [
-    (["data.path=/x"], r"Invalid value for `data.path`: expected null unless data.source=folder \(add --set "
+    (["data.path=/x"], r"Invalid value for `data.path`: expected null unless data.source=folder or list \(add --set "
                        r"data.source=folder"),
     (["data.tfds_name=cars196"], r"Invalid value for `data.tfds_name`: expected null unless data.source=tfds"),
 ])
@@ -112,7 +112,7 @@ def test_defaults_do_not_flip_or_zero_init_and_natural_image_presets_flip():
 
 def test_shipped_presets_load_from_any_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # presets are package data, not files next to the working directory
-    assert config.presets() == ["cars196_resnet50", "cub200_resnet50", "default"]
+    assert config.presets() == ["cars196_resnet50", "cub200_resnet50", "default", "inshop_resnet50", "sop_resnet50"]
     cars, cub = config.load("cars196_resnet50"), config.load("cub200_resnet50")
     assert (cars.data.tfds_name, cars.run.name, cars.data.test_classes) == ("cars196", "cars196_resnet50", ())
     assert (cub.data.tfds_name, cub.run.name, cub.model.backbone) == ("caltech_birds2011", "cub200_resnet50", "resnet50")

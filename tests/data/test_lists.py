@@ -153,3 +153,17 @@ def test_list_config_keys(sop):
         config.load("default", ["data.image_root=/x"])
     with pytest.raises(UserInputError, match=r"Invalid value for `data.path`: expected a list file"):
         load_split(config.load("default", ["data.source=list", f"data.path={sop / 'missing.csv'}"]))
+
+
+def test_list_presets_need_the_list_and_split_it_as_published(sop, inshop, cub):
+    with pytest.raises(UserInputError, match=r"`data.path`: expected the list file when data.source=list"):
+        config.load("sop_resnet50")
+    cfg = config.load("sop_resnet50", [f"data.path={sop / 'Ebay_train.txt'}"])
+    assert (cfg.model.backbone, cfg.model.image_size, cfg.model.embedding_dim, cfg.data.flip) == ("resnet50", 224, 512, True)
+    assert (cfg.sampler.classes_per_batch, cfg.sampler.examples_per_class, cfg.run.name) == (32, 2, "sop_resnet50")
+    assert load_split(cfg).test_class_names == ["4", "5"]
+    shop = config.load("inshop_resnet50", [f"data.path={inshop / 'Eval' / 'list_eval_partition.txt'}"])
+    assert shop.run.name == "inshop_resnet50" and len(load_split(shop).test_class_names) == 3
+    # CUB from its own archive instead of TFDS: the same preset, another source.
+    birds = config.load("cub200_resnet50", ["data.source=list", f"data.path={cub / 'images.txt'}"])
+    assert birds.data.tfds_name is None and load_split(birds).test_class_names == ["003.Bird_3", "004.Bird_4"]
