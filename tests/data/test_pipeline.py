@@ -1,5 +1,7 @@
 """Input pipeline: sources, class-disjoint splits, model inputs, augmentation."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -92,13 +94,35 @@ def test_train_dataset_flips_only_with_flip():
     assert 6 <= right_bright(True) <= 26
 
 
-def test_tfds_source_with_mocked_cars196():
+def test_tfds_source_is_streamed_from_encoded_bytes(tmp_path, monkeypatch):
+    """TFDS's own mock data through the real loading code (tf_flowers: image + label; cars196's
+    mock cannot produce encoded examples: its random boxes fail TFDS's own bbox check)."""
     import tensorflow_datasets as tfds
-    with tfds.testing.mock_data(num_examples=12):
-        ds = sources.load_tfds("cars196", "train+test", image_size=32)
-    assert ds.images.shape == (12, 32, 32, 3) and ds.images.dtype == np.uint8
-    assert len(ds.class_names) == 196 and ds.class_names[0] == "AM General Hummer SUV 2000"
-    assert ds.labels.max() < 196
+
+    decoded = []
+    monkeypatch.setattr(np, "stack", lambda *a, **k: decoded.append(1) or np.concatenate([]))  # never called
+    with tfds.testing.mock_data(num_examples=20):
+        ds = sources.load_tfds("tf_flowers", "train", data_dir=str(tmp_path))
+        reference = [(ex["image"], int(ex["label"])) for ex in tfds.load(
+            "tf_flowers", split="train", data_dir=str(tmp_path)).as_numpy_iterator()]
+    monkeypatch.undo()
+    assert ds.images is None and len(ds) == 20 and decoded == []  # file-backed: no decoded copy in memory
+    assert ds.class_names == ("dandelion", "daisy", "tulips", "sunflowers", "roses")
+    assert all(p.startswith("/") and p == i for p, i in zip(ds.paths, ds.ids))  # absolute paths
+    assert ds.labels.tolist() == [label for _, label in reference]
+    for path, (image, _) in zip(ds.paths[:3], reference[:3]):  # the same pixels as TFDS decodes them
+        np.testing.assert_array_equal(sources.ImageSet(ds.labels[:1], ds.ids[:1], ds.class_names,
+                                                       paths=np.array([path])).load_images([0])[0], image)
+    cache = Path(ds.paths[0]).parent
+    assert ds.report["cache"] == str(cache) and cache.name == "train" and cache.parent.parent.name == "tf_flowers"
+    assert str(cache).startswith(str(tmp_path.resolve()))  # under data_dir
+    assert len(list(cache.glob("00000*.*"))) == 20 and not list(cache.parent.glob(".tmp-*"))
+    # A second load reads the cache (TFDS is not asked for the images again).
+    with tfds.testing.mock_data(num_examples=20):
+        again = sources.load_tfds("tf_flowers", "train", data_dir=str(tmp_path))
+    assert again.paths.tolist() == ds.paths.tolist()
+    batch = next(iter(pipeline.train_dataset(ds, 2, 2, 32, augment_images=False)))
+    assert batch[0].shape == (4, 32, 32, 3)
 
 
 def test_tfds_unknown_dataset_is_a_clear_error(tmp_path):

@@ -1,4 +1,4 @@
-"""The one image preprocessing of tfsim: training, evaluation, the TFDS cache and serving all use it.
+"""The one image preprocessing of tfsim: training, evaluation, pictures and serving all use it.
 
     encoded bytes --decode--> uint8 [H, W, 3]
     uint8/float [..., H, W, C] --preprocess--> float32 [..., S, S, 3], pixels in [0, 255]

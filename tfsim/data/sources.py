@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+import shutil
 from importlib import resources
 from pathlib import Path
 from typing import Optional, Sequence
@@ -196,42 +198,78 @@ def load_folder(root: str, check_files: bool = True, on_bad_file: str = "skip") 
                     paths=paths_arr, name=base.name, report=report)
 
 
-def load_tfds(name: str, split: str = "train+test", data_dir: Optional[str] = None,
-              manual_dir: Optional[str] = None, image_size: int = 256) -> ImageSet:
-    """A TFDS image-classification dataset (cars196, caltech_birds2011, ...), decoded in memory.
+def _image_suffix(data: bytes) -> str:
+    """The file suffix of encoded image bytes (by their magic number)."""
+    if data[:3] == b"\xff\xd8\xff":
+        return ".jpg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return ".png"
+    if data[:3] == b"GIF":
+        return ".gif"
+    if data[:2] == b"BM":
+        return ".bmp"
+    return ".img"
 
-    Images are brought to `image_size` by `tfsim.data.preprocess.preprocess` (the rule the
-    pipeline and the exported model apply to every image) and kept as uint8, so that a
-    dataset of variable-size images fits one array. Download works where the
-    network allows it; otherwise place the original archives in `manual_dir`
-    (TFDS checks their sha256).
+
+def load_tfds(name: str, split: str = "train+test", data_dir: Optional[str] = None,
+              manual_dir: Optional[str] = None, cache_dir: Optional[str] = None) -> ImageSet:
+    """A TFDS image-classification dataset (cars196, caltech_birds2011, stanford_online_products, ...),
+    streamed: never decoded as a whole into memory.
+
+    The first load writes every image's *encoded* bytes, as TFDS stores them (no decoding, no
+    re-encoding), to one file per image under `cache_dir` (default: beside TFDS's own files,
+    `<data_dir>/tfsim_images/<name>/<version>/<split>/`), with the labels, committed by an
+    atomic rename; later loads read the labels only. The set is then file-backed like an image
+    folder: the pipeline decodes the images of each batch, P x K sampling picks rows by index,
+    and memory holds the label and path arrays only (SOP: 120,053 rows). Download works where
+    the network allows it; otherwise place the original archives in `manual_dir` (TFDS checks
+    their sha256).
 
     Raises:
-        UserInputError: the dataset cannot be prepared (unknown name, no archives).
+        UserInputError: the dataset cannot be prepared (unknown name, no archives), or has no
+            `image` and `label` features.
     """
-    import tensorflow as tf
     import tensorflow_datasets as tfds
-
-    from tfsim.data.preprocess import preprocess, to_uint8
 
     try:
         builder = tfds.builder(name, data_dir=data_dir)
         builder.download_and_prepare(
             download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
-        ds = builder.as_dataset(split=split)
     except Exception as err:  # TFDS raises many types for missing data / network
         raise UserInputError(
             f"Could not prepare TFDS dataset {name!r} (split {split!r}): {err}. "
             "Check `name`, or put the original archives in `manual_dir`.") from err
-    label_key = "label"
-    names = tuple(builder.info.features[label_key].names)
-
-    def resize(ex):
-        return to_uint8(preprocess(ex["image"], image_size)), ex[label_key]
-
-    images, labels = [], []
-    for img, label in ds.map(resize, num_parallel_calls=tf.data.AUTOTUNE).as_numpy_iterator():
-        images.append(img)
-        labels.append(label)
-    return ImageSet(labels=np.array(labels, np.int32), ids=np.array([f"{name}:{i}" for i in range(len(labels))]),
-                    class_names=names, images=np.stack(images), name=name)
+    features = builder.info.features
+    label_key = "label" if "label" in features else ("class_id" if "class_id" in features else None)
+    if "image" not in features or label_key is None:
+        raise UserInputError(f"Invalid value for `name`: expected a TFDS dataset with `image` and `label` features. "
+                             f"Received: name={name!r}, whose features are {sorted(features.keys())}.")
+    names = tuple(features[label_key].names)
+    root = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+    folder = (Path(cache_dir) if cache_dir else
+              Path(root).expanduser() / "tfsim_images" / builder.info.name / str(builder.info.version))
+    target = folder / split.replace("/", "_").replace(":", "_")
+    if not (target / "labels.npy").is_file():
+        try:
+            ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+        except Exception as err:
+            raise UserInputError(f"Could not read split {split!r} of TFDS dataset {name!r}: {err}.") from err
+        tmp = target.with_name(f".tmp-{target.name}-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        labels, suffixes = [], []
+        for i, ex in enumerate(ds.as_numpy_iterator()):
+            data = ex["image"]
+            suffixes.append(_image_suffix(data))
+            (tmp / f"{i:07d}{suffixes[-1]}").write_bytes(data)
+            labels.append(int(ex[label_key]))
+        np.save(tmp / "labels.npy", np.array(labels, np.int32))
+        (tmp / "suffixes.txt").write_text("\n".join(suffixes) + "\n")
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+        log.info("Wrote the %d encoded images of %s[%s] to %s.", len(labels), name, split, target)
+    labels = np.load(target / "labels.npy")
+    suffixes = (target / "suffixes.txt").read_text().split()
+    paths = np.array([str((target / f"{i:07d}{sfx}").resolve()) for i, sfx in enumerate(suffixes)])
+    return ImageSet(labels=labels, ids=paths, class_names=names, paths=paths, name=name,
+                    report={"tfds": name, "split": split, "images": int(len(labels)), "cache": str(target.resolve())})

@@ -63,7 +63,7 @@ class FitResult:
     history: list = dataclasses.field(default_factory=list)
 
 
-def load_data(cfg: config_lib.DataConfig, image_size: int) -> sources.ImageSet:
+def load_data(cfg: config_lib.DataConfig) -> sources.ImageSet:
     """The ImageSet named by the data config."""
     if cfg.source == "default":
         return sources.load_default()
@@ -71,14 +71,13 @@ def load_data(cfg: config_lib.DataConfig, image_size: int) -> sources.ImageSet:
         return sources.load_folder(cfg.path, on_bad_file=cfg.on_bad_file)
     if cfg.source == "list":
         return lists.load_list(cfg.path, cfg.image_root, on_bad_file=cfg.on_bad_file)
-    return sources.load_tfds(cfg.tfds_name, cfg.tfds_split, cfg.data_dir, cfg.manual_dir,
-                             image_size=max(image_size, 32))
+    return sources.load_tfds(cfg.tfds_name, cfg.tfds_split, cfg.data_dir, cfg.manual_dir)
 
 
 def load_split(cfg: Config) -> Split:
     """The configured images split into training and held-out classes (errors name config keys)."""
     with preflight.config_keys(**preflight.DATA_KEYS):
-        images = load_data(cfg.data, cfg.model.image_size)
+        images = load_data(cfg.data)
         test_classes = cfg.data.test_classes
         if not test_classes and images.splits is not None:
             published = splits.list_test_classes(images)
