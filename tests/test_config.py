@@ -233,7 +233,7 @@ def test_each_sampler_kind_and_backbone_has_its_own_options():
      r"Invalid value for `model.width`: expected null for backbone 'resnet50', which takes \[\]"),
     (["model.backbone=resnet50", "model.zero_init_residual=true"], r"`model.zero_init_residual`: expected null"),
     (["sampler.batch_size=32"], r"`sampler.batch_size`: expected null for sampler.kind='pk', which takes "
-                                r"\['classes_per_batch', 'examples_per_class'\]"),
+                                r"\['classes_per_batch', 'examples_per_class', 'small_classes'\]"),
     (["sampler.kind=random", "loss.name=nca", "sampler.examples_per_class=4"],
      r"`sampler.examples_per_class`: expected null for sampler.kind='random', which takes \['batch_size'\]"),
     (["sampler.triplets_per_query=2"], r"`sampler.triplets_per_query`: expected null for sampler.kind='pk'"),

@@ -91,8 +91,10 @@ class SamplerConfig:
     """How training batches are drawn (`tfsim.data.samplers`), reproducibly from `seed`.
 
     `kind`: "pk" (default): `classes_per_batch` (P, default 6) classes x
-    `examples_per_class` (K, default 10) images, label-contiguous, for mining losses;
-    "random": `batch_size` (default 60) images drawn uniformly (for proxy losses, or mining
+    `examples_per_class` (K, default 10) images, label-contiguous, for mining losses
+    (`small_classes`: a class with fewer than K images is sampled with replacement,
+    "replace", the default, or left out, "skip"; both counted in the run's
+    data_report.json); "random": `batch_size` (default 60) images drawn uniformly (for proxy losses, or mining
     losses as in tfa's examples); "triplets": explicit (query, positive, negative) rows,
     `batch_size` // 3 triplets per batch (default 60), `triplets_per_query` (default 4)
     triplets sharing each query (for the triplet_margin loss). Each kind's options are
@@ -106,6 +108,7 @@ class SamplerConfig:
     kind: Literal["pk", "random", "triplets"] = "pk"
     batch_size: Optional[int] = None
     triplets_per_query: Optional[int] = None
+    small_classes: Optional[Literal["replace", "skip"]] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,7 +295,7 @@ PRESET_DIR = Path(__file__).resolve().parent / "presets"
 _SOURCE_KEYS = ("path", "image_root", "tfds_name", "tfds_split", "data_dir", "manual_dir", "test_classes", "on_bad_file")
 # Each sampler kind's options and their defaults are the samplers' (`samplers.KIND_OPTIONS`).
 SAMPLER_OPTIONS = samplers.KIND_OPTIONS
-_SAMPLER_KEYS = ("classes_per_batch", "examples_per_class", "batch_size", "triplets_per_query")
+_SAMPLER_KEYS = ("classes_per_batch", "examples_per_class", "batch_size", "triplets_per_query", "small_classes")
 # Backbone options in ModelConfig; which ones a backbone takes is its builder's signature
 # (`tfsim.models.backbones.backbone_arguments`), their defaults its builder's defaults.
 _BACKBONE_KEYS = ("width", "blocks_per_stage", "zero_init_residual")

@@ -127,3 +127,56 @@ def test_triplets_reproducible_resumable_and_errors():
         triplet_batches(np.arange(5), 2)
     with pytest.raises(UserInputError, match="`num_triplets`: expected at most 4 distinct queries"):
         triplet_batches(np.array([0, 0, 1, 1]), 9, 1)
+
+
+def dense_reference(labels, p, k, seed, steps):
+    """The earlier P x K draw, over a dense [classes, largest class] table built class by class:
+    the grouped index must give exactly its batches (so trained models do not change)."""
+    import tensorflow as tf
+    classes, counts = np.unique(labels, return_counts=True)
+    table = np.full((len(classes), counts.max()), -1, np.int32)
+    for i, c in enumerate(classes):
+        rows = np.flatnonzero(labels == c)
+        table[i, : rows.size] = rows
+    table_t, counts_t = tf.constant(table), tf.constant(counts.astype(np.int32))
+    width, base, out = table.shape[1], tf.constant([seed, 0x5EED], tf.int64), []
+    for step in range(steps):
+        s_class, s_rank, s_repl = tf.unstack(tf.random.experimental.stateless_split(
+            tf.random.experimental.stateless_fold_in(base, tf.constant(step, tf.int64)), num=3))
+        chosen = tf.argsort(tf.random.stateless_uniform([len(classes)], seed=s_class))[:p]
+        n = tf.gather(counts_t, chosen)[:, None]
+        keys = tf.where(tf.range(width)[None, :] < n, tf.random.stateless_uniform([p, width], seed=s_rank), 2.0)
+        distinct = tf.argsort(keys, axis=1)[:, :k]
+        with_repl = tf.cast(tf.random.stateless_uniform([p, k], seed=s_repl) * tf.cast(n, tf.float32), tf.int32)
+        pos = tf.where(n >= k, distinct, tf.minimum(with_repl, n - 1))
+        out.append(tf.reshape(tf.gather(tf.gather(table_t, chosen), pos, batch_dims=1), [-1]).numpy())
+    return out
+
+
+def test_grouped_index_gives_the_dense_tables_batches():
+    labels = labels_of(per_class=(5, 9, 1, 6, 20, 2, 5))  # two classes smaller than K
+    for p, k, seed in ((4, 3, 1), (7, 4, 5)):
+        got = take(pk_batches(labels, p, k, seed=seed), 25)
+        want = dense_reference(labels, p, k, seed, 25)
+        assert all(np.array_equal(g, w) for g, w in zip(got, want))
+
+
+def test_small_classes_skip_or_replace():
+    labels = labels_of(per_class=(5, 9, 1, 6, 20, 2, 5))
+    small = {int(c) for c in np.unique(labels) if (labels == c).sum() < 3}
+    seen = {int(c) for b in take(pk_batches(labels, 3, 3, seed=0, small_classes="skip"), 60) for c in labels[b]}
+    assert seen and not seen & small and len(seen) == 5
+    seen = {int(c) for b in take(pk_batches(labels, 3, 3, seed=0), 60) for c in labels[b]}
+    assert small <= seen
+    with pytest.raises(UserInputError, match=r"Only 2 training classes have at least K=9 images, fewer than "
+                                             r"`classes_per_batch`=3"):
+        pk_batches(labels, 3, 9, small_classes="skip")
+
+
+def test_pk_over_twenty_thousand_classes():
+    rng = np.random.default_rng(0)
+    labels = rng.permutation(np.repeat(np.arange(20_000) * 7, rng.integers(2, 7, 20_000)))  # ~80k rows
+    for rows in take(pk_batches(labels, 32, 2, seed=3), 5):
+        blocks = labels[rows].reshape(32, 2)
+        assert np.all(blocks == blocks[:, :1]) and len(np.unique(blocks[:, 0])) == 32
+        assert len(set(rows.tolist())) == 64

@@ -101,3 +101,17 @@ def test_cli_reports_os_errors_on_paths_in_one_line(capsys):
 
     with pytest.raises(OSError, match="no path involved"):  # not a path problem: the traceback stays
         _cli.run(bug, [])
+
+
+def test_split_report_counts_small_and_single_image_classes():
+    cfg = config.load("default", ["sampler.examples_per_class=4", "sampler.small_classes=skip"])
+    train_labels = np.array([0] * 5 + [1] * 3 + [2] * 2)
+    test_labels = np.array([3, 3, 4, 5, 5])
+    report = preflight.split_report(cfg, train_labels, test_labels, ["a", "b", "c", "d", "e", "f"])
+    assert report == {"training_classes": 3, "training_images": 10, "held_out_classes": 3, "held_out_images": 5,
+                      "held_out_classes_with_one_image": ["e"],
+                      "pk_classes_below_k": {"k": 4, "count": 2, "policy": "skip", "classes": ["b", "c"]}}
+    with pytest.raises(UserInputError, match=r"`sampler.small_classes`: expected one of \['replace', 'skip'\]"):
+        config.load("default", ["sampler.small_classes=drop"])
+    with pytest.raises(UserInputError, match=r"`sampler.small_classes`: expected null for sampler.kind='random'"):
+        config.load("default", ["sampler.kind=random", "sampler.small_classes=skip"])

@@ -62,6 +62,17 @@ def test_run_folder_of_another_config_is_refused(tmp_path):
     with pytest.raises(UserInputError, match="already holds a checkpoint"):
         train(cfg, tmp_path / "run", resume=False, verbose=0)
 
+    # A run folder written before a key existed (its config.json lacks it) is the same config
+    # at that key's default (the re-run writes the key in), and another one at any other value.
+    import json
+    written = json.loads((tmp_path / "run" / "config.json").read_text())
+    del written["sampler"]["small_classes"]
+    (tmp_path / "run" / "config.json").write_text(json.dumps(written))
+    assert train(cfg, tmp_path / "run", verbose=0).fit_seconds == 0  # finished: nothing retrained
+    with pytest.raises(UserInputError, match=r"sampler.small_classes='replace' there, 'skip' now"):
+        train(config.load("default", TINY + ["train.epochs=1", "sampler.small_classes=skip"]), tmp_path / "run",
+              verbose=0)
+
 
 def test_checkpoint_is_committed_by_one_rename(tmp_path, monkeypatch):
     # A crash while saving epoch 2 leaves epoch 1's checkpoint as the latest, whole; a

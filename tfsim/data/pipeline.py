@@ -88,7 +88,7 @@ def _loader(images: ImageSet, image_size: int):
 def train_dataset(images: ImageSet, classes_per_batch: int, examples_per_class: int, image_size: int,
                   seed: int = 0, augment_images: bool = True, start_step: int = 0, kind: str = "pk",
                   batch_size: int = 60, triplets_per_query: int = 4, erase_prob: float = 0.0,
-                  flip: bool = False) -> tf.data.Dataset:
+                  flip: bool = False, small_classes: str = "replace") -> tf.data.Dataset:
     """Infinite `(images [B, S, S, 3], labels [B])` training batches.
 
     Args:
@@ -104,11 +104,13 @@ def train_dataset(images: ImageSet, classes_per_batch: int, examples_per_class: 
             B = 3 * that); see `tfsim.data.samplers`.
         batch_size: B of random batches, rows of triplet batches.
         triplets_per_query: see `samplers.triplet_batches`.
+        small_classes: see `samplers.pk_batches`.
     """
     load = _loader(images, image_size)
     labels = tf.constant(images.labels)
     if kind == "pk":
-        rows = samplers.pk_batches(images.labels, classes_per_batch, examples_per_class, seed, start_step)
+        rows = samplers.pk_batches(images.labels, classes_per_batch, examples_per_class, seed, start_step,
+                                   small_classes)
     elif kind == "random":
         rows = samplers.random_batches(len(images), batch_size, seed, start_step)
     elif kind == "triplets":

@@ -33,16 +33,37 @@ log = logging.getLogger(__name__)
 
 # The samplers by kind, with their options and defaults (the config's `sampler` section takes
 # these keys; `config.resolve` fills the chosen kind's defaults).
-KIND_OPTIONS = {"pk": {"classes_per_batch": 6, "examples_per_class": 10},
+KIND_OPTIONS = {"pk": {"classes_per_batch": 6, "examples_per_class": 10, "small_classes": "replace"},
                 "random": {"batch_size": 60},
                 "triplets": {"batch_size": 60, "triplets_per_query": 4}}
 
 
+# What P x K sampling does with a class of fewer than K images: draw K of its images with
+# replacement, or leave the class out of the batches.
+SMALL_CLASSES = ("replace", "skip")
+
+
+def class_index(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rows grouped by class, without a per-class loop (O(N log N), O(N + C) memory).
+
+    Returns:
+        `(classes [C], counts [C], starts [C], order [N])`: the rows of class `classes[i]` are
+        `order[starts[i]:starts[i] + counts[i]]`, in increasing order.
+    """
+    classes, inverse, counts = np.unique(np.asarray(labels), return_inverse=True, return_counts=True)
+    order = np.argsort(inverse.reshape(-1), kind="stable").astype(np.int32)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    return classes, counts, starts, order
+
+
 def check_options(kind: str, batch_size=None, classes_per_batch=None, examples_per_class=None,
-                  triplets_per_query=None) -> None:
+                  triplets_per_query=None, small_classes=None) -> None:
     """Checks a sampler kind's options without the data (None = not set); raises UserInputError."""
     if kind == "pk":
         check_pk_sizes(classes_per_batch, examples_per_class)
+    if small_classes is not None and small_classes not in SMALL_CLASSES:
+        raise UserInputError(f"Invalid value for `small_classes`: expected one of {list(SMALL_CLASSES)}. "
+                             f"Received: small_classes={small_classes!r}")
     if batch_size is not None and batch_size < (3 if kind == "triplets" else 2):
         raise UserInputError(f"Invalid value for `batch_size`: expected an integer >= "
                              f"{3 if kind == 'triplets' else 2}. Received: batch_size={batch_size!r}")
@@ -65,67 +86,85 @@ def check_pk_sizes(classes_per_batch, examples_per_class) -> None:
             f"holds negatives. Received: classes_per_batch={classes_per_batch!r}")
 
 
-def check_pk(labels: np.ndarray, classes_per_batch: int, examples_per_class: int) -> None:
+def check_pk(labels: np.ndarray, classes_per_batch: int, examples_per_class: int,
+             small_classes: str = "replace") -> None:
     """Raises UserInputError if a P x K batch cannot be drawn from `labels`."""
     if classes_per_batch is None or examples_per_class is None:
         raise UserInputError("Invalid P x K sampler: expected `classes_per_batch` and `examples_per_class`. "
                              f"Received: classes_per_batch={classes_per_batch!r}, "
                              f"examples_per_class={examples_per_class!r}")
     check_pk_sizes(classes_per_batch, examples_per_class)
-    num_classes = len(np.unique(labels))
+    _, counts = np.unique(labels, return_counts=True)
+    num_classes = len(counts)
     batch = classes_per_batch * examples_per_class
     if classes_per_batch > num_classes or batch > len(labels):
         raise UserInputError(
             f"The P x K batch ({classes_per_batch} classes x {examples_per_class} images = {batch}) is larger "
             f"than the training set ({num_classes} classes, {len(labels)} images). Lower "
             f"`classes_per_batch` to at most {num_classes} or `examples_per_class`.")
+    usable = int((counts >= examples_per_class).sum())
+    if small_classes == "skip" and usable < classes_per_batch:
+        raise UserInputError(
+            f"Only {usable} training classes have at least K={examples_per_class} images, fewer than "
+            f"`classes_per_batch`={classes_per_batch}, and `small_classes`='skip' leaves the others out. Lower "
+            "`examples_per_class` or `classes_per_batch`, or sample small classes with replacement "
+            "(small_classes='replace').")
 
 
 def pk_batches(labels: np.ndarray, classes_per_batch: int, examples_per_class: int,
-               seed: int = 0, start_step: int = 0) -> tf.data.Dataset:
+               seed: int = 0, start_step: int = 0, small_classes: str = "replace") -> tf.data.Dataset:
     """Infinite dataset of P x K index batches.
 
     Args:
         labels: int `[N]` labels of the rows to sample from.
         classes_per_batch: P, distinct classes per batch.
-        examples_per_class: K, images per class (>= 2). A class with fewer than K
-            images is sampled with replacement (a warning says which).
+        examples_per_class: K, images per class (>= 2).
         seed: the stream's seed.
         start_step: index of the first batch (to resume).
+        small_classes: a class with fewer than K images is sampled with replacement
+            ("replace", a warning counts them) or never drawn ("skip").
 
     Returns:
         `tf.data.Dataset` of int32 `[P * K]` row indices; rows `[i*K:(i+1)*K]` share a class.
 
+    Memory and time do not grow with the number of classes beyond the index arrays: rows are
+    grouped by class once (`class_index`, no per-class loop), and each step draws P classes
+    and K of each one's rows by gathering from them; the per-step work is P x (the largest
+    class's size) random keys.
+
     Raises:
-        UserInputError: K < 2, P < 2, or a batch larger than the data.
+        UserInputError: K < 2, P < 2, a batch larger than the data, or (with "skip") fewer
+            than P classes of at least K images.
     """
     labels = np.asarray(labels)
-    check_pk(labels, classes_per_batch, examples_per_class)
-    classes, counts = np.unique(labels, return_counts=True)
-    small = classes[counts < examples_per_class]
-    if small.size:
-        log.warning("%d classes have fewer than K=%d images and are sampled with replacement: %s",
-                    small.size, examples_per_class, small[:10].tolist())
-    table = np.full((len(classes), counts.max()), -1, np.int32)
-    for i, c in enumerate(classes):
-        rows = np.flatnonzero(labels == c)
-        table[i, : rows.size] = rows
-    table_t, counts_t = tf.constant(table), tf.constant(counts.astype(np.int32))
-    p, k, width = classes_per_batch, examples_per_class, table.shape[1]
+    check_pk(labels, classes_per_batch, examples_per_class, small_classes)
+    classes, counts, starts, order = class_index(labels)
+    small = counts < examples_per_class
+    if small.any() and small_classes == "skip":
+        log.warning("%d classes have fewer than K=%d images and are left out of the batches: %s", int(small.sum()),
+                    examples_per_class, classes[small][:10].tolist())
+        classes, counts, starts = classes[~small], counts[~small], starts[~small]
+    elif small.any():
+        log.warning("%d classes have fewer than K=%d images and are sampled with replacement: %s", int(small.sum()),
+                    examples_per_class, classes[small][:10].tolist())
+    order_t, starts_t = tf.constant(order), tf.constant(starts)
+    counts_t = tf.constant(counts.astype(np.int32))
+    p, k, width, num_classes = classes_per_batch, examples_per_class, int(counts.max()), len(classes)
     base = tf.constant([seed, 0x5EED], tf.int64)
 
     def draw(step):
         s_class, s_rank, s_repl = tf.unstack(tf.random.experimental.stateless_split(
             tf.random.experimental.stateless_fold_in(base, step), num=3))
-        chosen = tf.argsort(tf.random.stateless_uniform([len(classes)], seed=s_class))[:p]
+        chosen = tf.argsort(tf.random.stateless_uniform([num_classes], seed=s_class))[:p]
         n = tf.gather(counts_t, chosen)[:, None]  # [P, 1]
         # K distinct rows: the first K of a random permutation of each class's rows.
         keys = tf.random.stateless_uniform([p, width], seed=s_rank)
         keys = tf.where(tf.range(width)[None, :] < n, keys, 2.0)
         distinct = tf.argsort(keys, axis=1)[:, :k]
         with_repl = tf.cast(tf.random.stateless_uniform([p, k], seed=s_repl) * tf.cast(n, tf.float32), tf.int32)
-        pos = tf.where(n >= k, distinct, tf.minimum(with_repl, n - 1))
-        return tf.reshape(tf.gather(tf.gather(table_t, chosen), pos, batch_dims=1), [-1])
+        pos = tf.where(n >= k, distinct, tf.minimum(with_repl, n - 1))  # [P, K], each < n
+        rows = tf.gather(starts_t, chosen)[:, None] + tf.cast(pos, tf.int64)
+        return tf.reshape(tf.gather(order_t, rows), [-1])
 
     return tf.data.Dataset.counter(start_step, dtype=tf.int64).map(draw)
 

@@ -165,7 +165,8 @@ def fit(cfg: Config, run_dir: Path, split: Split, resume: bool = True, verbose: 
                                   seed=s.seed, augment_images=cfg.data.augment,
                                   start_step=initial_epoch * t.steps_per_epoch, kind=s.kind,
                                   batch_size=s.batch_size, triplets_per_query=s.triplets_per_query,
-                                  erase_prob=cfg.data.erase_prob, flip=cfg.data.flip)
+                                  erase_prob=cfg.data.erase_prob, flip=cfg.data.flip,
+                                  small_classes=s.small_classes or "replace")
     start = time.time()
     model.fit(data, epochs=t.epochs, steps_per_epoch=t.steps_per_epoch, initial_epoch=initial_epoch,
               callbacks=callbacks, verbose=verbose, shuffle=False)

@@ -16,6 +16,8 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from tfsim.config import Config
 from tfsim.data import samplers
 from tfsim.errors import UserInputError, config_keys
@@ -25,7 +27,7 @@ DATA_KEYS = {"root": "data.path", "path": "data.path", "image_root": "data.image
              "manual_dir": "data.manual_dir", "test_classes": "data.test_classes", "on_bad_file": "data.on_bad_file"}
 SAMPLER_KEYS = {"classes_per_batch": "sampler.classes_per_batch", "examples_per_class": "sampler.examples_per_class",
                 "batch_size": "sampler.batch_size", "triplets_per_query": "sampler.triplets_per_query",
-                "num_triplets": "sampler.batch_size // 3"}
+                "num_triplets": "sampler.batch_size // 3", "small_classes": "sampler.small_classes"}
 MODEL_KEYS = {"weights": "model.weights", "backbone": "model.backbone"}
 
 
@@ -34,7 +36,7 @@ def check(cfg: Config, train_labels, replicas: int) -> None:
     s = cfg.sampler
     with config_keys(**SAMPLER_KEYS):
         if s.kind == "pk":
-            samplers.check_pk(train_labels, s.classes_per_batch, s.examples_per_class)
+            samplers.check_pk(train_labels, s.classes_per_batch, s.examples_per_class, s.small_classes or "replace")
         elif s.kind == "triplets":
             samplers.check_triplets(train_labels)
     if s.kind == "pk":
@@ -68,3 +70,22 @@ def check_writable(path: os.PathLike, key: str) -> None:
     except OSError as err:
         raise UserInputError(f"Cannot write the folder {str(path)!r} ({key}): {str(existing)!r} is not writable "
                              f"({err.strerror}). {fix}") from None
+
+
+def split_report(cfg: Config, train_labels: np.ndarray, test_labels: np.ndarray, class_names) -> dict:
+    """What the split and the sampler will do with the classes, for data_report.json: training and
+    held-out class and image counts, classes a P x K sampler samples with replacement or leaves
+    out, and held-out classes with a single image (their query has no match: it counts as a
+    miss in every metric)."""
+    train_classes, train_counts = np.unique(train_labels, return_counts=True)
+    test_classes, test_counts = np.unique(test_labels, return_counts=True)
+    report = {"training_classes": int(len(train_classes)), "training_images": int(len(train_labels)),
+              "held_out_classes": int(len(test_classes)), "held_out_images": int(len(test_labels)),
+              "held_out_classes_with_one_image": [class_names[c] for c in test_classes[test_counts < 2]]}
+    s = cfg.sampler
+    if s.kind == "pk":
+        small = train_classes[train_counts < s.examples_per_class]
+        report["pk_classes_below_k"] = {"k": s.examples_per_class, "count": int(len(small)),
+                                        "policy": s.small_classes or "replace",
+                                        "classes": [class_names[c] for c in small[:100]]}
+    return report

@@ -9,8 +9,8 @@
       -> stages.evaluate_stage -> metrics.json, samples/
       -> stages.export_stage -> saved_models/<name>/<version>/ with the ScaNN index inside
 
-Run folder: config.json, data_report.json (image folders: images per class, files skipped
-and why), checkpoints/, tensorboard/, whitening.npz, baselines.json, metrics.json, samples/
+Run folder: config.json, data_report.json (what the source found: images per class, files
+skipped and why; what the split and the sampler do with the classes), checkpoints/, tensorboard/, whitening.npz, baselines.json, metrics.json, samples/
 (a few held-out query images).
 
 Re-running a finished run skips training; sections applied after training (`eval`,
@@ -61,10 +61,20 @@ def _check_run_dir(cfg: Config, run_dir: Path, resume: bool) -> None:
         current = json.loads(json.dumps(resolved))
         # Sections applied after training may change on resume (e.g. refit the whitening with
         # another power without retraining); everything that shapes the weights may not.
+        # A key the run folder's config.json does not have was added to tfsim after that run
+        # (e.g. sampler.small_classes): at its default it does what that run did.
+        defaults = json.loads(json.dumps(config_lib.to_dict(config_lib.resolve(Config()))))
+
+        def same(section: str, key: str) -> bool:
+            before, now = previous.get(section, {}), current.get(section, {})
+            if key not in before and key in now:
+                return now[key] == defaults.get(section, {}).get(key)
+            return before.get(key) == now.get(key)
+
         differ = [f"{section}.{key}" for section in sorted(set(previous) | set(current))
                   if section not in _POST_TRAINING_SECTIONS
                   for key in sorted(set(previous.get(section, {})) | set(current.get(section, {})))
-                  if previous.get(section, {}).get(key) != current.get(section, {}).get(key)]
+                  if not same(section, key)]
         if differ:
             shown = ", ".join(f"{k}={previous.get(k.split('.')[0], {}).get(k.split('.')[1])!r} there, "
                               f"{current.get(k.split('.')[0], {}).get(k.split('.')[1])!r} now" for k in differ[:3])
@@ -119,8 +129,11 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
     if split is None:
         split = load_split(cfg)  # data errors stop the run before the run folder is written
     _write_config(cfg, run_dir)
-    if split.images.report is not None:  # what the source found: counts, skipped files and why
-        stages.write_json(run_dir / "data_report.json", split.images.report)
+    # What the source found (counts, skipped files and why) and what the split and sampler do
+    # with the classes.
+    stages.write_json(run_dir / "data_report.json", {
+        **(split.images.report or {"source": split.images.name, "images": len(split.images)}),
+        "split": preflight.split_report(cfg, split.train.labels, split.test.labels, split.images.class_names)})
 
     trained = fit(cfg, run_dir, split, resume=resume, verbose=verbose)
     embedder = stages.load_embedder(trained.checkpoint)
