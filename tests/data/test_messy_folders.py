@@ -88,3 +88,16 @@ def test_a_run_on_a_messy_folder_trains_and_writes_the_report(messy, tmp_path):
                                "pk_classes_below_k": {"k": 3, "count": 0, "policy": "replace", "classes": []}}
     with pytest.raises(UserInputError, match=r"`data.on_bad_file`"):
         config.load("default", ["data.source=folder", f"data.path={root}", "data.on_bad_file=maybe"])
+
+
+def test_parallel_decode_check_keeps_the_files_order(tmp_path):
+    rng = np.random.default_rng(1)
+    files = []
+    for i in range(150):  # above the threshold where the check runs on all cores
+        f = tmp_path / f"{i:03d}.png"
+        f.write_bytes(b"" if i in (17, 140) else (b"text" if i == 70 else png(rng)))
+        files.append(f)
+    problems = sources.decode_problems(files)
+    assert [i for i, p in enumerate(problems) if p] == [17, 70, 140]
+    assert problems[17] == "empty file (0 bytes)" and problems[70].startswith("not a decodable image")
+    assert problems == [sources._decode_problem(f) for f in files]  # the same answers as one by one

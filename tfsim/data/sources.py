@@ -121,16 +121,31 @@ def check_images(files: Sequence[Path], check_files: bool = True) -> tuple[np.nd
     """
     kept = np.zeros(len(files), bool)
     skipped, missing = [], []
+    exists = [f.is_file() for f in files]
+    problems = decode_problems([f for f, e in zip(files, exists) if e]) if check_files else None
+    j = 0
     for i, f in enumerate(files):
-        if not f.is_file():
+        if not exists[i]:
             missing.append(str(f))
             continue
-        problem = _decode_problem(f) if check_files else None
+        problem = problems[j] if problems is not None else None
+        j += 1
         if problem is not None:
             skipped.append({"path": str(f), "reason": problem})
             continue
         kept[i] = True
     return kept, skipped, missing
+
+
+def decode_problems(files: Sequence[Path]) -> list[Optional[str]]:
+    """`_decode_problem` of every file, in order, decoded on all cores (TF's decoders release
+    the GIL, so threads run them in parallel)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if len(files) < 64:
+        return [_decode_problem(f) for f in files]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return list(pool.map(_decode_problem, files, chunksize=256))
 
 
 def load_folder(root: str, check_files: bool = True, on_bad_file: str = "skip") -> ImageSet:
@@ -157,6 +172,7 @@ def load_folder(root: str, check_files: bool = True, on_bad_file: str = "skip") 
             f"Invalid value for `root`: expected a folder laid out as <root>/<class>/<image>. "
             f"Received: root={root!r}, which is not a folder.")
     classes, paths, labels, skipped, hidden, empty_classes = [], [], [], [], 0, []
+    found: list[tuple[str, list[Path]]] = []
     for class_dir in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
         files = []
         for f in sorted(class_dir.rglob("*")):
@@ -165,17 +181,23 @@ def load_folder(root: str, check_files: bool = True, on_bad_file: str = "skip") 
             if _hidden(f, base):
                 hidden += 1
                 continue
-            problem = _decode_problem(f) if check_files else None
+            files.append(f)
+        found.append((class_dir.name, files))
+    problems = iter(decode_problems([f for _, files in found for f in files]) if check_files else [])
+    for name, files in found:
+        good = []
+        for f in files:
+            problem = next(problems) if check_files else None
             if problem is not None:
                 skipped.append({"path": str(f), "reason": problem})
-                continue
-            files.append(f)
-        if not files:
-            empty_classes.append(class_dir.name)
+            else:
+                good.append(f)
+        if not good:
+            empty_classes.append(name)
             continue
-        labels += [len(classes)] * len(files)
-        paths += [str(f) for f in files]
-        classes.append(class_dir.name)
+        labels += [len(classes)] * len(good)
+        paths += [str(f) for f in good]
+        classes.append(name)
     if skipped and on_bad_file == "error":
         listed = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:5])
         raise UserInputError(
