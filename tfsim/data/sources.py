@@ -142,10 +142,12 @@ def decode_problems(files: Sequence[Path]) -> list[Optional[str]]:
     the GIL, so threads run them in parallel)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    if len(files) < 64:
+    chunk = 64  # files per task: a task per file costs more than decoding a small image
+    if len(files) <= chunk:
         return [_decode_problem(f) for f in files]
+    chunks = [files[i:i + chunk] for i in range(0, len(files), chunk)]
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        return list(pool.map(_decode_problem, files, chunksize=256))
+        return [p for part in pool.map(lambda fs: [_decode_problem(f) for f in fs], chunks) for p in part]
 
 
 def load_folder(root: str, check_files: bool = True, on_bad_file: str = "skip") -> ImageSet:
