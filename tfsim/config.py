@@ -95,7 +95,9 @@ class SamplerConfig:
     (`small_classes`: a class with fewer than K images is sampled with replacement,
     "replace", the default, or left out, "skip"; both counted in the run's
     data_report.json); "random": `batch_size` (default 60) images drawn uniformly (for proxy losses, or mining
-    losses as in tfa's examples); "triplets": explicit (query, positive, negative) rows,
+    losses as in tfa's examples); "epoch": `batch_size` (default 60) images, every training
+    image once per epoch (a seeded permutation per epoch; `train.steps_per_epoch=0` = one
+    whole pass); "triplets": explicit (query, positive, negative) rows,
     `batch_size` // 3 triplets per batch (default 60), `triplets_per_query` (default 4)
     triplets sharing each query (for the triplet_margin loss). Each kind's options are
     null until `resolve()` fills in its defaults; setting another kind's option is an error,
@@ -105,7 +107,7 @@ class SamplerConfig:
     classes_per_batch: Optional[int] = None
     examples_per_class: Optional[int] = None
     seed: int = 0
-    kind: Literal["pk", "random", "triplets"] = "pk"
+    kind: Literal["pk", "random", "epoch", "triplets"] = "pk"
     batch_size: Optional[int] = None
     triplets_per_query: Optional[int] = None
     small_classes: Optional[Literal["replace", "skip"]] = None
@@ -178,7 +180,8 @@ class LossConfig:
 class TrainConfig:
     """Optimisation: Adam at `learning_rate`, constant or cosine-decayed to 0 over the run.
 
-    `strategy`: "auto" (Mirrored when >1 GPU), "default" or "mirrored".
+    `strategy`: "auto" (Mirrored when >1 GPU), "default" or "mirrored". `steps_per_epoch`:
+    0 = one pass over the training images (with `sampler.kind=epoch` only).
     """
 
     epochs: int = 10
@@ -554,7 +557,8 @@ def validate(cfg: Config) -> None:
          f"'pk' or 'random' for loss {lc.name!r} (only triplet_margin takes explicit triplets)", s.kind)
 
     need(t.epochs >= 1, "train.epochs", "an integer >= 1", t.epochs)
-    need(t.steps_per_epoch >= 1, "train.steps_per_epoch", "an integer >= 1", t.steps_per_epoch)
+    need(t.steps_per_epoch >= 1 or (t.steps_per_epoch == 0 and s.kind == "epoch"), "train.steps_per_epoch",
+         "an integer >= 1 (0, one whole pass, only with sampler.kind=epoch)", t.steps_per_epoch)
     need(t.learning_rate > 0, "train.learning_rate", "a number > 0", t.learning_rate)
     need(len(cfg.eval.recall_ks) > 0 and all(k >= 1 for k in cfg.eval.recall_ks), "eval.recall_ks",
          "a non-empty list of integers >= 1", cfg.eval.recall_ks)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tfsim.data.samplers import pk_batches, random_batches, triplet_batches
+from tfsim.data.samplers import epoch_batches, pk_batches, random_batches, triplet_batches
 from tfsim.errors import UserInputError
 
 
@@ -180,3 +180,19 @@ def test_pk_over_twenty_thousand_classes():
         blocks = labels[rows].reshape(32, 2)
         assert np.all(blocks == blocks[:, :1]) and len(np.unique(blocks[:, 0])) == 32
         assert len(set(rows.tolist())) == 64
+
+
+def test_epoch_batches_see_every_row_once_per_epoch():
+    batches = take(epoch_batches(60, 12, 5, seed=2), 15)  # 3 epochs of 5 batches
+    epochs = [np.concatenate(batches[i:i + 5]) for i in (0, 5, 10)]
+    for rows in epochs:
+        assert sorted(rows.tolist()) == list(range(60))  # every row exactly once
+    assert not np.array_equal(epochs[0], epochs[1])  # a new permutation each epoch
+    assert all(np.array_equal(a, b) for a, b in zip(take(epoch_batches(60, 12, 5, seed=2, start_step=7), 8),
+                                                     batches[7:]))  # resume mid-epoch: the same stream
+    short = take(epoch_batches(65, 12, 5, seed=2), 5)  # 5 rows left over: no row twice within an epoch
+    assert len(set(np.concatenate(short).tolist())) == 60
+    with pytest.raises(UserInputError, match=r"`steps_per_epoch`: expected 1..5 \(one pass over 65 images"):
+        epoch_batches(65, 12, 6)
+    with pytest.raises(UserInputError, match=r"`batch_size`: expected at most the 10 training images"):
+        epoch_batches(10, 12, 1)

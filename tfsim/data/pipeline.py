@@ -88,7 +88,7 @@ def _loader(images: ImageSet, image_size: int):
 def train_dataset(images: ImageSet, classes_per_batch: int, examples_per_class: int, image_size: int,
                   seed: int = 0, augment_images: bool = True, start_step: int = 0, kind: str = "pk",
                   batch_size: int = 60, triplets_per_query: int = 4, erase_prob: float = 0.0,
-                  flip: bool = False, small_classes: str = "replace") -> tf.data.Dataset:
+                  flip: bool = False, small_classes: str = "replace", steps_per_epoch: int = 0) -> tf.data.Dataset:
     """Infinite `(images [B, S, S, 3], labels [B])` training batches.
 
     Args:
@@ -100,11 +100,13 @@ def train_dataset(images: ImageSet, classes_per_batch: int, examples_per_class: 
         erase_prob: random-erasing probability of `augment`.
         flip: random horizontal flips in `augment`.
         start_step: first batch index (to resume).
-        kind: "pk", "random" (B = `batch_size`) or "triplets" (`batch_size` // 3 triplets,
+        kind: "pk", "random" (B = `batch_size`), "epoch" (B = `batch_size`, every image once
+            per epoch) or "triplets" (`batch_size` // 3 triplets,
             B = 3 * that); see `tfsim.data.samplers`.
         batch_size: B of random batches, rows of triplet batches.
         triplets_per_query: see `samplers.triplet_batches`.
         small_classes: see `samplers.pk_batches`.
+        steps_per_epoch: batches per epoch of `kind="epoch"` (0 = one whole pass).
     """
     load = _loader(images, image_size)
     labels = tf.constant(images.labels)
@@ -113,11 +115,15 @@ def train_dataset(images: ImageSet, classes_per_batch: int, examples_per_class: 
                                    small_classes)
     elif kind == "random":
         rows = samplers.random_batches(len(images), batch_size, seed, start_step)
+    elif kind == "epoch":
+        rows = samplers.epoch_batches(len(images), batch_size, steps_per_epoch or len(images) // batch_size, seed,
+                                      start_step)
     elif kind == "triplets":
         rows = samplers.triplet_batches(images.labels, max(batch_size // 3, 1), triplets_per_query, seed,
                                         start_step)
     else:
-        raise ValueError(f"Invalid value for `kind`: expected 'pk', 'random' or 'triplets'. Received: kind={kind!r}")
+        raise ValueError(f"Invalid value for `kind`: expected 'pk', 'random', 'epoch' or 'triplets'. "
+                         f"Received: kind={kind!r}")
     aug_base = tf.constant([seed, 0xA06], tf.int64)
 
     def make(step, r):

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 # these keys; `config.resolve` fills the chosen kind's defaults).
 KIND_OPTIONS = {"pk": {"classes_per_batch": 6, "examples_per_class": 10, "small_classes": "replace"},
                 "random": {"batch_size": 60},
+                "epoch": {"batch_size": 60},
                 "triplets": {"batch_size": 60, "triplets_per_query": 4}}
 
 
@@ -192,6 +193,38 @@ def random_batches(num_rows: int, batch_size: int, seed: int = 0, start_step: in
         return tf.cast(tf.argsort(keys)[:batch_size], tf.int32)
 
     return tf.data.Dataset.counter(start_step, dtype=tf.int64).map(draw)
+
+
+def epoch_batches(num_rows: int, batch_size: int, steps_per_epoch: int, seed: int = 0,
+                  start_step: int = 0) -> tf.data.Dataset:
+    """Infinite dataset of `batch_size` row indices, each row once per epoch.
+
+    Epoch `e` is a seeded permutation of the rows cut into `steps_per_epoch` consecutive
+    batches (the `num_rows - steps_per_epoch * batch_size` rows left over are the next
+    epoch's chance: each epoch has its own permutation). For proxy losses, and for data whose
+    small classes P x K sampling would over-sample. Step-indexed like the other samplers: a
+    resumed run sees the batches an uninterrupted one would.
+
+    Raises:
+        UserInputError: a batch larger than the data, or more steps than one pass holds.
+    """
+    if batch_size > num_rows:
+        raise UserInputError(
+            f"Invalid value for `batch_size`: expected at most the {num_rows} training images. "
+            f"Received: batch_size={batch_size}")
+    if not 1 <= steps_per_epoch <= num_rows // batch_size:
+        raise UserInputError(
+            f"Invalid value for `steps_per_epoch`: expected 1..{num_rows // batch_size} (one pass over {num_rows} "
+            f"images in batches of {batch_size}) for epoch batches. Received: steps_per_epoch={steps_per_epoch}")
+    base = tf.constant([seed, 0xE90C], tf.int64)
+    start_epoch, skip = divmod(start_step, steps_per_epoch)
+
+    def one_epoch(epoch):
+        keys = tf.random.stateless_uniform([num_rows], seed=tf.random.experimental.stateless_fold_in(base, epoch))
+        rows = tf.cast(tf.argsort(keys)[: steps_per_epoch * batch_size], tf.int32)
+        return tf.data.Dataset.from_tensor_slices(tf.reshape(rows, [steps_per_epoch, batch_size]))
+
+    return tf.data.Dataset.counter(start_epoch, dtype=tf.int64).flat_map(one_epoch).skip(skip)
 
 
 def check_triplets(labels: np.ndarray) -> None:

@@ -118,6 +118,8 @@ def fit(cfg: Config, run_dir: Path, split: Split, resume: bool = True, verbose: 
         A `FitResult` naming the final checkpoint.
     """
     s, m, t = cfg.sampler, cfg.model, cfg.train
+    if t.steps_per_epoch == 0:  # one pass over the training images (epoch batches)
+        t = dataclasses.replace(t, steps_per_epoch=len(split.train) // s.batch_size)
     ckpt_dir = run_dir / "checkpoints"
     checkpoint = ResumableCheckpoint.latest(ckpt_dir) if resume else None
     if checkpoint is not None and checkpoint[1] >= t.epochs:
@@ -166,7 +168,7 @@ def fit(cfg: Config, run_dir: Path, split: Split, resume: bool = True, verbose: 
                                   start_step=initial_epoch * t.steps_per_epoch, kind=s.kind,
                                   batch_size=s.batch_size, triplets_per_query=s.triplets_per_query,
                                   erase_prob=cfg.data.erase_prob, flip=cfg.data.flip,
-                                  small_classes=s.small_classes or "replace")
+                                  small_classes=s.small_classes or "replace", steps_per_epoch=t.steps_per_epoch)
     start = time.time()
     model.fit(data, epochs=t.epochs, steps_per_epoch=t.steps_per_epoch, initial_epoch=initial_epoch,
               callbacks=callbacks, verbose=verbose, shuffle=False)

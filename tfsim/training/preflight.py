@@ -39,9 +39,15 @@ def check(cfg: Config, train_labels, replicas: int) -> None:
             samplers.check_pk(train_labels, s.classes_per_batch, s.examples_per_class, s.small_classes or "replace")
         elif s.kind == "triplets":
             samplers.check_triplets(train_labels)
+    if s.kind == "epoch":
+        n, b, steps = len(train_labels), s.batch_size, cfg.train.steps_per_epoch
+        if b > n or steps > n // b:
+            raise UserInputError(
+                f"Invalid value for `train.steps_per_epoch`: expected 1..{n // b} (one pass over the {n} training "
+                f"images in batches of sampler.batch_size={b}), or 0 for one whole pass. Received: {steps}")
     if s.kind == "pk":
         key, units, what = "sampler.classes_per_batch", s.classes_per_batch, "whole classes"
-    elif s.kind == "random":
+    elif s.kind in ("random", "epoch"):
         key, units, what = "sampler.batch_size", s.batch_size, "equal shares"
     else:
         key, units, what = "sampler.batch_size", s.batch_size // 3, "whole triplets (batch_size // 3 of them)"
