@@ -241,3 +241,15 @@ def test_each_sampler_kind_and_backbone_has_its_own_options():
 def test_options_of_another_variant_are_errors(overrides, match):
     with pytest.raises(UserInputError, match=match):
         config.load("default", overrides)
+
+
+def test_natural_photo_presets_crop_and_small_images_shift():
+    for name, extra in (("cars196_resnet50", []), ("cub200_resnet50", []), ("sop_resnet50", ["data.path=/x.csv"])):
+        cfg = config.load(name, extra)
+        assert (cfg.data.augmentation, cfg.model.center_crop, cfg.data.flip) == ("random_resized_crop", 0.875, True)
+    cfg = config.load("default")
+    assert (cfg.data.augmentation, cfg.model.center_crop) == ("shift", 1.0)
+    with pytest.raises(UserInputError, match=r"`model.center_crop`: expected a fraction of the side in \[0.25, 1\]"):
+        config.load("default", ["model.center_crop=1.2"])
+    with pytest.raises(UserInputError, match=r"`data.augmentation`: expected 'shift' when data.augment=false"):
+        config.load("default", ["data.augment=false", "data.augmentation=random_resized_crop"])

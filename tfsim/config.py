@@ -64,7 +64,10 @@ class DataConfig:
     `path`, `image_root`, the `tfds_*` keys, `data_dir`, `manual_dir` and `test_classes` to
     their defaults unless the same update sets them, so a preset's split never silently
     applies to another dataset.
-    `augment`: random shift of training images by up to 10% of the side; `flip`: also
+    `augment`: augment training images: `augmentation` "shift" (default: a random shift by up
+    to 10% of the side, for small centred images) or "random_resized_crop" (a random crop of
+    8-100% of the area, aspect 3/4-4/3, resized to the model's side: the natural-photo presets,
+    with `model.center_crop=0.875` for evaluation and serving); `flip`: also
     mirror them left-right at random (off by default: a mirrored digit or letter is another
     symbol; turn it on for natural images); `erase_prob`: probability of also erasing a
     random rectangle (random erasing). See `tfsim.data.pipeline.augment`. `on_bad_file`
@@ -81,6 +84,7 @@ class DataConfig:
     manual_dir: Optional[str] = None
     test_classes: tuple[int, ...] = ()
     augment: bool = True
+    augmentation: Literal["shift", "random_resized_crop"] = "shift"
     flip: bool = False
     erase_prob: float = 0.0
     on_bad_file: Literal["skip", "error"] = "skip"
@@ -117,6 +121,9 @@ class SamplerConfig:
 class ModelConfig:
     """Backbone + embedding head. `weights`: null, "imagenet" or a local weights file.
 
+    `center_crop`: how evaluation, the index and the exported model see an image: stretched
+    to `image_size / center_crop` and its central `image_size` square kept (0.875 = "resize
+    256, centre crop 224"); 1 (default) = stretched to `image_size`.
     `layer_norm`: layer normalisation without affine parameters on the pooled features,
     before the projection (Zhai & Wu 2019's recipe for normalized softmax).
     `width`, `blocks_per_stage`, `zero_init_residual`: options of the small ResNet (defaults
@@ -131,6 +138,7 @@ class ModelConfig:
     image_size: int = 28
     embedding_dim: int = 128
     pooling: Literal["avg", "max", "flatten"] = "avg"
+    center_crop: float = 1.0
     width: Optional[int] = None
     blocks_per_stage: Optional[int] = None
     layer_norm: bool = False
@@ -520,6 +528,9 @@ def validate(cfg: Config) -> None:
     for key, value in backbone_args(m).items():
         need(key in takes, f"model.{key}", f"null for backbone {m.backbone!r}, which takes {takes}", value)
     need(m.image_size >= 8, "model.image_size", "an integer >= 8 (pixels)", m.image_size)
+    need(0.25 <= m.center_crop <= 1, "model.center_crop", "a fraction of the side in [0.25, 1]", m.center_crop)
+    need(cfg.data.augment or cfg.data.augmentation == "shift", "data.augmentation",
+         "'shift' when data.augment=false (cropping is part of the augmentation)", cfg.data.augmentation)
     need(m.embedding_dim >= 2, "model.embedding_dim", "an integer >= 2", m.embedding_dim)
     need(m.width is None or m.width >= 4, "model.width", "an integer >= 4", m.width)
     need(m.blocks_per_stage is None or m.blocks_per_stage >= 1, "model.blocks_per_stage", "an integer >= 1",

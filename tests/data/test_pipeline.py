@@ -143,3 +143,28 @@ def test_random_erasing_replaces_one_rectangle_by_the_mean():
         assert changed[i].sum() == rows.size * cols.size  # one solid rectangle
         assert 4 <= rows.size <= 10 and 4 <= cols.size <= 10  # sides 0.2-0.5 of 20 px
         np.testing.assert_allclose(erased[i, rows[0], cols[0]], base[i].mean(axis=(0, 1)), rtol=1e-5)
+
+
+def test_random_resized_crop_batches_are_seeded_resumable_and_differ_from_shifts():
+    rng = np.random.default_rng(0)
+    images = sources.ImageSet(labels=np.repeat(np.arange(4), 6).astype(np.int32),
+                              ids=np.array([str(i) for i in range(24)]), class_names=tuple("abcd"),
+                              images=rng.integers(0, 255, (24, 40, 30, 3), dtype=np.uint8))
+
+    def batches(**kw):
+        ds = pipeline.train_dataset(images, 2, 3, 16, seed=5, augmentation="random_resized_crop", **kw)
+        return [x.numpy() for x, _ in ds.take(3)]
+
+    first = batches()
+    assert first[0].shape == (6, 16, 16, 3)
+    assert all(np.array_equal(a, b) for a, b in zip(first, batches()))  # seeded
+    assert np.array_equal(batches(start_step=2)[0], first[2])  # resumed: the same batch
+    shifted = [x.numpy() for x, _ in pipeline.train_dataset(images, 2, 3, 16, seed=5).take(1)]
+    assert not np.allclose(shifted[0], first[0])
+    plain = [x.numpy() for x, _ in pipeline.train_dataset(images, 2, 3, 16, seed=5, augment_images=False,
+                                                          augmentation="random_resized_crop").take(1)]
+    unaugmented = [x.numpy() for x, _ in pipeline.train_dataset(images, 2, 3, 16, seed=5,
+                                                                augment_images=False).take(1)]
+    np.testing.assert_array_equal(plain[0], unaugmented[0])  # no augmentation: no crop either
+    with pytest.raises(ValueError, match="`augmentation`: expected 'shift' or 'random_resized_crop'"):
+        pipeline.train_dataset(images, 2, 3, 16, augmentation="zoom")

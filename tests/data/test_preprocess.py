@@ -37,3 +37,35 @@ def test_decode_and_uint8_round_trip():
                                   to_uint8(tf.image.resize(tf.constant(img, tf.float32), [7, 7],
                                                            antialias=True)).numpy())
     assert to_uint8(tf.constant([-3.0, 255.6, 12.4])).numpy().tolist() == [0, 255, 12]
+
+
+def test_crop_box_follows_random_resized_crop_rules():
+    from tfsim.data.preprocess import crop_box
+    u = np.random.default_rng(0).uniform(size=(400, 4)).astype(np.float32)
+    boxes = np.stack([crop_box(300, 400, tf.constant(x)).numpy() for x in u])  # [y0, x0, y1, x1], normalised
+    assert boxes.min() >= 0 and boxes.max() <= 1 + 1e-6
+    h, w = (boxes[:, 2] - boxes[:, 0]) * 300, (boxes[:, 3] - boxes[:, 1]) * 400
+    area, aspect = h * w / (300 * 400), w / h
+    whole = (h < 300 - 1e-3) & (w < 400 - 1e-3)  # crops not cut to the image
+    assert area.min() >= 0.08 - 1e-4 and area.max() <= 1 + 1e-4
+    assert np.all((aspect[whole] >= 3 / 4 - 1e-4) & (aspect[whole] <= 4 / 3 + 1e-4))
+    target = 0.08 + u[:, 0] * 0.92  # the drawn area, kept exactly when not cut
+    np.testing.assert_allclose(area[whole], target[whole], rtol=1e-4)
+
+
+def test_random_resized_crop_is_seeded_and_the_full_crop_is_the_image():
+    from tfsim.data.preprocess import random_resized_crop
+    img = tf.constant(np.random.default_rng(1).integers(0, 255, (20, 20, 3)), tf.uint8)
+    seed = tf.constant([1, 2], tf.int64)
+    a = random_resized_crop(img, 12, seed).numpy()
+    assert a.shape == (12, 12, 3) and a.dtype == np.float32 and 0 <= a.min() and a.max() <= 255
+    np.testing.assert_array_equal(a, random_resized_crop(img, 12, seed).numpy())
+    assert not np.array_equal(a, random_resized_crop(img, 12, tf.constant([1, 3], tf.int64)).numpy())
+    full = random_resized_crop(img, 20, seed, scale=(1.0, 1.0), ratio=(1.0, 1.0)).numpy()
+    np.testing.assert_allclose(full, img.numpy().astype(np.float32), atol=1e-3)
+
+
+def test_center_crop_keeps_the_middle():
+    img = np.arange(8 * 8 * 3, dtype=np.float32).reshape(8, 8, 3)
+    np.testing.assert_array_equal(preprocess(tf.constant(img), 4, center_crop=0.5).numpy(), img[2:6, 2:6])
+    np.testing.assert_array_equal(preprocess(tf.constant(img), 8).numpy(), img)

@@ -78,3 +78,26 @@ def test_served_query_reaches_the_network_as_a_training_image_does(tmp_path, mod
     served = tf.saved_model.load(str(path)).signatures["serving_default"](
         image_bytes=tf.constant([png.read_bytes()]))["embeddings"].numpy()
     np.testing.assert_allclose(served, model.predict(fed, verbose=0), atol=1e-5)
+
+
+def test_served_query_is_centre_cropped_as_evaluation_images_are(tmp_path, model):
+    """With model.center_crop (the natural-photo presets' "resize 256, centre crop 224"), the
+    SavedModel crops a query as the evaluation pipeline crops a held-out image."""
+    from tfsim.data import pipeline
+    from tfsim.data.sources import ImageSet
+    img = np.random.default_rng(4).integers(0, 255, (30, 44, 3), dtype=np.uint8)
+    png = tmp_path / "0" / "a.png"
+    png.parent.mkdir()
+    png.write_bytes(tf.io.encode_png(img).numpy())
+    files = ImageSet(labels=np.zeros(1, np.int32), ids=np.array([str(png)]), class_names=("0",),
+                     paths=np.array([str(png)]))
+    cropped = next(iter(pipeline.eval_dataset(files, 16, center_crop=0.5))).numpy()
+    whole = next(iter(pipeline.eval_dataset(files, 16))).numpy()
+    np.testing.assert_allclose(cropped[0], tf.image.resize(img.astype(np.float32), [32, 32], antialias=True)
+                               .numpy()[8:24, 8:24], atol=1e-4)  # stretched to 16 / 0.5, centre 16 kept
+    assert np.abs(cropped - whole).max() > 10
+    path = export_embedder(model, tmp_path / "exports", "m", 16, center_crop=0.5)
+    served = tf.saved_model.load(str(path)).signatures["serving_default"](
+        image_bytes=tf.constant([png.read_bytes()]))["embeddings"].numpy()
+    np.testing.assert_allclose(served, model.predict(cropped, verbose=0), atol=1e-5)
+    assert json.loads((path / "assets.extra" / "tfsim" / "export.json").read_text())["center_crop"] == 0.5

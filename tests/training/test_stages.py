@@ -68,3 +68,21 @@ def test_raw_pixel_baselines_are_skipped_above_the_memory_cap(tmp_path, monkeypa
     assert set(m["baselines"]) == {"untrained"}
     table = format_table(m, (1, 2, 4, 8))
     assert "untrained network" in table and "raw pixels" not in table
+
+
+def test_cropped_run_exports_the_crop_it_evaluated_with(tmp_path):
+    """Random resized crops in training, a centre crop in evaluation, the index and the SavedModel."""
+    import tensorflow as tf
+    from tfsim.data import pipeline
+    sets = TINY + [f"export.root={tmp_path / 'exports'}", "data.augmentation=random_resized_crop",
+                   "model.center_crop=0.75", "model.image_size=24"]
+    result = train(config.load("default", sets), tmp_path / "run", verbose=0)
+    meta = json.loads((result.export_dir / "assets.extra" / "tfsim" / "export.json").read_text())
+    assert meta["center_crop"] == 0.75 and meta["image_size"] == 24
+    split = importlib.import_module("tfsim.training.fit").load_split(config.load("default", sets))
+    sample = split.test.subset(np.arange(4))
+    served = tf.saved_model.load(str(result.export_dir)).signatures["serving_default"](
+        image_bytes=tf.constant([tf.io.encode_png(im).numpy() for im in sample.load_images(range(4))]))
+    cropped = next(iter(pipeline.eval_dataset(sample, 24, center_crop=0.75)))
+    direct = tf.saved_model.load(str(result.export_dir)).signatures["serve_images"](images=cropped)
+    np.testing.assert_allclose(served["embeddings"].numpy(), direct["embeddings"].numpy(), atol=1e-5)

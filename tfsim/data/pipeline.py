@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfsim.data import samplers
-from tfsim.data.preprocess import decode_file, preprocess
+from tfsim.data.preprocess import decode_file, preprocess, random_resized_crop
 from tfsim.data.sources import ImageSet
 
 
@@ -70,17 +70,36 @@ def augment(images: tf.Tensor, seed: tf.Tensor, pad_fraction: float = 0.1, erase
     return images
 
 
-def _loader(images: ImageSet, image_size: int):
+def _loader(images: ImageSet, image_size: int, center_crop: float = 1.0):
     """Returns `rows [B] -> float32 [B, S, S, 3]` for in-memory or file-backed sets."""
     if images.images is not None:
         table = tf.constant(images.images)
+        if center_crop < 1:
+            return lambda rows: preprocess(tf.gather(table, rows), image_size, center_crop)
         return lambda rows: to_model_input(tf.gather(table, rows), image_size)
     paths = tf.constant(images.paths)
 
     def load(rows):
         def one(path):
-            return preprocess(decode_file(path), image_size)
+            return preprocess(decode_file(path), image_size, center_crop)
         return tf.map_fn(one, tf.gather(paths, rows), fn_output_signature=tf.float32)
+
+    return load
+
+
+def _crop_loader(images: ImageSet, image_size: int):
+    """Returns `(rows [B], seeds [B, 2]) -> float32 [B, S, S, 3]`: a random resized crop of each
+    image at its own size (`preprocess.random_resized_crop`), for training."""
+    if images.images is not None:
+        table = tf.constant(images.images)
+        get = lambda row: tf.gather(table, row)  # noqa: E731
+    else:
+        paths = tf.constant(images.paths)
+        get = lambda row: decode_file(tf.gather(paths, row))  # noqa: E731
+
+    def load(rows, seeds):
+        return tf.map_fn(lambda a: random_resized_crop(get(a[0]), image_size, a[1]), (rows, seeds),
+                         fn_output_signature=tf.float32)
 
     return load
 
@@ -88,7 +107,8 @@ def _loader(images: ImageSet, image_size: int):
 def train_dataset(images: ImageSet, classes_per_batch: int, examples_per_class: int, image_size: int,
                   seed: int = 0, augment_images: bool = True, start_step: int = 0, kind: str = "pk",
                   batch_size: int = 60, triplets_per_query: int = 4, erase_prob: float = 0.0,
-                  flip: bool = False, small_classes: str = "replace", steps_per_epoch: int = 0) -> tf.data.Dataset:
+                  flip: bool = False, small_classes: str = "replace", steps_per_epoch: int = 0,
+                  augmentation: str = "shift") -> tf.data.Dataset:
     """Infinite `(images [B, S, S, 3], labels [B])` training batches.
 
     Args:
@@ -107,8 +127,15 @@ def train_dataset(images: ImageSet, classes_per_batch: int, examples_per_class: 
         triplets_per_query: see `samplers.triplet_batches`.
         small_classes: see `samplers.pk_batches`.
         steps_per_epoch: batches per epoch of `kind="epoch"` (0 = one whole pass).
+        augmentation: "shift" (`augment`'s random translation of the resized image) or
+            "random_resized_crop" (a random crop of each image at its own size, resized to S,
+            instead of the shift; flips and erasing as asked).
     """
-    load = _loader(images, image_size)
+    if augmentation not in ("shift", "random_resized_crop"):
+        raise ValueError("Invalid value for `augmentation`: expected 'shift' or 'random_resized_crop'. "
+                         f"Received: augmentation={augmentation!r}")
+    cropping = augment_images and augmentation == "random_resized_crop"
+    load = _crop_loader(images, image_size) if cropping else _loader(images, image_size)
     labels = tf.constant(images.labels)
     if kind == "pk":
         rows = samplers.pk_batches(images.labels, classes_per_batch, examples_per_class, seed, start_step,
@@ -127,9 +154,15 @@ def train_dataset(images: ImageSet, classes_per_batch: int, examples_per_class: 
     aug_base = tf.constant([seed, 0xA06], tf.int64)
 
     def make(step, r):
-        x = load(r)
-        if augment_images:
-            x = augment(x, tf.random.experimental.stateless_fold_in(aug_base, step), erase_prob=erase_prob, flip=flip)
+        seed = tf.random.experimental.stateless_fold_in(aug_base, step)
+        if cropping:
+            crops = tf.random.experimental.stateless_split(tf.random.experimental.stateless_fold_in(seed, 0xC409),
+                                                           tf.size(r))
+            x = augment(load(r, crops), seed, pad_fraction=0.0, erase_prob=erase_prob, flip=flip)
+        else:
+            x = load(r)
+            if augment_images:
+                x = augment(x, seed, erase_prob=erase_prob, flip=flip)
         return x, tf.gather(labels, r)
 
     steps = tf.data.Dataset.counter(start_step, dtype=tf.int64)
@@ -137,14 +170,15 @@ def train_dataset(images: ImageSet, classes_per_batch: int, examples_per_class: 
                                                 deterministic=True).prefetch(tf.data.AUTOTUNE)
 
 
-def eval_dataset(images: ImageSet, image_size: int, batch_size: int = 256) -> tf.data.Dataset:
-    """`images [b, S, S, 3]` batches over the whole set in order (no labels, no augmentation)."""
-    load = _loader(images, image_size)
+def eval_dataset(images: ImageSet, image_size: int, batch_size: int = 256, center_crop: float = 1.0) -> tf.data.Dataset:
+    """`images [b, S, S, 3]` batches over the whole set in order (no labels, no augmentation;
+    `center_crop` as in `preprocess`)."""
+    load = _loader(images, image_size, center_crop)
     rows = tf.data.Dataset.range(len(images)).batch(batch_size)
     return rows.map(lambda r: load(tf.cast(r, tf.int32)), num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
 
 
-def raw_pixels(images: ImageSet, image_size: int) -> np.ndarray:
+def raw_pixels(images: ImageSet, image_size: int, center_crop: float = 1.0) -> np.ndarray:
     """Flattened model-input pixels `[N, S*S*3]` (the raw-pixel retrieval baseline)."""
-    feats = [x.numpy().reshape(x.shape[0], -1) for x in eval_dataset(images, image_size)]
+    feats = [x.numpy().reshape(x.shape[0], -1) for x in eval_dataset(images, image_size, center_crop=center_crop)]
     return np.concatenate(feats)

@@ -48,12 +48,12 @@ def next_version(base: Path) -> int:
     return max(versions, default=0) + 1
 
 
-def _serving_functions(model: keras.Model, image_size: int):
+def _serving_functions(model: keras.Model, image_size: int, center_crop: float = 1.0):
     def embed_images(images):
         return {"embeddings": model(images, training=False)}
 
     def decode_one(data):
-        return preprocess(decode(data), image_size)
+        return preprocess(decode(data), image_size, center_crop)
 
     def embed_bytes(image_bytes):
         images = tf.map_fn(decode_one, image_bytes, fn_output_signature=tf.float32)
@@ -63,7 +63,7 @@ def _serving_functions(model: keras.Model, image_size: int):
 
 
 def export_embedder(model: keras.Model, root: os.PathLike, name: str, image_size: int,
-                    metadata: Optional[dict] = None,
+                    metadata: Optional[dict] = None, center_crop: float = 1.0,
                     write_extras: Optional[Callable[[Path], None]] = None) -> Path:
     """Writes a new version of the embedding SavedModel (see module doc).
 
@@ -72,6 +72,8 @@ def export_embedder(model: keras.Model, root: os.PathLike, name: str, image_size
         root: export root (e.g. "saved_models").
         name: model name (a folder under root).
         image_size: S.
+        center_crop: the evaluation crop `serving_default` applies to each decoded image
+            (`tfsim.data.preprocess.preprocess`); recorded in export.json.
         metadata: extra JSON-able metadata stored in `export.json`.
         write_extras: called with the export's folder (complete, loadable, still under its
             temporary name) before the final rename, to add files (the index, under
@@ -87,7 +89,7 @@ def export_embedder(model: keras.Model, root: os.PathLike, name: str, image_size
     try:
         archive = keras.export.ExportArchive()
         archive.track(model)
-        embed_bytes, embed_images = _serving_functions(model, image_size)
+        embed_bytes, embed_images = _serving_functions(model, image_size, center_crop)
         archive.add_endpoint("serving_default", embed_bytes,
                              input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
         archive.add_endpoint("serve_images", embed_images, input_signature=[
@@ -96,6 +98,7 @@ def export_embedder(model: keras.Model, root: os.PathLike, name: str, image_size
         meta_dir = work / META_DIR
         meta_dir.mkdir(parents=True, exist_ok=True)
         meta = {"format": EXPORT_FORMAT, "name": name, "version": version, "image_size": image_size,
+                "center_crop": center_crop,
                 "embedding_dim": int(model.output_shape[-1]),
                 "signatures": {"serving_default": "image_bytes -> embeddings",
                                "serve_images": "images -> embeddings"}}

@@ -157,7 +157,8 @@ def fit(cfg: Config, run_dir: Path, split: Split, resume: bool = True, verbose: 
     callbacks: list = [StopOnNonFiniteLoss(ckpt_dir), SyncReplicaStatistics()]
     evaluation = None
     if cfg.eval.every_epoch:
-        evaluation = RetrievalEvaluation(pipeline.eval_dataset(split.test, m.image_size, cfg.eval.batch_size),
+        evaluation = RetrievalEvaluation(pipeline.eval_dataset(split.test, m.image_size, cfg.eval.batch_size,
+                                                               m.center_crop),
                                          split.test.labels, cfg.eval.recall_ks, cfg.eval.similarity,
                                          embedder=embedder_of(model))
         callbacks.append(evaluation)
@@ -168,7 +169,8 @@ def fit(cfg: Config, run_dir: Path, split: Split, resume: bool = True, verbose: 
                                   start_step=initial_epoch * t.steps_per_epoch, kind=s.kind,
                                   batch_size=s.batch_size, triplets_per_query=s.triplets_per_query,
                                   erase_prob=cfg.data.erase_prob, flip=cfg.data.flip,
-                                  small_classes=s.small_classes or "replace", steps_per_epoch=t.steps_per_epoch)
+                                  small_classes=s.small_classes or "replace", steps_per_epoch=t.steps_per_epoch,
+                                  augmentation=cfg.data.augmentation)
     start = time.time()
     model.fit(data, epochs=t.epochs, steps_per_epoch=t.steps_per_epoch, initial_epoch=initial_epoch,
               callbacks=callbacks, verbose=verbose, shuffle=False)

@@ -82,7 +82,7 @@ def whitening_fit_set(cfg: Config, train_set: sources.ImageSet) -> sources.Image
 
 
 def _embed(model: keras.Model, images: sources.ImageSet, cfg: Config) -> np.ndarray:
-    return embed(model, images, cfg.model.image_size, cfg.eval.batch_size)
+    return embed(model, images, cfg.model.image_size, cfg.eval.batch_size, center_crop=cfg.model.center_crop)
 
 
 def _fit_or_explain(features: np.ndarray, w: config_lib.WhiteningConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -149,11 +149,12 @@ def baselines_stage(cfg: Config, run_dir: Path, train_set: sources.ImageSet,
         log.info("Raw-pixel baselines skipped: %d held-out images at %d px would take %.1f GB.",
                  len(test_set), m.image_size, raw_bytes / 1e9)
     else:
-        raw_test = pipeline.raw_pixels(test_set, m.image_size)
+        raw_test = pipeline.raw_pixels(test_set, m.image_size, m.center_crop)
         baselines["raw_pixels"] = retrieval_metrics(raw_test, test_set.labels, ks, "cosine")
         w = cfg.whitening
         if w.enabled and w.dims <= raw_test.shape[1] <= MAX_WHITENED_PIXELS:
-            raw_fit = normalize_rows(pipeline.raw_pixels(whitening_fit_set(cfg, train_set), m.image_size))
+            raw_fit = normalize_rows(pipeline.raw_pixels(whitening_fit_set(cfg, train_set), m.image_size,
+                                                         m.center_crop))
             baselines["raw_pixels_whitened"] = retrieval_metrics(
                 whiten(normalize_rows(raw_test), *fit_whitening(raw_fit, w.power, w.dims)), test_set.labels, ks,
                 "cosine")
@@ -175,7 +176,7 @@ def evaluate_stage(cfg: Config, run_dir: Path, embedder: keras.Model, final: ker
     """Held-out retrieval metrics of `final` (and of the embedder alone, `unwhitened`); writes metrics.json."""
     ks, sim = cfg.eval.recall_ks, cfg.eval.similarity
     both = evaluation_model(embedder, final).predict(
-        pipeline.eval_dataset(test_set, cfg.model.image_size, cfg.eval.batch_size), verbose=0)
+        pipeline.eval_dataset(test_set, cfg.model.image_size, cfg.eval.batch_size, cfg.model.center_crop), verbose=0)
     embeddings, unwhitened = both
     metrics = retrieval_metrics(embeddings, test_set.labels, ks, sim)
     if final is not embedder:
@@ -208,10 +209,11 @@ def _latest_export(base: Path) -> Optional[Path]:
 
 
 def embed_with_export(export_dir: Path, images: sources.ImageSet, image_size: int,
-                      batch_size: int = 256) -> np.ndarray:
+                      batch_size: int = 256, center_crop: float = 1.0) -> np.ndarray:
     """`[N, D]` embeddings of `images` computed by an exported SavedModel's `serve_images` signature."""
     serve = tf.saved_model.load(str(export_dir)).signatures["serve_images"]
-    out = [serve(images=batch)["embeddings"].numpy() for batch in pipeline.eval_dataset(images, image_size, batch_size)]
+    out = [serve(images=batch)["embeddings"].numpy()
+           for batch in pipeline.eval_dataset(images, image_size, batch_size, center_crop)]
     return np.concatenate(out).astype(np.float32)
 
 
@@ -230,7 +232,8 @@ def export_stage(cfg: Config, run_dir: Path, final: keras.Model, metrics: dict,
     if not cfg.export.enabled:
         return None, None
     name = cfg.export.name or cfg.run.name
-    content = _hash([np.asarray(w) for w in final.get_weights()], final.name, cfg.model.image_size,
+    view = cfg.model.image_size if cfg.model.center_crop == 1 else (cfg.model.image_size, cfg.model.center_crop)
+    content = _hash([np.asarray(w) for w in final.get_weights()], final.name, view,
                     config_lib.to_dict(cfg.index), cfg.eval.similarity)
     latest = _latest_export(Path(cfg.export.root) / name)
     index_dir = META_DIR / "index"
@@ -246,14 +249,15 @@ def export_stage(cfg: Config, run_dir: Path, final: keras.Model, metrics: dict,
         if not cfg.index.enabled:
             return
         ic = cfg.index
-        gallery = embed_with_export(export_dir, test, cfg.model.image_size, cfg.eval.batch_size)
+        gallery = embed_with_export(export_dir, test, cfg.model.image_size, cfg.eval.batch_size,
+                                    cfg.model.center_crop)
         searcher, params = scann_index.build(gallery, sim, ic.num_neighbors, ic.num_leaves, ic.num_leaves_to_search,
                                              ic.reorder, ic.dims_per_block, ic.anisotropic_threshold)
         scann_index.save(export_dir / index_dir, searcher, params, test.ids, test.labels, split.images.class_names,
                          sim, images=test.images, paths=test.paths, atomic=False)
 
     export_dir = export_embedder(
-        final, cfg.export.root, name, cfg.model.image_size,
+        final, cfg.export.root, name, cfg.model.image_size, center_crop=cfg.model.center_crop,
         metadata={"run_dir": str(run_dir), "similarity": sim, "config": config_lib.to_dict(cfg),
                   "content_hash": content,
                   "metrics": {k: v for k, v in metrics.items() if k not in ("baselines", "unwhitened")}},
