@@ -69,3 +69,49 @@ def test_center_crop_keeps_the_middle():
     img = np.arange(8 * 8 * 3, dtype=np.float32).reshape(8, 8, 3)
     np.testing.assert_array_equal(preprocess(tf.constant(img), 4, center_crop=0.5).numpy(), img[2:6, 2:6])
     np.testing.assert_array_equal(preprocess(tf.constant(img), 8).numpy(), img)
+
+
+def test_unusual_image_files_decode_to_rgb_the_same_way_everywhere(tmp_path):
+    """CMYK JPEG, 16-bit PNG, palette PNG, RGBA PNG, grey JPEG and an animated GIF: three RGB
+    channels, the same pixels in the pipeline, the pictures and (via `decode`) the SavedModel."""
+    import io
+
+    from PIL import Image
+
+    from tfsim.data import pipeline, sources
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, (12, 10, 3), dtype=np.uint8)
+
+    def encoded(img, fmt, **kw):
+        buffer = io.BytesIO()
+        img.save(buffer, fmt, **kw)
+        return buffer.getvalue()
+
+    frames = [Image.fromarray(rgb).convert("P"), Image.fromarray(255 - rgb).convert("P")]
+    files = {
+        "cmyk.jpg": encoded(Image.fromarray(rgb).convert("CMYK"), "JPEG", quality=95),
+        "deep.png": tf.io.encode_png(tf.constant(rgb.astype(np.uint16) * 257)).numpy(),
+        "palette.png": encoded(Image.fromarray(rgb).convert("P"), "PNG"),
+        "alpha.png": encoded(Image.fromarray(np.dstack([rgb, np.full((12, 10), 128, np.uint8)]), "RGBA"), "PNG"),
+        "grey.jpg": encoded(Image.fromarray(rgb[..., 0]), "JPEG", quality=95),
+        "anim.gif": encoded(frames[0], "GIF", save_all=True, append_images=frames[1:]),
+    }
+    paths = []
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        paths.append(str(tmp_path / name))
+    images = sources.ImageSet(labels=np.zeros(len(paths), np.int32), ids=np.array(paths), class_names=("a",),
+                              paths=np.array(paths))
+    pictures = images.load_images(range(len(paths)))
+    fed = [next(iter(pipeline.eval_dataset(images.subset(np.array([i])), 12)))[0].numpy() for i in range(len(paths))]
+    for name, picture, batch in zip(files, pictures, fed):
+        assert picture.shape == (12, 10, 3) and picture.dtype == np.uint8, name
+        np.testing.assert_array_equal(picture, decode(tf.constant(files[name])).numpy())
+        want = preprocess(tf.constant(picture), 12).numpy()
+        np.testing.assert_allclose(batch, want, atol=1e-4, err_msg=name)
+    np.testing.assert_array_equal(pictures[1], rgb)  # 16-bit: the high byte
+    np.testing.assert_array_equal(pictures[3], rgb)  # alpha dropped
+    assert np.abs(pictures[0].astype(int) - rgb).max() <= 12  # CMYK round trip through JPEG
+    first_frame = np.asarray(frames[0].convert("RGB"))
+    np.testing.assert_array_equal(pictures[2], first_frame)  # palette expanded
+    np.testing.assert_array_equal(pictures[5], first_frame)  # an animation's first frame

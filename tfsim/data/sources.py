@@ -68,11 +68,13 @@ class ImageSet:
             splits=None if self.splits is None else self.splits[rows])
 
     def load_images(self, rows: Sequence[int]) -> list[np.ndarray]:
-        """Decoded uint8 images `[H, W, C]` at `rows` (for pictures, not for training)."""
+        """Decoded uint8 images `[H, W, C]` at `rows` (for pictures, not for training), decoded by
+        `tfsim.data.preprocess.decode` as the pipeline and the SavedModel decode them (PIL's JPEG
+        and CMYK conversions differ by a few levels)."""
         if self.images is not None:
             return [self.images[r] for r in rows]
-        from PIL import Image
-        return [np.asarray(Image.open(self.paths[r]).convert("RGB")) for r in rows]
+        from tfsim.data.preprocess import decode_file
+        return [decode_file(str(self.paths[r])).numpy() for r in rows]
 
 
 def load_default() -> ImageSet:
