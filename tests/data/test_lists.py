@@ -167,3 +167,18 @@ def test_list_presets_need_the_list_and_split_it_as_published(sop, inshop, cub):
     # CUB from its own archive instead of TFDS: the same preset, another source.
     birds = config.load("cub200_resnet50", ["data.source=list", f"data.path={cub / 'images.txt'}"])
     assert birds.data.tfds_name is None and load_split(birds).test_class_names == ["003.Bird_3", "004.Bird_4"]
+
+
+@pytest.mark.slow
+def test_inshop_run_scores_queries_against_the_gallery(inshop, tmp_path):
+    from tfsim.training import train
+    cfg = config.load("default", ["data.source=list", f"data.path={inshop / 'Eval' / 'list_eval_partition.txt'}",
+                                  "model.image_size=16", "model.width=4", "model.embedding_dim=8",
+                                  "sampler.classes_per_batch=2", "sampler.examples_per_class=2", "train.epochs=1",
+                                  "train.steps_per_epoch=2", "eval.recall_ks=1,2", "export.enabled=false",
+                                  "whitening.enabled=false", f"run.root={tmp_path}"])
+    result = train(cfg, verbose=0)
+    m = result.metrics
+    # 4 query images (items 4 and 5, two views each) against 6 gallery images (items 4, 5, 6).
+    assert m["protocol"] == "query_gallery" and m["num_queries"] == 4
+    assert m["baselines"]["raw_pixels"]["num_queries"] == 4

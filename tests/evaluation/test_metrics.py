@@ -6,12 +6,15 @@ import pytest
 from tfsim.evaluation import exact_knn, metrics_from_neighbors, retrieval_metrics
 
 
-def naive_metrics(x, labels, ks):
+def naive_metrics(x, labels, ks, is_query=None):
+    """Per-query float64 loop; `is_query`: those rows query the other rows (In-Shop's protocol)."""
     x = x / np.linalg.norm(x, axis=1, keepdims=True)
     out = {f"recall@{k}": [] for k in ks}
     out["map@r"], out["r_precision"] = [], []
     for q in range(len(x)):
-        others = [i for i in range(len(x)) if i != q]
+        if is_query is not None and not is_query[q]:
+            continue
+        others = [i for i in range(len(x)) if i != q and (is_query is None or not is_query[i])]
         order = sorted(others, key=lambda i: -float(x[q] @ x[i]))
         rel = [labels[i] == labels[q] for i in order]
         r = sum(rel)
@@ -107,3 +110,21 @@ def test_loss_distance_names_map_to_the_same_objects():
         distances.get_distance("angular")  # tfa's name exists only at the losses' boundary
     with pytest.raises(ValueError, match=r"Invalid value for `distance_metric`"):
         distances.pairwise_distances(x, "cosine")
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_query_gallery_protocol_matches_naive_reference(seed):
+    from tfsim.evaluation import query_mask
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 8, size=90)
+    splits = np.where(rng.uniform(size=90) < 0.3, "query", "gallery")
+    splits[labels == 7] = "query"  # a class with queries only: no relevant gallery item, skipped
+    x = rng.normal(size=(20, 8))[labels] + 1.2 * rng.normal(size=(90, 8))
+    mask = query_mask(splits)
+    got = retrieval_metrics(x, labels, ks=(1, 2, 4, 8), query_mask=mask)
+    want = naive_metrics(x, labels, (1, 2, 4, 8), is_query=mask)
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, abs=1e-9), key
+    assert got["num_queries"] == int((mask & (labels != 7)).sum())
+    assert query_mask(np.array(["train", "test"])) is None and query_mask(None) is None
+    assert query_mask(np.array(["query", "query"])) is None  # no gallery: leave-one-out

@@ -10,11 +10,12 @@ ECCV 2020, arXiv:2003.08505), for a query q with R_q relevant gallery items
 * mAP: average precision over the whole ranking (all G items).
 
 Queries without any relevant item (singleton classes) are skipped and counted.
+Leave-one-out by default; a query / gallery split (In-Shop) with `query_mask`.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -53,22 +54,47 @@ def metrics_from_neighbors(neighbor_labels: np.ndarray, query_labels: np.ndarray
 
 
 def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1, 2, 4, 8),
-                      similarity: str = "cosine") -> dict:
-    """Leave-one-out retrieval metrics: every item queries all the others, exactly.
+                      similarity: str = "cosine", query_mask: Optional[np.ndarray] = None) -> dict:
+    """Retrieval metrics over a whole set, exactly.
+
+    Leave-one-out (default): every item queries all the others. With `query_mask`, the
+    rows where it is true query the rows where it is false (the gallery), as In-Shop's
+    query / gallery protocol does; a query is then never in its own gallery.
 
     Args:
         embeddings: float `[N, D]`.
         labels: int `[N]`.
         ks: the K of Recall@K.
         similarity: a name in `tfsim.distances.DISTANCES`.
+        query_mask: bool `[N]`, or None for leave-one-out.
 
     Returns:
         See `metrics_from_neighbors`.
     """
     labels = np.asarray(labels)
-    _, counts = np.unique(labels, return_inverse=False, return_counts=True)
-    per_label = dict(zip(np.unique(labels), counts))
-    num_relevant = np.array([per_label[y] - 1 for y in labels])
-    k = int(max(max(ks), num_relevant.max()))
-    idx = exact_knn(embeddings, embeddings, k, similarity, exclude_self=True).indices
-    return metrics_from_neighbors(labels[idx], labels, num_relevant, ks)
+    if query_mask is None:
+        queries, query_labels, gallery, gallery_labels = embeddings, labels, embeddings, labels
+    else:
+        query_mask = np.asarray(query_mask, bool)
+        queries, query_labels = embeddings[query_mask], labels[query_mask]
+        gallery, gallery_labels = embeddings[~query_mask], labels[~query_mask]
+    per_label = dict(zip(*np.unique(gallery_labels, return_counts=True)))
+    self_in_gallery = 1 if query_mask is None else 0
+    num_relevant = np.array([per_label.get(y, 0) - self_in_gallery for y in query_labels])
+    k = int(min(max(max(ks), num_relevant.max(initial=0)), len(gallery_labels) - self_in_gallery))
+    if k < max(ks):
+        raise ValueError(f"Need at least {max(ks)} gallery items per query for Recall@{max(ks)}; the gallery "
+                         f"has {len(gallery_labels) - self_in_gallery}.")
+    idx = exact_knn(queries, gallery, k, similarity, exclude_self=query_mask is None).indices
+    return metrics_from_neighbors(gallery_labels[idx], query_labels, num_relevant, ks)
+
+
+def query_mask(splits: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """The query rows of a held-out set whose source splits it into "query" and "gallery"
+    (In-Shop), else None (leave-one-out)."""
+    if splits is None:
+        return None
+    splits = np.asarray(splits)
+    if not ((splits == "query").any() and (splits == "gallery").any()):
+        return None
+    return splits == "query"

@@ -47,7 +47,8 @@ def main(argv: list[str]) -> int:
     result = train(cfg, args.run_dir, resume=not args.no_resume, verbose=0 if args.quiet else 2)
     m = result.metrics
     print(f"\nRetrieval on held-out classes {result.test_classes} "
-          f"({m['num_queries']} queries, each against all other held-out images):")
+          f"({m['num_queries']} queries, " + ("each against the gallery):" if m.get("protocol") == "query_gallery"
+                                              else "each against all other held-out images):"))
     print(format_table(m, cfg.eval.recall_ks))
     print(f"\nrun folder:   {result.run_dir}  (metrics.json, baselines.json, config.json, tensorboard/, checkpoints/, whitening.npz, samples/)")
     if result.export_dir:

@@ -99,19 +99,20 @@ class RetrievalEvaluation(keras.callbacks.Callback):
         similarity: retrieval score name.
         embedder: the model that embeds (default: the model being fitted; pass the
             embedder when fitting a wrapper such as a proxy trainer).
+        query_mask: bool `[N]`: these rows query the others (In-Shop); None = leave-one-out.
     """
 
     def __init__(self, dataset, labels: np.ndarray, ks: Sequence[int] = (1, 2, 4, 8),
-                 similarity: str = "cosine", embedder=None):
+                 similarity: str = "cosine", embedder=None, query_mask=None):
         super().__init__()
-        self.embedder = embedder
+        self.embedder, self.query_mask = embedder, query_mask
         self.dataset, self.labels, self.ks, self.similarity = dataset, np.asarray(labels), tuple(ks), similarity
         self.history: list[dict] = []
 
     def on_epoch_end(self, epoch, logs=None):
         model = self.embedder if self.embedder is not None else self.model
         embeddings = model.predict(self.dataset, verbose=0)
-        metrics = retrieval_metrics(embeddings, self.labels, self.ks, self.similarity)
+        metrics = retrieval_metrics(embeddings, self.labels, self.ks, self.similarity, self.query_mask)
         self.history.append(metrics)
         if logs is not None:
             for k in self.ks:

@@ -29,6 +29,7 @@ import tensorflow as tf
 from tfsim import config as config_lib
 from tfsim.config import Config
 from tfsim.data import lists, pipeline, sources, splits
+from tfsim.evaluation.metrics import query_mask
 from tfsim.losses import get_loss, input_kind
 from tfsim.models import build_embedding_model
 from tfsim.models.proxies import PROXY_LAYER, build_proxy_trainer, embedder_of
@@ -160,7 +161,7 @@ def fit(cfg: Config, run_dir: Path, split: Split, resume: bool = True, verbose: 
         evaluation = RetrievalEvaluation(pipeline.eval_dataset(split.test, m.image_size, cfg.eval.batch_size,
                                                                m.center_crop),
                                          split.test.labels, cfg.eval.recall_ks, cfg.eval.similarity,
-                                         embedder=embedder_of(model))
+                                         embedder=embedder_of(model), query_mask=query_mask(split.test.splits))
         callbacks.append(evaluation)
     callbacks += [keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False),
                   ResumableCheckpoint(ckpt_dir)]

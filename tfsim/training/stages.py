@@ -32,7 +32,7 @@ from tfsim.config import Config
 from tfsim.data import pipeline, sources
 from tfsim.errors import UserInputError
 from tfsim.evaluation.embed import embed
-from tfsim.evaluation.metrics import retrieval_metrics
+from tfsim.evaluation.metrics import query_mask, retrieval_metrics
 from tfsim.export import export_embedder
 from tfsim.export.saved_model import META_DIR
 from tfsim.index import scann_index
@@ -141,8 +141,9 @@ def baselines_stage(cfg: Config, run_dir: Path, train_set: sources.ImageSet,
     ks, sim, m = cfg.eval.recall_ks, cfg.eval.similarity, cfg.model
     untrained = build_embedder(cfg)
     whitening = whitening_stage(cfg, untrained, train_set)
+    queries = query_mask(test_set.splits)
     baselines = {"untrained": retrieval_metrics(_embed(final_model(untrained, whitening), test_set, cfg),
-                                                test_set.labels, ks, sim)}
+                                                test_set.labels, ks, sim, queries)}
     del untrained
     raw_bytes = len(test_set) * m.image_size ** 2 * 3 * 4
     if raw_bytes > MAX_RAW_PIXEL_BYTES:
@@ -150,14 +151,14 @@ def baselines_stage(cfg: Config, run_dir: Path, train_set: sources.ImageSet,
                  len(test_set), m.image_size, raw_bytes / 1e9)
     else:
         raw_test = pipeline.raw_pixels(test_set, m.image_size, m.center_crop)
-        baselines["raw_pixels"] = retrieval_metrics(raw_test, test_set.labels, ks, "cosine")
+        baselines["raw_pixels"] = retrieval_metrics(raw_test, test_set.labels, ks, "cosine", queries)
         w = cfg.whitening
         if w.enabled and w.dims <= raw_test.shape[1] <= MAX_WHITENED_PIXELS:
             raw_fit = normalize_rows(pipeline.raw_pixels(whitening_fit_set(cfg, train_set), m.image_size,
                                                          m.center_crop))
             baselines["raw_pixels_whitened"] = retrieval_metrics(
                 whiten(normalize_rows(raw_test), *fit_whitening(raw_fit, w.power, w.dims)), test_set.labels, ks,
-                "cosine")
+                "cosine", queries)
     write_json(cache, {"key": key, "baselines": baselines})
     return baselines
 
@@ -178,9 +179,11 @@ def evaluate_stage(cfg: Config, run_dir: Path, embedder: keras.Model, final: ker
     both = evaluation_model(embedder, final).predict(
         pipeline.eval_dataset(test_set, cfg.model.image_size, cfg.eval.batch_size, cfg.model.center_crop), verbose=0)
     embeddings, unwhitened = both
-    metrics = retrieval_metrics(embeddings, test_set.labels, ks, sim)
+    queries = query_mask(test_set.splits)  # In-Shop: queries against the gallery; else leave-one-out
+    metrics = retrieval_metrics(embeddings, test_set.labels, ks, sim, queries)
+    metrics["protocol"] = "leave_one_out" if queries is None else "query_gallery"
     if final is not embedder:
-        metrics["unwhitened"] = retrieval_metrics(unwhitened, test_set.labels, ks, sim)
+        metrics["unwhitened"] = retrieval_metrics(unwhitened, test_set.labels, ks, sim, queries)
     if baselines is not None:
         metrics["baselines"] = baselines
     metrics.update(extra or {})
@@ -244,6 +247,9 @@ def export_stage(cfg: Config, run_dir: Path, final: keras.Model, metrics: dict,
             return latest, (latest / index_dir if cfg.index.enabled else None)
 
     sim, test = cfg.eval.similarity, split.test
+    queries = query_mask(test.splits)
+    if queries is not None:  # In-Shop: the index holds the gallery, not the queries
+        test = test.subset(np.flatnonzero(~queries))
 
     def write_index(export_dir: Path):
         if not cfg.index.enabled:
