@@ -112,7 +112,8 @@ def test_defaults_do_not_flip_or_zero_init_and_natural_image_presets_flip():
 
 def test_shipped_presets_load_from_any_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # presets are package data, not files next to the working directory
-    assert config.presets() == ["cars196_resnet50", "cub200_resnet50", "default", "inshop_resnet50", "sop_resnet50"]
+    assert config.presets() == ["cars196_resnet50", "cub200_resnet50", "default", "dogs_resnet50", "inshop_resnet50",
+                                "sop_resnet50", "tiny_imagenet"]
     cars, cub = config.load("cars196_resnet50"), config.load("cub200_resnet50")
     assert (cars.data.tfds_name, cars.run.name, cars.data.test_classes) == ("cars196", "cars196_resnet50", ())
     assert (cub.data.tfds_name, cub.run.name, cub.model.backbone) == ("caltech_birds2011", "cub200_resnet50", "resnet50")

@@ -54,8 +54,8 @@ class DataConfig:
 
     `source`: "default" (the shipped Fashion-MNIST subset), "folder"
     (`path/<class>/<image>`), "list" (`path` is a list file: a `path,label[,split]` CSV,
-    Stanford Online Products' `Ebay_train.txt`, In-Shop's `list_eval_partition.txt` or
-    CUB's `images.txt`, see `tfsim.data.lists`; `image_root`: the folder its paths start
+    Stanford Online Products' `Ebay_train.txt`, In-Shop's `list_eval_partition.txt`,
+    CUB's `images.txt` or Tiny ImageNet's `wnids.txt`, see `tfsim.data.lists`; `image_root`: the folder its paths start
     from, found when null) or "tfds" (`tfds_name`, e.g. cars196). `test_classes`:
     label indices held out (never trained on); empty (the default) = the list's published
     class-disjoint split when it has one (SOP, In-Shop, a CSV's split column), else the
@@ -64,6 +64,11 @@ class DataConfig:
     `path`, `image_root`, the `tfds_*` keys, `data_dir`, `manual_dir` and `test_classes` to
     their defaults unless the same update sets them, so a preset's split never silently
     applies to another dataset.
+    `protocol`: "class_disjoint" (the metric-learning papers: held-out classes, each image
+    querying the others, or In-Shop's query/gallery) or "database_query" (the retrieval and
+    hashing projects on Stanford Dogs, Tiny ImageNet, CUB: train on the source's "train"
+    split; its other images, same classes, query a database of the training images; needs a
+    source that says which image is in which split: TFDS `train+test`, a list with splits).
     `augment`: augment training images: `augmentation` "shift" (default: a random shift by up
     to 10% of the side, for small centred images) or "random_resized_crop" (a random crop of
     8-100% of the area, aspect 3/4-4/3, resized to the model's side: the natural-photo presets,
@@ -83,6 +88,7 @@ class DataConfig:
     data_dir: Optional[str] = None
     manual_dir: Optional[str] = None
     test_classes: tuple[int, ...] = ()
+    protocol: Literal["class_disjoint", "database_query"] = "class_disjoint"
     augment: bool = True
     augmentation: Literal["shift", "random_resized_crop"] = "shift"
     flip: bool = False
@@ -303,7 +309,7 @@ class Config:
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 
 # Data keys that belong to one source (reset when `data.source` changes, see DataConfig).
-_SOURCE_KEYS = ("path", "image_root", "tfds_name", "tfds_split", "data_dir", "manual_dir", "test_classes", "on_bad_file")
+_SOURCE_KEYS = ("path", "image_root", "protocol", "tfds_name", "tfds_split", "data_dir", "manual_dir", "test_classes", "on_bad_file")
 # Each sampler kind's options and their defaults are the samplers' (`samplers.KIND_OPTIONS`).
 SAMPLER_OPTIONS = samplers.KIND_OPTIONS
 _SAMPLER_KEYS = ("classes_per_batch", "examples_per_class", "batch_size", "triplets_per_query", "small_classes")
@@ -592,6 +598,9 @@ def validate(cfg: Config) -> None:
     need(cfg.index.num_neighbors >= 1, "index.num_neighbors", "an integer >= 1", cfg.index.num_neighbors)
     need(cfg.run.name is None or (cfg.run.name != "" and "/" not in cfg.run.name), "run.name",
          "a non-empty name without '/' (or null: named after the data)", cfg.run.name)
+    need(cfg.data.protocol == "class_disjoint" or not cfg.data.test_classes, "data.test_classes",
+         "empty with data.protocol=database_query (its queries are the source's test split, of the same classes)",
+         cfg.data.test_classes)
     need(cfg.data.source in ("folder", "list") or cfg.data.path is None, "data.path",
          f"null unless data.source=folder or list (add --set data.source=folder to train on that folder; "
          f"data.source is {cfg.data.source!r})", cfg.data.path)

@@ -182,3 +182,55 @@ def test_inshop_run_scores_queries_against_the_gallery(inshop, tmp_path):
     # 4 query images (items 4 and 5, two views each) against 6 gallery images (items 4, 5, 6).
     assert m["protocol"] == "query_gallery" and m["num_queries"] == 4
     assert m["baselines"]["raw_pixels"]["num_queries"] == 4
+
+
+def test_database_query_protocol_on_cub_layout(cub):
+    cfg = config.load("default", ["data.source=list", f"data.path={cub / 'images.txt'}",
+                                  "data.protocol=database_query"])
+    split = load_split(cfg)
+    assert set(split.train.splits) == {"train"} and len(split.train) == 8  # 2 training images x 4 classes
+    assert len(split.test) == 16 and sorted(set(split.test.splits)) == ["gallery", "query"]
+    queries = split.test.splits == "query"
+    assert set(split.test.ids[queries]) == set(split.images.ids[split.images.splits == "test"])
+    assert set(split.test.ids[~queries]) == set(split.train.ids)  # the database is the training images
+    with pytest.raises(UserInputError, match=r"`data.protocol`: 'database_query' needs a source that says"):
+        load_split(config.load("default", ["data.protocol=database_query", "data.test_classes="]))
+    with pytest.raises(UserInputError, match=r"`data.test_classes`: expected empty with data.protocol=database_query"):
+        config.load("default", ["data.protocol=database_query", "data.test_classes=1,2"])
+
+
+@pytest.mark.slow
+def test_database_query_run_scores_test_images_against_training_images(cub, tmp_path):
+    from tfsim.training import train
+    cfg = config.load("default", ["data.source=list", f"data.path={cub / 'images.txt'}",
+                                  "data.protocol=database_query", "model.image_size=16", "model.width=4",
+                                  "model.embedding_dim=8", "sampler.classes_per_batch=2",
+                                  "sampler.examples_per_class=2", "train.epochs=1", "train.steps_per_epoch=2",
+                                  "export.enabled=false", "whitening.enabled=false", f"run.root={tmp_path}"])
+    m = train(cfg, verbose=0).metrics
+    assert m["protocol"] == "query_gallery" and m["num_queries"] == 8  # the 8 test images
+
+
+def test_tiny_imagenet_layout_and_the_dogs_and_tiny_presets(tmp_path):
+    root = tmp_path / "tiny-imagenet-200"
+    wnids = ["n01443537", "n01629819", "n01641577"]
+    write(root / "wnids.txt", text="\n".join(wnids) + "\n")
+    rows, n = [], 0
+    for wnid in wnids:
+        for k in range(3):
+            n += 1
+            write(root / "train" / wnid / "images" / f"{wnid}_{k}.JPEG", png(n))
+        write(root / "train" / wnid / f"{wnid}_boxes.txt", text="ignored\n")
+        n += 1
+        write(root / "val" / "images" / f"val_{n}.JPEG", png(n))
+        rows.append(f"val_{n}.JPEG\t{wnid}\t0\t0\t10\t10\n")
+    write(root / "val" / "val_annotations.txt", text="".join(rows))
+    cfg = config.load("tiny_imagenet", [f"data.path={root / 'wnids.txt'}"])
+    assert (cfg.run.name, cfg.data.protocol, cfg.model.image_size) == ("tiny_imagenet", "database_query", 64)
+    split = load_split(cfg)
+    assert split.images.class_names == tuple(wnids) and len(split.train) == 9
+    assert (split.test.splits == "query").sum() == 3  # the val images query the training images
+    assert split.images.report["images_per_split"] == {"train": 9, "val": 3}
+    dogs = config.load("dogs_resnet50")
+    assert (dogs.data.tfds_name, dogs.data.protocol, dogs.data.augmentation) == (
+        "stanford_dogs", "database_query", "random_resized_crop")

@@ -114,7 +114,7 @@ def test_tfds_source_is_streamed_from_encoded_bytes(tmp_path, monkeypatch):
         np.testing.assert_array_equal(sources.ImageSet(ds.labels[:1], ds.ids[:1], ds.class_names,
                                                        paths=np.array([path])).load_images([0])[0], image)
     cache = Path(ds.paths[0]).parent
-    assert ds.report["cache"] == str(cache) and cache.name == "train" and cache.parent.parent.name == "tf_flowers"
+    assert ds.report["cache"] == [str(cache)] and cache.name == "train" and cache.parent.parent.name == "tf_flowers"
     assert str(cache).startswith(str(tmp_path.resolve()))  # under data_dir
     assert len(list(cache.glob("00000*.*"))) == 20 and not list(cache.parent.glob(".tmp-*"))
     # A second load reads the cache (TFDS is not asked for the images again).
@@ -123,6 +123,17 @@ def test_tfds_source_is_streamed_from_encoded_bytes(tmp_path, monkeypatch):
     assert again.paths.tolist() == ds.paths.tolist()
     batch = next(iter(pipeline.train_dataset(ds, 2, 2, 32, augment_images=False)))
     assert batch[0].shape == (4, 32, 32, 3)
+    assert set(ds.splits) == {"train"}
+
+
+def test_tfds_parts_are_cached_and_labelled_apart(tmp_path):
+    import tensorflow_datasets as tfds
+    with tfds.testing.mock_data(num_examples=10):
+        both = sources.load_tfds("oxford_flowers102", "train+test", data_dir=str(tmp_path))
+        test = sources.load_tfds("oxford_flowers102", "test", data_dir=str(tmp_path))
+    assert both.splits.tolist() == ["train"] * 10 + ["test"] * 10
+    assert both.paths[10:].tolist() == test.paths.tolist()  # the same cached files
+    assert [Path(c).name for c in both.report["cache"]] == ["train", "test"]
 
 
 def test_tfds_unknown_dataset_is_a_clear_error(tmp_path):

@@ -9,6 +9,7 @@ published split each image belongs to. The format is recognised by the file's na
 | `Ebay_train.txt` / `Ebay_test.txt` / `Ebay_info.txt` | Stanford Online Products | `image_id class_id super_class_id path`; both `Ebay_train.txt` and `Ebay_test.txt` are read | train / test by file (11,318 / 11,316 classes) |
 | `list_eval_partition.txt` | In-Shop Clothes | `image_name item_id evaluation_status` after a count and a header line | train / query / gallery |
 | `images.txt` | CUB-200-2011 | `image_id path`, with `image_class_labels.txt`, `classes.txt`, `train_test_split.txt` beside it | train / test per image (the classification split) |
+| `wnids.txt` | Tiny ImageNet | the class ids; `train/<wnid>/images/*`, and `val/val_annotations.txt` for `val/images/*` | train / val per image |
 
 Paths in a list are relative to `image_root` if given, else to the first of the list's
 folder, its parent, `<parent>/Img` (In-Shop) and `<folder>/images` (CUB) where the first
@@ -37,7 +38,7 @@ from tfsim.errors import UserInputError
 log = logging.getLogger(__name__)
 
 FORMATS = ("*.csv (path,label[,split])", "Ebay_train.txt / Ebay_test.txt (Stanford Online Products)",
-           "list_eval_partition.txt (In-Shop)", "images.txt (CUB-200-2011)")
+           "list_eval_partition.txt (In-Shop)", "images.txt (CUB-200-2011)", "wnids.txt (Tiny ImageNet)")
 
 
 def _fail(path: Path, line: int, expected: str, got: str) -> UserInputError:
@@ -139,6 +140,32 @@ def _read_cub(path: Path) -> tuple[list[str], list[str], Optional[list[str]], di
     return paths, labels, split if is_train is not None else None, names
 
 
+def _read_tiny_imagenet(path: Path) -> tuple[list[str], list[str], list[str]]:
+    """Tiny ImageNet: `wnids.txt` names the 200 classes; `train/<wnid>/images/*.JPEG` are the
+    training images and `val/val_annotations.txt` (`file wnid x y w h`) labels `val/images/`."""
+    root = path.parent
+    wnids = [line.strip() for line in _read_lines(path) if line.strip()]
+    paths, labels, split = [], [], []
+    for wnid in wnids:
+        for f in sorted((root / "train" / wnid / "images").glob("*")):
+            if f.suffix.lower() in (".jpeg", ".jpg", ".png") and not f.name.startswith("."):
+                paths.append(str(f.relative_to(root)))
+                labels.append(wnid)
+                split.append("train")
+    annotations = root / "val" / "val_annotations.txt"
+    if annotations.is_file():
+        for i, line in enumerate(_read_lines(annotations), 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) < 2:
+                raise _fail(annotations, i, "file wnid [x y w h]", line)
+            paths.append(f"val/images/{fields[0]}")
+            labels.append(fields[1])
+            split.append("val")
+    return paths, labels, split
+
+
 def _image_root(path: Path, first: str, image_root: Optional[str], candidates: Sequence[Path]) -> Path:
     if image_root is not None:
         root = Path(image_root).expanduser().resolve()
@@ -165,6 +192,8 @@ def dataset_name(path: str) -> str:
         return "inshop"
     if name == "images.txt":
         return "cub200"
+    if name == "wnids.txt":
+        return "tiny_imagenet"
     return Path(path).stem or "list"
 
 
@@ -208,6 +237,9 @@ def load_list(path: str, image_root: Optional[str] = None, check_files: bool = T
     elif name == "images.txt":
         paths, labels, split, names = _read_cub(file)
         candidates = [file.parent / "images", file.parent]
+    elif name == "wnids.txt":
+        paths, labels, split = _read_tiny_imagenet(file)
+        candidates = [file.parent]
     else:
         raise UserInputError(f"Invalid value for `path`: expected a list file, one of {list(FORMATS)}. "
                              f"Received: path={path!r}.")

@@ -244,8 +244,10 @@ def load_tfds(name: str, split: str = "train+test", data_dir: Optional[str] = No
 
     The first load writes every image's *encoded* bytes, as TFDS stores them (no decoding, no
     re-encoding), to one file per image under `cache_dir` (default: beside TFDS's own files,
-    `<data_dir>/tfsim_images/<name>/<version>/<split>/`), with the labels, committed by an
-    atomic rename; later loads read the labels only. The set is then file-backed like an image
+    `<data_dir>/tfsim_images/<name>/<version>/<split>/`, each part of "train+test" apart), with
+    the labels, committed by an atomic rename; later loads read the labels only. The set's
+    `splits` say which part each image came from (SOP's class-disjoint train/test then
+    defines the held-out classes; see `splits.list_test_classes`). The set is then file-backed like an image
     folder: the pipeline decodes the images of each batch, P x K sampling picks rows by index,
     and memory holds the label and path arrays only (SOP: 120,053 rows). Download works where
     the network allows it; otherwise place the original archives in `manual_dir` (TFDS checks
@@ -274,28 +276,42 @@ def load_tfds(name: str, split: str = "train+test", data_dir: Optional[str] = No
     root = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
     folder = (Path(cache_dir) if cache_dir else
               Path(root).expanduser() / "tfsim_images" / builder.info.name / str(builder.info.version))
-    target = folder / split.replace("/", "_").replace(":", "_")
-    if not (target / "labels.npy").is_file():
-        try:
-            ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
-        except Exception as err:
-            raise UserInputError(f"Could not read split {split!r} of TFDS dataset {name!r}: {err}.") from err
-        tmp = target.with_name(f".tmp-{target.name}-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        labels, suffixes = [], []
-        for i, ex in enumerate(ds.as_numpy_iterator()):
-            data = ex["image"]
-            suffixes.append(_image_suffix(data))
-            (tmp / f"{i:07d}{suffixes[-1]}").write_bytes(data)
-            labels.append(int(ex[label_key]))
-        np.save(tmp / "labels.npy", np.array(labels, np.int32))
-        (tmp / "suffixes.txt").write_text("\n".join(suffixes) + "\n")
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
-        log.info("Wrote the %d encoded images of %s[%s] to %s.", len(labels), name, split, target)
-    labels = np.load(target / "labels.npy")
-    suffixes = (target / "suffixes.txt").read_text().split()
-    paths = np.array([str((target / f"{i:07d}{sfx}").resolve()) for i, sfx in enumerate(suffixes)])
-    return ImageSet(labels=labels, ids=paths, class_names=names, paths=paths, name=name,
-                    report={"tfds": name, "split": split, "images": int(len(labels)), "cache": str(target.resolve())})
+    labels, paths, splits, caches = [], [], [], []
+    for part in (p.strip() for p in split.split("+")):  # "train+test": each part cached and labelled apart
+        target = folder / part.replace("/", "_").replace(":", "_")
+        if not (target / "labels.npy").is_file():
+            _write_encoded(builder, name, part, label_key, target)
+        part_labels = np.load(target / "labels.npy")
+        suffixes = (target / "suffixes.txt").read_text().split()
+        labels.append(part_labels)
+        paths += [str((target / f"{i:07d}{sfx}").resolve()) for i, sfx in enumerate(suffixes)]
+        splits += [part.split("[")[0]] * len(part_labels)
+        caches.append(str(target.resolve()))
+    paths_arr = np.array(paths)
+    return ImageSet(labels=np.concatenate(labels).astype(np.int32), ids=paths_arr, class_names=names,
+                    paths=paths_arr, name=name, splits=np.array(splits),
+                    report={"tfds": name, "split": split, "images": len(paths), "cache": caches})
+
+
+def _write_encoded(builder, name: str, part: str, label_key: str, target: Path) -> None:
+    """One split's encoded images, one file each, and their labels, committed by one rename."""
+    import tensorflow_datasets as tfds
+
+    try:
+        ds = builder.as_dataset(split=part, decoders={"image": tfds.decode.SkipDecoding()})
+    except Exception as err:
+        raise UserInputError(f"Could not read split {part!r} of TFDS dataset {name!r}: {err}.") from err
+    tmp = target.with_name(f".tmp-{target.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    labels, suffixes = [], []
+    for i, ex in enumerate(ds.as_numpy_iterator()):
+        data = ex["image"]
+        suffixes.append(_image_suffix(data))
+        (tmp / f"{i:07d}{suffixes[-1]}").write_bytes(data)
+        labels.append(int(ex[label_key]))
+    np.save(tmp / "labels.npy", np.array(labels, np.int32))
+    (tmp / "suffixes.txt").write_text("\n".join(suffixes) + "\n")
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    log.info("Wrote the %d encoded images of %s[%s] to %s.", len(labels), name, part, target)

@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from tfsim import config as config_lib
 from tfsim.config import Config
+from tfsim.errors import UserInputError
 from tfsim.data import lists, pipeline, sources, splits
 from tfsim.evaluation.metrics import query_mask
 from tfsim.losses import get_loss, input_kind
@@ -75,10 +76,29 @@ def load_data(cfg: config_lib.DataConfig) -> sources.ImageSet:
     return sources.load_tfds(cfg.tfds_name, cfg.tfds_split, cfg.data_dir, cfg.manual_dir)
 
 
+def database_query_split(images: sources.ImageSet) -> Split:
+    """`data.protocol=database_query`: train on the "train" split; evaluate every other image as a
+    query against a database ("gallery") of the training images."""
+    if images.splits is None:
+        raise UserInputError(
+            "Invalid value for `data.protocol`: 'database_query' needs a source that says which image is in "
+            f"which split (TFDS with data.tfds_split=train+test, a list file with splits); {images.name!r} has "
+            "none. Use data.protocol=class_disjoint.")
+    is_train = images.splits == "train"
+    if is_train.all() or not is_train.any():
+        raise UserInputError(
+            f"Invalid value for `data.protocol`: 'database_query' needs images in the 'train' split and in "
+            f"another one; {images.name!r} has splits {sorted(set(images.splits.tolist()))}.")
+    database = dataclasses.replace(images, splits=np.where(is_train, "gallery", "query"))
+    return Split(images, images.subset(np.flatnonzero(is_train)), database)
+
+
 def load_split(cfg: Config) -> Split:
     """The configured images split into training and held-out classes (errors name config keys)."""
     with preflight.config_keys(**preflight.DATA_KEYS):
         images = load_data(cfg.data)
+        if cfg.data.protocol == "database_query":
+            return database_query_split(images)
         test_classes = cfg.data.test_classes
         if not test_classes and images.splits is not None:
             published = splits.list_test_classes(images)

@@ -65,7 +65,7 @@ log = logging.getLogger(__name__)
 # Keys a search may not vary: where outputs go, the search itself, how trials are measured,
 # and which images are the data and the test classes (the validation split depends on them).
 _FIXED_SECTIONS = ("run", "tune", "export", "index", "eval")
-_FIXED_DATA_KEYS = ("source", "path", "image_root", "tfds_name", "tfds_split", "data_dir", "manual_dir", "test_classes",
+_FIXED_DATA_KEYS = ("source", "path", "image_root", "protocol", "tfds_name", "tfds_split", "data_dir", "manual_dir", "test_classes",
                     "on_bad_file")
 # Grids larger than this are validated value by value instead of combination by combination.
 _MAX_CHECKED_COMBINATIONS = 5000
@@ -484,6 +484,10 @@ def tune(cfg: Config, grid_items: Sequence[str], verbose: int = 0, final: bool =
 
     config_lib.validate(cfg)
     cfg = config_lib.resolve(cfg)
+    if cfg.data.protocol != "class_disjoint":
+        raise UserInputError("Invalid value for `data.protocol`: the tune command scores trials on validation "
+                             "classes carved from the training classes, so it takes data.protocol=class_disjoint. "
+                             f"Received: data.protocol={cfg.data.protocol!r}")
     grid = parse_grid(cfg, grid_items)
     name = cfg.tune.name or cfg.run.name
     root = Path(cfg.run.root) / "tune"
