@@ -60,7 +60,9 @@ class DataConfig:
     label indices held out (never trained on); empty (the default) = the list's published
     class-disjoint split when it has one (SOP, In-Shop, a CSV's split column), else the
     second half of the classes in label order (sorted folder names; numeric class ids in
-    numeric order), the papers' split for cars196 and CUB-200. Changing `source` resets
+    numeric order), the papers' split for cars196 and CUB-200. `test_fraction` > 0 (and no
+    `test_classes`): that share of the classes, drawn at random with `split_seed`, is held out
+    instead (for a folder of your own, where label order may mean something). Changing `source` resets
     `path`, `image_root`, the `tfds_*` keys, `data_dir`, `manual_dir` and `test_classes` to
     their defaults unless the same update sets them, so a preset's split never silently
     applies to another dataset.
@@ -88,6 +90,8 @@ class DataConfig:
     data_dir: Optional[str] = None
     manual_dir: Optional[str] = None
     test_classes: tuple[int, ...] = ()
+    test_fraction: float = 0.0
+    split_seed: int = 0
     protocol: Literal["class_disjoint", "database_query"] = "class_disjoint"
     augment: bool = True
     augmentation: Literal["shift", "random_resized_crop"] = "shift"
@@ -309,7 +313,7 @@ class Config:
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 
 # Data keys that belong to one source (reset when `data.source` changes, see DataConfig).
-_SOURCE_KEYS = ("path", "image_root", "protocol", "tfds_name", "tfds_split", "data_dir", "manual_dir", "test_classes", "on_bad_file")
+_SOURCE_KEYS = ("path", "image_root", "protocol", "test_fraction", "split_seed", "tfds_name", "tfds_split", "data_dir", "manual_dir", "test_classes", "on_bad_file")
 # Each sampler kind's options and their defaults are the samplers' (`samplers.KIND_OPTIONS`).
 SAMPLER_OPTIONS = samplers.KIND_OPTIONS
 _SAMPLER_KEYS = ("classes_per_batch", "examples_per_class", "batch_size", "triplets_per_query", "small_classes")
@@ -598,6 +602,10 @@ def validate(cfg: Config) -> None:
     need(cfg.index.num_neighbors >= 1, "index.num_neighbors", "an integer >= 1", cfg.index.num_neighbors)
     need(cfg.run.name is None or (cfg.run.name != "" and "/" not in cfg.run.name), "run.name",
          "a non-empty name without '/' (or null: named after the data)", cfg.run.name)
+    need(0 <= cfg.data.test_fraction < 1, "data.test_fraction", "a fraction in [0, 1) (0 = the second half)",
+         cfg.data.test_fraction)
+    need(cfg.data.test_fraction == 0 or not cfg.data.test_classes, "data.test_fraction",
+         "0 when data.test_classes names the held-out classes", cfg.data.test_fraction)
     need(cfg.data.protocol == "class_disjoint" or not cfg.data.test_classes, "data.test_classes",
          "empty with data.protocol=database_query (its queries are the source's test split, of the same classes)",
          cfg.data.test_classes)

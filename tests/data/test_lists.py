@@ -234,3 +234,27 @@ def test_tiny_imagenet_layout_and_the_dogs_and_tiny_presets(tmp_path):
     dogs = config.load("dogs_resnet50")
     assert (dogs.data.tfds_name, dogs.data.protocol, dogs.data.augmentation) == (
         "stanford_dogs", "database_query", "random_resized_crop")
+
+
+def test_folder_split_by_seeded_fraction_and_csv_query_gallery(tmp_path):
+    root = tmp_path / "photos"
+    for c in range(10):
+        for i in range(2):
+            write(root / f"c{c}" / f"{i}.png", png(c * 10 + i))
+    base = ["data.source=folder", f"data.path={root}", "data.test_fraction=0.3"]
+    first = load_split(config.load("default", base))
+    assert len(first.test_class_names) == 3 and first.test_class_names != ["c7", "c8", "c9"]
+    assert load_split(config.load("default", base)).test_class_names == first.test_class_names  # seeded
+    other = {tuple(load_split(config.load("default", base + [f"data.split_seed={s}"])).test_class_names)
+             for s in range(1, 5)}
+    assert len(other) > 1
+    with pytest.raises(UserInputError, match=r"`data.test_fraction`: expected 0 when data.test_classes names"):
+        config.load("default", ["data.test_fraction=0.3"])  # the default preset names its test classes
+    # An explicit query / gallery split of one's own, as a CSV.
+    rows = [f"c{c}/{i}.png,c{c},{'train' if c < 6 else ('query' if i == 0 else 'gallery')}"
+            for c in range(10) for i in range(2)]
+    listing = write(root / "split.csv", text="\n".join(rows) + "\n")
+    split = load_split(config.load("default", ["data.source=list", f"data.path={listing}"]))
+    assert split.test_class_names == ["c6", "c7", "c8", "c9"]
+    from tfsim.evaluation import query_mask
+    assert query_mask(split.test.splits).sum() == 4

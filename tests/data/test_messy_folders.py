@@ -85,6 +85,7 @@ def test_a_run_on_a_messy_folder_trains_and_writes_the_report(messy, tmp_path):
     assert result.metrics["num_queries"] == 12 and result.test_classes == ["c", "d"]
     assert report["split"] == {"training_classes": 2, "training_images": 12, "held_out_classes": 2,
                                "held_out_images": 12, "held_out_classes_with_one_image": [],
+                               "training_classes_with_one_image": [],
                                "pk_classes_below_k": {"k": 3, "count": 0, "policy": "replace", "classes": []}}
     with pytest.raises(UserInputError, match=r"`data.on_bad_file`"):
         config.load("default", ["data.source=folder", f"data.path={root}", "data.on_bad_file=maybe"])

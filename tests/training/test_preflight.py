@@ -109,7 +109,7 @@ def test_split_report_counts_small_and_single_image_classes():
     test_labels = np.array([3, 3, 4, 5, 5])
     report = preflight.split_report(cfg, train_labels, test_labels, ["a", "b", "c", "d", "e", "f"])
     assert report == {"training_classes": 3, "training_images": 10, "held_out_classes": 3, "held_out_images": 5,
-                      "held_out_classes_with_one_image": ["e"],
+                      "held_out_classes_with_one_image": ["e"], "training_classes_with_one_image": [],
                       "pk_classes_below_k": {"k": 4, "count": 2, "policy": "skip", "classes": ["b", "c"]}}
     with pytest.raises(UserInputError, match=r"`sampler.small_classes`: expected one of \['replace', 'skip'\]"):
         config.load("default", ["sampler.small_classes=drop"])

@@ -63,3 +63,13 @@ def list_test_classes(images: ImageSet) -> Optional[np.ndarray]:
     if len(train_classes) == 0 or len(other_classes) == 0 or np.intersect1d(train_classes, other_classes).size:
         return None
     return other_classes
+
+
+def random_test_classes(images: ImageSet, fraction: float, seed: int = 0) -> np.ndarray:
+    """`round(fraction * classes)` classes (at least 2, leaving at least 2), drawn with `seed`."""
+    present = np.unique(images.labels)
+    count = min(max(2, int(round(fraction * len(present)))), len(present) - 2)
+    if count < 2:
+        raise UserInputError(f"Invalid value for `test_fraction`: {len(present)} classes cannot be split into at "
+                             "least 2 training and 2 held-out classes.")
+    return np.sort(np.random.default_rng(seed).choice(present, size=count, replace=False))

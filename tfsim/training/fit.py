@@ -100,7 +100,10 @@ def load_split(cfg: Config) -> Split:
         if cfg.data.protocol == "database_query":
             return database_query_split(images)
         test_classes = cfg.data.test_classes
-        if not test_classes and images.splits is not None:
+        if not test_classes and cfg.data.test_fraction > 0:
+            test_classes = tuple(int(c) for c in splits.random_test_classes(images, cfg.data.test_fraction,
+                                                                               cfg.data.split_seed))
+        elif not test_classes and images.splits is not None:
             published = splits.list_test_classes(images)
             if published is not None:  # the list's own class-disjoint split (SOP, In-Shop)
                 test_classes = tuple(int(c) for c in published)

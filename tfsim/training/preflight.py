@@ -24,7 +24,8 @@ from tfsim.errors import UserInputError, config_keys
 
 # Library argument -> the config key that feeds it, for the calls `train` makes.
 DATA_KEYS = {"root": "data.path", "path": "data.path", "image_root": "data.image_root", "name": "data.tfds_name",
-             "manual_dir": "data.manual_dir", "test_classes": "data.test_classes", "on_bad_file": "data.on_bad_file"}
+             "manual_dir": "data.manual_dir", "test_classes": "data.test_classes", "on_bad_file": "data.on_bad_file",
+             "test_fraction": "data.test_fraction"}
 SAMPLER_KEYS = {"classes_per_batch": "sampler.classes_per_batch", "examples_per_class": "sampler.examples_per_class",
                 "batch_size": "sampler.batch_size", "triplets_per_query": "sampler.triplets_per_query",
                 "num_triplets": "sampler.batch_size // 3", "small_classes": "sampler.small_classes"}
@@ -81,13 +82,14 @@ def check_writable(path: os.PathLike, key: str) -> None:
 def split_report(cfg: Config, train_labels: np.ndarray, test_labels: np.ndarray, class_names) -> dict:
     """What the split and the sampler will do with the classes, for data_report.json: training and
     held-out class and image counts, classes a P x K sampler samples with replacement or leaves
-    out, and held-out classes with a single image (their query has no match: it counts as a
-    miss in every metric)."""
+    out, held-out classes with a single image (their query has no match and is left out of the
+    metrics, see `num_queries`) and training classes with a single image (no positive pair)."""
     train_classes, train_counts = np.unique(train_labels, return_counts=True)
     test_classes, test_counts = np.unique(test_labels, return_counts=True)
     report = {"training_classes": int(len(train_classes)), "training_images": int(len(train_labels)),
               "held_out_classes": int(len(test_classes)), "held_out_images": int(len(test_labels)),
-              "held_out_classes_with_one_image": [class_names[c] for c in test_classes[test_counts < 2]]}
+              "held_out_classes_with_one_image": [class_names[c] for c in test_classes[test_counts < 2]],
+              "training_classes_with_one_image": [class_names[c] for c in train_classes[train_counts < 2]]}
     s = cfg.sampler
     if s.kind == "pk":
         small = train_classes[train_counts < s.examples_per_class]
