@@ -128,3 +128,33 @@ def test_query_gallery_protocol_matches_naive_reference(seed):
     assert got["num_queries"] == int((mask & (labels != 7)).sum())
     assert query_mask(np.array(["train", "test"])) is None and query_mask(None) is None
     assert query_mask(np.array(["query", "query"])) is None  # no gallery: leave-one-out
+
+
+@pytest.mark.parametrize("block_size", [1, 7, 64])
+def test_blockwise_metrics_equal_the_naive_reference_with_very_unequal_classes(block_size):
+    rng = np.random.default_rng(5)
+    sizes = [120, 40, 9, 3, 2, 2, 1, 1, 1]  # one huge class, small ones, singletons
+    labels = np.concatenate([np.full(n, c) for c, n in enumerate(sizes)])
+    order = rng.permutation(len(labels))
+    labels = labels[order]
+    x = rng.normal(size=(len(sizes), 6))[labels] + 1.5 * rng.normal(size=(len(labels), 6))
+    want = naive_metrics(x, labels, (1, 2, 4, 8))
+    got = retrieval_metrics(x, labels, ks=(1, 2, 4, 8), block_size=block_size)
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, abs=1e-9), key
+    assert got["num_queries"] == len(labels) - 3  # the three singletons have no relevant item
+    mask = rng.uniform(size=len(labels)) < 0.4
+    want = naive_metrics(x, labels, (1, 2, 4, 8), is_query=mask)
+    got = retrieval_metrics(x, labels, ks=(1, 2, 4, 8), query_mask=mask, block_size=block_size)
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, abs=1e-9), key
+
+
+def test_ties_rank_the_lower_gallery_row_first():
+    x = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # rows 0-2 identical
+    labels = np.array([0, 1, 0, 1])
+    n = exact_knn(x, x, 2, exclude_self=True)
+    assert n.indices[0].tolist() == [1, 2] and n.indices[2].tolist() == [0, 1]
+    # Row 0's nearest is row 1 (another class, tied with row 2): a miss at K=1, a hit at K=2.
+    m = retrieval_metrics(x[:3], labels[:3], ks=(1, 2))
+    assert m["recall@1"] == pytest.approx(1 / 2) and m["recall@2"] == 1.0
