@@ -30,7 +30,7 @@ from tfsim.evaluation.knn import knn_blocks
 
 
 def _metric_sums(neighbor_labels: np.ndarray, query_labels: np.ndarray, num_relevant: np.ndarray,
-                 ks: Sequence[int]) -> tuple[dict, int]:
+                 ks: Sequence[int], per_class: Optional[dict] = None) -> tuple[dict, int]:
     """Per-metric sums over the queries with R_q > 0, and their count (see `metrics_from_neighbors`)."""
     if neighbor_labels.shape[1] < max(ks):
         raise ValueError(f"Need at least {max(ks)} neighbours per query for Recall@{max(ks)}; "
@@ -43,7 +43,14 @@ def _metric_sums(neighbor_labels: np.ndarray, query_labels: np.ndarray, num_rele
     relevant_within_r = hits & (ranks[None, :] <= r[:, None])
     precision_at_i = np.cumsum(hits, axis=1, dtype=np.int64) / ranks[None, :]
     sums["r_precision"] = float((relevant_within_r.sum(axis=1) / r).sum())
-    sums["map@r"] = float(((precision_at_i * relevant_within_r).sum(axis=1) / r).sum())
+    per_query_map = (precision_at_i * relevant_within_r).sum(axis=1) / r
+    sums["map@r"] = float(per_query_map.sum())
+    if per_class is not None:  # per query class: [queries, recall@1 hits, MAP@R sum]
+        for label, hit, ap in zip(np.asarray(query_labels)[keep], hits[:, 0], per_query_map):
+            entry = per_class.setdefault(int(label), [0, 0.0, 0.0])
+            entry[0] += 1
+            entry[1] += float(hit)
+            entry[2] += float(ap)
     return sums, int(keep.sum())
 
 
@@ -70,7 +77,7 @@ def metrics_from_neighbors(neighbor_labels: np.ndarray, query_labels: np.ndarray
 
 def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1, 2, 4, 8),
                       similarity: str = "cosine", query_mask: Optional[np.ndarray] = None,
-                      block_size: int = 1024) -> dict:
+                      block_size: int = 1024, per_class: bool = False) -> dict:
     """Retrieval metrics over a whole set, exactly.
 
     Leave-one-out (default): every item queries all the others. With `query_mask`, the
@@ -84,6 +91,8 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[i
         similarity: a name in `tfsim.distances.DISTANCES`.
         query_mask: bool `[N]`, or None for leave-one-out.
         block_size: queries scored at once (memory: see the module doc).
+        per_class: also return "per_class": {label: {"queries", "recall@1", "map@r"}} over
+            each class's queries (for a breakdown by class).
 
     Returns:
         See `metrics_from_neighbors`.
@@ -104,16 +113,21 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[i
     # Blockwise over queries: each block keeps its own max(K, R_q) neighbours, so memory is one
     # block's scores and neighbours whatever the class sizes (see the module doc for the bound).
     totals: dict = {}
+    classes: Optional[dict] = {} if per_class else None
     count = 0
     for start, block in knn_blocks(queries, gallery, lambda a, b: int(max(max(ks), num_relevant[a:b].max())),
                                    similarity, exclude_self=query_mask is None, block_size=block_size):
         stop = start + len(block.indices)
-        sums, n = _metric_sums(gallery_labels[block.indices], query_labels[start:stop], num_relevant[start:stop], ks)
+        sums, n = _metric_sums(gallery_labels[block.indices], query_labels[start:stop], num_relevant[start:stop], ks,
+                               classes)
         for name, value in sums.items():
             totals[name] = totals.get(name, 0.0) + value
         count += n
     out = {name: (value / count if count else float("nan")) for name, value in totals.items()}
     out["num_queries"] = count
+    if classes is not None:
+        out["per_class"] = {label: {"queries": n, "recall@1": hits / n, "map@r": ap / n}
+                            for label, (n, hits, ap) in sorted(classes.items())}
     return out
 
 

@@ -1,0 +1,88 @@
+"""The evaluate command's library: an export's metrics on any images, one set or query vs gallery."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfsim.data import pipeline, sources
+from tfsim.errors import UserInputError
+from tfsim.evaluation import retrieval_metrics
+from tfsim.evaluation.evaluate import evaluate_export, load_source
+from tfsim.export import export_embedder
+from tfsim.models import build_embedding_model
+
+
+def folder(root, classes, per_class, seed):
+    rng = np.random.default_rng(seed)
+    for c in classes:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            base = rng.integers(0, 255) if i == 0 else base  # noqa: F821 (a class shares a base colour)
+            img = np.clip(base + rng.normal(0, 30, (14, 18, 3)), 0, 255).astype(np.uint8)
+            (root / c / f"{i}.png").write_bytes(tf.io.encode_png(img).numpy())
+    return root
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    model = build_embedding_model("small_resnet", 16, 8, width=4, blocks_per_stage=1, seed=0)
+    path = export_embedder(model, tmp_path_factory.mktemp("exports"), "m", 16, center_crop=0.75,
+                           metadata={"similarity": "cosine"})
+    return model, path
+
+
+def test_one_set_matches_metrics_of_the_model_itself(export, tmp_path):
+    model, path = export
+    data = folder(tmp_path / "photos", ["a", "b", "c", "d"], 5, 0)
+    m = evaluate_export(path, data=str(data), out=tmp_path / "report", progress=False)
+    images = sources.load_folder(str(data))
+    want = retrieval_metrics(model.predict(pipeline.eval_dataset(images, 16, center_crop=0.75), verbose=0),
+                             images.labels)
+    for key in ("recall@1", "recall@8", "map@r", "r_precision", "num_queries"):
+        assert m[key] == pytest.approx(want[key], abs=1e-6), key
+    assert m["protocol"] == "leave_one_out" and set(m["per_class"]) == {"a", "b", "c", "d"}
+    assert sum(v["queries"] for v in m["per_class"].values()) == 20
+    assert np.mean([v["map@r"] for v in m["per_class"].values()]) == pytest.approx(m["map@r"])  # equal class sizes
+    report = (tmp_path / "report" / "metrics.md").read_text().splitlines()
+    rows = [line for line in report if line.startswith("| ") and line.split("|")[1].strip() in ("a", "b", "c", "d")]
+    maps = [float(line.split("|")[4]) for line in rows]
+    assert maps == sorted(maps)  # worst first
+    assert json.loads((tmp_path / "report" / "metrics.json").read_text())["num_queries"] == 20
+
+
+def test_query_set_against_gallery_set(export, tmp_path):
+    model, path = export
+    queries = folder(tmp_path / "q", ["a", "b", "c"], 2, 1)
+    gallery = folder(tmp_path / "g", ["a", "b", "c", "z"], 4, 2)
+    m = evaluate_export(path, query=str(queries), gallery=str(gallery), progress=False)
+    q, g = sources.load_folder(str(queries)), sources.load_folder(str(gallery))
+    emb = lambda s: model.predict(pipeline.eval_dataset(s, 16, center_crop=0.75), verbose=0)  # noqa: E731
+    want = retrieval_metrics(np.concatenate([emb(q), emb(g)]), np.concatenate([q.labels, g.labels]),
+                             query_mask=np.arange(len(q) + len(g)) < len(q))  # a, b, c share indices
+    assert m["protocol"] == "query_gallery" and m["num_queries"] == 6
+    assert m["map@r"] == pytest.approx(want["map@r"], abs=1e-6)
+    with pytest.raises(UserInputError, match="either --data .* or --query and --gallery"):
+        evaluate_export(path, data=str(queries), query=str(queries))
+    with pytest.raises(UserInputError, match="Invalid data 'nowhere'"):
+        load_source("nowhere")
+    with pytest.raises(UserInputError, match="No query class is in the gallery"):
+        evaluate_export(path, query=str(folder(tmp_path / "x", ["u", "v"], 2, 3)), gallery=str(gallery),
+                        progress=False)
+
+
+@pytest.mark.slow
+def test_cli_prints_metrics_and_worst_classes(export, tmp_path):
+    _, path = export
+    data = folder(tmp_path / "photos", ["a", "b", "c"], 4, 4)
+    out = subprocess.run([sys.executable, "-m", "tfsim.pipelines.evaluate", "--model", str(path), "--data", str(data),
+                          "--ks", "1,2", "--out", str(tmp_path / "r")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "12 queries (leave_one_out)" in out.stdout and "worst classes (MAP@R)" in out.stdout
+    assert (tmp_path / "r" / "metrics.md").is_file()
+    bad = subprocess.run([sys.executable, "-m", "tfsim.pipelines.evaluate", "--model", str(tmp_path), "--data",
+                          str(data)], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "is not a tfsim export" in bad.stderr and "Traceback" not in bad.stderr

@@ -1,0 +1,52 @@
+"""`python -m tfsim.pipelines.evaluate --model saved_models/<name>/<version> (--data DATA | --query DATA --gallery DATA)`
+
+Retrieval quality of an exported model on any images (`tfsim.evaluation.evaluate` does the
+work). DATA is a folder <dir>/<class>/<image>, a list file, tfds:NAME[:SPLIT] or default.
+Writes metrics.json and metrics.md (with the classes worst first) to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tfsim.pipelines import _cli
+
+_cli.quiet_tensorflow()
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tfsim.pipelines.evaluate", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="an export version folder: saved_models/<name>/<version>")
+    parser.add_argument("--data", help="one set: each image queries all the others (or its own query/gallery split)")
+    parser.add_argument("--query", help="the query set (with --gallery)")
+    parser.add_argument("--gallery", help="the gallery set (with --query); classes are matched by name")
+    parser.add_argument("--ks", default="1,2,4,8", help="the K of Recall@K, comma-separated (default 1,2,4,8)")
+    parser.add_argument("--out", default=None, help="report folder (default: runs/eval/<model name>_v<version>)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    args = parser.parse_args(argv)
+
+    from tfsim.errors import UserInputError
+    from tfsim.evaluation.evaluate import evaluate_export
+
+    try:
+        ks = tuple(int(k) for k in args.ks.split(",") if k.strip())
+    except ValueError:
+        raise UserInputError(f"Invalid --ks {args.ks!r}: expected integers separated by commas, e.g. 1,2,4,8.") from None
+    if not ks or min(ks) < 1:
+        raise UserInputError(f"Invalid --ks {args.ks!r}: expected integers >= 1.")
+    model = Path(args.model)
+    out = Path(args.out) if args.out else Path("runs") / "eval" / f"{model.parent.name}_v{model.name}"
+    m = evaluate_export(model, args.data, args.query, args.gallery, ks, out, args.batch_size)
+    cols = [f"recall@{k}" for k in ks] + ["map@r", "r_precision"]
+    print(f"\n{m['num_queries']} queries ({m['protocol']}):")
+    print("".join(f"{c:>12}" for c in cols))
+    print("".join(f"{m[c]:>12.4f}" for c in cols))
+    worst = sorted(m["per_class"].items(), key=lambda item: (item[1]["map@r"], item[0]))[:5]
+    print("worst classes (MAP@R): " + ", ".join(f"{name} {v['map@r']:.3f}" for name, v in worst))
+    print(f"report: {out / 'metrics.md'} (and metrics.json)")
+    return 0
+
+
+if __name__ == "__main__":
+    _cli.run(main)
