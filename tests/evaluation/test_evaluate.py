@@ -45,6 +45,7 @@ def test_one_set_matches_metrics_of_the_model_itself(export, tmp_path):
     for key in ("recall@1", "recall@8", "map@r", "r_precision", "num_queries"):
         assert m[key] == pytest.approx(want[key], abs=1e-6), key
     assert m["protocol"] == "leave_one_out" and set(m["per_class"]) == {"a", "b", "c", "d"}
+    assert {"map", "nmi", "ami", "precision@4"} <= set(m) and m["skipped"] == []
     assert sum(v["queries"] for v in m["per_class"].values()) == 20
     assert np.mean([v["map@r"] for v in m["per_class"].values()]) == pytest.approx(m["map@r"])  # equal class sizes
     report = (tmp_path / "report" / "metrics.md").read_text().splitlines()

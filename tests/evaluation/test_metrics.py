@@ -22,6 +22,13 @@ def naive_metrics(x, labels, ks, is_query=None):
             continue
         for k in ks:
             out[f"recall@{k}"].append(float(any(rel[:k])))
+            out.setdefault(f"precision@{k}", []).append(sum(rel[:k]) / k)
+        hits, total = 0, 0.0
+        for i, is_rel in enumerate(rel):  # average precision over the whole ranking
+            if is_rel:
+                hits += 1
+                total += hits / (i + 1)
+        out.setdefault("map", []).append(total / r)
         out["r_precision"].append(sum(rel[:r]) / r)
         ap, hits = 0.0, 0
         for i in range(r):
@@ -39,7 +46,7 @@ def test_matches_naive_reference(seed):
     labels[0] = 99  # a singleton class: skipped
     centers = rng.normal(size=(100, 8))
     x = centers[labels] + 1.2 * rng.normal(size=(70, 8))
-    got = retrieval_metrics(x, labels, ks=(1, 2, 4, 8))
+    got = retrieval_metrics(x, labels, ks=(1, 2, 4, 8), full_ranking=True)
     want = naive_metrics(x, labels, (1, 2, 4, 8))
     for key, value in want.items():
         assert got[key] == pytest.approx(value, abs=1e-9), key
@@ -121,7 +128,7 @@ def test_query_gallery_protocol_matches_naive_reference(seed):
     splits[labels == 7] = "query"  # a class with queries only: no relevant gallery item, skipped
     x = rng.normal(size=(20, 8))[labels] + 1.2 * rng.normal(size=(90, 8))
     mask = query_mask(splits)
-    got = retrieval_metrics(x, labels, ks=(1, 2, 4, 8), query_mask=mask)
+    got = retrieval_metrics(x, labels, ks=(1, 2, 4, 8), query_mask=mask, full_ranking=True)
     want = naive_metrics(x, labels, (1, 2, 4, 8), is_query=mask)
     for key, value in want.items():
         assert got[key] == pytest.approx(value, abs=1e-9), key
@@ -139,13 +146,13 @@ def test_blockwise_metrics_equal_the_naive_reference_with_very_unequal_classes(b
     labels = labels[order]
     x = rng.normal(size=(len(sizes), 6))[labels] + 1.5 * rng.normal(size=(len(labels), 6))
     want = naive_metrics(x, labels, (1, 2, 4, 8))
-    got = retrieval_metrics(x, labels, ks=(1, 2, 4, 8), block_size=block_size)
+    got = retrieval_metrics(x, labels, ks=(1, 2, 4, 8), block_size=block_size, full_ranking=True)
     for key, value in want.items():
         assert got[key] == pytest.approx(value, abs=1e-9), key
     assert got["num_queries"] == len(labels) - 3  # the three singletons have no relevant item
     mask = rng.uniform(size=len(labels)) < 0.4
     want = naive_metrics(x, labels, (1, 2, 4, 8), is_query=mask)
-    got = retrieval_metrics(x, labels, ks=(1, 2, 4, 8), query_mask=mask, block_size=block_size)
+    got = retrieval_metrics(x, labels, ks=(1, 2, 4, 8), query_mask=mask, block_size=block_size, full_ranking=True)
     for key, value in want.items():
         assert got[key] == pytest.approx(value, abs=1e-9), key
 
@@ -158,3 +165,13 @@ def test_ties_rank_the_lower_gallery_row_first():
     # Row 0's nearest is row 1 (another class, tied with row 2): a miss at K=1, a hit at K=2.
     m = retrieval_metrics(x[:3], labels[:3], ks=(1, 2))
     assert m["recall@1"] == pytest.approx(1 / 2) and m["recall@2"] == 1.0
+
+
+def test_clustering_metrics():
+    from tfsim.evaluation.metrics import clustering_metrics
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 25)
+    separated = np.eye(8)[labels] + 0.01 * rng.normal(size=(100, 8))
+    assert clustering_metrics(separated, labels) == {"nmi": pytest.approx(1.0), "ami": pytest.approx(1.0)}
+    noise = clustering_metrics(rng.normal(size=(100, 8)), labels)
+    assert noise["ami"] < 0.1 and 0 <= noise["nmi"] < 0.2

@@ -7,7 +7,9 @@ on any images the data layer reads.
          classes matched by name)
       -> embedded by the export's own `serve_images` function (the model TF Serving serves),
          with a progress bar
-      -> `retrieval_metrics` (exact, blockwise, bounded memory) with a per-class breakdown
+      -> `retrieval_metrics` (exact, blockwise, bounded memory): Recall@K, precision@K,
+         R-precision, MAP@R, mAP over the whole ranking, with a per-class breakdown; NMI and AMI
+         of k-means clusters (`clustering_metrics`)
       -> `<out>/metrics.json` and `<out>/metrics.md` (the table, then the classes worst first)
 
 A data spec is a folder (`<dir>/<class>/<image>`), a list file (see `tfsim.data.lists`),
@@ -26,7 +28,12 @@ import numpy as np
 from tfsim.data import lists, sources
 from tfsim.data.sources import ImageSet
 from tfsim.errors import UserInputError
-from tfsim.evaluation.metrics import query_mask, retrieval_metrics
+from tfsim.evaluation.metrics import clustering_metrics, query_mask, retrieval_metrics
+
+# Above these sizes the costly metrics are skipped (and the report says so): mAP sorts every
+# gallery item for every query; k-means runs with one cluster per class.
+MAX_FULL_RANKING = 50_000
+MAX_CLUSTERS = 1_000
 
 
 def load_source(spec: str) -> ImageSet:
@@ -109,8 +116,18 @@ def evaluate_export(model_dir: os.PathLike, data: Optional[str] = None, query: O
                                      embed_export(model_dir, g_set, batch_size, progress)])
         labels = np.concatenate([q_labels, g_labels])
         mask = np.concatenate([np.ones(len(q_set), bool), np.zeros(len(g_set), bool)])
-    metrics = retrieval_metrics(embeddings, labels, ks, similarity, query_mask=mask, per_class=True)
+    gallery_size = len(labels) if mask is None else int((~mask).sum())
+    full = gallery_size <= MAX_FULL_RANKING
+    metrics = retrieval_metrics(embeddings, labels, ks, similarity, query_mask=mask, per_class=True,
+                                full_ranking=full)
     metrics["per_class"] = {names[c]: v for c, v in metrics["per_class"].items()}
+    skipped = [] if full else [f"map: a gallery of {gallery_size} items (> {MAX_FULL_RANKING}) is not ranked whole"]
+    num_classes = len(np.unique(labels))
+    if num_classes <= MAX_CLUSTERS:
+        metrics.update(clustering_metrics(embeddings, labels))
+    else:
+        skipped.append(f"nmi, ami: k-means with {num_classes} clusters (> {MAX_CLUSTERS}) is too slow")
+    metrics["skipped"] = skipped
     metrics.update(protocol="leave_one_out" if mask is None else "query_gallery", similarity=similarity,
                    model=str(Path(model_dir).resolve()), data=data, query=query, gallery=gallery)
     if out is not None:
@@ -124,7 +141,8 @@ def write_report(out: Path, metrics: dict, ks: Sequence[int]) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "metrics.json", metrics)
-    cols = [f"recall@{k}" for k in ks] + ["map@r", "r_precision"]
+    cols = [f"recall@{k}" for k in ks] + ["map@r", "r_precision"] + [
+        c for c in ("map", "nmi", "ami") if c in metrics]
     lines = [f"Model `{metrics['model']}` on `{metrics['data'] or metrics['query'] + ' vs ' + metrics['gallery']}` "
              f"({metrics['protocol']}, {metrics['num_queries']} queries, {metrics['similarity']}).", "",
              "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols),

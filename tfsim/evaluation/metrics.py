@@ -7,7 +7,8 @@ ECCV 2020, arXiv:2003.08505), for a query q with R_q relevant gallery items
 * Recall@K: 1 if any of the K nearest items is relevant, else 0; averaged over queries.
 * R-precision: (relevant items among the R_q nearest) / R_q.
 * MAP@R: (1/R_q) * sum_{i=1..R_q} P(i) * rel(i), with P(i) the precision at rank i.
-* mAP: average precision over the whole ranking (all G items).
+* Precision@K: relevant items among the K nearest, / K.
+* mAP: average precision over the whole ranking (all G items; `full_ranking=True`).
 
 Queries without any relevant item (singleton classes) are skipped and counted.
 Leave-one-out by default; a query / gallery split (In-Shop) with `query_mask`.
@@ -30,7 +31,7 @@ from tfsim.evaluation.knn import knn_blocks
 
 
 def _metric_sums(neighbor_labels: np.ndarray, query_labels: np.ndarray, num_relevant: np.ndarray,
-                 ks: Sequence[int], per_class: Optional[dict] = None) -> tuple[dict, int]:
+                 ks: Sequence[int], per_class: Optional[dict] = None, full_ranking: bool = False) -> tuple[dict, int]:
     """Per-metric sums over the queries with R_q > 0, and their count (see `metrics_from_neighbors`)."""
     if neighbor_labels.shape[1] < max(ks):
         raise ValueError(f"Need at least {max(ks)} neighbours per query for Recall@{max(ks)}; "
@@ -39,12 +40,15 @@ def _metric_sums(neighbor_labels: np.ndarray, query_labels: np.ndarray, num_rele
     hits = neighbor_labels[keep] == np.asarray(query_labels)[keep, None]
     r = num_relevant[keep]
     sums = {f"recall@{k}": float(hits[:, :k].any(axis=1).sum()) for k in ks}
+    sums.update({f"precision@{k}": float(hits[:, :k].sum() / k) for k in ks})
     ranks = np.arange(1, hits.shape[1] + 1)
     relevant_within_r = hits & (ranks[None, :] <= r[:, None])
     precision_at_i = np.cumsum(hits, axis=1, dtype=np.int64) / ranks[None, :]
     sums["r_precision"] = float((relevant_within_r.sum(axis=1) / r).sum())
     per_query_map = (precision_at_i * relevant_within_r).sum(axis=1) / r
     sums["map@r"] = float(per_query_map.sum())
+    if full_ranking:  # every gallery item ranked: average precision over the whole ranking
+        sums["map"] = float(((precision_at_i * hits).sum(axis=1) / r).sum())
     if per_class is not None:  # per query class: [queries, recall@1 hits, MAP@R sum]
         for label, hit, ap in zip(np.asarray(query_labels)[keep], hits[:, 0], per_query_map):
             entry = per_class.setdefault(int(label), [0, 0.0, 0.0])
@@ -77,7 +81,7 @@ def metrics_from_neighbors(neighbor_labels: np.ndarray, query_labels: np.ndarray
 
 def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1, 2, 4, 8),
                       similarity: str = "cosine", query_mask: Optional[np.ndarray] = None,
-                      block_size: int = 1024, per_class: bool = False) -> dict:
+                      block_size: int = 1024, per_class: bool = False, full_ranking: bool = False) -> dict:
     """Retrieval metrics over a whole set, exactly.
 
     Leave-one-out (default): every item queries all the others. With `query_mask`, the
@@ -93,6 +97,9 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[i
         block_size: queries scored at once (memory: see the module doc).
         per_class: also return "per_class": {label: {"queries", "recall@1", "map@r"}} over
             each class's queries (for a breakdown by class).
+        full_ranking: also "map", the mean average precision over each query's whole
+            ranking (every gallery item sorted: costlier; blocks shrink to keep memory near
+            1 GB).
 
     Returns:
         See `metrics_from_neighbors`.
@@ -115,11 +122,17 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[i
     totals: dict = {}
     classes: Optional[dict] = {} if per_class else None
     count = 0
-    for start, block in knn_blocks(queries, gallery, lambda a, b: int(max(max(ks), num_relevant[a:b].max())),
-                                   similarity, exclude_self=query_mask is None, block_size=block_size):
+    if full_ranking:
+        whole = len(gallery_labels)
+        k_of = lambda a, b: whole  # noqa: E731  (capped to the gallery minus the query itself)
+        block_size = max(8, min(block_size, (1 << 25) // max(whole, 1)))
+    else:
+        k_of = lambda a, b: int(max(max(ks), num_relevant[a:b].max()))  # noqa: E731
+    for start, block in knn_blocks(queries, gallery, k_of, similarity, exclude_self=query_mask is None,
+                                   block_size=block_size):
         stop = start + len(block.indices)
         sums, n = _metric_sums(gallery_labels[block.indices], query_labels[start:stop], num_relevant[start:stop], ks,
-                               classes)
+                               classes, full_ranking)
         for name, value in sums.items():
             totals[name] = totals.get(name, 0.0) + value
         count += n
@@ -140,3 +153,21 @@ def query_mask(splits: Optional[np.ndarray]) -> Optional[np.ndarray]:
     if not ((splits == "query").any() and (splits == "gallery").any()):
         return None
     return splits == "query"
+
+
+def clustering_metrics(embeddings: np.ndarray, labels: np.ndarray, seed: int = 0) -> dict:
+    """NMI and AMI of k-means clusters (k = the number of classes) against the labels.
+
+    scikit-learn's `KMeans` (on L2-normalised embeddings, `n_init=1`, seeded) and its
+    `normalized_mutual_info_score` / `adjusted_mutual_info_score`. k-means costs
+    O(N x classes x D) per iteration: the evaluate command skips it above 1,000 classes.
+    """
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
+
+    x = np.asarray(embeddings, np.float64)
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    classes = len(np.unique(labels))
+    clusters = KMeans(n_clusters=classes, n_init=1, random_state=seed).fit_predict(x)
+    return {"nmi": float(normalized_mutual_info_score(labels, clusters)),
+            "ami": float(adjusted_mutual_info_score(labels, clusters))}

@@ -38,7 +38,7 @@ def main(argv: list[str]) -> int:
     model = Path(args.model)
     out = Path(args.out) if args.out else Path("runs") / "eval" / f"{model.parent.name}_v{model.name}"
     m = evaluate_export(model, args.data, args.query, args.gallery, ks, out, args.batch_size)
-    cols = [f"recall@{k}" for k in ks] + ["map@r", "r_precision"]
+    cols = [f"recall@{k}" for k in ks] + ["map@r", "r_precision"] + [c for c in ("map", "nmi", "ami") if c in m]
     print(f"\n{m['num_queries']} queries ({m['protocol']}):")
     print("".join(f"{c:>12}" for c in cols))
     print("".join(f"{m[c]:>12.4f}" for c in cols))
