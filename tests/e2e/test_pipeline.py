@@ -99,6 +99,42 @@ def test_tensorboard_has_loss_and_validation_recall(run):
     assert "epoch_loss" in tags
     recall_tags = [t for t in tags if "recall_at_1" in t]
     assert recall_tags and sorted(tags[recall_tags[0]]) == [0, 1]
+    assert sorted(tags["epoch_learning_rate"]) == [0, 1] and sorted(tags["epoch_images_per_second"]) == [0, 1]
+    assert any("map_at_r" in t for t in tags)
+
+
+def test_tensorboard_shows_neighbours_projector_and_hparams(run):
+    import tensorflow as tf
+    from tensorboard.plugins.hparams import plugin_data_pb2
+    cwd, _ = run
+    board = cwd / "runs" / "tiny" / "tensorboard"
+    pictures = []
+    for f in (board / "retrieval").glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(f)):
+            for v in event.summary.value:
+                if v.tag == "held_out_neighbours":
+                    pictures.append((event.step, tf.io.decode_png(tf.make_ndarray(v.tensor)[2]).numpy()))
+    assert sorted(step for step, _ in pictures) == [0, 1]
+    grid = pictures[0][1]
+    # One row per held-out class (4), a query then 5 neighbours, 28 px pictures in 3 px frames of
+    # green or red.
+    assert grid.shape == (4 * 54, 6 * 54, 3)
+    frames = {tuple(grid[i * 54, j * 54]) for i in range(4) for j in range(1, 6)}
+    assert frames <= {(0, 170, 0), (220, 0, 0)} and frames
+    projector = board / "projector"
+    assert (projector / "projector_config.pbtxt").is_file() and (projector / "sprite.png").is_file()
+    labels = (projector / "metadata.tsv").read_text().splitlines()
+    assert labels[0] == "label" and len(labels) == 1 + 2000  # the held-out images, capped at 2000
+    assert {"Pullover", "Coat", "Sandal", "Sneaker"} == set(labels[1:])
+    sessions = []
+    for f in board.glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(f)):
+            for v in event.summary.value:
+                if v.tag == "_hparams_/session_start_info":
+                    data = plugin_data_pb2.HParamsPluginData.FromString(v.metadata.plugin_data.content)
+                    sessions.append(data.session_start_info.hparams)
+    assert len(sessions) == 1 and sessions[0]["loss.margin"].number_value == 0.5
+    assert sessions[0]["loss.name"].string_value == "triplet_semihard"
 
 
 def test_saved_model_in_fresh_process_matches_keras(run, tmp_path):
@@ -111,6 +147,7 @@ def test_saved_model_in_fresh_process_matches_keras(run, tmp_path):
     import keras
     import tensorflow as tf
     import tfsim.losses  # noqa: F401 (registers the loss for load_model)
+    import tfsim.training.optimizers  # noqa: F401 (registers ScaledAdam; this file alone imports nothing else)
     model = keras.models.load_model(cwd / "runs" / "tiny" / "checkpoints" / "epoch-0002.keras")
     pixels = np.stack([tf.io.decode_png(p.read_bytes(), channels=3).numpy() for p in samples]).astype(np.float32)
     # The export is the checkpoint's embedder followed by the whitening saved in the run.

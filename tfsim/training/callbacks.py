@@ -8,7 +8,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import keras
 import numpy as np
@@ -108,10 +108,12 @@ class RetrievalEvaluation(keras.callbacks.Callback):
         self.embedder, self.query_mask = embedder, query_mask
         self.dataset, self.labels, self.ks, self.similarity = dataset, np.asarray(labels), tuple(ks), similarity
         self.history: list[dict] = []
+        self.last_embeddings: Optional[np.ndarray] = None  # read by NeighbourPictures
 
     def on_epoch_end(self, epoch, logs=None):
         model = self.embedder if self.embedder is not None else self.model
         embeddings = model.predict(self.dataset, verbose=0)
+        self.last_embeddings = embeddings
         metrics = retrieval_metrics(embeddings, self.labels, self.ks, self.similarity, self.query_mask)
         self.history.append(metrics)
         if logs is not None:

@@ -4,8 +4,9 @@
       -> the model (the embedder, or `embedder -> CosineProxies` for proxy losses, labels
          remapped to 0..C-1) built and compiled under a tf.distribute strategy, with Adam
          (`ScaledAdam`: the proxies' learning rate times `loss.proxy_lr_multiplier`)
-      -> `model.fit`, callbacks: StopOnNonFiniteLoss -> SyncReplicaStatistics ->
-         RetrievalEvaluation (held-out Recall@K per epoch) -> TensorBoard -> ResumableCheckpoint
+      -> `model.fit`, callbacks: StopOnNonFiniteLoss -> SyncReplicaStatistics -> TrainingRate
+         (learning rate, images/s) -> RetrievalEvaluation (held-out Recall@K per epoch) ->
+         NeighbourPictures -> TensorBoard -> ResumableCheckpoint (see `training.tensorboard`)
       -> `<run_dir>/checkpoints/epoch-NNNN.keras`
 
 Its only output is the checkpoint: the stages after training (`tfsim.training.stages`)
@@ -38,6 +39,7 @@ from tfsim.training import preflight
 from tfsim.training.callbacks import (ResumableCheckpoint, RetrievalEvaluation, StopOnNonFiniteLoss,
                                      SyncReplicaStatistics)
 from tfsim.training.optimizers import ScaledAdam
+from tfsim.training.tensorboard import NeighbourPictures, TrainingRate
 
 log = logging.getLogger(__name__)
 
@@ -178,14 +180,16 @@ def fit(cfg: Config, run_dir: Path, split: Split, resume: bool = True, verbose: 
 
     # Replicas' BatchNorm statistics are averaged first at every epoch end, so that evaluation,
     # the checkpoint and the export all see the same model (see SyncReplicaStatistics).
-    callbacks: list = [StopOnNonFiniteLoss(ckpt_dir), SyncReplicaStatistics()]
+    batch = {"pk": lambda: s.classes_per_batch * s.examples_per_class, "triplets": lambda: s.batch_size // 3 * 3
+             }.get(s.kind, lambda: s.batch_size)()
+    callbacks: list = [StopOnNonFiniteLoss(ckpt_dir), SyncReplicaStatistics(), TrainingRate(batch, t.steps_per_epoch)]
     evaluation = None
     if cfg.eval.every_epoch:
         evaluation = RetrievalEvaluation(pipeline.eval_dataset(split.test, m.image_size, cfg.eval.batch_size,
                                                                m.center_crop),
                                          split.test.labels, cfg.eval.recall_ks, cfg.eval.similarity,
                                          embedder=embedder_of(model), query_mask=query_mask(split.test.splits))
-        callbacks.append(evaluation)
+        callbacks += [evaluation, NeighbourPictures(evaluation, split.test, run_dir / "tensorboard", cfg.eval.similarity)]
     callbacks += [keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False),
                   ResumableCheckpoint(ckpt_dir)]
     data = pipeline.train_dataset(train_set, s.classes_per_batch, s.examples_per_class, m.image_size,

@@ -173,12 +173,16 @@ def evaluation_model(embedder: keras.Model, final: keras.Model) -> keras.Model:
 
 
 def evaluate_stage(cfg: Config, run_dir: Path, embedder: keras.Model, final: keras.Model,
-                   test_set: sources.ImageSet, baselines: Optional[dict], extra: Optional[dict] = None) -> dict:
-    """Held-out retrieval metrics of `final` (and of the embedder alone, `unwhitened`); writes metrics.json."""
+                   test_set: sources.ImageSet, baselines: Optional[dict], extra: Optional[dict] = None,
+                   keep: Optional[dict] = None) -> dict:
+    """Held-out retrieval metrics of `final` (and of the embedder alone, `unwhitened`); writes metrics.json.
+    `keep`: a dict that receives the held-out "embeddings" (for the TensorBoard projector)."""
     ks, sim = cfg.eval.recall_ks, cfg.eval.similarity
     both = evaluation_model(embedder, final).predict(
         pipeline.eval_dataset(test_set, cfg.model.image_size, cfg.eval.batch_size, cfg.model.center_crop), verbose=0)
     embeddings, unwhitened = both
+    if keep is not None:
+        keep["embeddings"] = embeddings
     queries = query_mask(test_set.splits)  # In-Shop: queries against the gallery; else leave-one-out
     metrics = retrieval_metrics(embeddings, test_set.labels, ks, sim, queries)
     metrics["protocol"] = "leave_one_out" if queries is None else "query_gallery"

@@ -9,6 +9,10 @@
       -> stages.evaluate_stage -> metrics.json, samples/
       -> stages.export_stage -> saved_models/<name>/<version>/ with the ScaNN index inside
 
+TensorBoard (`tensorboard/`, see `tfsim.training.tensorboard`): loss, learning rate, images/s,
+held-out Recall@K and MAP@R per epoch, pictures of held-out neighbours, the projector of the
+final held-out embeddings, the config as hparams.
+
 Run folder: config.json, data_report.json (what the source found: images per class, files
 skipped and why; what the split and the sampler do with the classes), checkpoints/, tensorboard/, whitening.npz, baselines.json, metrics.json, samples/
 (a few held-out query images).
@@ -30,7 +34,7 @@ from typing import Optional
 from tfsim import config as config_lib
 from tfsim.config import Config
 from tfsim.errors import UserInputError
-from tfsim.training import preflight, stages
+from tfsim.training import preflight, stages, tensorboard
 from tfsim.training.callbacks import ResumableCheckpoint
 from tfsim.training.fit import Split, fit, load_split
 
@@ -140,9 +144,14 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
     whitening = stages.whitening_stage(cfg, embedder, split.train, run_dir)
     final = stages.final_model(embedder, whitening)
     baselines = stages.baselines_stage(cfg, run_dir, split.train, split.test)
+    kept: dict = {}
     metrics = stages.evaluate_stage(cfg, run_dir, embedder, final, split.test, baselines,
                                     extra={"test_classes": split.test_class_names,
-                                           "num_train_images": len(split.train)})
+                                           "num_train_images": len(split.train)}, keep=kept)
+    tensorboard.write_projector(run_dir / "tensorboard", kept["embeddings"], split.test, seed=cfg.train.seed)
+    if trained.fit_seconds > 0:  # once per training, not at every re-run of a finished run
+        tensorboard.write_hparams(run_dir / "tensorboard", config_lib.to_dict(cfg),
+                                  {k: v for k, v in metrics.items() if isinstance(v, float)})
     stages.write_samples(split.test, run_dir / "samples")
     export_dir, index_dir = stages.export_stage(cfg, run_dir, final, metrics, split)
     return TrainResult(run_dir=run_dir, metrics=metrics, export_dir=export_dir, index_dir=index_dir,
