@@ -59,13 +59,15 @@ def test_query_set_against_gallery_set(export, tmp_path):
     model, path = export
     queries = folder(tmp_path / "q", ["a", "b", "c"], 2, 1)
     gallery = folder(tmp_path / "g", ["a", "b", "c", "z"], 4, 2)
-    m = evaluate_export(path, query=str(queries), gallery=str(gallery), progress=False)
+    m = evaluate_export(path, query=str(queries), gallery=str(gallery), progress=False, ann=True)
     q, g = sources.load_folder(str(queries)), sources.load_folder(str(gallery))
     emb = lambda s: model.predict(pipeline.eval_dataset(s, 16, center_crop=0.75), verbose=0)  # noqa: E731
     want = retrieval_metrics(np.concatenate([emb(q), emb(g)]), np.concatenate([q.labels, g.labels]),
                              query_mask=np.arange(len(q) + len(g)) < len(q))  # a, b, c share indices
     assert m["protocol"] == "query_gallery" and m["num_queries"] == 6
     assert m["map@r"] == pytest.approx(want["map@r"], abs=1e-6)
+    # --ann: a small gallery is scored exhaustively by ScaNN, so the same figures and no gap.
+    assert m["ann"]["map@r"] == pytest.approx(m["map@r"], abs=1e-6) and m["ann"]["gap"]["recall@1"] == 0
     with pytest.raises(UserInputError, match="either --data .* or --query and --gallery"):
         evaluate_export(path, data=str(queries), query=str(queries))
     with pytest.raises(UserInputError, match="Invalid data 'nowhere'"):
@@ -80,9 +82,11 @@ def test_cli_prints_metrics_and_worst_classes(export, tmp_path):
     _, path = export
     data = folder(tmp_path / "photos", ["a", "b", "c"], 4, 4)
     out = subprocess.run([sys.executable, "-m", "tfsim.pipelines.evaluate", "--model", str(path), "--data", str(data),
-                          "--ks", "1,2", "--out", str(tmp_path / "r")], capture_output=True, text=True, timeout=300)
+                          "--ks", "1,2", "--out", str(tmp_path / "r"), "--ann"], capture_output=True, text=True,
+                         timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "12 queries (leave_one_out)" in out.stdout and "worst classes (MAP@R)" in out.stdout
+    assert "ScaNN (brute_force); gap to exact on 12 queries: recall@1 +0.0000" in out.stdout
     assert (tmp_path / "r" / "metrics.md").is_file()
     bad = subprocess.run([sys.executable, "-m", "tfsim.pipelines.evaluate", "--model", str(tmp_path), "--data",
                           str(data)], capture_output=True, text=True, timeout=300)

@@ -175,3 +175,26 @@ def test_clustering_metrics():
     assert clustering_metrics(separated, labels) == {"nmi": pytest.approx(1.0), "ami": pytest.approx(1.0)}
     noise = clustering_metrics(rng.normal(size=(100, 8)), labels)
     assert noise["ami"] < 0.1 and 0 <= noise["nmi"] < 0.2
+
+
+@pytest.mark.parametrize("n, exact_mode", [(300, True), (3000, False)])
+def test_ann_metrics_and_their_gap_to_exact(n, exact_mode):
+    from tfsim.evaluation.metrics import ann_metrics
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 30, n)
+    x = rng.normal(size=(30, 16))[labels] + 0.8 * rng.normal(size=(n, 16))
+    exact = retrieval_metrics(x, labels)
+    got = ann_metrics(x, labels, sample=500)
+    assert got["index"]["mode"] == ("brute_force" if exact_mode else "tree_ah")
+    if exact_mode:  # below 1,000 items the index scores exhaustively: no gap
+        for key in ("recall@1", "recall@8", "map@r", "r_precision"):
+            assert got[key] == pytest.approx(exact[key], abs=1e-9)
+            assert got["gap"][key] == pytest.approx(0.0, abs=1e-9)
+    else:  # a tree: close to exact, and the measured gap says how close
+        assert abs(got["recall@1"] - exact["recall@1"]) < 0.03 and abs(got["map@r"] - exact["map@r"]) < 0.05
+        assert -0.05 < got["gap"]["map@r"] <= 0.01
+    assert got["num_queries"] == exact["num_queries"] and got["gap_sample"] == min(500, n)
+    mask = rng.uniform(size=n) < 0.3
+    qg = ann_metrics(x, labels, query_mask=mask, sample=200)
+    want = retrieval_metrics(x, labels, query_mask=mask)
+    assert qg["num_queries"] == want["num_queries"] and abs(qg["recall@1"] - want["recall@1"]) < 0.03

@@ -28,7 +28,7 @@ import numpy as np
 from tfsim.data import lists, sources
 from tfsim.data.sources import ImageSet
 from tfsim.errors import UserInputError
-from tfsim.evaluation.metrics import clustering_metrics, query_mask, retrieval_metrics
+from tfsim.evaluation.metrics import ann_metrics, clustering_metrics, query_mask, retrieval_metrics
 
 # Above these sizes the costly metrics are skipped (and the report says so): mAP sorts every
 # gallery item for every query; k-means runs with one cluster per class.
@@ -87,12 +87,14 @@ def _merge(query: ImageSet, gallery: ImageSet) -> tuple[np.ndarray, np.ndarray, 
 
 def evaluate_export(model_dir: os.PathLike, data: Optional[str] = None, query: Optional[str] = None,
                     gallery: Optional[str] = None, ks: Sequence[int] = (1, 2, 4, 8),
-                    out: Optional[os.PathLike] = None, batch_size: int = 256, progress: bool = True) -> dict:
+                    out: Optional[os.PathLike] = None, batch_size: int = 256, progress: bool = True,
+                    ann: bool = False) -> dict:
     """Retrieval metrics of an export on `data`, or of `query` against `gallery` (see module doc).
 
     Returns:
         The metrics (`retrieval_metrics` keys, "per_class" by class name, "protocol", the
-        model and data), also written to `out` when given.
+        model and data; with `ann`, "ann": the same from a ScaNN index and their "gap" to exact
+        search on a sample), also written to `out` when given.
 
     Raises:
         UserInputError: not an export, an unreadable data spec, or both/neither of `data`
@@ -128,6 +130,8 @@ def evaluate_export(model_dir: os.PathLike, data: Optional[str] = None, query: O
     else:
         skipped.append(f"nmi, ami: k-means with {num_classes} clusters (> {MAX_CLUSTERS}) is too slow")
     metrics["skipped"] = skipped
+    if ann:  # the same metrics from a ScaNN index of the gallery, with the gap to exact on a sample
+        metrics["ann"] = ann_metrics(embeddings, labels, ks, similarity, query_mask=mask)
     metrics.update(protocol="leave_one_out" if mask is None else "query_gallery", similarity=similarity,
                    model=str(Path(model_dir).resolve()), data=data, query=query, gallery=gallery)
     if out is not None:

@@ -24,6 +24,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--ks", default="1,2,4,8", help="the K of Recall@K, comma-separated (default 1,2,4,8)")
     parser.add_argument("--out", default=None, help="report folder (default: runs/eval/<model name>_v<version>)")
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--ann", action="store_true",
+                        help="also the metrics from a ScaNN index of the gallery, and their gap to exact on a sample")
     args = parser.parse_args(argv)
 
     from tfsim.errors import UserInputError
@@ -37,11 +39,16 @@ def main(argv: list[str]) -> int:
         raise UserInputError(f"Invalid --ks {args.ks!r}: expected integers >= 1.")
     model = Path(args.model)
     out = Path(args.out) if args.out else Path("runs") / "eval" / f"{model.parent.name}_v{model.name}"
-    m = evaluate_export(model, args.data, args.query, args.gallery, ks, out, args.batch_size)
+    m = evaluate_export(model, args.data, args.query, args.gallery, ks, out, args.batch_size, ann=args.ann)
     cols = [f"recall@{k}" for k in ks] + ["map@r", "r_precision"] + [c for c in ("map", "nmi", "ami") if c in m]
     print(f"\n{m['num_queries']} queries ({m['protocol']}):")
     print("".join(f"{c:>12}" for c in cols))
     print("".join(f"{m[c]:>12.4f}" for c in cols))
+    if "ann" in m:
+        a = m["ann"]
+        print("".join(f"{a[c]:>12.4f}" for c in cols if c in a) + f"   ScaNN ({a['index']['mode']}); "
+              f"gap to exact on {a['gap_sample']} queries: "
+              + ", ".join(f"{c} {a['gap'][c]:+.4f}" for c in cols if c in a["gap"]))
     worst = sorted(m["per_class"].items(), key=lambda item: (item[1]["map@r"], item[0]))[:5]
     print("worst classes (MAP@R): " + ", ".join(f"{name} {v['map@r']:.3f}" for name, v in worst))
     print(f"report: {out / 'metrics.md'} (and metrics.json)")
