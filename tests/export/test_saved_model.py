@@ -61,17 +61,22 @@ def test_read_export_errors(tmp_path, model):
         read_export(tmp_path / "m")
 
 
+def one_file_set(tmp_path, img):
+    """`img` written as a PNG file, and a one-image file-backed ImageSet of it."""
+    from tfsim.data.sources import ImageSet
+    png = tmp_path / "0" / "a.png"
+    png.parent.mkdir()
+    png.write_bytes(tf.io.encode_png(img).numpy())
+    return png, ImageSet(labels=np.zeros(1, np.int32), ids=np.array([str(png)]), class_names=("0",),
+                         paths=np.array([str(png)]))
+
+
 def test_served_query_reaches_the_network_as_a_training_image_does(tmp_path, model):
     # A non-square grey image file: the training pipeline (file-backed set) and the SavedModel's
     # bytes signature must give the network the same pixels, so the same embedding.
     from tfsim.data import pipeline
-    from tfsim.data.sources import ImageSet
     img = np.random.default_rng(3).integers(0, 255, (24, 40, 1), dtype=np.uint8)
-    png = tmp_path / "0" / "a.png"
-    png.parent.mkdir()
-    png.write_bytes(tf.io.encode_png(img).numpy())
-    files = ImageSet(labels=np.zeros(1, np.int32), ids=np.array([str(png)]), class_names=("0",),
-                     paths=np.array([str(png)]))
+    png, files = one_file_set(tmp_path, img)
     fed = next(iter(pipeline.eval_dataset(files, 16))).numpy()
     assert fed.shape == (1, 16, 16, 3)
     path = export_embedder(model, tmp_path / "exports", "m", 16)
@@ -84,13 +89,8 @@ def test_served_query_is_centre_cropped_as_evaluation_images_are(tmp_path, model
     """With model.center_crop (the natural-photo presets' "resize 256, centre crop 224"), the
     SavedModel crops a query as the evaluation pipeline crops a held-out image."""
     from tfsim.data import pipeline
-    from tfsim.data.sources import ImageSet
     img = np.random.default_rng(4).integers(0, 255, (30, 44, 3), dtype=np.uint8)
-    png = tmp_path / "0" / "a.png"
-    png.parent.mkdir()
-    png.write_bytes(tf.io.encode_png(img).numpy())
-    files = ImageSet(labels=np.zeros(1, np.int32), ids=np.array([str(png)]), class_names=("0",),
-                     paths=np.array([str(png)]))
+    png, files = one_file_set(tmp_path, img)
     cropped = next(iter(pipeline.eval_dataset(files, 16, center_crop=0.5))).numpy()
     whole = next(iter(pipeline.eval_dataset(files, 16))).numpy()
     np.testing.assert_allclose(cropped[0], tf.image.resize(img.astype(np.float32), [32, 32], antialias=True)

@@ -180,8 +180,10 @@ def fit(cfg: Config, run_dir: Path, split: Split, resume: bool = True, verbose: 
 
     # Replicas' BatchNorm statistics are averaged first at every epoch end, so that evaluation,
     # the checkpoint and the export all see the same model (see SyncReplicaStatistics).
-    batch = {"pk": lambda: s.classes_per_batch * s.examples_per_class, "triplets": lambda: s.batch_size // 3 * 3
-             }.get(s.kind, lambda: s.batch_size)()
+    if s.kind == "pk":
+        batch = s.classes_per_batch * s.examples_per_class
+    else:  # random, epoch: batch_size images; triplets: batch_size // 3 whole triplets
+        batch = s.batch_size // 3 * 3 if s.kind == "triplets" else s.batch_size
     callbacks: list = [StopOnNonFiniteLoss(ckpt_dir), SyncReplicaStatistics(), TrainingRate(batch, t.steps_per_epoch)]
     evaluation = None
     if cfg.eval.every_epoch:
