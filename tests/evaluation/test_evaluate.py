@@ -11,7 +11,7 @@ import tensorflow as tf
 from tfsim.data import pipeline, sources
 from tfsim.errors import UserInputError
 from tfsim.evaluation import retrieval_metrics
-from tfsim.evaluation.evaluate import evaluate_export, load_source
+from tfsim.evaluation.evaluate import evaluate, load_source
 from tfsim.export import export_embedder
 from tfsim.models import build_embedding_model
 
@@ -38,7 +38,7 @@ def export(tmp_path_factory):
 def test_one_set_matches_metrics_of_the_model_itself(export, tmp_path):
     model, path = export
     data = folder(tmp_path / "photos", ["a", "b", "c", "d"], 5, 0)
-    m = evaluate_export(path, data=str(data), out=tmp_path / "report", progress=False)
+    m = evaluate(path, data=str(data), out=tmp_path / "report", progress=False)
     images = sources.load_folder(str(data))
     want = retrieval_metrics(model.predict(pipeline.eval_dataset(images, 16, center_crop=0.75), verbose=0),
                              images.labels)
@@ -59,7 +59,7 @@ def test_query_set_against_gallery_set(export, tmp_path):
     model, path = export
     queries = folder(tmp_path / "q", ["a", "b", "c"], 2, 1)
     gallery = folder(tmp_path / "g", ["a", "b", "c", "z"], 4, 2)
-    m = evaluate_export(path, query=str(queries), gallery=str(gallery), progress=False, ann=True)
+    m = evaluate(path, query=str(queries), gallery=str(gallery), progress=False, ann=True)
     q, g = sources.load_folder(str(queries)), sources.load_folder(str(gallery))
     emb = lambda s: model.predict(pipeline.eval_dataset(s, 16, center_crop=0.75), verbose=0)  # noqa: E731
     want = retrieval_metrics(np.concatenate([emb(q), emb(g)]), np.concatenate([q.labels, g.labels]),
@@ -69,11 +69,11 @@ def test_query_set_against_gallery_set(export, tmp_path):
     # --ann: a small gallery is scored exhaustively by ScaNN, so the same figures and no gap.
     assert m["ann"]["map@r"] == pytest.approx(m["map@r"], abs=1e-6) and m["ann"]["gap"]["recall@1"] == 0
     with pytest.raises(UserInputError, match="either --data .* or --query and --gallery"):
-        evaluate_export(path, data=str(queries), query=str(queries))
+        evaluate(path, data=str(queries), query=str(queries))
     with pytest.raises(UserInputError, match="Invalid data 'nowhere'"):
         load_source("nowhere")
     with pytest.raises(UserInputError, match="No query class is in the gallery"):
-        evaluate_export(path, query=str(folder(tmp_path / "x", ["u", "v"], 2, 3)), gallery=str(gallery),
+        evaluate(path, query=str(folder(tmp_path / "x", ["u", "v"], 2, 3)), gallery=str(gallery),
                         progress=False)
 
 
@@ -91,3 +91,38 @@ def test_cli_prints_metrics_and_worst_classes(export, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "tfsim.pipelines.evaluate", "--model", str(tmp_path), "--data",
                           str(data)], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "is not a tfsim export" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.slow
+def test_run_folder_and_checkpoint_are_evaluated_like_the_run_itself(export, tmp_path):
+    from tfsim import config
+    from tfsim.training import train
+
+    tiny = ["train.epochs=1", "train.steps_per_epoch=3", "model.width=8", "model.embedding_dim=16",
+            "eval.every_epoch=false", "export.enabled=false", "eval.baselines=false"]
+    result = train(config.load("default", tiny), tmp_path / "run", verbose=0)
+    checkpoint = next((tmp_path / "run" / "checkpoints").glob("*.keras"))
+    keys = ("recall@1", "recall@8", "map@r", "r_precision", "num_queries")
+    # No data: the run's own held-out classes, with the whitening fitted on its last checkpoint.
+    for model in (tmp_path / "run", checkpoint):
+        m = evaluate(model, progress=False)
+        assert m["model_kind"] == "checkpoint" and m["model_details"]["checkpoint"] == checkpoint.name
+        assert m["model_details"]["whitening"].startswith("applied")
+        for key in keys:
+            assert m[key] == pytest.approx(result.metrics[key], abs=1e-5), key
+    # A whitening fitted on another checkpoint (here: none recorded) is not applied to this one.
+    stored = dict(np.load(tmp_path / "run" / "whitening.npz"))
+    np.savez(tmp_path / "run" / "whitening.npz", mean=stored["mean"], projection=stored["projection"],
+             checkpoint=np.array("epoch-0099.keras"))
+    m = evaluate(checkpoint, data="default", progress=False)
+    assert m["model_details"]["whitening"].startswith("not applied") and m["data"] == "default"
+    held_out = evaluate(checkpoint, progress=False)
+    for key in keys:
+        assert held_out[key] == pytest.approx(result.metrics["unwhitened"][key], abs=1e-5), key
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.json").write_text((tmp_path / "run" / "config.json").read_text())
+    with pytest.raises(UserInputError, match="holds no checkpoint yet"):
+        evaluate(tmp_path / "empty")
+    with pytest.raises(UserInputError, match="an export has no held-out classes"):
+        evaluate(export[1])
+

@@ -1,15 +1,17 @@
-"""`evaluate_export(model, data=... | query=..., gallery=...)`: an exported model's retrieval quality
-on any images the data layer reads.
+"""`evaluate(model, data=... | query=..., gallery=...)`: a trained model's retrieval quality on
+any images the data layer reads.
 
-    the export (`read_export`: image size, centre crop, similarity)
+    the model (`open_model`): an export `saved_models/<name>/<version>` (its `serve_images`,
+      image size, centre crop, similarity), or a run folder `runs/<name>` (its latest
+      checkpoint, with the run's whitening when it was fitted on that checkpoint), or one
+      checkpoint file `runs/<name>/checkpoints/epoch-NNNN.keras` (that embedder, unwhitened)
       -> images: one set (`data`: each image queries all the others, or its own query/gallery
          split such as In-Shop's), or a query set against a gallery set (`query`, `gallery`;
-         classes matched by name)
-      -> embedded by the export's own `serve_images` function (the model TF Serving serves),
-         with a progress bar
-      -> `retrieval_metrics` (exact, blockwise, bounded memory): Recall@K, precision@K,
-         R-precision, MAP@R, mAP over the whole ranking, with a per-class breakdown; NMI and AMI
-         of k-means clusters (`clustering_metrics`)
+         classes matched by name); a run's own held-out classes when no data is given
+      -> embedded in order with the model's preprocessing, with a progress bar
+      -> `retrieval_metrics` (exact, blockwise, bounded memory, with a progress bar over the
+         queries): Recall@K, precision@K, R-precision, MAP@R, mAP over the whole ranking, with a
+         per-class breakdown; NMI and AMI of k-means clusters (`clustering_metrics`)
       -> `<out>/metrics.json` and `<out>/metrics.md` (the table, then the classes worst first)
 
 A data spec is a folder (`<dir>/<class>/<image>`), a list file (see `tfsim.data.lists`),
@@ -20,8 +22,9 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -52,24 +55,113 @@ def load_source(spec: str) -> ImageSet:
                          "tfds:NAME[:SPLIT] or default.")
 
 
-def embed_export(model_dir: os.PathLike, images: ImageSet, batch_size: int = 256, progress: bool = True) -> np.ndarray:
-    """`[N, D]` embeddings of `images` by the export's `serve_images` (its preprocessing: size, crop)."""
+@dataclass
+class ModelToEvaluate:
+    """What `open_model` found: how to embed images, and what to report about the model.
+
+    Attributes:
+        kind: "export" or "checkpoint".
+        path: the export folder, or the checkpoint file.
+        similarity: the similarity the model was trained and evaluated with.
+        embed: `embed(images, batch_size, progress) -> [N, D] float32`, row-aligned with `images`.
+        details: reported with the metrics (checkpoint, whitening, ...).
+        run_dir: the run folder of a checkpoint (its config gives the default data), else None.
+    """
+
+    kind: str
+    path: Path
+    similarity: str
+    embed: Callable[[ImageSet, int, bool], np.ndarray]
+    details: dict = field(default_factory=dict)
+    run_dir: Optional[Path] = None
+
+
+def _embed_batches(predict: Callable, images: ImageSet, image_size: int, center_crop: float,
+                   batch_size: int, progress: bool) -> np.ndarray:
+    """`predict(batch)` over the eval pipeline of `images`, in order, with a progress bar."""
     import keras
-    import tensorflow as tf
 
     from tfsim.data import pipeline
+
+    bar = keras.utils.Progbar(len(images), unit_name="image") if progress else None
+    out = []
+    for batch in pipeline.eval_dataset(images, image_size, batch_size, center_crop):
+        out.append(np.asarray(predict(batch), np.float32))
+        if bar is not None:
+            bar.add(len(out[-1]))
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def embed_export(model_dir: os.PathLike, images: ImageSet, batch_size: int = 256, progress: bool = True) -> np.ndarray:
+    """`[N, D]` embeddings of `images` by the export's `serve_images` (its preprocessing: size, crop)."""
+    import tensorflow as tf
+
     from tfsim.export import read_export
 
     meta = read_export(model_dir)
     serve = tf.saved_model.load(str(model_dir)).signatures["serve_images"]
-    dataset = pipeline.eval_dataset(images, meta["image_size"], batch_size, meta.get("center_crop", 1.0))
-    bar = keras.utils.Progbar(len(images), unit_name="image") if progress else None
-    out = []
-    for batch in dataset:
-        out.append(serve(images=batch)["embeddings"].numpy())
-        if bar is not None:
-            bar.add(len(out[-1]))
-    return np.concatenate(out).astype(np.float32)
+    return _embed_batches(lambda batch: serve(images=batch)["embeddings"].numpy(), images, meta["image_size"],
+                          meta.get("center_crop", 1.0), batch_size, progress)
+
+
+def _run_of_checkpoint(path: Path) -> Optional[Path]:
+    """The run folder of `runs/<name>/checkpoints/<file>.keras`, or None."""
+    run_dir = path.parent.parent
+    if path.suffix == ".keras" and path.parent.name == "checkpoints" and (run_dir / "config.json").is_file():
+        return run_dir
+    return None
+
+
+def open_model(path: os.PathLike) -> ModelToEvaluate:
+    """An export, a run folder (its latest checkpoint) or a checkpoint file, ready to embed.
+
+    Raises:
+        UserInputError: `path` is none of these, or a run folder without a checkpoint yet.
+    """
+    from tfsim import config as config_lib
+    from tfsim.export import read_export
+    from tfsim.training.callbacks import ResumableCheckpoint
+
+    path = Path(path)
+    if (path / "saved_model.pb").is_file() or not ((path / "config.json").is_file() or _run_of_checkpoint(path)):
+        meta = read_export(path)  # raises the "not a tfsim export" error, with the versions it holds
+        return ModelToEvaluate("export", path, meta.get("similarity", "cosine"),
+                               lambda images, batch_size, progress: embed_export(path, images, batch_size, progress),
+                               {"name": meta.get("name"), "version": path.name})
+    if path.is_dir():
+        run_dir = path
+        latest = ResumableCheckpoint.latest(run_dir / "checkpoints")
+        if latest is None:
+            raise UserInputError(f"Run folder {str(run_dir)!r} holds no checkpoint yet (checkpoints/epoch-NNNN.keras "
+                                 "is written at the end of each epoch): train it first, or pass an export.")
+        checkpoint = Path(latest[0])
+    else:
+        run_dir, checkpoint = _run_of_checkpoint(path), path
+    cfg = config_lib.load(str(run_dir / "config.json"))
+    from tfsim.training import stages
+
+    embedder = stages.load_embedder(checkpoint)
+    whitening = stages.read_whitening(run_dir, checkpoint) if cfg.whitening.enabled else None
+    model = stages.final_model(embedder, whitening)
+    if whitening is not None:
+        note = "applied (fitted on this checkpoint)"
+    elif cfg.whitening.enabled:
+        note = "not applied: it was not fitted on this checkpoint (the run had not finished, or an earlier epoch)"
+    else:
+        note = "off in the run's config"
+    return ModelToEvaluate(
+        "checkpoint", checkpoint, cfg.eval.similarity,
+        lambda images, batch_size, progress: _embed_batches(model.predict_on_batch, images, cfg.model.image_size,
+                                                            cfg.model.center_crop, batch_size, progress),
+        {"run": str(run_dir.resolve()), "checkpoint": checkpoint.name, "whitening": note}, run_dir)
+
+
+def run_test_set(run_dir: Path) -> ImageSet:
+    """The held-out classes of a run, as its config splits its data."""
+    from tfsim import config as config_lib
+    from tfsim.training.fit import load_split
+
+    return load_split(config_lib.load(str(run_dir / "config.json"))).test
 
 
 def _merge(query: ImageSet, gallery: ImageSet) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -85,11 +177,12 @@ def _merge(query: ImageSet, gallery: ImageSet) -> tuple[np.ndarray, np.ndarray, 
     return q, g, names
 
 
-def evaluate_export(model_dir: os.PathLike, data: Optional[str] = None, query: Optional[str] = None,
-                    gallery: Optional[str] = None, ks: Sequence[int] = (1, 2, 4, 8),
-                    out: Optional[os.PathLike] = None, batch_size: int = 256, progress: bool = True,
-                    ann: bool = False) -> dict:
-    """Retrieval metrics of an export on `data`, or of `query` against `gallery` (see module doc).
+def evaluate(model_path: os.PathLike, data: Optional[str] = None, query: Optional[str] = None,
+             gallery: Optional[str] = None, ks: Sequence[int] = (1, 2, 4, 8),
+             out: Optional[os.PathLike] = None, batch_size: int = 256, progress: bool = True,
+             ann: bool = False) -> dict:
+    """Retrieval metrics of a model (`open_model`) on `data`, or of `query` against `gallery`, or
+    (a run's checkpoint, no data given) on the run's held-out classes (see module doc).
 
     Returns:
         The metrics (`retrieval_metrics` keys, "per_class" by class name, "protocol", the
@@ -97,31 +190,33 @@ def evaluate_export(model_dir: os.PathLike, data: Optional[str] = None, query: O
         search on a sample), also written to `out` when given.
 
     Raises:
-        UserInputError: not an export, an unreadable data spec, or both/neither of `data`
-            and `query` + `gallery`.
+        UserInputError: not a model, an unreadable data spec, or both/neither of `data`
+            and `query` + `gallery` (neither is fine for a run's checkpoint).
     """
-    from tfsim.export import read_export
-
-    if (data is None) == (query is None or gallery is None) or (query is None) != (gallery is None):
+    two_sets = query is not None or gallery is not None
+    if (data is not None and two_sets) or (query is None) != (gallery is None):
         raise UserInputError("Give either --data (one set) or --query and --gallery (two sets).")
-    meta = read_export(model_dir)
-    similarity = meta.get("similarity", "cosine")
-    if data is not None:
-        images = load_source(data)
-        embeddings = embed_export(model_dir, images, batch_size, progress)
+    model = open_model(model_path)
+    if data is None and not two_sets and model.run_dir is None:
+        raise UserInputError("Give --data (one set) or --query and --gallery (two sets): an export has no held-out "
+                             "classes of its own (a run folder or checkpoint is evaluated on its run's).")
+    similarity = model.similarity
+    if data is not None or query is None:
+        images = load_source(data) if data is not None else run_test_set(model.run_dir)
+        embeddings = model.embed(images, batch_size, progress)
         labels, names = images.labels, list(images.class_names)
         mask = query_mask(images.splits)
     else:
         q_set, g_set = load_source(query), load_source(gallery)
         q_labels, g_labels, names = _merge(q_set, g_set)
-        embeddings = np.concatenate([embed_export(model_dir, q_set, batch_size, progress),
-                                     embed_export(model_dir, g_set, batch_size, progress)])
+        embeddings = np.concatenate([model.embed(q_set, batch_size, progress),
+                                     model.embed(g_set, batch_size, progress)])
         labels = np.concatenate([q_labels, g_labels])
         mask = np.concatenate([np.ones(len(q_set), bool), np.zeros(len(g_set), bool)])
     gallery_size = len(labels) if mask is None else int((~mask).sum())
     full = gallery_size <= MAX_FULL_RANKING
     metrics = retrieval_metrics(embeddings, labels, ks, similarity, query_mask=mask, per_class=True,
-                                full_ranking=full)
+                                full_ranking=full, progress=progress)
     metrics["per_class"] = {names[c]: v for c, v in metrics["per_class"].items()}
     skipped = [] if full else [f"map: a gallery of {gallery_size} items (> {MAX_FULL_RANKING}) is not ranked whole"]
     num_classes = len(np.unique(labels))
@@ -131,9 +226,12 @@ def evaluate_export(model_dir: os.PathLike, data: Optional[str] = None, query: O
         skipped.append(f"nmi, ami: k-means with {num_classes} clusters (> {MAX_CLUSTERS}) is too slow")
     metrics["skipped"] = skipped
     if ann:  # the same metrics from a ScaNN index of the gallery, with the gap to exact on a sample
-        metrics["ann"] = ann_metrics(embeddings, labels, ks, similarity, query_mask=mask)
+        metrics["ann"] = ann_metrics(embeddings, labels, ks, similarity, query_mask=mask, progress=progress)
+    if data is None and query is None:
+        data = f"the held-out classes of {model.run_dir}"
     metrics.update(protocol="leave_one_out" if mask is None else "query_gallery", similarity=similarity,
-                   model=str(Path(model_dir).resolve()), data=data, query=query, gallery=gallery)
+                   model=str(Path(model_path).resolve()), model_kind=model.kind, model_details=model.details,
+                   data=data, query=query, gallery=gallery)
     if out is not None:
         write_report(Path(out), metrics, ks)
     return metrics

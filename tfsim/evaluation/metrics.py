@@ -81,7 +81,8 @@ def metrics_from_neighbors(neighbor_labels: np.ndarray, query_labels: np.ndarray
 
 def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1, 2, 4, 8),
                       similarity: str = "cosine", query_mask: Optional[np.ndarray] = None,
-                      block_size: int = 1024, per_class: bool = False, full_ranking: bool = False) -> dict:
+                      block_size: int = 1024, per_class: bool = False, full_ranking: bool = False,
+                      progress: bool = False) -> dict:
     """Retrieval metrics over a whole set, exactly.
 
     Leave-one-out (default): every item queries all the others. With `query_mask`, the
@@ -100,6 +101,7 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[i
         full_ranking: also "map", the mean average precision over each query's whole
             ranking (every gallery item sorted: costlier; blocks shrink to keep memory near
             1 GB).
+        progress: show a progress bar over the queries searched.
 
     Returns:
         See `metrics_from_neighbors`.
@@ -128,6 +130,7 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[i
         block_size = max(8, min(block_size, (1 << 25) // max(whole, 1)))
     else:
         k_of = lambda a, b: int(max(max(ks), num_relevant[a:b].max()))  # noqa: E731
+    bar = _progress_bar(len(query_labels)) if progress else None
     for start, block in knn_blocks(queries, gallery, k_of, similarity, exclude_self=query_mask is None,
                                    block_size=block_size):
         stop = start + len(block.indices)
@@ -136,12 +139,20 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[i
         for name, value in sums.items():
             totals[name] = totals.get(name, 0.0) + value
         count += n
+        if bar is not None:
+            bar.add(stop - start)
     out = {name: (value / count if count else float("nan")) for name, value in totals.items()}
     out["num_queries"] = count
     if classes is not None:
         out["per_class"] = {label: {"queries": n, "recall@1": hits / n, "map@r": ap / n}
                             for label, (n, hits, ap) in sorted(classes.items())}
     return out
+
+
+def _progress_bar(queries: int):
+    import keras
+
+    return keras.utils.Progbar(queries, unit_name="query")
 
 
 def query_mask(splits: Optional[np.ndarray]) -> Optional[np.ndarray]:
@@ -175,7 +186,7 @@ def clustering_metrics(embeddings: np.ndarray, labels: np.ndarray, seed: int = 0
 
 def ann_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1, 2, 4, 8),
                 similarity: str = "cosine", query_mask: Optional[np.ndarray] = None, sample: int = 2000,
-                seed: int = 0, block_size: int = 4096, **index_options) -> dict:
+                seed: int = 0, block_size: int = 4096, progress: bool = False, **index_options) -> dict:
     """The metrics of `retrieval_metrics`, with neighbours from a ScaNN index of the gallery
     (`tfsim.index.scann_index.build`; `index_options` go to it), and the gap to exact search.
 
@@ -216,12 +227,15 @@ def ann_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[int] = 
 
     totals: dict = {}
     count = 0
+    bar = _progress_bar(len(q_rows)) if progress else None
     for start in range(0, len(q_rows), block_size):
         rows = q_rows[start:start + block_size]
         sums, n = _metric_sums(neighbours(rows, False), labels[rows], num_relevant[start:start + len(rows)], ks)
         for name, value in sums.items():
             totals[name] = totals.get(name, 0.0) + value
         count += n
+        if bar is not None:
+            bar.add(len(rows))
     out = {name: (value / count if count else float("nan")) for name, value in totals.items()}
     out["num_queries"] = count
     pick = np.sort(np.random.default_rng(seed).choice(len(q_rows), min(sample, len(q_rows)), replace=False))

@@ -1,8 +1,11 @@
-"""`python -m tfsim.pipelines.evaluate --model saved_models/<name>/<version> (--data DATA | --query DATA --gallery DATA)`
+"""`python -m tfsim.pipelines.evaluate --model MODEL [--data DATA | --query DATA --gallery DATA]`
 
-Retrieval quality of an exported model on any images (`tfsim.evaluation.evaluate` does the
-work). DATA is a folder <dir>/<class>/<image>, a list file, tfds:NAME[:SPLIT] or default.
-Writes metrics.json and metrics.md (with the classes worst first) to --out.
+Retrieval quality of a trained model on any images (`tfsim.evaluation.evaluate` does the
+work). MODEL is an export saved_models/<name>/<version>, a run folder runs/<name> (its latest
+checkpoint) or a checkpoint runs/<name>/checkpoints/epoch-NNNN.keras; a run's model is
+evaluated on the run's held-out classes when no data is given. DATA is a folder
+<dir>/<class>/<image>, a list file, tfds:NAME[:SPLIT] or default. Writes metrics.json and
+metrics.md (with the classes worst first) to --out.
 """
 
 from __future__ import annotations
@@ -17,19 +20,23 @@ _cli.quiet_tensorflow()
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m tfsim.pipelines.evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="an export version folder: saved_models/<name>/<version>")
-    parser.add_argument("--data", help="one set: each image queries all the others (or its own query/gallery split)")
+    parser.add_argument("--model", required=True,
+                        help="an export saved_models/<name>/<version>, a run folder runs/<name> (its latest checkpoint) "
+                             "or a checkpoint runs/<name>/checkpoints/epoch-NNNN.keras")
+    parser.add_argument("--data", help="one set: each image queries all the others (or its own query/gallery split); "
+                                       "default for a run: its held-out classes")
     parser.add_argument("--query", help="the query set (with --gallery)")
     parser.add_argument("--gallery", help="the gallery set (with --query); classes are matched by name")
     parser.add_argument("--ks", default="1,2,4,8", help="the K of Recall@K, comma-separated (default 1,2,4,8)")
-    parser.add_argument("--out", default=None, help="report folder (default: runs/eval/<model name>_v<version>)")
+    parser.add_argument("--out", default=None, help="report folder (default: runs/eval/<name>_v<version>, "
+                                                    "or runs/eval/<run>_<checkpoint>)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--ann", action="store_true",
                         help="also the metrics from a ScaNN index of the gallery, and their gap to exact on a sample")
     args = parser.parse_args(argv)
 
     from tfsim.errors import UserInputError
-    from tfsim.evaluation.evaluate import evaluate_export
+    from tfsim.evaluation.evaluate import evaluate
 
     try:
         ks = tuple(int(k) for k in args.ks.split(",") if k.strip())
@@ -38,10 +45,20 @@ def main(argv: list[str]) -> int:
     if not ks or min(ks) < 1:
         raise UserInputError(f"Invalid --ks {args.ks!r}: expected integers >= 1.")
     model = Path(args.model)
-    out = Path(args.out) if args.out else Path("runs") / "eval" / f"{model.parent.name}_v{model.name}"
-    m = evaluate_export(model, args.data, args.query, args.gallery, ks, out, args.batch_size, ann=args.ann)
+    if args.out:
+        out = Path(args.out)
+    elif model.suffix == ".keras":
+        out = Path("runs") / "eval" / f"{model.parent.parent.name}_{model.stem}"
+    elif (model / "config.json").is_file():
+        out = Path("runs") / "eval" / f"{model.name}_latest"
+    else:
+        out = Path("runs") / "eval" / f"{model.parent.name}_v{model.name}"
+    m = evaluate(model, args.data, args.query, args.gallery, ks, out, args.batch_size, ann=args.ann)
     cols = [f"recall@{k}" for k in ks] + ["map@r", "r_precision"] + [c for c in ("map", "nmi", "ami") if c in m]
-    print(f"\n{m['num_queries']} queries ({m['protocol']}):")
+    if m["model_kind"] == "checkpoint":
+        d = m["model_details"]
+        print(f"\ncheckpoint {d['checkpoint']} of {d['run']} (whitening {d['whitening']})")
+    print(f"\n{m['num_queries']} queries ({m['protocol']}) on {m['data'] or m['query'] + ' vs ' + m['gallery']}:")
     print("".join(f"{c:>12}" for c in cols))
     print("".join(f"{m[c]:>12.4f}" for c in cols))
     if "ann" in m:

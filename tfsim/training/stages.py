@@ -67,6 +67,17 @@ def _hash(*parts) -> str:
     return digest.hexdigest()
 
 
+def read_whitening(run_dir: Path, checkpoint: Path) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """The run's `whitening.npz` if it was fitted on `checkpoint`, else None."""
+    path = Path(run_dir) / "whitening.npz"
+    if not path.is_file():
+        return None
+    with np.load(path) as stored:
+        if "checkpoint" not in stored or str(stored["checkpoint"]) != Path(checkpoint).name:
+            return None
+        return stored["mean"], stored["projection"]
+
+
 def load_embedder(checkpoint: Path) -> keras.Model:
     """The trained embedder of a checkpoint, on one device (the proxies of a proxy trainer dropped)."""
     return embedder_of(keras.models.load_model(checkpoint, compile=False))
@@ -100,8 +111,11 @@ def _fit_or_explain(features: np.ndarray, w: config_lib.WhiteningConfig) -> tupl
 
 
 def whitening_stage(cfg: Config, embedder: keras.Model, train_set: sources.ImageSet,
-                    run_dir: Optional[Path] = None) -> Optional[tuple[np.ndarray, np.ndarray]]:
-    """Fits the configured whitening on the training images' embeddings; writes `whitening.npz`.
+                    run_dir: Optional[Path] = None,
+                    checkpoint: Optional[Path] = None) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """Fits the configured whitening on the training images' embeddings; writes `whitening.npz`
+    (with the name of the `checkpoint` it was fitted on, so that evaluating a run's checkpoint
+    applies it only to that checkpoint).
 
     Returns `(mean, projection)`, or None when `whitening.enabled` is false.
     """
@@ -111,7 +125,7 @@ def whitening_stage(cfg: Config, embedder: keras.Model, train_set: sources.Image
                                        cfg.whitening)
     if run_dir is not None:
         tmp = run_dir / ".tmp-whitening.npz"
-        np.savez(tmp, mean=mean, projection=projection)
+        np.savez(tmp, mean=mean, projection=projection, checkpoint=np.array(Path(checkpoint or "").name))
         os.replace(tmp, run_dir / "whitening.npz")
     return mean, projection
 

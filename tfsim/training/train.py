@@ -141,7 +141,7 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
 
     trained = fit(cfg, run_dir, split, resume=resume, verbose=verbose)
     embedder = stages.load_embedder(trained.checkpoint)
-    whitening = stages.whitening_stage(cfg, embedder, split.train, run_dir)
+    whitening = stages.whitening_stage(cfg, embedder, split.train, run_dir, trained.checkpoint)
     final = stages.final_model(embedder, whitening)
     baselines = stages.baselines_stage(cfg, run_dir, split.train, split.test)
     kept: dict = {}
