@@ -254,13 +254,24 @@ class ExportConfig:
 
 @dataclasses.dataclass(frozen=True)
 class IndexConfig:
-    """ScaNN index of the evaluation gallery (0 = chosen from the gallery size)."""
+    """ScaNN index (`tfsim.index.scann_index.build`) of the evaluation gallery, and the defaults
+    of the index command.
+
+    Galleries under `brute_force_below` items are searched exhaustively (exact). Larger ones get
+    a k-means tree of `num_leaves` leaves (0 = 2 sqrt(G)) with anisotropic quantisation, and
+    tune themselves: the leaves searched and the re-scoring depth (`num_leaves_to_search`,
+    `reorder`; 0 = tuned) are the fastest that reach recall@`num_neighbors` >=
+    `target_recall` against exact search on a sample of gallery vectors; index.json records
+    what was chosen and measured.
+    """
 
     enabled: bool = True
     num_neighbors: int = 10
+    target_recall: float = 0.95
+    brute_force_below: int = 20_000
     num_leaves: int = 0
     num_leaves_to_search: int = 0
-    reorder: int = 100
+    reorder: int = 0
     dims_per_block: int = 2
     anisotropic_threshold: float = 0.2
 
@@ -600,6 +611,11 @@ def validate(cfg: Config) -> None:
     need(u.name is None or (u.name != "" and "/" not in u.name), "tune.name", "a non-empty name without '/'",
          u.name)
     need(cfg.index.num_neighbors >= 1, "index.num_neighbors", "an integer >= 1", cfg.index.num_neighbors)
+    need(0 < cfg.index.target_recall <= 1, "index.target_recall", "a recall in (0, 1], e.g. 0.95",
+         cfg.index.target_recall)
+    for key in ("brute_force_below", "num_leaves", "num_leaves_to_search", "reorder"):
+        need(getattr(cfg.index, key) >= 0, f"index.{key}", "an integer >= 0 (0 = chosen by the index)",
+             getattr(cfg.index, key))
     need(cfg.run.name is None or (cfg.run.name != "" and "/" not in cfg.run.name), "run.name",
          "a non-empty name without '/' (or null: named after the data)", cfg.run.name)
     need(0 <= cfg.data.test_fraction < 1, "data.test_fraction", "a fraction in [0, 1) (0 = the second half)",

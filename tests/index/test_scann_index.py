@@ -18,17 +18,18 @@ def clustered(n, d=32, clusters=40, seed=0):
 @pytest.mark.parametrize("similarity", ["cosine", "dot", "squared-L2", "L2"])
 def test_tree_ah_index_matches_brute_force(similarity):
     gallery, queries = clustered(4000), clustered(200, seed=1)
-    searcher, params = scann_index.build(gallery, similarity, num_neighbors=10)
+    searcher, params = scann_index.build(gallery, similarity, num_neighbors=10, brute_force_below=1000)
     assert params["mode"] == "tree_ah"
+    assert params["measured_recall"] >= 0.95 and params["tuning"]["target_met"]
     index = scann_index.GalleryIndex(searcher, np.arange(4000).astype(str), np.zeros(4000, np.int32),
                                      ("c",), similarity, params)
     rows, scores = index.search(queries, 10)
     want_rows, want_scores = exact_knn(queries, gallery, 10, similarity)
     recall = np.mean([len(set(rows[i]) & set(want_rows[i])) / 10 for i in range(len(queries))])
-    assert recall >= 0.95, recall
+    assert recall >= 0.92, recall  # tuned on gallery vectors, scored here on other queries
     # Reordered results carry exact scores: the best one agrees with brute force where it was found.
     same_top = rows[:, 0] == want_rows[:, 0]
-    assert same_top.mean() > 0.95
+    assert same_top.mean() > 0.85, same_top.mean()
     np.testing.assert_allclose(scores[same_top, 0], want_scores[same_top, 0], rtol=1e-4, atol=1e-4)
     assert np.all(np.diff(scores, axis=1) <= 1e-5)  # best first, larger = closer
 
@@ -60,3 +61,53 @@ def test_small_gallery_is_exact_and_round_trips(tmp_path):
 def test_load_rejects_non_index(tmp_path):
     with pytest.raises(UserInputError, match="is not a tfsim index"):
         scann_index.load(tmp_path)
+
+
+def test_tuning_finds_the_fewest_leaves_per_depth_and_records_what_it_measured():
+    gallery = clustered(6000, d=16, clusters=60)
+    searcher, params = scann_index.build(gallery, "cosine", num_neighbors=5, target_recall=0.9,
+                                         brute_force_below=1000, tuning_sample=300)
+    tried = {(t["num_leaves_to_search"], t["reorder"]): t["recall"] for t in params["tuning"]["tried"]}
+    chosen = (params["num_leaves_to_search"], params["reorder"])
+    assert tried[chosen] == params["measured_recall"] >= 0.9 and params["tuning"]["target_met"]
+    # Fewest leaves at the chosen depth: one leaf fewer, if tried, misses the target.
+    fewer = (chosen[0] - 1, chosen[1])
+    assert chosen[0] == 1 or fewer not in tried or tried[fewer] < 0.9
+    assert params["num_leaves"] == round(2 * np.sqrt(6000)) and params["queries_per_second"] > 0
+    # Recall grows with the leaves searched at each depth (what the doubling and bisection rely on).
+    for depth in {d for _, d in tried}:
+        recalls = [tried[key] for key in sorted(k for k in tried if k[1] == depth)]
+        assert all(b >= a - 0.01 for a, b in zip(recalls, recalls[1:])), (depth, recalls)
+
+
+class FakeSearcher:
+    """Exact search that returns wrong rows for a share of the queries: all right from `full`
+    leaves on, and never better than `ceiling` with fewer than 40 candidates re-scored."""
+
+    def __init__(self, db, full=8, ceiling=0.9):
+        self.db, self.full, self.ceiling, self.calls = db, full, ceiling, []
+
+    def search_batched(self, queries, final_num_neighbors, leaves_to_search, pre_reorder_num_neighbors):
+        self.calls.append((leaves_to_search, pre_reorder_num_neighbors))
+        rows = exact_knn(queries, self.db, final_num_neighbors, "dot").indices
+        share = min(1.0, leaves_to_search / self.full) * (1.0 if pre_reorder_num_neighbors >= 40 else self.ceiling)
+        wrong = np.arange(len(queries)) >= round(share * len(queries))
+        if wrong.any():
+            rows[wrong] = exact_knn(-queries[wrong], self.db, final_num_neighbors, "dot").indices  # farthest
+        return rows, np.zeros(rows.shape, np.float32)
+
+
+def test_tuning_logic_on_a_searcher_with_known_recall():
+    db = clustered(500, d=8)
+    db /= np.linalg.norm(db, axis=1, keepdims=True)
+    fake = FakeSearcher(db)
+    tuned = scann_index.tune_search(fake, db, 5, 64, 0.95, "dot_product", sample=100)
+    # 0.95 needs >= 40 candidates re-scored and >= 8 leaves: the fewest leaves at a depth >= 40.
+    assert tuned["target_met"] and tuned["num_leaves_to_search"] == 8 and tuned["reorder"] >= 40
+    assert tuned["measured_recall"] == 1.0 and 0 < len(fake.calls) <= 2 * 30
+    # Unreachable: the best recall is kept, and the result says the target was missed.
+    low = scann_index.tune_search(FakeSearcher(db, full=8, ceiling=0.5), db, 5, 64, 1.0, "dot_product",
+                                  sample=100, reorder=20)
+    assert not low["target_met"] and low["reorder"] == 20 and low["measured_recall"] == 0.5
+    with pytest.raises(ValueError, match="target_recall"):
+        scann_index.build(db, target_recall=1.5)

@@ -28,8 +28,7 @@ def spy(name):  # the strategy train() actually uses
 train_module.get_strategy = spy
 root = sys.argv[1]
 cfg = config.load("default", ["train.epochs=1", "train.steps_per_epoch=3", "model.width=8", "model.embedding_dim=16",
-                              "train.strategy=mirrored", f"export.root={root}/exports", f"run.root={root}/runs",
-                              "index.num_leaves=8", "index.num_leaves_to_search=8", "index.reorder=2400"])
+                              "train.strategy=mirrored", f"export.root={root}/exports", f"run.root={root}/runs"])
 r = train(cfg, verbose=0)
 print(json.dumps({"replicas": replicas,
                   "export": str(r.export_dir), "metrics": r.metrics}))

@@ -12,7 +12,7 @@ from tfsim.training import stages, train
 pytestmark = pytest.mark.slow  # trains models / runs CLIs (see pyproject.toml)
 
 TINY = ["train.epochs=1", "train.steps_per_epoch=3", "model.width=8", "model.embedding_dim=16",
-        "eval.every_epoch=false", "index.num_leaves=8", "index.num_leaves_to_search=8", "index.reorder=2400"]
+        "eval.every_epoch=false"]
 
 
 def versions(root):

@@ -177,8 +177,7 @@ def test_non_finite_loss_stops_at_that_step_keeping_the_last_checkpoint(tmp_path
 # --- searches (train models) --------------------------------------------------------------------------
 
 TINY = ["train.epochs=1", "train.steps_per_epoch=4", "model.width=8", "model.embedding_dim=16",
-        "sampler.classes_per_batch=4", "eval.every_epoch=false", "index.num_leaves=8",
-        "index.num_leaves_to_search=8", "index.reorder=2400"]
+        "sampler.classes_per_batch=4", "eval.every_epoch=false"]
 
 
 def tiny(tmp_path, *extra):

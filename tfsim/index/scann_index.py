@@ -12,10 +12,11 @@ Search results are oriented so that larger scores are closer, whatever the
 similarity (`tfsim.distances.DISTANCES`), and returned as the same `Neighbors` as `evaluation.exact_knn`;
 that is what lets tests compare ScaNN to brute force by recall and by scores.
 
-Parameters (ScaNN's recommendations): galleries under `BRUTE_FORCE_BELOW` items are
-scored exhaustively; larger ones use a k-means tree with ~sqrt(G) leaves, searching
-~20% of them (recall >= 0.95 in tests), anisotropic quantisation (2 dims per block, threshold 0.2) and exact
-re-scoring of the top `reorder` candidates.
+Parameters: galleries under `BRUTE_FORCE_BELOW` items are scored exhaustively; larger ones use
+a k-means tree of ~2 sqrt(G) leaves, anisotropic quantisation (2 dims per block, threshold 0.2)
+and exact re-scoring, and the index tunes itself (`build` -> `tune_search`): it measures
+recall@k against exact search on a sample of gallery vectors and keeps the fastest number of
+leaves searched and re-scoring depth that reach `target_recall`; index.json records both.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import math
 import os
 import re
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import Optional, Sequence
@@ -39,7 +41,10 @@ from tfsim.evaluation.knn import Neighbors
 
 log = logging.getLogger(__name__)
 FORMAT = "tfsim.scann_index.v1"
-BRUTE_FORCE_BELOW = 1000
+# Below this many items the index scores every item (exact, and about as fast at that size).
+BRUTE_FORCE_BELOW = 20_000
+# The k-means tree is trained on at most this many vectors (ScaNN's own examples use 250k).
+TRAINING_SAMPLE = 250_000
 
 
 def _scann():
@@ -79,49 +84,188 @@ class GalleryIndex:
         sim = distances.get_distance(self.similarity)
         q = np.asarray(sim.prepare(np.atleast_2d(queries)).numpy(), np.float32)
         k = min(int(k), len(self))
-        rows, raw = self.searcher.search_batched(q, final_num_neighbors=k)
+        if self.params.get("mode") == "tree_ah":  # the tuned settings (see `build`)
+            rows, raw = self.searcher.search_batched(
+                q, final_num_neighbors=k, leaves_to_search=int(self.params["num_leaves_to_search"]),
+                pre_reorder_num_neighbors=max(int(self.params["reorder"]), k))
+        else:
+            rows, raw = self.searcher.search_batched(q, final_num_neighbors=k)
         scores = raw if sim.larger_is_closer else -raw
         if sim.name == "L2":
             scores = -np.sqrt(np.maximum(-scores, 0.0))
         return Neighbors(rows.astype(np.int64), scores.astype(np.float32))
 
 
-def build(embeddings: np.ndarray, similarity: str = "cosine", num_neighbors: int = 10, num_leaves: int = 0,
-          num_leaves_to_search: int = 0, reorder: int = 100, dims_per_block: int = 2,
-          anisotropic_threshold: float = 0.2):
-    """Builds a ScaNN searcher over `embeddings` `[G, D]`.
+def _exact_neighbours(db: np.ndarray, rows: np.ndarray, k: int, measure: str) -> np.ndarray:
+    """`[S, k]` exact nearest gallery rows of the gallery rows `rows`, each row itself excluded."""
+    from tfsim.evaluation.knn import exact_knn
+
+    similarity = "dot" if measure == "dot_product" else "squared-L2"  # db is already prepared
+    block = max(1, (1 << 26) // len(db))  # ~256 MB of scores at a time
+    found = exact_knn(db[rows], db, k + 1, similarity, block_size=block).indices
+    return _drop_self(found, rows, k)
+
+
+def _drop_self(found: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """The first k of each row of `found` other than the query's own row."""
+    keep = found != rows[:, None]
+    keep[keep.sum(axis=1) > k, -1] = False  # itself not found: drop the last instead
+    return found[keep].reshape(len(rows), k)
+
+
+def _timed_search(searcher, queries: np.ndarray, k: int, leaves: int, reorder: int) -> tuple[np.ndarray, float]:
+    """Neighbour rows and the best-of-2 wall time of one batched search."""
+    best, rows = float("inf"), None
+    for _ in range(2):
+        start = time.perf_counter()
+        rows, _ = searcher.search_batched(queries, final_num_neighbors=k, leaves_to_search=leaves,
+                                          pre_reorder_num_neighbors=reorder)
+        best = min(best, time.perf_counter() - start)
+    return rows, best
+
+
+def tune_search(searcher, db: np.ndarray, k: int, num_leaves: int, target_recall: float,
+                measure: str, sample: int = 1000, seed: int = 0, leaves_to_search: int = 0,
+                reorder: int = 0) -> dict:
+    """The fastest search settings of a tree searcher that reach `target_recall` at k.
+
+    Recall@k is measured against exact search on a seeded sample of gallery vectors used as
+    queries, each with itself excluded (queries from the gallery's own distribution), and each
+    setting tried is timed on that sample. Re-scoring depths (`reorder` if given, else
+    k x {16, 8, 4, 2, 1}) are tried deepest first; for each, the fewest leaves to search that reach
+    the target (`leaves_to_search` if given) are found by doubling from the previous depth's
+    answer (a shallower re-scoring never needs fewer leaves), then bisecting. A depth is given up
+    when its settings get slower than the best one found, or its recall stops growing. The
+    fastest setting that reaches the target wins; if none does, the one with the highest recall
+    is kept and the result says so.
 
     Returns:
-        `(searcher, params)`: the ScaNN searcher and the parameters actually used.
+        {"num_leaves_to_search", "reorder", "measured_recall", "queries_per_second" (on the
+        sample, one thread), "target_recall", "target_met", "sample", "tried": [...]}.
+    """
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(len(db), min(sample, len(db)), replace=False))
+    queries = db[rows]
+    truth = _exact_neighbours(db, rows, k, measure)
+    k_search = min(k + 1, len(db))
+    tried: dict = {}
+
+    def probe(leaves: int, depth: int) -> tuple[float, float]:
+        """(recall, seconds) of one setting on the sample."""
+        if (leaves, depth) not in tried:
+            found, seconds = _timed_search(searcher, queries, k_search, leaves, max(depth, k_search))
+            found = _drop_self(found.astype(np.int64), rows, k)
+            hits = sum(len(set(a) & set(b)) for a, b in zip(found, truth))
+            tried[leaves, depth] = (hits / truth.size, seconds)
+        return tried[leaves, depth]
+
+    best: Optional[tuple[int, int]] = None  # the fastest setting reaching the target so far
+
+    def slower_than_best(setting: tuple[int, int]) -> bool:
+        return best is not None and tried[setting][1] > tried[best][1]
+
+    depths = [reorder] if reorder else sorted({max(k, k * m) for m in (1, 2, 4, 8, 16)}, reverse=True)
+    lower = leaves_to_search or 1
+    for depth in depths:
+        leaves, previous = lower, -1.0
+        while True:
+            got, _ = probe(leaves, depth)
+            if got >= target_recall or leaves_to_search or slower_than_best((leaves, depth)):
+                break
+            if leaves >= num_leaves or got - previous < 0.001:  # this depth's recall has stopped growing
+                break
+            previous, leaves = got, min(2 * leaves, num_leaves)
+        if probe(leaves, depth)[0] < target_recall:
+            continue
+        lo, hi = max(lower, leaves // 2), leaves  # bisect: fewest leaves in (lo, hi] reaching the target
+        if probe(lo, depth)[0] >= target_recall:
+            hi = lo
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if probe(mid, depth)[0] >= target_recall:
+                hi = mid
+            else:
+                lo = mid
+        if best is None or tried[hi, depth][1] < tried[best][1]:
+            best = (hi, depth)
+        lower = hi
+    choice = best or max(tried, key=lambda c: (tried[c][0], -tried[c][1]))
+    measured, seconds = tried[choice]
+    return {"num_leaves_to_search": int(choice[0]), "reorder": int(max(choice[1], k_search)),
+            "measured_recall": float(measured), "queries_per_second": float(len(rows) / max(seconds, 1e-9)),
+            "target_recall": float(target_recall), "target_met": best is not None,
+            "sample": int(len(rows)),
+            "tried": [{"num_leaves_to_search": a, "reorder": b, "recall": r, "seconds": t}
+                      for (a, b), (r, t) in sorted(tried.items())]}
+
+
+def options(index_config) -> dict:
+    """`build`'s keyword arguments from an `IndexConfig`."""
+    keys = ("num_neighbors", "num_leaves", "num_leaves_to_search", "reorder", "dims_per_block",
+            "anisotropic_threshold", "target_recall", "brute_force_below")
+    return {key: getattr(index_config, key) for key in keys}
+
+
+def build(embeddings: np.ndarray, similarity: str = "cosine", num_neighbors: int = 10, num_leaves: int = 0,
+          num_leaves_to_search: int = 0, reorder: int = 0, dims_per_block: int = 2,
+          anisotropic_threshold: float = 0.2, target_recall: float = 0.95,
+          brute_force_below: int = BRUTE_FORCE_BELOW, tuning_sample: int = 1000, seed: int = 0):
+    """Builds a ScaNN searcher over `embeddings` `[G, D]` that tunes its own search settings.
+
+    Galleries under `brute_force_below` items (and no `num_leaves` asked for) are scored
+    exhaustively: exact, and fast enough at that size. Larger ones get a k-means tree of
+    `num_leaves` (0: 2 sqrt(G)) leaves trained on at most `TRAINING_SAMPLE` vectors,
+    anisotropic quantisation (`dims_per_block` dims per block) and exact re-scoring; the leaves
+    searched and the re-scoring depth are then chosen by `tune_search` to reach `target_recall`
+    at `num_neighbors` as fast as possible (or taken as given when non-zero; recall is measured
+    either way). `GalleryIndex.search` applies them.
+
+    Returns:
+        `(searcher, params)`: the ScaNN searcher and the parameters used, with what the tuning
+        measured ("measured_recall", "queries_per_second", "tuning").
     """
     embeddings = np.asarray(embeddings, np.float32)
     if embeddings.ndim != 2 or len(embeddings) == 0:
         raise ValueError(f"Expected a non-empty [G, D] gallery; got shape {embeddings.shape}.")
+    if not 0 < target_recall <= 1:
+        raise ValueError(f"Invalid target_recall {target_recall}: expected a recall in (0, 1], e.g. 0.95.")
     sim = distances.get_distance(similarity)
     db = np.asarray(sim.prepare(embeddings).numpy(), np.float32)
     g = len(db)
     k = min(num_neighbors, g)
+    start = time.perf_counter()
     builder = _scann().builder(db, k, sim.scann_measure)
-    if g < BRUTE_FORCE_BELOW:
+    if g < brute_force_below and not num_leaves:
         searcher = builder.score_brute_force().build()
         params = {"mode": "brute_force"}
     else:
-        leaves = num_leaves or max(2, int(round(math.sqrt(g))))
-        to_search = num_leaves_to_search or max(1, int(math.ceil(leaves / 5)))
+        leaves = min(num_leaves or max(2, int(round(2 * math.sqrt(g)))), g)
         aq = sim.scann_measure == "dot_product"
-        builder = builder.tree(num_leaves=leaves, num_leaves_to_search=to_search, training_sample_size=g,
-                               spherical=aq and sim.normalize, quantize_centroids=False,
-                               )
+        builder = builder.tree(num_leaves=leaves, num_leaves_to_search=num_leaves_to_search or max(1, leaves // 10),
+                               training_sample_size=min(g, TRAINING_SAMPLE), spherical=aq and sim.normalize,
+                               quantize_centroids=False)
         if aq:
             builder = builder.score_ah(dims_per_block, anisotropic_quantization_threshold=anisotropic_threshold)
         else:
             builder = builder.score_ah(dims_per_block)
-        searcher = builder.reorder(max(reorder, k)).build()
-        params = {"mode": "tree_ah", "num_leaves": leaves, "num_leaves_to_search": to_search,
+        searcher = builder.reorder(max(reorder, k)).build()  # (search passes the tuned depth)
+        build_seconds = time.perf_counter() - start
+        tuned = tune_search(searcher, db, k, leaves, target_recall, sim.scann_measure, tuning_sample, seed,
+                            num_leaves_to_search, reorder)
+        params = {"mode": "tree_ah", "num_leaves": leaves, "num_leaves_to_search": tuned["num_leaves_to_search"],
                   "dims_per_block": dims_per_block, "anisotropic_threshold": anisotropic_threshold,
-                  "reorder": max(reorder, k)}
+                  "reorder": tuned["reorder"], "training_sample_size": min(g, TRAINING_SAMPLE),
+                  "target_recall": target_recall, "measured_recall": tuned["measured_recall"],
+                  "queries_per_second": tuned["queries_per_second"], "build_seconds": build_seconds,
+                  "tuning_seconds": time.perf_counter() - start - build_seconds,
+                  "tuning": {key: tuned[key] for key in ("sample", "target_met", "tried")}}
+        if not tuned["target_met"]:
+            log.warning("The index reaches recall@%d %.3f at best, below index.target_recall %.3f: raise "
+                        "index.num_leaves or index.dims_per_block.", k, tuned["measured_recall"], target_recall)
+        log.info("ScaNN index over %d items: %d leaves, %d searched, reorder %d: recall@%d %.3f (target %.3f) on "
+                 "%d gallery queries, %.0f queries/s.", g, leaves, params["num_leaves_to_search"], params["reorder"],
+                 k, tuned["measured_recall"], target_recall, tuned["sample"], tuned["queries_per_second"])
     params.update(num_neighbors=k, distance_measure=sim.scann_measure, size=g, dim=int(db.shape[1]))
-    log.info("Built ScaNN index over %d items (%s).", g, params["mode"])
     return searcher, params
 
 

@@ -275,8 +275,7 @@ def export_stage(cfg: Config, run_dir: Path, final: keras.Model, metrics: dict,
         ic = cfg.index
         gallery = embed_with_export(export_dir, test, cfg.model.image_size, cfg.eval.batch_size,
                                     cfg.model.center_crop)
-        searcher, params = scann_index.build(gallery, sim, ic.num_neighbors, ic.num_leaves, ic.num_leaves_to_search,
-                                             ic.reorder, ic.dims_per_block, ic.anisotropic_threshold)
+        searcher, params = scann_index.build(gallery, sim, **scann_index.options(ic))
         scann_index.save(export_dir / index_dir, searcher, params, test.ids, test.labels, split.images.class_names,
                          sim, images=test.images, paths=test.paths, atomic=False)
 
