@@ -184,7 +184,7 @@ def test_ann_metrics_and_their_gap_to_exact(n, exact_mode):
     labels = rng.integers(0, 30, n)
     x = rng.normal(size=(30, 16))[labels] + 0.8 * rng.normal(size=(n, 16))
     exact = retrieval_metrics(x, labels)
-    got = ann_metrics(x, labels, sample=500)
+    got = ann_metrics(x, labels, sample=500, brute_force_below=1000)
     assert got["index"]["mode"] == ("brute_force" if exact_mode else "tree_ah")
     if exact_mode:  # below 1,000 items the index scores exhaustively: no gap
         for key in ("recall@1", "recall@8", "map@r", "r_precision"):
@@ -195,6 +195,6 @@ def test_ann_metrics_and_their_gap_to_exact(n, exact_mode):
         assert -0.05 < got["gap"]["map@r"] <= 0.01
     assert got["num_queries"] == exact["num_queries"] and got["gap_sample"] == min(500, n)
     mask = rng.uniform(size=n) < 0.3
-    qg = ann_metrics(x, labels, query_mask=mask, sample=200)
+    qg = ann_metrics(x, labels, query_mask=mask, sample=200, brute_force_below=1000)
     want = retrieval_metrics(x, labels, query_mask=mask)
     assert qg["num_queries"] == want["num_queries"] and abs(qg["recall@1"] - want["recall@1"]) < 0.03

@@ -22,6 +22,7 @@ leaves searched and re-scoring depth that reach `target_recall`; index.json reco
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -40,7 +41,8 @@ from tfsim.errors import UserInputError
 from tfsim.evaluation.knn import Neighbors
 
 log = logging.getLogger(__name__)
-FORMAT = "tfsim.scann_index.v1"
+FORMAT = "tfsim.scann_index.v2"  # v2: file sizes and checksums, the model, additions
+READABLE_FORMATS = ("tfsim.scann_index.v1", FORMAT)
 # Below this many items the index scores every item (exact, and about as fast at that size).
 BRUTE_FORCE_BELOW = 20_000
 # The k-means tree is trained on at most this many vectors (ScaNN's own examples use 250k).
@@ -67,6 +69,7 @@ class GalleryIndex:
     params: dict
     images: Optional[np.ndarray] = None
     paths: Optional[np.ndarray] = None
+    meta: Optional[dict] = None
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -107,10 +110,13 @@ def _exact_neighbours(db: np.ndarray, rows: np.ndarray, k: int, measure: str) ->
 
 
 def _drop_self(found: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
-    """The first k of each row of `found` other than the query's own row."""
-    keep = found != rows[:, None]
-    keep[keep.sum(axis=1) > k, -1] = False  # itself not found: drop the last instead
-    return found[keep].reshape(len(rows), k)
+    """The first k of each row of `found` other than the query's own row, -1 where a row has fewer
+    (ScaNN pads a search that found fewer than asked with repeats of row 0)."""
+    out = np.full((len(rows), k), -1, np.int64)
+    for i, (row, own) in enumerate(zip(found, rows)):
+        kept = [r for r in dict.fromkeys(row.tolist()) if r != own][:k]
+        out[i, :len(kept)] = kept
+    return out
 
 
 def _timed_search(searcher, queries: np.ndarray, k: int, leaves: int, reorder: int) -> tuple[np.ndarray, float]:
@@ -281,16 +287,32 @@ def _make_relocatable(scann_dir: Path) -> None:
     pbtxt.write_text(text)
 
 
+def _file_digests(folder: Path) -> dict:
+    """{relative path: [bytes, sha256]} of every file under `folder` but index.json."""
+    out = {}
+    for f in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "index.json"):
+        digest = hashlib.sha256()
+        with open(f, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(chunk)
+        out[f.relative_to(folder).as_posix()] = [f.stat().st_size, digest.hexdigest()]
+    return out
+
+
 def save(path: os.PathLike, searcher, params: dict, ids: Sequence[str], labels: np.ndarray,
          class_names: Sequence[str], similarity: str, images: Optional[np.ndarray] = None,
-         paths: Optional[np.ndarray] = None, atomic: bool = True) -> Path:
-    """Writes the index folder at `path` (see module doc); refuses to overwrite.
+         paths: Optional[np.ndarray] = None, atomic: bool = True, model: Optional[dict] = None,
+         replace: bool = False) -> Path:
+    """Writes the index folder at `path` (see module doc); refuses to overwrite unless `replace`.
 
     With `atomic`, everything is written into a sibling temporary folder renamed at
-    the end, so a crash never leaves a half-written index under `path`.
+    the end, so a crash never leaves a half-written index under `path`; with `replace`, the
+    old folder is swapped out only once the new one is complete (and removed after).
+    index.json records each file's size and SHA-256 (checked by `load`) and `model`: what
+    embedded the gallery (name, version, embedding_dim, fingerprint; see `model_info`).
     """
     final = Path(path)
-    if final.exists():
+    if final.exists() and not replace:
         raise UserInputError(f"Index folder {str(final)!r} already exists; choose another path or remove it.")
     work = final.with_name(f".tmp-{final.name}-{uuid.uuid4().hex[:8]}") if atomic else final
     work.mkdir(parents=True)
@@ -305,9 +327,15 @@ def save(path: os.PathLike, searcher, params: dict, ids: Sequence[str], labels: 
             arrays["paths"] = np.asarray(paths).astype(str)
         np.savez_compressed(work / "gallery.npz", **arrays)
         meta = {"format": FORMAT, "similarity": similarity, "params": params,
-                "class_names": list(class_names), "size": int(len(arrays["ids"]))}
+                "class_names": list(class_names), "size": int(len(arrays["ids"])), "model": model,
+                "files": _file_digests(work)}
         (work / "index.json").write_text(json.dumps(meta, indent=2) + "\n")
-        if atomic:
+        if atomic and replace and final.exists():
+            old = final.with_name(f".old-{final.name}-{uuid.uuid4().hex[:8]}")
+            os.rename(final, old)
+            os.rename(work, final)
+            shutil.rmtree(old, ignore_errors=True)
+        elif atomic:
             os.rename(work, final)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
@@ -315,24 +343,75 @@ def save(path: os.PathLike, searcher, params: dict, ids: Sequence[str], labels: 
     return final
 
 
-def load(path: os.PathLike) -> GalleryIndex:
-    """Loads an index folder written by `save`.
+def read_meta(path: os.PathLike) -> dict:
+    """index.json of an index folder.
 
     Raises:
-        UserInputError: `path` is not a tfsim index.
+        UserInputError: `path` is not a tfsim index (or an unreadable index.json).
     """
     path = Path(path)
     meta_file = path / "index.json"
     if not meta_file.is_file():
         raise UserInputError(
             f"{str(path)!r} is not a tfsim index: expected a folder with index.json, gallery.npz and "
-            "scann/, as written by tfsim.index.save or the train pipeline.")
-    meta = json.loads(meta_file.read_text())
-    if meta.get("format") != FORMAT:
-        raise UserInputError(f"{str(path)!r} has index format {meta.get('format')!r}; expected {FORMAT!r}.")
-    searcher = _scann().load_searcher(str(path / "scann"))
-    with np.load(path / "gallery.npz") as npz:
-        return GalleryIndex(searcher=searcher, ids=npz["ids"], labels=npz["labels"],
-                            class_names=tuple(meta["class_names"]), similarity=meta["similarity"],
-                            params=meta["params"], images=npz["images"] if "images" in npz else None,
-                            paths=npz["paths"] if "paths" in npz else None)
+            "scann/, as written by `python -m tfsim.pipelines.index` or the train pipeline.")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise UserInputError(f"Index {str(path)!r} is corrupt: index.json is not valid JSON. Rebuild it "
+                             "with `python -m tfsim.pipelines.index`.") from None
+    if meta.get("format") not in READABLE_FORMATS:
+        raise UserInputError(f"{str(path)!r} has index format {meta.get('format')!r}; expected one of "
+                             f"{list(READABLE_FORMATS)}.")
+    return meta
+
+
+def verify(path: os.PathLike, meta: dict, checksums: bool = True) -> None:
+    """Checks every file index.json lists is there with its size (and SHA-256 with `checksums`).
+
+    Raises:
+        UserInputError: a file is missing, truncated or altered: the index would give wrong
+            results, so it is refused.
+    """
+    path = Path(path)
+    expected = meta.get("files")
+    if expected is None:  # v1 indexes recorded no files
+        return
+    found = _file_digests(path) if checksums else {
+        name: [(path / name).stat().st_size, None] for name in expected if (path / name).is_file()}
+    for name, (size, digest) in expected.items():
+        problem = None
+        if name not in found:
+            problem = "is missing"
+        elif found[name][0] != size:
+            problem = f"has {found[name][0]} bytes where {size} were written (truncated or altered)"
+        elif checksums and found[name][1] != digest:
+            problem = "does not have the content that was written (altered or damaged)"
+        if problem:
+            raise UserInputError(f"Index {str(path)!r} is corrupt: {name} {problem}. Searching it could return "
+                                 "wrong results; rebuild it with `python -m tfsim.pipelines.index`.")
+
+
+def load(path: os.PathLike, checksums: bool = True) -> GalleryIndex:
+    """Loads an index folder written by `save`, after `verify`ing its files.
+
+    Raises:
+        UserInputError: `path` is not a tfsim index, or it is corrupt or truncated.
+    """
+    path = Path(path)
+    meta = read_meta(path)
+    verify(path, meta, checksums)
+    try:
+        searcher = _scann().load_searcher(str(path / "scann"))
+        with np.load(path / "gallery.npz") as npz:
+            index = GalleryIndex(searcher=searcher, ids=npz["ids"], labels=npz["labels"],
+                                 class_names=tuple(meta["class_names"]), similarity=meta["similarity"],
+                                 params=meta["params"], images=npz["images"] if "images" in npz else None,
+                                 paths=npz["paths"] if "paths" in npz else None, meta=meta)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise UserInputError(f"Index {str(path)!r} cannot be read ({err}); rebuild it with "
+                             "`python -m tfsim.pipelines.index`.") from None
+    if searcher.size() != len(index.ids) or len(index.labels) != len(index.ids):
+        raise UserInputError(f"Index {str(path)!r} is inconsistent: the searcher holds {searcher.size()} vectors "
+                             f"for {len(index.ids)} ids; rebuild it with `python -m tfsim.pipelines.index`.")
+    return index

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -56,20 +57,37 @@ def read_query_image(path: os.PathLike) -> tuple[bytes, np.ndarray]:
     return data, pixels
 
 
-def search_image(model_dir: os.PathLike, image_path: os.PathLike, k: int = 6) -> SearchResult:
-    """Embeds `image_path` with the export at `model_dir` and returns its k nearest gallery items.
+def search_image(model_dir: Optional[os.PathLike], image_path: os.PathLike, k: int = 6,
+                 index_dir: Optional[os.PathLike] = None) -> SearchResult:
+    """Embeds `image_path` with the export at `model_dir` and returns its k nearest gallery items
+    from `index_dir` (default: the index inside the export; without `model_dir`, the model that
+    built `index_dir`).
 
     Raises:
-        UserInputError: not a tfsim export, an export without index, or not an image.
+        UserInputError: not a tfsim export, an export without index, an index built by another
+            model, a corrupt index, or not an image.
     """
+    from tfsim.index.catalogue import check_model
+
     if k < 1:
         raise UserInputError(f"Invalid value for `--top-k`: expected an integer >= 1. Received: {k}")
+    if model_dir is None and index_dir is None:
+        raise UserInputError("Give --model EXPORT (its own index), --index DIR (the model that built it), or both.")
+    if index_dir is not None:
+        meta = scann_index.read_meta(index_dir)
+        if model_dir is None:
+            model_dir = (meta.get("model") or {}).get("path")
+            if not model_dir:
+                raise UserInputError(f"Index {str(index_dir)!r} does not record the model that built it: pass --model.")
+        check_model(index_dir, meta, model_dir)
     model_dir = Path(model_dir)
     read_export(model_dir)
-    index_dir = model_dir / META_DIR / "index"
-    if not index_dir.is_dir():
-        raise UserInputError(f"Export {str(model_dir)!r} has no ScaNN index ({index_dir} is missing); "
-                             "re-run training with index.enabled=true.")
+    if index_dir is None:
+        index_dir = model_dir / META_DIR / "index"
+        if not index_dir.is_dir():
+            raise UserInputError(f"Export {str(model_dir)!r} has no ScaNN index ({index_dir} is missing); "
+                                 "re-run training with index.enabled=true, or build one with "
+                                 "`python -m tfsim.pipelines.index` and pass --index.")
     data, pixels = read_query_image(image_path)
     import tensorflow as tf
 

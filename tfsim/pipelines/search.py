@@ -1,7 +1,8 @@
-"""`python -m tfsim.pipelines.search --model saved_models/<name>/<version> --image q.png [--top-k 6] [--out grid.png]`
+"""`python -m tfsim.pipelines.search (--model saved_models/<name>/<version> | --index DIR) --image q.png [--top-k 6]`
 
-Prints the k nearest gallery items of an image (from the export's ScaNN index) and
-writes a PNG grid: the query on the left, the results to its right, labelled.
+Prints the k nearest gallery items of an image (from the export's own ScaNN index, or an
+index built by `python -m tfsim.pipelines.index`) and writes a PNG grid: the query on the
+left, the results to its right, labelled.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ _cli.quiet_tensorflow()
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m tfsim.pipelines.search", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="an export version folder: saved_models/<name>/<version>")
+    parser.add_argument("--model", help="an export version folder: saved_models/<name>/<version> "
+                                        "(default with --index: the model that built it)")
+    parser.add_argument("--index", help="an index folder built by python -m tfsim.pipelines.index "
+                                        "(default: the index inside the export)")
     parser.add_argument("--image", required=True, help="query image (JPEG/PNG/BMP/GIF)")
     parser.add_argument("--top-k", type=int, default=6, help="number of results (default 6)")
     parser.add_argument("--out", default=None, help="PNG grid to write (default: search_<image name>.png)")
@@ -24,7 +28,7 @@ def main(argv: list[str]) -> int:
 
     from tfsim.index.search import render_grid, search_image
 
-    result = search_image(args.model, args.image, args.top_k)
+    result = search_image(args.model, args.image, args.top_k, args.index)
     print(f"{args.top_k} nearest gallery items of {args.image}:")
     print(f"{'rank':>4}  {'score':>7}  {'label':<16} id")
     for i, (score, label, id_) in enumerate(zip(result.scores, result.labels, result.ids), start=1):

@@ -276,8 +276,12 @@ def export_stage(cfg: Config, run_dir: Path, final: keras.Model, metrics: dict,
         gallery = embed_with_export(export_dir, test, cfg.model.image_size, cfg.eval.batch_size,
                                     cfg.model.center_crop)
         searcher, params = scann_index.build(gallery, sim, **scann_index.options(ic))
+        params["built_size"] = len(test)
+        paths = None if test.paths is None else np.array([str(Path(p).resolve()) for p in test.paths])
+        model = {"path": None, "name": name, "version": None, "embedding_dim": int(gallery.shape[1]),
+                 "similarity": sim, "fingerprint": content}  # the export that holds it
         scann_index.save(export_dir / index_dir, searcher, params, test.ids, test.labels, split.images.class_names,
-                         sim, images=test.images, paths=test.paths, atomic=False)
+                         sim, images=test.images, paths=paths, atomic=False, model=model)
 
     export_dir = export_embedder(
         final, cfg.export.root, name, cfg.model.image_size, center_crop=cfg.model.center_crop,
