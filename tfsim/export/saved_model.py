@@ -48,6 +48,86 @@ def next_version(base: Path) -> int:
     return max(versions, default=0) + 1
 
 
+def publish(base: Path, write: Callable[[Path, int], dict],
+            write_extras: Optional[Callable[[Path], None]] = None) -> Path:
+    """Writes a new version folder under `base` atomically and returns it.
+
+    `write(work, version)` fills the temporary folder `work` and returns the metadata stored as
+    `assets.extra/tfsim/export.json`; `write_extras(work)` may add files after it. The folder is
+    renamed to the next free integer version at the end (a name TF Serving ignores until then);
+    the export root's `models.config` is refreshed.
+    """
+    base.mkdir(parents=True, exist_ok=True)
+    version = next_version(base)
+    work = base / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
+    try:
+        meta = write(work, version)
+        meta_dir = work / META_DIR
+        meta_dir.mkdir(parents=True, exist_ok=True)
+        (meta_dir / "export.json").write_text(json.dumps(meta, indent=2) + "\n")
+        if write_extras is not None:
+            write_extras(work)
+        while True:  # another process may have taken this version meanwhile
+            final = base / str(version)
+            try:
+                os.rename(work, final)
+                break
+            except OSError:
+                if not final.exists():
+                    raise
+                version += 1
+                meta["version"] = version
+                (work / META_DIR / "export.json").write_text(json.dumps(meta, indent=2) + "\n")
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    write_models_config(base.parent)
+    return final
+
+
+def write_models_config(root: Path) -> Path:
+    """`<root>/models.config`: a TF Serving model config listing every model folder under
+    `root` that holds a version (serve them all with `--model_config_file`)."""
+    root = Path(root)
+    models = sorted(p for p in root.iterdir() if p.is_dir() and any(
+        v.is_dir() and re.fullmatch(r"\d+", v.name) for v in p.iterdir()))
+    lines = ["model_config_list {"]
+    for model in models:
+        lines += ["  config {", f'    name: "{model.name}"', f'    base_path: "{model.resolve()}"',
+                  '    model_platform: "tensorflow"', "  }"]
+    lines.append("}")
+    out = root / "models.config"
+    tmp = root / f".models.config.{uuid.uuid4().hex[:8]}"
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, out)
+    return out
+
+
+def warmup_image(size: int) -> bytes:
+    """A PNG of `size` x `size` mid-grey pixels: a valid input for any image signature."""
+    return tf.io.encode_png(tf.fill([size, size, 3], tf.constant(128, tf.uint8))).numpy()
+
+
+def write_warmup(export_dir: Path, model_name: str, images: list[bytes], signature: str = "serving_default",
+                 input_name: str = "image_bytes") -> Path:
+    """`assets.extra/tf_serving_warmup_requests`: PredictionLog records TF Serving replays when it
+    loads the version, so the first user request pays no graph tracing or index start-up. One
+    request per image, then one with all of them (a batch)."""
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    out = Path(export_dir) / "assets.extra" / "tf_serving_warmup_requests"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    batches = [[image] for image in images] + ([list(images)] if len(images) > 1 else [])
+    with tf.io.TFRecordWriter(str(out)) as writer:
+        for batch in batches:
+            request = predict_pb2.PredictRequest(
+                model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature))
+            request.inputs[input_name].CopyFrom(tf.make_tensor_proto(batch, dtype=tf.string))
+            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+    return out
+
+
 def _serving_functions(model: keras.Model, image_size: int, center_crop: float = 1.0):
     def embed_images(images):
         return {"embeddings": model(images, training=False)}
@@ -82,11 +162,7 @@ def export_embedder(model: keras.Model, root: os.PathLike, name: str, image_size
     Returns:
         The final version folder.
     """
-    base = Path(root) / name
-    base.mkdir(parents=True, exist_ok=True)
-    version = next_version(base)
-    work = base / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
-    try:
+    def write(work: Path, version: int) -> dict:
         archive = keras.export.ExportArchive()
         archive.track(model)
         embed_bytes, embed_images = _serving_functions(model, image_size, center_crop)
@@ -95,31 +171,16 @@ def export_embedder(model: keras.Model, root: os.PathLike, name: str, image_size
         archive.add_endpoint("serve_images", embed_images, input_signature=[
             tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="images")])
         archive.write_out(str(work), verbose=False)
-        meta_dir = work / META_DIR
-        meta_dir.mkdir(parents=True, exist_ok=True)
         meta = {"format": EXPORT_FORMAT, "name": name, "version": version, "image_size": image_size,
                 "center_crop": center_crop,
                 "embedding_dim": int(model.output_shape[-1]),
                 "signatures": {"serving_default": "image_bytes -> embeddings",
                                "serve_images": "images -> embeddings"}}
         meta.update(metadata or {})
-        (meta_dir / "export.json").write_text(json.dumps(meta, indent=2) + "\n")
-        if write_extras is not None:
-            write_extras(work)
-        while True:  # another process may have taken this version meanwhile
-            final = base / str(version)
-            try:
-                os.rename(work, final)
-                break
-            except OSError:
-                if not final.exists():
-                    raise
-                version += 1
-                meta["version"] = version
-                (work / META_DIR / "export.json").write_text(json.dumps(meta, indent=2) + "\n")
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+        write_warmup(work, name, [warmup_image(image_size)])
+        return meta
+
+    final = publish(Path(root) / name, write, write_extras)
     log.info("Exported SavedModel to %s", final)
     return final
 

@@ -2,8 +2,12 @@
 
 Embeds a catalogue of images with an export and writes a ScaNN index that tunes itself to
 --target-recall (`tfsim.index.catalogue` does the work); `--add DATA --index DIR` inserts new
-images into an existing index. DATA is a folder <dir>/<class>/<image>, a list file,
-tfds:NAME[:SPLIT] or default. Search it with `python -m tfsim.pipelines.search --index DIR`.
+images into an existing index; `--serve ROOT` also writes the retrieval SavedModels of the
+index (`tfsim.export.retrieval`: image bytes in, top-k ids/labels/scores out) to
+ROOT/<name>_exact/<version> and ROOT/<name>_scann/<version>, with TF Serving warm-up records
+and ROOT/models.config (with only --index DIR, the SavedModels of that index). DATA is a folder
+<dir>/<class>/<image>, a list file, tfds:NAME[:SPLIT] or default. Search an index with
+`python -m tfsim.pipelines.search --index DIR`.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--target-recall", type=float, default=None,
                         help="recall@k the index tunes itself to reach (default: index.target_recall, 0.95)")
     parser.add_argument("--num-neighbors", type=int, default=None, help="the k of the tuning (default 10)")
+    parser.add_argument("--serve", metavar="ROOT", help="also write the retrieval SavedModels to this export root")
+    parser.add_argument("--kinds", default="exact,scann", help="retrieval SavedModels to write (default exact,scann)")
+    parser.add_argument("--top-k", type=int, default=10, help="neighbours each retrieval SavedModel returns (default 10)")
     parser.add_argument("--batch-size", type=int, default=256)
     args = parser.parse_args(argv)
 
@@ -34,7 +41,10 @@ def main(argv: list[str]) -> int:
     from tfsim.errors import UserInputError
     from tfsim.index import catalogue, scann_index
 
-    if args.add is not None:
+    added = None
+    if args.index and args.add is None and args.serve and not (args.data or args.out):
+        path = Path(args.index)  # only the retrieval SavedModels of an existing index
+    elif args.add is not None:
         if not args.index or args.data or args.out:
             raise UserInputError("--add DATA needs --index DIR (and no --data / --out).")
         path, added = catalogue.add_to_index(args.index, args.add, args.model, args.batch_size)
@@ -47,7 +57,6 @@ def main(argv: list[str]) -> int:
         cfg = config_lib.load("default", overrides)
         config_lib.validate(cfg)
         path = catalogue.build_index(args.model, args.data, args.out, scann_index.options(cfg.index), args.batch_size)
-        added = None
     meta = json.loads((Path(path) / "index.json").read_text())
     p = meta["params"]
     print(f"\nindex: {path} ({meta['size']} images, {len(meta['class_names'])} classes, {p['mode']})")
@@ -58,6 +67,16 @@ def main(argv: list[str]) -> int:
               f"recall@{p['num_neighbors']} {p['measured_recall']:.3f} (target {p['target_recall']}) on "
               f"{p['tuning']['sample']} gallery queries, {p['queries_per_second']:,.0f} queries/s")
     print(f"search it: python -m tfsim.pipelines.search --index {path} --image IMAGE")
+    if args.serve:
+        from tfsim.export.retrieval import export_retrieval
+
+        model = args.model or (meta.get("model") or {}).get("path")
+        if not model:
+            raise UserInputError(f"Index {str(path)!r} does not record the model that built it: pass --model.")
+        kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+        for kind, folder in export_retrieval(model, path, args.serve, args.top_k, kinds).items():
+            print(f"retrieval SavedModel ({kind}): {folder}")
+        print(f"TF Serving config: {Path(args.serve) / 'models.config'}")
     return 0
 
 

@@ -1,0 +1,110 @@
+"""Retrieval SavedModels, loaded in a fresh process as TF Serving would: plain TF for the exact one,
+`import scann` first for the ScaNN one; their warm-up records replayed through the signature."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfsim.data import sources
+from tfsim.errors import UserInputError
+from tfsim.evaluation import exact_knn
+from tfsim.evaluation.evaluate import embed_export
+from tfsim.export import export_embedder
+from tfsim.export.retrieval import export_retrieval
+from tfsim.index import catalogue, scann_index
+from tfsim.models import build_embedding_model
+
+pytestmark = pytest.mark.slow  # fresh TF processes
+
+SERVE = r'''
+import json, sys
+import tensorflow as tf
+from tensorflow_serving.apis import prediction_log_pb2
+path, use_scann, images = sys.argv[1], sys.argv[2] == "1", sys.argv[3:]
+if use_scann:
+    import scann  # noqa: F401  (registers the Scann ops before loading)
+serve = tf.saved_model.load(path).signatures["serving_default"]
+out = serve(image_bytes=tf.constant([open(p, "rb").read() for p in images]))
+warm = []
+for record in tf.data.TFRecordDataset(path + "/assets.extra/tf_serving_warmup_requests"):
+    log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+    request = log.predict_log.request
+    inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+    got = tf.saved_model.load(path).signatures[request.model_spec.signature_name](
+        **{k: tf.constant(v) for k, v in inputs.items()})
+    warm.append([request.model_spec.name, list(got["ids"].shape)])
+print(json.dumps({"ids": out["ids"].numpy().astype(str).tolist(), "labels": out["labels"].numpy().astype(str).tolist(),
+                  "scores": out["scores"].numpy().tolist(), "rows": out["rows"].numpy().tolist(), "warm": warm,
+                  "scann_loaded": "scann" in sys.modules}))
+'''
+
+
+def folder(root, classes, per_class, seed):
+    rng = np.random.default_rng(seed)
+    for c in classes:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        base = rng.integers(0, 255, 3)
+        for i in range(per_class):
+            img = np.clip(base + rng.normal(0, 50, (16, 16, 3)), 0, 255).astype(np.uint8)
+            (root / c / f"{c}_{i}.png").write_bytes(tf.io.encode_png(img).numpy())
+    return root
+
+
+def serve(path, use_scann, images):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = subprocess.run([sys.executable, "-c", SERVE, str(path), "1" if use_scann else "0", *map(str, images)],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_exact_and_scann_retrieval_exports(tmp_path):
+    model = build_embedding_model("small_resnet", 16, 8, width=4, blocks_per_stage=1, seed=0)
+    embedder = export_embedder(model, tmp_path / "models", "shop", 16, metadata={"similarity": "cosine"})
+    data = folder(tmp_path / "catalogue", ["a", "b", "c", "d"], 30, 0)
+    index_dir = catalogue.build_index(embedder, str(data), tmp_path / "idx",
+                                      {"brute_force_below": 10, "target_recall": 0.9}, progress=False)
+    exports = export_retrieval(embedder, index_dir, tmp_path / "models", k=5)
+    assert [p.parent.name for p in exports.values()] == ["shop_exact", "shop_scann"]
+    config = (tmp_path / "models" / "models.config").read_text()
+    assert all(f'name: "{n}"' in config for n in ("shop", "shop_exact", "shop_scann"))
+
+    images = sources.load_folder(str(data))
+    queries = [images.paths[i] for i in (0, 31, 65, 119)]
+    emb = embed_export(embedder, images, progress=False)
+    want = exact_knn(emb[[0, 31, 65, 119]], emb, 5, "cosine")
+
+    exact = serve(exports["exact"], False, queries)
+    assert not exact["scann_loaded"]  # stock TF: no ScaNN ops needed
+    assert exact["ids"] == images.ids[want.indices].tolist()
+    np.testing.assert_allclose(exact["scores"], want.scores, atol=1e-5)
+    assert exact["labels"] == np.asarray(images.class_names)[images.labels[want.indices]].tolist()
+    assert exact["warm"] == [["shop_exact", [1, 5]], ["shop_exact", [1, 5]], ["shop_exact", [2, 5]]]
+
+    ann = serve(exports["scann"], True, queries)
+    index = scann_index.load(index_dir)
+    assert index.params["mode"] == "tree_ah"
+    # The same searcher with the same tuned settings as the index itself.
+    np.testing.assert_array_equal(ann["rows"], index.search(emb[[0, 31, 65, 119]], 5).indices)
+    assert [row[0] for row in ann["ids"]] == [images.ids[i] for i in (0, 31, 65, 119)]  # each finds itself
+    assert ann["warm"][-1] == ["shop_scann", [2, 5]]
+
+    cli = Path(sys.executable).with_name("saved_model_cli")
+    shown = subprocess.run([str(cli), "show", "--dir", str(exports["exact"]), "--all"], capture_output=True, text=True,
+                           timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    for word in ("serving_default", "image_bytes", "ids", "labels", "scores", "DT_STRING"):
+        assert word in shown.stdout, word
+
+    other = export_embedder(build_embedding_model("small_resnet", 16, 8, width=4, blocks_per_stage=1, seed=1),
+                            tmp_path / "models", "other", 16)
+    with pytest.raises(UserInputError, match="was built by model"):
+        export_retrieval(other, index_dir, tmp_path / "models")
+    with pytest.raises(UserInputError, match="Invalid retrieval kinds"):
+        export_retrieval(embedder, index_dir, tmp_path / "models", kinds=("faiss",))

@@ -1,0 +1,181 @@
+"""Retrieval SavedModels: image bytes in, the k nearest gallery items out, for TF Serving.
+
+    export_retrieval(model, index, root)
+      the embedding export (its `serving_default`: decoding, resizing, crop, the network)
+      + an index folder (`tfsim.index`: the gallery vectors, ids, labels, tuned ScaNN settings)
+      -> <root>/<name>_exact/<version>/   exact top-k of plain TF ops (a matrix product and
+                                          `tf.math.top_k`): stock TF Serving serves it
+      -> <root>/<name>_scann/<version>/   the index's own ScaNN searcher inside the graph
+                                          (`scann_ops.ScannState` rebuilt from the index files,
+                                          saved with `namespace_whitelist=["Scann"]`): needs a
+                                          TF Serving built with ScaNN's ops, or `import scann`
+                                          before `tf.saved_model.load` in Python
+
+Each has one signature, `serving_default`: `image_bytes` string `[N]` -> `ids` string `[N, k]`,
+`labels` string `[N, k]` (class names), `scores` float32 `[N, k]` (larger is closer, as
+`GalleryIndex.search`), `rows` int64 `[N, k]` (gallery rows). Each version folder also holds
+`assets.extra/tf_serving_warmup_requests` (a gallery image, alone and as a batch) and
+`assets.extra/tfsim/export.json`; the export root's `models.config` lists every model.
+
+The exact export holds the gallery as one `[G, D]` float32 variable: G x D x 4 bytes (1M x 128
+is 512 MB), and each query costs G x D multiply-adds; past about a million vectors use ScaNN.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from tfsim import distances
+from tfsim.errors import UserInputError
+from tfsim.export.saved_model import publish, read_export, warmup_image, write_warmup
+
+RETRIEVAL_FORMAT = "tfsim.retrieval.v1"
+KINDS = ("exact", "scann")
+
+
+def _scann_state(scann_dir: Path):
+    """The TF-op ScaNN searcher state (`scann_ops.ScannState`) of a serialised pybind searcher."""
+    from scann.scann_ops.py import scann_ops
+
+    def raw(name: str):
+        path = scann_dir / name
+        return tf.constant([path.read_bytes()]) if path.is_file() else tf.constant("")
+
+    def array(name: str, dtype):
+        path = scann_dir / name
+        return tf.constant(np.load(path) if path.is_file() else np.zeros([], dtype))
+
+    return scann_ops.ScannState([
+        raw("scann_config.pb"), raw("serialized_partitioner.pb"), array("datapoint_to_token.npy", np.int32),
+        raw("ah_codebook.pb"), array("hashed_dataset.npy", np.uint8), array("int8_dataset.npy", np.int8),
+        array("int8_multipliers.npy", np.float32), array("dp_norms.npy", np.float32),
+        array("dataset.npy", np.float32)])
+
+
+class RetrievalModule(tf.Module):
+    """The embedder and the gallery in one servable graph (see module doc)."""
+
+    def __init__(self, embedder, vectors: np.ndarray, ids: np.ndarray, labels: np.ndarray, similarity: str,
+                 k: int, kind: str, scann_dir: Optional[Path] = None, params: Optional[dict] = None):
+        super().__init__()
+        self.embedder = embedder
+        self.ids = tf.Variable(np.asarray(ids).astype(str).astype(object), trainable=False, name="ids")
+        self.labels = tf.Variable(np.asarray(labels).astype(str).astype(object), trainable=False, name="labels")
+        self.k, self.kind, self.similarity = int(min(k, len(ids))), kind, similarity
+        params = params or {}
+        self.tree = params.get("mode") == "tree_ah"
+        self.leaves = int(params.get("num_leaves_to_search", 0))
+        self.reorder = int(max(params.get("reorder", 0), self.k))
+        if kind == "exact":
+            self.gallery = tf.Variable(vectors, trainable=False, name="gallery")
+            self.gallery_norms = tf.Variable(np.sum(vectors.astype(np.float64) ** 2, axis=1).astype(np.float32),
+                                             trainable=False, name="gallery_norms")
+        else:
+            self.scann = _scann_state(scann_dir)
+
+    def _search(self, q: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        sim = distances.get_distance(self.similarity)
+        if self.kind == "exact":
+            dots = tf.matmul(q, self.gallery, transpose_b=True)
+            if sim.scann_measure == "dot_product":
+                scores = dots
+            else:  # squared L2, negated so that larger is closer
+                scores = -(tf.reduce_sum(q * q, axis=1, keepdims=True) - 2 * dots + self.gallery_norms[None, :])
+            top = tf.math.top_k(scores, k=self.k)
+            rows, scores = top.indices, top.values
+        else:
+            from scann.scann_ops.py import scann_ops
+
+            searcher = scann_ops.searcher_from_module(self.scann)
+            if self.tree:
+                rows, raw = searcher.search_batched(q, final_num_neighbors=self.k, leaves_to_search=self.leaves,
+                                                    pre_reorder_num_neighbors=self.reorder)
+            else:
+                rows, raw = searcher.search_batched(q, final_num_neighbors=self.k)
+            scores = raw if sim.larger_is_closer else -raw
+        if sim.name == "L2":
+            scores = -tf.sqrt(tf.maximum(-scores, 0.0))
+        return tf.cast(rows, tf.int64), tf.cast(scores, tf.float32)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    def serve(self, image_bytes):
+        embeddings = self.embedder.signatures["serving_default"](image_bytes=image_bytes)["embeddings"]
+        q = distances.get_distance(self.similarity).prepare(embeddings)
+        rows, scores = self._search(q)
+        return {"ids": tf.gather(self.ids, rows), "labels": tf.gather(self.labels, rows), "scores": scores,
+                "rows": rows}
+
+
+def _warmup_images(index, image_size: int, count: int = 2) -> list[bytes]:
+    """Encoded gallery images for the warm-up records (a grey picture if none can be read)."""
+    out = []
+    for row in range(min(count, len(index))):
+        if index.paths is not None and Path(index.paths[row]).is_file():
+            out.append(Path(index.paths[row]).read_bytes())
+        elif index.images is not None:
+            out.append(tf.io.encode_png(np.asarray(index.images[row], np.uint8)).numpy())
+    return out or [warmup_image(image_size)]
+
+
+def export_retrieval(model_dir: os.PathLike, index_dir: os.PathLike, root: os.PathLike, k: int = 10,
+                     kinds: Sequence[str] = KINDS, name: Optional[str] = None) -> dict[str, Path]:
+    """Writes the retrieval SavedModels of an export and an index it built (see module doc).
+
+    Args:
+        model_dir: the embedding export.
+        index_dir: an index built by that export (`python -m tfsim.pipelines.index`, or the one
+            inside the export).
+        root: the export root; versions go to `<root>/<name>_<kind>/<version>/`.
+        k: neighbours returned per image.
+        kinds: "exact" and/or "scann".
+        name: the model name prefix (default: the export's name).
+
+    Returns:
+        {kind: version folder}.
+
+    Raises:
+        UserInputError: not an export or index, an index of another model, an unknown kind.
+    """
+    from tfsim.index import scann_index
+    from tfsim.index.catalogue import check_model
+
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown or not kinds:
+        raise UserInputError(f"Invalid retrieval kinds {list(kinds)}: expected some of {list(KINDS)}.")
+    if k < 1:
+        raise UserInputError(f"Invalid k {k}: expected an integer >= 1.")
+    model_dir, index_dir = Path(model_dir), Path(index_dir)
+    meta = read_export(model_dir)
+    index = scann_index.load(index_dir)
+    if index_dir.resolve() != (model_dir / "assets.extra" / "tfsim" / "index").resolve():
+        check_model(index_dir, index.meta or {}, model_dir)
+    vectors = np.load(index_dir / "scann" / "dataset.npy")  # as searched: normalised for cosine
+    labels = np.asarray(index.class_names)[index.labels]
+    embedder = tf.saved_model.load(str(model_dir))
+    name = name or meta["name"]
+    out = {}
+    for kind in kinds:
+        module = RetrievalModule(embedder, vectors, index.ids, labels, index.similarity, k, kind,
+                                 index_dir / "scann", index.params)
+        model_name = f"{name}_{kind}"
+
+        def write(work: Path, version: int, module=module, kind=kind, model_name=model_name) -> dict:
+            options = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"]) if kind == "scann" else None
+            tf.saved_model.save(module, str(work), signatures={"serving_default": module.serve}, options=options)
+            write_warmup(work, model_name, _warmup_images(index, meta["image_size"]))
+            return {"format": RETRIEVAL_FORMAT, "kind": kind, "name": model_name, "version": version, "k": module.k,
+                    "gallery_size": len(index), "similarity": index.similarity, "image_size": meta["image_size"],
+                    "embedder": {"path": str(model_dir.resolve()), "name": meta["name"],
+                                 "version": meta.get("version")},
+                    "index": {"path": str(index_dir.resolve()), "params": index.params},
+                    "needs": "stock TF Serving" if kind == "exact" else "TF Serving with ScaNN's ops, or "
+                                                                      "`import scann` before loading",
+                    "signatures": {"serving_default": "image_bytes -> ids, labels, scores, rows"}}
+
+        out[kind] = publish(Path(root) / model_name, write)
+    return out
