@@ -3,7 +3,9 @@
 On disk (a folder, written atomically: built under a temporary name, then renamed):
 
     <index>/
-      index.json        format, similarity, ScaNN parameters, size, class names
+      index.json        format, similarity, ScaNN parameters (tuned settings and measured recall),
+                        size, class names, the model that embedded the gallery, and the size and
+                        SHA-256 of every other file (`load` refuses a damaged index)
       gallery.npz       ids [G] str, labels [G] int32, and optionally the gallery
                         images [G, H, W, C] uint8 (when they were in memory) or paths [G]
       scann/            ScaNN's own serialised searcher (`searcher.serialize`)
