@@ -245,11 +245,17 @@ class WhiteningConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ExportConfig:
-    """SavedModel export to `<root>/<name or run.name>/<version>/`."""
+    """SavedModel export to `<root>/<name or run.name>/<version>/`.
+
+    `retrieval`: also write retrieval SavedModels of the exported index (image bytes in, the
+    `index.num_neighbors` nearest held-out images out; `tfsim.export.retrieval`): "exact"
+    (stock TF Serving) and/or "scann" (TF Serving with ScaNN's ops), to `<root>/<name>_<kind>/`.
+    """
 
     enabled: bool = True
     root: str = "saved_models"
     name: Optional[str] = None
+    retrieval: tuple[Literal["exact", "scann"], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -611,6 +617,8 @@ def validate(cfg: Config) -> None:
     need(u.name is None or (u.name != "" and "/" not in u.name), "tune.name", "a non-empty name without '/'",
          u.name)
     need(cfg.index.num_neighbors >= 1, "index.num_neighbors", "an integer >= 1", cfg.index.num_neighbors)
+    need(not cfg.export.retrieval or (cfg.export.enabled and cfg.index.enabled), "export.retrieval",
+         "empty unless export.enabled and index.enabled (it serves the exported index)", cfg.export.retrieval)
     need(0 < cfg.index.target_recall <= 1, "index.target_recall", "a recall in (0, 1], e.g. 0.95",
          cfg.index.target_recall)
     for key in ("brute_force_below", "num_leaves", "num_leaves_to_search", "reorder"):

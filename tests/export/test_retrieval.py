@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfsim.data import sources
+from tfsim.data import pipeline, sources
 from tfsim.errors import UserInputError
 from tfsim.evaluation import exact_knn
 from tfsim.evaluation.evaluate import embed_export
@@ -78,6 +78,8 @@ def test_exact_and_scann_retrieval_exports(tmp_path):
     images = sources.load_folder(str(data))
     queries = [images.paths[i] for i in (0, 31, 65, 119)]
     emb = embed_export(embedder, images, progress=False)
+    # The export embeds as the Keras model does (so the served neighbours are the model's).
+    np.testing.assert_allclose(emb, model.predict(pipeline.eval_dataset(images, 16), verbose=0), atol=1e-5)
     want = exact_knn(emb[[0, 31, 65, 119]], emb, 5, "cosine")
 
     exact = serve(exports["exact"], False, queries)

@@ -86,3 +86,22 @@ def test_cropped_run_exports_the_crop_it_evaluated_with(tmp_path):
     cropped = next(iter(pipeline.eval_dataset(sample, 24, center_crop=0.75)))
     direct = tf.saved_model.load(str(result.export_dir)).signatures["serve_images"](images=cropped)
     np.testing.assert_allclose(served["embeddings"].numpy(), direct["embeddings"].numpy(), atol=1e-5)
+
+
+def test_run_writes_retrieval_savedmodels_once(tmp_path):
+    import tensorflow as tf
+
+    from tfsim.errors import UserInputError
+    sets = TINY + [f"export.root={tmp_path / 'exports'}", "export.retrieval=exact"]
+    first = train(config.load("default", sets), tmp_path / "run", verbose=0)
+    assert [str(p.relative_to(tmp_path)) for p in first.retrieval_dirs] == ["exports/fashion_mnist_small_exact/1"]
+    sample = sorted((tmp_path / "run" / "samples").glob("*.png"))[0]
+    out = tf.saved_model.load(str(first.retrieval_dirs[0])).signatures["serving_default"](
+        image_bytes=tf.constant([sample.read_bytes()]))
+    # The sample is a held-out image, so it is in the served gallery: it finds itself first.
+    assert out["ids"].shape == (1, 10) and float(out["scores"][0, 0]) > 0.999
+    assert "fashion_mnist_small_exact" in (tmp_path / "exports" / "models.config").read_text()
+    again = train(config.load("default", sets), tmp_path / "run", verbose=0)
+    assert again.retrieval_dirs == first.retrieval_dirs  # the same export: nothing new for TF Serving
+    with pytest.raises(UserInputError, match="export.retrieval"):
+        config.validate(config.load("default", ["export.retrieval=exact", "index.enabled=false"]))

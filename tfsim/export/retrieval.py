@@ -166,7 +166,14 @@ def export_retrieval(model_dir: os.PathLike, index_dir: os.PathLike, root: os.Pa
 
         def write(work: Path, version: int, module=module, kind=kind, model_name=model_name) -> dict:
             options = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"]) if kind == "scann" else None
-            tf.saved_model.save(module, str(work), signatures={"serving_default": module.serve}, options=options)
+            from absl import logging as absl_logging
+
+            level = absl_logging.get_verbosity()
+            absl_logging.set_verbosity(absl_logging.ERROR)  # (a warning about the embedder's captured names)
+            try:
+                tf.saved_model.save(module, str(work), signatures={"serving_default": module.serve}, options=options)
+            finally:
+                absl_logging.set_verbosity(level)
             write_warmup(work, model_name, _warmup_images(index, meta["image_size"]))
             return {"format": RETRIEVAL_FORMAT, "kind": kind, "name": model_name, "version": version, "k": module.k,
                     "gallery_size": len(index), "similarity": index.similarity, "image_size": meta["image_size"],

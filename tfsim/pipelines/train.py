@@ -55,6 +55,8 @@ def main(argv: list[str]) -> int:
         print(f"SavedModel:   {result.export_dir}")
     if result.index_dir:
         print(f"ScaNN index:  {result.index_dir}")
+    for folder in result.retrieval_dirs:
+        print(f"retrieval:    {folder}  (image bytes -> nearest held-out images, for TF Serving)")
     print(f"finished in {result.seconds:.0f} s")
     if result.export_dir:
         samples = sorted((result.run_dir / "samples").glob("*.png"))

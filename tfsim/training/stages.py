@@ -238,6 +238,29 @@ def embed_with_export(export_dir: Path, images: sources.ImageSet, image_size: in
     return np.concatenate(out).astype(np.float32)
 
 
+def retrieval_stage(cfg: Config, export_dir: Optional[Path]) -> list[Path]:
+    """The retrieval SavedModels `export.retrieval` asks for, of the export and the index inside it
+    (`tfsim.export.retrieval`); a kind whose latest version already serves this export is reused."""
+    from tfsim.export.retrieval import export_retrieval
+
+    if export_dir is None or not cfg.export.retrieval:
+        return []
+    name = cfg.export.name or cfg.run.name
+    out, missing = [], []
+    for kind in cfg.export.retrieval:
+        latest = _latest_export(Path(cfg.export.root) / f"{name}_{kind}")
+        meta_file = None if latest is None else latest / META_DIR / "export.json"
+        if meta_file is not None and meta_file.is_file() and json.loads(meta_file.read_text()).get(
+                "embedder", {}).get("path") == str(export_dir.resolve()):
+            out.append(latest)
+        else:
+            missing.append(kind)
+    if missing:
+        out += list(export_retrieval(export_dir, export_dir / META_DIR / "index", cfg.export.root,
+                                     cfg.index.num_neighbors, missing, name).values())
+    return out
+
+
 def export_stage(cfg: Config, run_dir: Path, final: keras.Model, metrics: dict,
                  split) -> tuple[Optional[Path], Optional[Path]]:
     """Exports `final` as a new SavedModel version with the ScaNN index of the held-out gallery inside.

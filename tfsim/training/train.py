@@ -51,6 +51,7 @@ class TrainResult:
     seconds: float
     fit_seconds: float = 0.0
     history: list = dataclasses.field(default_factory=list)
+    retrieval_dirs: list = dataclasses.field(default_factory=list)
 
 
 _POST_TRAINING_SECTIONS = ("eval", "whitening", "export", "index", "tune")
@@ -154,6 +155,7 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
                                   {k: v for k, v in metrics.items() if isinstance(v, float)})
     stages.write_samples(split.test, run_dir / "samples")
     export_dir, index_dir = stages.export_stage(cfg, run_dir, final, metrics, split)
+    retrieval_dirs = stages.retrieval_stage(cfg, export_dir)
     return TrainResult(run_dir=run_dir, metrics=metrics, export_dir=export_dir, index_dir=index_dir,
                        test_classes=split.test_class_names, seconds=time.time() - start,
-                       fit_seconds=trained.fit_seconds, history=trained.history)
+                       fit_seconds=trained.fit_seconds, history=trained.history, retrieval_dirs=retrieval_dirs)
