@@ -141,6 +141,8 @@ class ModelConfig:
     0, a trick for very deep networks trained long, see `tfsim.models.backbones`). resnet50
     takes none: setting one with it is an error, and changing `backbone` starts the new
     backbone from its defaults. Null until `resolve()` fills in the backbone's defaults.
+    `freeze_batchnorm`: the backbone's BatchNorm layers keep their (pretrained) statistics and
+    scales: not trained, and run in inference mode (usual when fine-tuning small batches).
     """
 
     backbone: str = "small_resnet"
@@ -153,6 +155,7 @@ class ModelConfig:
     blocks_per_stage: Optional[int] = None
     layer_norm: bool = False
     zero_init_residual: Optional[bool] = None
+    freeze_batchnorm: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,8 +199,16 @@ class LossConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation: Adam at `learning_rate`, constant or cosine-decayed to 0 over the run.
+    """Optimisation (`tfsim.training.optimizers`).
 
+    `optimizer`: "adam", or "sgd" with Nesterov `momentum`; `weight_decay`: Keras's decoupled
+    weight decay (0 = none). `lr_schedule`: "constant", "cosine" (to 0 over the run) or
+    "inverse_sqrt" (1/sqrt(step) after the warm-up), each after a linear warm-up of
+    `warmup_steps`. `head_lr_multiplier`: the learning rate of the embedding head (the
+    projection) over the backbone's, for a freshly initialised head on pretrained weights.
+    `precision`: "float32", or Keras mixed precision "mixed_float16" / "mixed_bfloat16"
+    (the embedding's normalisation, the losses and the whitening stay float32).
+    `jit_compile`: XLA-compile the training step.
     `strategy`: "auto" (Mirrored when >1 GPU), "default" or "mirrored". `steps_per_epoch`:
     0 = one pass over the training images (with `sampler.kind=epoch` only).
     """
@@ -205,7 +216,14 @@ class TrainConfig:
     epochs: int = 10
     steps_per_epoch: int = 100
     learning_rate: float = 1e-3
-    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    lr_schedule: Literal["constant", "cosine", "inverse_sqrt"] = "cosine"
+    warmup_steps: int = 0
+    optimizer: Literal["adam", "sgd"] = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    head_lr_multiplier: float = 1.0
+    precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
+    jit_compile: bool = False
     seed: int = 0
     strategy: Literal["auto", "default", "mirrored"] = "auto"
 
@@ -619,6 +637,13 @@ def validate(cfg: Config) -> None:
     need(cfg.index.num_neighbors >= 1, "index.num_neighbors", "an integer >= 1", cfg.index.num_neighbors)
     need(not cfg.export.retrieval or (cfg.export.enabled and cfg.index.enabled), "export.retrieval",
          "empty unless export.enabled and index.enabled (it serves the exported index)", cfg.export.retrieval)
+    t = cfg.train
+    need(t.warmup_steps >= 0, "train.warmup_steps", "an integer >= 0", t.warmup_steps)
+    need(t.lr_schedule != "inverse_sqrt" or t.warmup_steps > 0, "train.warmup_steps",
+         "> 0 with train.lr_schedule=inverse_sqrt (the rate peaks at the end of the warm-up)", t.warmup_steps)
+    need(0 <= t.momentum < 1, "train.momentum", "a number in [0, 1)", t.momentum)
+    need(t.weight_decay >= 0, "train.weight_decay", "a number >= 0 (0 = none)", t.weight_decay)
+    need(t.head_lr_multiplier > 0, "train.head_lr_multiplier", "a number > 0", t.head_lr_multiplier)
     need(0 < cfg.index.target_recall <= 1, "index.target_recall", "a recall in (0, 1], e.g. 0.95",
          cfg.index.target_recall)
     for key in ("brute_force_below", "num_leaves", "num_leaves_to_search", "reorder"):

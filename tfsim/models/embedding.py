@@ -14,6 +14,8 @@ from keras import layers
 
 from tfsim.models.backbones import get_backbone
 
+HEAD_LAYER = "projection"  # the head's trainable layer (`train.head_lr_multiplier` scales its rate)
+
 
 def build_embedding_model(backbone: str = "small_resnet", image_size: int = 28, embedding_dim: int = 128,
                           pooling: str = "avg", weights: Optional[str] = None, seed: Optional[int] = None,
@@ -52,6 +54,8 @@ def build_embedding_model(backbone: str = "small_resnet", image_size: int = 28, 
         x = pool(name=f"{pooling}_pool")(x)
     if layer_norm:
         x = layers.LayerNormalization(center=False, scale=False, name="pooled_layer_norm")(x)
-    x = layers.Dense(embedding_dim, name="projection")(x)
-    outputs = layers.UnitNormalization(axis=-1, name="embeddings")(x)
+    x = layers.Dense(embedding_dim, name=HEAD_LAYER)(x)
+    # float32 whatever the dtype policy: under mixed precision the embeddings (and so the
+    # losses, the whitening and the export) stay float32.
+    outputs = layers.UnitNormalization(axis=-1, name="embeddings", dtype="float32")(x)
     return keras.Model(inputs, outputs, name="embedder")

@@ -82,7 +82,7 @@ def build_proxy_trainer(embedder: keras.Model, num_classes: int, seed: Optional[
     """
     inputs = keras.Input(embedder.input_shape[1:], name="images")
     init = keras.initializers.RandomNormal(seed=seed)
-    outputs = CosineProxies(num_classes, initializer=init)(embedder(inputs))
+    outputs = CosineProxies(num_classes, initializer=init, dtype="float32")(embedder(inputs))  # (mixed precision)
     return keras.Model(inputs, outputs, name="proxy_trainer")
 
 

@@ -2,8 +2,10 @@
 
     data (`load_split`) -> P x K / random / triplet batches (`data.pipeline.train_dataset`)
       -> the model (the embedder, or `embedder -> CosineProxies` for proxy losses, labels
-         remapped to 0..C-1) built and compiled under a tf.distribute strategy, with Adam
-         (`ScaledAdam`: the proxies' learning rate times `loss.proxy_lr_multiplier`)
+         remapped to 0..C-1) built and compiled under a tf.distribute strategy and the
+         `train.precision` dtype policy, with the optimiser of `training.optimizers` (per-layer
+         multipliers: the proxies' `loss.proxy_lr_multiplier`, the head's
+         `train.head_lr_multiplier`); `model.freeze_batchnorm` freezes the backbone's BatchNorm
       -> `model.fit`, callbacks: StopOnNonFiniteLoss -> SyncReplicaStatistics -> TrainingRate
          (learning rate, images/s) -> RetrievalEvaluation (held-out Recall@K per epoch) ->
          NeighbourPictures -> TensorBoard -> ResumableCheckpoint (see `training.tensorboard`)
@@ -34,11 +36,12 @@ from tfsim.data import lists, pipeline, sources, splits
 from tfsim.evaluation.metrics import query_mask
 from tfsim.losses import get_loss, input_kind
 from tfsim.models import build_embedding_model
+from tfsim.models.embedding import HEAD_LAYER
 from tfsim.models.proxies import PROXY_LAYER, build_proxy_trainer, embedder_of
 from tfsim.training import preflight
 from tfsim.training.callbacks import (ResumableCheckpoint, RetrievalEvaluation, StopOnNonFiniteLoss,
                                      SyncReplicaStatistics)
-from tfsim.training.optimizers import ScaledAdam
+from tfsim.training.optimizers import build_optimizer
 from tfsim.training.tensorboard import NeighbourPictures, TrainingRate
 
 log = logging.getLogger(__name__)
@@ -163,21 +166,45 @@ def fit(cfg: Config, run_dir: Path, split: Split, resume: bool = True, verbose: 
              len(train_set), len(np.unique(train_set.labels)), len(split.test), split.test_class_names)
 
     initial_epoch = 0
-    with strategy.scope():
-        if checkpoint is not None:
-            model = keras.models.load_model(checkpoint[0])
-            initial_epoch = checkpoint[1]
-            log.info("Resuming %s from epoch %d.", run_dir, initial_epoch)
-        else:
-            model = build_embedder(cfg)
-            if kind == "proxy_similarities":
-                model = build_proxy_trainer(model, int(train_set.labels.max()) + 1, seed=t.seed)
-            lr = t.learning_rate
-            if t.lr_schedule == "cosine":
-                lr = keras.optimizers.schedules.CosineDecay(t.learning_rate, t.epochs * t.steps_per_epoch)
-            optimizer = ScaledAdam(lr, lr_multipliers={PROXY_LAYER: cfg.loss.proxy_lr_multiplier})
-            model.compile(optimizer=optimizer, loss=get_loss(cfg.loss.name, **config_lib.loss_args(cfg.loss)))
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(t.precision)  # mixed precision: set while the model is built and trained
+    try:
+        with strategy.scope():
+            if checkpoint is not None:
+                model = keras.models.load_model(checkpoint[0])
+                initial_epoch = checkpoint[1]
+                log.info("Resuming %s from epoch %d.", run_dir, initial_epoch)
+            else:
+                model = build_embedder(cfg)
+                if m.freeze_batchnorm:
+                    freeze_batchnorm(model)
+                if kind == "proxy_similarities":
+                    model = build_proxy_trainer(model, int(train_set.labels.max()) + 1, seed=t.seed)
+                multipliers = {PROXY_LAYER: cfg.loss.proxy_lr_multiplier, HEAD_LAYER: t.head_lr_multiplier}
+                optimizer = build_optimizer(t, t.epochs * t.steps_per_epoch,
+                                            {k: v for k, v in multipliers.items() if v != 1.0})
+                model.compile(optimizer=optimizer, loss=get_loss(cfg.loss.name, **config_lib.loss_args(cfg.loss)),
+                              jit_compile=t.jit_compile)
+        return _fit_model(cfg, t, run_dir, split, train_set, model, initial_epoch, verbose)
+    finally:
+        keras.config.set_dtype_policy(policy)
 
+
+def freeze_batchnorm(model: keras.Model) -> int:
+    """Makes every BatchNormalization layer of `model` untrainable (inference mode); returns how many."""
+    frozen = 0
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+            frozen += 1
+    return frozen
+
+
+def _fit_model(cfg: Config, t, run_dir: Path, split: Split, train_set: sources.ImageSet, model: keras.Model,
+               initial_epoch: int, verbose: int) -> FitResult:
+    """`model.fit` with the run's callbacks and batches, from `initial_epoch`."""
+    s, m = cfg.sampler, cfg.model
+    ckpt_dir = run_dir / "checkpoints"
     # Replicas' BatchNorm statistics are averaged first at every epoch end, so that evaluation,
     # the checkpoint and the export all see the same model (see SyncReplicaStatistics).
     if s.kind == "pk":

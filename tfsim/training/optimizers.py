@@ -1,10 +1,19 @@
-"""Adam with per-layer learning-rate multipliers (e.g. a faster rate for class proxies).
+"""Optimisers and learning-rate schedules of the source projects, with per-layer multipliers.
 
-Keras 3 optimizers have one learning rate. Proxy losses are usually trained with a
-larger rate for the proxies than for the backbone, so `ScaledAdam` multiplies the
-(scheduled) learning rate of every variable whose path contains a given layer name.
-With Adam this is exactly a per-variable learning rate: Adam's step does not depend
-on the gradient's scale, so scaling gradients would not do the same thing.
+    build_optimizer(train config, total steps, {layer name: multiplier})
+      -> the schedule: "constant", "cosine" (to 0 over the run) or "inverse_sqrt" (Adam with
+         warm-up then 1/sqrt(step) decay, as the Image-Retrieve project trains), each after a
+         linear warm-up of `train.warmup_steps` (`WarmUp`)
+      -> `ScaledAdam` or `ScaledSGD` (Nesterov momentum `train.momentum`, as deep ranking trains:
+         lr 0.001, momentum 0.9, weight decay 1e-5), with Keras's decoupled `weight_decay`
+         (`train.weight_decay`), and learning-rate multipliers per layer: the proxies of a
+         proxy loss (`loss.proxy_lr_multiplier`), the freshly initialised head over a
+         pretrained backbone (`train.head_lr_multiplier`)
+
+Keras 3 optimizers have one learning rate; the `Scaled*` classes multiply the (scheduled) rate
+of every variable whose path contains a given layer name. With Adam this is exactly a
+per-variable learning rate (Adam's step does not depend on the gradient's scale, so scaling
+gradients would not do the same); with SGD it scales that variable's step the same way.
 
 Example:
     >>> opt = ScaledAdam(1e-3, lr_multipliers={"proxies": 10.0})
@@ -17,19 +26,10 @@ from typing import Optional
 import keras
 
 
-@keras.saving.register_keras_serializable(package="tfsim")
-class ScaledAdam(keras.optimizers.Adam):
-    """`keras.optimizers.Adam` whose learning rate is multiplied for some layers' variables.
+class _LayerMultipliers:
+    """The per-layer learning-rate multipliers shared by `ScaledAdam` and `ScaledSGD`."""
 
-    Args:
-        learning_rate: float or schedule, as for Adam.
-        lr_multipliers: `{layer name: multiplier}`; a variable is scaled if one of the
-            components of its path (`"proxy_trainer/proxies/proxies"`) is a key.
-        **kwargs: any other Adam argument.
-    """
-
-    def __init__(self, learning_rate=1e-3, lr_multipliers: Optional[dict] = None, **kwargs):
-        super().__init__(learning_rate=learning_rate, **kwargs)
+    def _set_multipliers(self, lr_multipliers: Optional[dict]) -> None:
         self.lr_multipliers = {str(k): float(v) for k, v in (lr_multipliers or {}).items()}
         for key, value in self.lr_multipliers.items():
             if not value > 0:
@@ -53,3 +53,99 @@ class ScaledAdam(keras.optimizers.Adam):
         config = super().get_config()
         config["lr_multipliers"] = dict(self.lr_multipliers)
         return config
+
+
+@keras.saving.register_keras_serializable(package="tfsim")
+class ScaledAdam(_LayerMultipliers, keras.optimizers.Adam):
+    """`keras.optimizers.Adam` whose learning rate is multiplied for some layers' variables.
+
+    Args:
+        learning_rate: float or schedule, as for Adam.
+        lr_multipliers: `{layer name: multiplier}`; a variable is scaled if one of the
+            components of its path (`"proxy_trainer/proxies/proxies"`) is a key.
+        **kwargs: any other Adam argument (e.g. `weight_decay`).
+    """
+
+    def __init__(self, learning_rate=1e-3, lr_multipliers: Optional[dict] = None, **kwargs):
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        self._set_multipliers(lr_multipliers)
+
+
+@keras.saving.register_keras_serializable(package="tfsim")
+class ScaledSGD(_LayerMultipliers, keras.optimizers.SGD):
+    """`keras.optimizers.SGD` (Nesterov momentum by default) with per-layer multipliers (see
+    `ScaledAdam`)."""
+
+    def __init__(self, learning_rate=1e-3, lr_multipliers: Optional[dict] = None, momentum: float = 0.9,
+                 nesterov: bool = True, **kwargs):
+        super().__init__(learning_rate=learning_rate, momentum=momentum, nesterov=nesterov, **kwargs)
+        self._set_multipliers(lr_multipliers)
+
+
+@keras.saving.register_keras_serializable(package="tfsim")
+class InverseSqrtDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """`lr * min((step + 1) / w, sqrt(w / (step + 1)))`: a linear warm-up over `w` steps to `lr`,
+    then decay as 1/sqrt(step) (the Transformer's schedule; Image-Retrieve trains Adam this way)."""
+
+    def __init__(self, learning_rate: float, warmup_steps: int):
+        self.learning_rate, self.warmup_steps = float(learning_rate), int(max(warmup_steps, 1))
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32") + 1.0
+        w = float(self.warmup_steps)
+        return self.learning_rate * keras.ops.minimum(step / w, keras.ops.sqrt(w / step))
+
+    def get_config(self):
+        return {"learning_rate": self.learning_rate, "warmup_steps": self.warmup_steps}
+
+
+@keras.saving.register_keras_serializable(package="tfsim")
+class WarmUp(keras.optimizers.schedules.LearningRateSchedule):
+    """A linear warm-up from `lr / warmup_steps` to `lr` over `warmup_steps` steps, then `after`
+    (a schedule started at 0, or the constant `lr`)."""
+
+    def __init__(self, learning_rate: float, warmup_steps: int, after=None):
+        self.learning_rate, self.warmup_steps = float(learning_rate), int(warmup_steps)
+        self.after = keras.optimizers.schedules.deserialize(after) if isinstance(after, dict) else after
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        warm = self.learning_rate * (step + 1.0) / float(max(self.warmup_steps, 1))
+        later = self.learning_rate if self.after is None else self.after(
+            keras.ops.maximum(step - float(self.warmup_steps), 0.0))
+        return keras.ops.where(step < float(self.warmup_steps), warm, later)
+
+    def get_config(self):
+        after = None if self.after is None else keras.optimizers.schedules.serialize(self.after)
+        return {"learning_rate": self.learning_rate, "warmup_steps": self.warmup_steps, "after": after}
+
+
+def learning_rate(train, total_steps: int):
+    """The learning rate or schedule of a `TrainConfig` over `total_steps` steps."""
+    lr, warm = train.learning_rate, train.warmup_steps
+    if train.lr_schedule == "inverse_sqrt":
+        return InverseSqrtDecay(lr, warm)
+    after = None
+    if train.lr_schedule == "cosine":
+        after = keras.optimizers.schedules.CosineDecay(lr, max(total_steps - warm, 1))
+    if warm == 0:
+        return lr if after is None else after
+    return WarmUp(lr, warm, after)
+
+
+def build_optimizer(train, total_steps: int, lr_multipliers: Optional[dict] = None) -> keras.optimizers.Optimizer:
+    """The optimiser of a `TrainConfig` (see module doc)."""
+    lr = learning_rate(train, total_steps)
+    options = {"weight_decay": train.weight_decay} if train.weight_decay > 0 else {}
+    if train.optimizer == "sgd":
+        return ScaledSGD(lr, lr_multipliers=lr_multipliers, momentum=train.momentum, **options)
+    return ScaledAdam(lr, lr_multipliers=lr_multipliers, **options)
+
+
+def schedule_value(schedule, step: int) -> float:
+    """The learning rate at `step` of a float or a schedule (for logs and tests)."""
+    return float(schedule) if isinstance(schedule, (int, float)) else float(schedule(step))
+
+
+__all__ = ["InverseSqrtDecay", "ScaledAdam", "ScaledSGD", "WarmUp", "build_optimizer", "learning_rate",
+           "schedule_value"]

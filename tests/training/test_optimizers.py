@@ -1,0 +1,123 @@
+"""Optimisers and schedules against naive formulas; per-layer multipliers; frozen BatchNorm;
+mixed precision training end to end."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from tfsim import config
+from tfsim.errors import UserInputError
+from tfsim.training.fit import freeze_batchnorm
+from tfsim.training.optimizers import (InverseSqrtDecay, ScaledAdam, ScaledSGD, WarmUp, build_optimizer,
+                                       learning_rate, schedule_value)
+
+
+def test_inverse_sqrt_schedule_matches_the_formula():
+    schedule = InverseSqrtDecay(1e-3, 100)
+    for step in (0, 49, 99, 100, 399, 10_000):
+        n = step + 1
+        assert schedule_value(schedule, step) == pytest.approx(1e-3 * min(n / 100, math.sqrt(100 / n)), rel=1e-5)
+    assert schedule_value(schedule, 99) == pytest.approx(1e-3)  # the peak is the end of the warm-up
+    again = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(schedule))
+    assert schedule_value(again, 399) == pytest.approx(schedule_value(schedule, 399))
+
+
+def test_warm_up_then_cosine_matches_the_formula():
+    train = config.load("default", ["train.warmup_steps=10", "train.epochs=1", "train.steps_per_epoch=110"]).train
+    schedule = learning_rate(train, 110)
+    assert isinstance(schedule, WarmUp)
+    for step in range(0, 110, 7):
+        want = 1e-3 * (step + 1) / 10 if step < 10 else 1e-3 * 0.5 * (1 + math.cos(math.pi * (step - 10) / 100))
+        assert schedule_value(schedule, step) == pytest.approx(want, rel=1e-4, abs=1e-9), step
+    constant = learning_rate(config.load("default", ["train.lr_schedule=constant"]).train, 100)
+    assert constant == 1e-3  # no warm-up: a plain float
+    again = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(schedule))
+    assert schedule_value(again, 60) == pytest.approx(schedule_value(schedule, 60))
+
+
+def two_layer_model():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((3,))
+    x = keras.layers.Dense(4, name="backbone_dense")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(2, name="projection")(x))
+
+
+@pytest.mark.parametrize("make", [lambda lr, m: ScaledSGD(lr, m, momentum=0.9),
+                                  lambda lr, m: ScaledAdam(lr, m)])
+def test_layer_multiplier_equals_a_separate_optimiser_at_the_scaled_rate(make):
+    import tensorflow as tf
+    scaled, reference = two_layer_model(), two_layer_model()
+    opt = make(0.01, {"projection": 10.0})
+    plain = {"backbone_dense": make(0.01, None), "projection": make(0.1, None)}
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        x = rng.normal(size=(5, 3)).astype(np.float32)
+        grads = []
+        for model in (scaled, reference):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(model(x) ** 2)
+            grads.append(tape.gradient(loss, model.trainable_variables))
+        opt.apply_gradients(zip(grads[0], scaled.trainable_variables))
+        for name, optimizer in plain.items():
+            pairs = [(g, v) for g, v in zip(grads[1], reference.trainable_variables) if name in v.path]
+            optimizer.apply_gradients(pairs)
+    for a, b in zip(scaled.trainable_variables, reference.trainable_variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_sgd_nesterov_first_step_and_config():
+    opt = build_optimizer(config.load("default", ["train.optimizer=sgd", "train.weight_decay=1e-5",
+                                                  "train.lr_schedule=constant"]).train, 100)
+    assert isinstance(opt, ScaledSGD) and opt.nesterov and opt.momentum == 0.9 and opt.weight_decay == 1e-5
+    model = two_layer_model()
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    grads = [np.ones_like(b) for b in before]
+    sgd = ScaledSGD(0.1, momentum=0.9)
+    sgd.apply_gradients(zip(grads, model.trainable_variables))
+    # Nesterov, from zero velocity: v = -lr g; w += momentum v - lr g = -(1 + momentum) lr g.
+    for b, v in zip(before, model.trainable_variables):
+        np.testing.assert_allclose(v.numpy(), b - 1.9 * 0.1, rtol=1e-6)
+    assert isinstance(build_optimizer(config.load("default").train, 100), ScaledAdam)
+
+
+def test_invalid_optimiser_settings_are_refused():
+    for sets, key in ((["train.lr_schedule=inverse_sqrt"], "train.warmup_steps"),
+                      (["train.momentum=1.0"], "train.momentum"),
+                      (["train.weight_decay=-1"], "train.weight_decay"),
+                      (["train.head_lr_multiplier=0"], "train.head_lr_multiplier")):
+        with pytest.raises(UserInputError, match=key):
+            config.validate(config.load("default", sets))
+
+
+def test_frozen_batchnorm_keeps_its_statistics():
+    from tfsim.models import build_embedding_model
+    model = build_embedding_model("small_resnet", 16, 8, width=4, blocks_per_stage=1, seed=0)
+    frozen = freeze_batchnorm(model)
+    bns = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    assert frozen == len(bns) > 0
+    before = [w.numpy().copy() for layer in bns for w in layer.weights]
+    model.compile(optimizer=ScaledAdam(0.1), loss=lambda y, p: keras.ops.sum(p ** 2))
+    x = np.random.default_rng(0).uniform(0, 255, (8, 16, 16, 3)).astype(np.float32)
+    model.fit(x, np.zeros(8), epochs=2, verbose=0)
+    after = [w.numpy() for layer in bns for w in layer.weights]
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a, b)
+    assert not np.allclose(model.get_layer("projection").get_weights()[0], 0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_run_trains_and_exports_float32(tmp_path, precision):
+    from tfsim.training import stages, train
+    cfg = config.load("default", ["train.epochs=1", "train.steps_per_epoch=3", "model.width=8",
+                                  "model.embedding_dim=16", "eval.every_epoch=false", "eval.baselines=false",
+                                  f"train.precision={precision}", f"export.root={tmp_path / 'exports'}"])
+    result = train(cfg, tmp_path / "run", verbose=0)
+    assert keras.config.dtype_policy().name == "float32"  # restored after training
+    embedder = stages.load_embedder(next((tmp_path / "run" / "checkpoints").glob("*.keras")))
+    assert embedder.get_layer("projection").dtype_policy.name == precision
+    out = embedder(np.zeros((2, 28, 28, 3), np.float32))
+    assert out.dtype == "float32" and np.allclose(np.linalg.norm(np.asarray(out), axis=1), 1, atol=1e-3)
+    assert 0.3 < result.metrics["recall@1"] <= 1 and np.isfinite(result.metrics["map@r"])
