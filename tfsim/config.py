@@ -209,6 +209,11 @@ class TrainConfig:
     `precision`: "float32", or Keras mixed precision "mixed_float16" / "mixed_bfloat16"
     (the embedding's normalisation, the losses and the whitening stay float32).
     `jit_compile`: XLA-compile the training step.
+    `select_best`: keep the epoch whose `select_metric` (`map@r`, `r_precision` or `recall@K`)
+    is best on validation classes carved from the training classes (a seeded `val_fraction`
+    of them, never the test classes; the model trains on the others), evaluated each epoch;
+    `patience` > 0 also stops training after that many epochs without improvement. The choice
+    is recorded in metrics.json ("selected") and `checkpoints/best.json`.
     `strategy`: "auto" (Mirrored when >1 GPU), "default" or "mirrored". `steps_per_epoch`:
     0 = one pass over the training images (with `sampler.kind=epoch` only).
     """
@@ -224,6 +229,10 @@ class TrainConfig:
     head_lr_multiplier: float = 1.0
     precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
     jit_compile: bool = False
+    select_best: bool = False
+    select_metric: str = "map@r"
+    patience: int = 0
+    val_fraction: float = 0.25
     seed: int = 0
     strategy: Literal["auto", "default", "mirrored"] = "auto"
 
@@ -643,6 +652,13 @@ def validate(cfg: Config) -> None:
          "> 0 with train.lr_schedule=inverse_sqrt (the rate peaks at the end of the warm-up)", t.warmup_steps)
     need(0 <= t.momentum < 1, "train.momentum", "a number in [0, 1)", t.momentum)
     need(t.weight_decay >= 0, "train.weight_decay", "a number >= 0 (0 = none)", t.weight_decay)
+    metric_keys = [f"recall@{k}" for k in cfg.eval.recall_ks] + ["map@r", "r_precision"]
+    need(t.select_metric in metric_keys, "train.select_metric",
+         f"one of {metric_keys} (recall@K needs K in eval.recall_ks)", t.select_metric)
+    need(t.patience >= 0, "train.patience", "an integer >= 0 (0 = train every epoch)", t.patience)
+    need(t.patience == 0 or t.select_best, "train.patience", "0 unless train.select_best=true", t.patience)
+    need(0 < t.val_fraction < 1, "train.val_fraction", "a fraction in (0, 1) of the training classes",
+         t.val_fraction)
     need(t.head_lr_multiplier > 0, "train.head_lr_multiplier", "a number > 0", t.head_lr_multiplier)
     need(0 < cfg.index.target_recall <= 1, "index.target_recall", "a recall in (0, 1], e.g. 0.95",
          cfg.index.target_recall)

@@ -1,6 +1,7 @@
 """Optimisers and schedules against naive formulas; per-layer multipliers; frozen BatchNorm;
 mixed precision training end to end."""
 
+import importlib
 import math
 
 import keras
@@ -121,3 +122,76 @@ def test_mixed_precision_run_trains_and_exports_float32(tmp_path, precision):
     out = embedder(np.zeros((2, 28, 28, 3), np.float32))
     assert out.dtype == "float32" and np.allclose(np.linalg.norm(np.asarray(out), axis=1), 1, atol=1e-3)
     assert 0.3 < result.metrics["recall@1"] <= 1 and np.isfinite(result.metrics["map@r"])
+
+
+@pytest.mark.slow
+def test_select_best_keeps_the_best_validation_epoch_and_stops_early(tmp_path, monkeypatch):
+    import json
+
+    from tfsim.training import callbacks, stages, train
+    # Validation scores scripted by epoch: best at epoch 2, then no better for 2 epochs -> stop at 4.
+    scripted = iter([0.30, 0.50, 0.45, 0.50, 0.90, 0.90])
+    original = callbacks.RetrievalEvaluation.on_epoch_end
+
+    def scored(self, epoch, logs=None):
+        original(self, epoch, logs)
+        self.history[-1]["map@r"] = next(scripted)
+    monkeypatch.setattr(callbacks.RetrievalEvaluation, "on_epoch_end", scored)
+    sets = ["train.epochs=6", "train.steps_per_epoch=2", "model.width=8", "model.embedding_dim=16",
+            "eval.baselines=false", "export.enabled=false", "train.select_best=true", "train.patience=2",
+            "sampler.classes_per_batch=4"]
+    seen = {}
+    train_module = importlib.import_module("tfsim.training.train")  # (the package's `train` is the function)
+    real_fit = train_module.fit
+
+    def spy(cfg, run_dir, split, **kw):
+        seen["train"], seen["val"] = set(np.unique(split.train.labels)), set(np.unique(split.test.labels))
+        seen["names"] = split.images.class_names
+        return real_fit(cfg, run_dir, split, **kw)
+    monkeypatch.setattr(train_module, "fit", spy)
+    result = train(config.load("default", sets), tmp_path / "run", verbose=0)
+    sel = result.metrics["selected"]
+    assert sel["epoch"] == 2 and sel["stopped_early"] == 4 and sel["epochs_trained"] == 4
+    assert sel["values"] == [0.30, 0.50, 0.45, 0.50]  # the tie at epoch 4 keeps epoch 2
+    # Validation classes come from the training classes; the test classes are never seen.
+    test = {seen["names"].index(c) for c in result.test_classes}
+    assert len(seen["val"]) == 2 and not seen["val"] & seen["train"] and not (seen["val"] | seen["train"]) & test
+    assert sorted(sel["validation_classes"]) == sorted(seen["names"][c] for c in seen["val"])
+    state = json.loads((tmp_path / "run" / "checkpoints" / "best.json").read_text())
+    assert state["epoch"] == 2 and state["stopped_early"] == 4
+    # The stages used the best epoch's model, and a re-run neither trains nor changes the choice.
+    best = stages.load_embedder(tmp_path / "run" / "checkpoints" / "best.keras")
+    last = stages.load_embedder(next((tmp_path / "run" / "checkpoints").glob("epoch-*.keras")))
+    assert not np.allclose(best.get_layer("projection").get_weights()[0], last.get_layer("projection").get_weights()[0])
+    again = train(config.load("default", sets), tmp_path / "run", verbose=0)
+    assert again.fit_seconds == 0 and again.metrics["selected"]["epoch"] == 2
+    assert again.metrics["recall@1"] == result.metrics["recall@1"]
+    with pytest.raises(UserInputError, match="train.patience"):
+        config.validate(config.load("default", ["train.patience=3"]))
+
+
+def test_best_checkpoint_state_resumes_from_the_recorded_epochs(tmp_path):
+    from types import SimpleNamespace
+
+    from tfsim.training.callbacks import BestCheckpoint
+    model = two_layer_model()
+    evaluation = SimpleNamespace(history=[])
+
+    def run(callback, epoch, value):
+        evaluation.history.append({"map@r": value})
+        callback.on_epoch_end(epoch)
+
+    first = BestCheckpoint(tmp_path, evaluation, patience=3)
+    first.set_model(model)
+    for epoch, value in enumerate([0.2, 0.6, 0.4]):
+        run(first, epoch, value)
+    assert BestCheckpoint.read(tmp_path)["epoch"] == 2 and (tmp_path / "best.keras").is_file()
+    # Killed after epoch 3 was recorded but resumed from the epoch-1 checkpoint: epochs 2-3 replay.
+    resumed = BestCheckpoint(tmp_path, evaluation, patience=3, initial_epoch=1)
+    resumed.set_model(model)
+    assert [v["epoch"] for v in resumed.values] == [1]
+    for epoch, value in [(1, 0.6), (2, 0.4), (3, 0.5), (4, 0.55)]:
+        run(resumed, epoch, value)
+    state = BestCheckpoint.read(tmp_path)
+    assert state["epoch"] == 2 and [v["epoch"] for v in state["values"]] == [1, 2, 3, 4, 5]
+    assert state["stopped_early"] == 5 and model.stop_training

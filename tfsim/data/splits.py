@@ -73,3 +73,27 @@ def random_test_classes(images: ImageSet, fraction: float, seed: int = 0) -> np.
         raise UserInputError(f"Invalid value for `test_fraction`: {len(present)} classes cannot be split into at "
                              "least 2 training and 2 held-out classes.")
     return np.sort(np.random.default_rng(seed).choice(present, size=count, replace=False))
+
+
+def validation_classes(train_labels: np.ndarray, fraction: float, seed: int = 0, classes: Sequence[int] = (),
+                       keys: str = "tune.val_fraction / tune.val_classes") -> np.ndarray:
+    """Label indices of validation classes carved from the training classes: `classes` if given
+    (each must be a training class), else a seeded random `fraction` of them (at least 2); at
+    least 2 classes are left to train on. `keys` names the config keys in errors."""
+    present = np.unique(train_labels)
+    if len(classes):
+        chosen = np.unique(np.asarray(classes, np.int64))
+        bad = [int(c) for c in chosen if c not in present]
+        if bad:
+            raise UserInputError(
+                f"Invalid value for `{keys.split(' / ')[-1]}`: expected training classes (label indices "
+                f"{present.tolist()}, not data.test_classes). Received {bad}.")
+    else:
+        count = max(2, int(round(fraction * len(present))))
+        chosen = np.sort(np.random.default_rng(seed).choice(present, size=min(count, len(present)), replace=False))
+    if len(chosen) < 2 or len(present) - len(chosen) < 2:
+        raise UserInputError(
+            f"Cannot carve validation classes from {len(present)} training classes: expected at least 2 "
+            f"validation classes and 2 left to train on. Received {len(chosen)} validation classes "
+            f"({keys}). This needs at least 4 training classes.")
+    return chosen

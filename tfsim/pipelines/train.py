@@ -50,6 +50,11 @@ def main(argv: list[str]) -> int:
           f"({m['num_queries']} queries, " + ("each against the gallery):" if m.get("protocol") == "query_gallery"
                                               else "each against all other held-out images):"))
     print(format_table(m, cfg.eval.recall_ks))
+    if "selected" in m:
+        sel = m["selected"]
+        print(f"\nselected epoch {sel['epoch']} of {sel['epochs_trained']} by {sel['metric']} {sel['value']:.4f} on "
+              f"validation classes {sel['validation_classes']}"
+              + (f" (stopped early at epoch {sel['stopped_early']})" if sel["stopped_early"] else ""))
     print(f"\nrun folder:   {result.run_dir}  (metrics.json, baselines.json, config.json, tensorboard/, checkpoints/, whitening.npz, samples/)")
     if result.export_dir:
         print(f"SavedModel:   {result.export_dir}")

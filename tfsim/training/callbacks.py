@@ -171,3 +171,54 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         if (directory / "last.keras").is_file() and (directory / "last.json").is_file():
             return directory / "last.keras", int(json.loads((directory / "last.json").read_text())["epoch"])
         return None
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Keeps the model of the epoch with the best validation metric; stops after `patience`
+    epochs without improvement (`train.select_best`, `train.patience`).
+
+    Reads the metric from a `RetrievalEvaluation` placed before it (on validation classes carved
+    from the training classes, never the test classes). Writes `<dir>/best.keras` atomically,
+    then `<dir>/best.json`: the metric, the best epoch and value, every epoch's value, and
+    `stopped_early` (the epoch training stopped at, or null). An improvement must be strictly
+    greater, so ties keep the earlier epoch. On resume from `initial_epoch`, the state is rebuilt
+    from the recorded epochs up to it (later ones are replayed identically).
+    """
+
+    def __init__(self, directory: os.PathLike, evaluation: "RetrievalEvaluation", metric: str = "map@r",
+                 patience: int = 0, initial_epoch: int = 0):
+        super().__init__()
+        self.directory, self.evaluation, self.metric, self.patience = Path(directory), evaluation, metric, patience
+        state = self.read(self.directory) or {}
+        self.values = [v for v in state.get("values", []) if v["epoch"] <= initial_epoch]
+        self.stopped_early: Optional[int] = None
+
+    @staticmethod
+    def read(directory: os.PathLike) -> Optional[dict]:
+        path = Path(directory) / "best.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def best(self) -> Optional[dict]:
+        """The best recorded epoch (the earliest among equals), or None."""
+        return max(self.values, key=lambda v: (v["value"], -v["epoch"]), default=None)
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = float(self.evaluation.history[-1][self.metric])
+        before = self.best()
+        self.values.append({"epoch": epoch + 1, "value": value})
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if before is None or value > before["value"]:
+            tmp = self.directory / ".tmp-best.keras"
+            self.model.save(tmp)
+            os.replace(tmp, self.directory / "best.keras")
+        best = self.best()
+        if self.patience and epoch + 1 - best["epoch"] >= self.patience:
+            self.stopped_early = epoch + 1
+            self.model.stop_training = True
+            log.info("No better validation %s for %d epochs: stopping at epoch %d (best: epoch %d, %.4f).",
+                     self.metric, self.patience, epoch + 1, best["epoch"], best["value"])
+        state = {"metric": self.metric, "epoch": best["epoch"], "value": best["value"], "values": self.values,
+                 "stopped_early": self.stopped_early}
+        tmp = self.directory / ".tmp-best.json"
+        tmp.write_text(json.dumps(state, indent=2) + "\n")
+        os.replace(tmp, self.directory / "best.json")

@@ -39,7 +39,7 @@ from tfsim.models import build_embedding_model
 from tfsim.models.embedding import HEAD_LAYER
 from tfsim.models.proxies import PROXY_LAYER, build_proxy_trainer, embedder_of
 from tfsim.training import preflight
-from tfsim.training.callbacks import (ResumableCheckpoint, RetrievalEvaluation, StopOnNonFiniteLoss,
+from tfsim.training.callbacks import (BestCheckpoint, ResumableCheckpoint, RetrievalEvaluation, StopOnNonFiniteLoss,
                                      SyncReplicaStatistics)
 from tfsim.training.optimizers import build_optimizer
 from tfsim.training.tensorboard import NeighbourPictures, TrainingRate
@@ -68,6 +68,7 @@ class FitResult:
     epochs: int
     fit_seconds: float = 0.0
     history: list = dataclasses.field(default_factory=list)
+    selection: Optional[dict] = None  # train.select_best: checkpoints/best.json
 
 
 def load_data(cfg: config_lib.DataConfig) -> sources.ImageSet:
@@ -151,8 +152,9 @@ def fit(cfg: Config, run_dir: Path, split: Split, resume: bool = True, verbose: 
         t = dataclasses.replace(t, steps_per_epoch=len(split.train) // s.batch_size)
     ckpt_dir = run_dir / "checkpoints"
     checkpoint = ResumableCheckpoint.latest(ckpt_dir) if resume else None
-    if checkpoint is not None and checkpoint[1] >= t.epochs:
-        return FitResult(checkpoint[0], checkpoint[1])
+    best = BestCheckpoint.read(ckpt_dir) if (t.select_best and checkpoint is not None) else None
+    if checkpoint is not None and (checkpoint[1] >= t.epochs or (best or {}).get("stopped_early")):
+        return _result(cfg, ckpt_dir, 0.0, [])
 
     keras.utils.set_random_seed(t.seed)
     train_set = split.train
@@ -213,12 +215,14 @@ def _fit_model(cfg: Config, t, run_dir: Path, split: Split, train_set: sources.I
         batch = s.batch_size // 3 * 3 if s.kind == "triplets" else s.batch_size
     callbacks: list = [StopOnNonFiniteLoss(ckpt_dir), SyncReplicaStatistics(), TrainingRate(batch, t.steps_per_epoch)]
     evaluation = None
-    if cfg.eval.every_epoch:
+    if cfg.eval.every_epoch or t.select_best:
         evaluation = RetrievalEvaluation(pipeline.eval_dataset(split.test, m.image_size, cfg.eval.batch_size,
                                                                m.center_crop),
                                          split.test.labels, cfg.eval.recall_ks, cfg.eval.similarity,
                                          embedder=embedder_of(model), query_mask=query_mask(split.test.splits))
         callbacks += [evaluation, NeighbourPictures(evaluation, split.test, run_dir / "tensorboard", cfg.eval.similarity)]
+    if t.select_best:  # split.test holds the validation classes here (see `selection_split`)
+        callbacks.append(BestCheckpoint(ckpt_dir, evaluation, t.select_metric, t.patience, initial_epoch))
     callbacks += [keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False),
                   ResumableCheckpoint(ckpt_dir)]
     data = pipeline.train_dataset(train_set, s.classes_per_batch, s.examples_per_class, m.image_size,
@@ -231,6 +235,22 @@ def _fit_model(cfg: Config, t, run_dir: Path, split: Split, train_set: sources.I
     start = time.time()
     model.fit(data, epochs=t.epochs, steps_per_epoch=t.steps_per_epoch, initial_epoch=initial_epoch,
               callbacks=callbacks, verbose=verbose, shuffle=False)
-    seconds = time.time() - start
+    return _result(cfg, ckpt_dir, time.time() - start, evaluation.history if evaluation else [])
+
+
+def _result(cfg: Config, ckpt_dir: Path, seconds: float, history: list) -> FitResult:
+    """The checkpoint training leaves: the last epoch's, or with `train.select_best` the best one."""
     path, epochs = ResumableCheckpoint.latest(ckpt_dir)
-    return FitResult(path, epochs, seconds, evaluation.history if evaluation else [])
+    selection = BestCheckpoint.read(ckpt_dir) if cfg.train.select_best else None
+    if selection is not None:
+        path = ckpt_dir / "best.keras"
+    return FitResult(path, epochs, seconds, history, selection)
+
+
+def selection_split(split: Split, cfg: Config) -> Split:
+    """With `train.select_best`: train on the training classes minus a seeded `train.val_fraction`
+    of them, which are evaluated each epoch to pick the best one (the test classes stay unseen)."""
+    val = splits.validation_classes(split.train.labels, cfg.train.val_fraction, cfg.train.seed,
+                                    keys="train.val_fraction")
+    train_set, val_set = splits.class_disjoint_split(split.train, val.tolist())
+    return Split(split.images, train_set, val_set)

@@ -36,7 +36,7 @@ from tfsim.config import Config
 from tfsim.errors import UserInputError
 from tfsim.training import preflight, stages, tensorboard
 from tfsim.training.callbacks import ResumableCheckpoint
-from tfsim.training.fit import Split, fit, load_split
+from tfsim.training.fit import Split, fit, load_split, selection_split
 
 
 @dataclasses.dataclass
@@ -102,6 +102,17 @@ def _write_config(cfg: Config, run_dir: Path) -> None:
     os.replace(tmp, cfg_file)
 
 
+def _selection_report(trained, fit_split) -> dict:
+    """metrics.json's "selected" entry with `train.select_best` (else nothing)."""
+    if trained.selection is None:
+        return {}
+    chosen = trained.selection
+    return {"selected": {"epoch": chosen["epoch"], "metric": chosen["metric"], "value": chosen["value"],
+                         "stopped_early": chosen["stopped_early"], "epochs_trained": trained.epochs,
+                         "validation_classes": fit_split.test_class_names,
+                         "values": [v["value"] for v in chosen["values"]]}}
+
+
 def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = True, verbose: int = 2,
           split: Optional[Split] = None) -> TrainResult:
     """Trains, evaluates on held-out classes, exports and indexes (see module doc).
@@ -140,7 +151,8 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
         **(split.images.report or {"source": split.images.name, "images": len(split.images)}),
         "split": preflight.split_report(cfg, split.train.labels, split.test.labels, split.images.class_names)})
 
-    trained = fit(cfg, run_dir, split, resume=resume, verbose=verbose)
+    fit_split = selection_split(split, cfg) if cfg.train.select_best else split
+    trained = fit(cfg, run_dir, fit_split, resume=resume, verbose=verbose)
     embedder = stages.load_embedder(trained.checkpoint)
     whitening = stages.whitening_stage(cfg, embedder, split.train, run_dir, trained.checkpoint)
     final = stages.final_model(embedder, whitening)
@@ -148,7 +160,8 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
     kept: dict = {}
     metrics = stages.evaluate_stage(cfg, run_dir, embedder, final, split.test, baselines,
                                     extra={"test_classes": split.test_class_names,
-                                           "num_train_images": len(split.train)}, keep=kept)
+                                           "num_train_images": len(fit_split.train),
+                                           **_selection_report(trained, fit_split)}, keep=kept)
     tensorboard.write_projector(run_dir / "tensorboard", kept["embeddings"], split.test, seed=cfg.train.seed)
     if trained.fit_seconds > 0:  # once per training, not at every re-run of a finished run
         tensorboard.write_hparams(run_dir / "tensorboard", config_lib.to_dict(cfg),

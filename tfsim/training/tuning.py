@@ -195,24 +195,7 @@ def best_config(base: Config, values: dict[str, Any], name: str) -> Config:
 
 def validation_classes(train_labels: np.ndarray, tune: config_lib.TuneConfig) -> np.ndarray:
     """Label indices of the validation classes, carved from the training classes."""
-    present = np.unique(train_labels)
-    if tune.val_classes:
-        chosen = np.unique(np.asarray(tune.val_classes, np.int64))
-        bad = [int(c) for c in chosen if c not in present]
-        if bad:
-            raise UserInputError(
-                f"Invalid value for `tune.val_classes`: expected training classes (label indices {present.tolist()}, "
-                f"not data.test_classes). Received {bad}.")
-    else:
-        count = max(2, int(round(tune.val_fraction * len(present))))
-        rng = np.random.default_rng(tune.seed)
-        chosen = np.sort(rng.choice(present, size=min(count, len(present)), replace=False))
-    if len(chosen) < 2 or len(present) - len(chosen) < 2:
-        raise UserInputError(
-            f"Cannot carve validation classes from {len(present)} training classes: expected at least 2 "
-            f"validation classes and 2 left to train on. Received {len(chosen)} validation classes "
-            "(tune.val_fraction / tune.val_classes). A search needs at least 4 training classes.")
-    return chosen
+    return splits.validation_classes(train_labels, tune.val_fraction, tune.seed, tune.val_classes)
 
 
 def validation_split(split: Split, tune: config_lib.TuneConfig) -> Split:
