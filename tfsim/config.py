@@ -208,7 +208,9 @@ class TrainConfig:
     projection) over the backbone's, for a freshly initialised head on pretrained weights.
     `precision`: "float32", or Keras mixed precision "mixed_float16" / "mixed_bfloat16"
     (the embedding's normalisation, the losses and the whitening stay float32).
-    `jit_compile`: XLA-compile the training step.
+    `jit_compile`: XLA-compile the training step. `checkpoint_every_steps`: also checkpoint
+    every that many steps within an epoch (0 = at epoch ends only), so a killed run loses at
+    most that many steps and resumes on the same batches.
     `select_best`: keep the epoch whose `select_metric` (`map@r`, `r_precision` or `recall@K`)
     is best on validation classes carved from the training classes (a seeded `val_fraction`
     of them, never the test classes; the model trains on the others), evaluated each epoch;
@@ -229,6 +231,7 @@ class TrainConfig:
     head_lr_multiplier: float = 1.0
     precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
     jit_compile: bool = False
+    checkpoint_every_steps: int = 0
     select_best: bool = False
     select_metric: str = "map@r"
     patience: int = 0
@@ -655,6 +658,8 @@ def validate(cfg: Config) -> None:
     metric_keys = [f"recall@{k}" for k in cfg.eval.recall_ks] + ["map@r", "r_precision"]
     need(t.select_metric in metric_keys, "train.select_metric",
          f"one of {metric_keys} (recall@K needs K in eval.recall_ks)", t.select_metric)
+    need(t.checkpoint_every_steps >= 0, "train.checkpoint_every_steps", "an integer >= 0 (0 = each epoch only)",
+         t.checkpoint_every_steps)
     need(t.patience >= 0, "train.patience", "an integer >= 0 (0 = train every epoch)", t.patience)
     need(t.patience == 0 or t.select_best, "train.patience", "0 unless train.select_best=true", t.patience)
     need(0 < t.val_fraction < 1, "train.val_fraction", "a fraction in (0, 1) of the training classes",

@@ -104,3 +104,40 @@ def test_checkpoint_is_committed_by_one_rename(tmp_path, monkeypatch):
     (old / "last.json").write_text('{"epoch": 4}')
     assert ResumableCheckpoint.latest(old) == (old / "last.keras", 4)
     assert ResumableCheckpoint.latest(tmp_path / "nothing") is None
+
+
+@pytest.mark.slow
+def test_run_killed_mid_epoch_resumes_from_its_step_checkpoint(tmp_path, monkeypatch):
+    from tfsim.training.callbacks import StepCheckpoint, resume_point
+    sets = ["train.epochs=2", "train.steps_per_epoch=6", "model.width=8", "model.blocks_per_stage=1",
+            "model.embedding_dim=8", "export.enabled=false", "eval.every_epoch=false", "whitening.enabled=false",
+            "train.checkpoint_every_steps=2"]
+    cfg = config.load("default", sets + [f"run.root={tmp_path}"])
+    straight = train(cfg, tmp_path / "straight", verbose=0)
+    assert [p.name for p in (tmp_path / "straight" / "checkpoints").iterdir()] == ["epoch-0002.keras"]
+
+    original = StepCheckpoint.on_train_batch_end
+
+    def killed_at_step_10(self, batch, logs=None):
+        original(self, batch, logs)
+        if self.step == 10:  # epoch 2, step 4: partial-0001-000004 was just written
+            raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(StepCheckpoint, "on_train_batch_end", killed_at_step_10)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "resumed", verbose=0)
+    point = resume_point(tmp_path / "resumed" / "checkpoints")
+    assert point[0].name == "partial-0001-000004.keras" and point[1:] == (1, 4)
+    assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == [
+        "epoch-0001.keras", "partial-0001-000004.keras"]
+    steps = []
+    monkeypatch.setattr(StepCheckpoint, "on_train_batch_end",
+                        lambda self, batch, logs=None: steps.append(self.step) or original(self, batch, logs))
+    train(cfg, tmp_path / "resumed", verbose=0)
+    assert steps == [10, 11]  # only the 2 missing steps were trained (global steps 11 and 12)
+    a = keras.models.load_model(tmp_path / "straight" / "checkpoints" / "epoch-0002.keras")
+    b = keras.models.load_model(tmp_path / "resumed" / "checkpoints" / "epoch-0002.keras")
+    assert int(b.optimizer.iterations.numpy()) == 12
+    for va, vb in zip(a.weights, b.weights):
+        np.testing.assert_allclose(va.numpy(), vb.numpy(), atol=1e-4, err_msg=va.path)
+    assert [p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()] == ["epoch-0002.keras"]

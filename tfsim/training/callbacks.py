@@ -149,6 +149,9 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         os.replace(tmp, final)
         for old in self.checkpoints(self.directory)[:-self.keep]:
             old[0].unlink(missing_ok=True)
+        for partial, epochs, _ in StepCheckpoint.partials(self.directory):
+            if epochs <= epoch:  # within the epoch just committed
+                partial.unlink(missing_ok=True)
 
     @classmethod
     def checkpoints(cls, directory: os.PathLike) -> list[tuple[Path, int]]:
@@ -171,6 +174,61 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         if (directory / "last.keras").is_file() and (directory / "last.json").is_file():
             return directory / "last.keras", int(json.loads((directory / "last.json").read_text())["epoch"])
         return None
+
+
+class StepCheckpoint(keras.callbacks.Callback):
+    """Saves the whole model every `every` steps within an epoch (`train.checkpoint_every_steps`),
+    so that a killed run loses at most that many steps.
+
+    Writes `<dir>/partial-EEEE-SSSSSS.keras` (E completed epochs, then S steps of the next)
+    atomically, deleting the previous partial one; the epoch checkpoint deletes the partial ones
+    of its epoch. `resume_point(dir)` returns the furthest checkpoint of either kind.
+    """
+
+    PATTERN = re.compile(r"partial-(\d+)-(\d+)\.keras")
+
+    def __init__(self, directory: os.PathLike, every: int, steps_per_epoch: int, initial_step: int = 0):
+        super().__init__()
+        self.directory, self.every, self.steps_per_epoch = Path(directory), int(every), int(steps_per_epoch)
+        self.step = int(initial_step)  # global steps done
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
+        epochs, into = divmod(self.step, self.steps_per_epoch)
+        if into == 0 or into % self.every:
+            return  # the epoch checkpoint covers epoch ends
+        self.directory.mkdir(parents=True, exist_ok=True)
+        final = self.directory / f"partial-{epochs:04d}-{into:06d}.keras"
+        tmp = self.directory / f".tmp-{final.name}"
+        self.model.save(tmp)
+        os.replace(tmp, final)
+        for old, e, i in self.partials(self.directory):
+            if (e, i) != (epochs, into):
+                old.unlink(missing_ok=True)
+
+    @classmethod
+    def partials(cls, directory: os.PathLike) -> list[tuple[Path, int, int]]:
+        """`(path, completed epochs, steps into the next)` of every partial checkpoint, oldest first."""
+        directory = Path(directory)
+        found = []
+        for path in directory.glob("partial-*.keras") if directory.is_dir() else ():
+            match = cls.PATTERN.fullmatch(path.name)
+            if match:
+                found.append((path, int(match.group(1)), int(match.group(2))))
+        return sorted(found, key=lambda item: (item[1], item[2]))
+
+
+def resume_point(directory: os.PathLike) -> Optional[tuple[Path, int, int]]:
+    """`(path, completed epochs, steps into the next epoch)` of the furthest checkpoint (epoch or
+    partial), or None."""
+    best = None
+    latest = ResumableCheckpoint.latest(directory)
+    if latest is not None:
+        best = (Path(latest[0]), int(latest[1]), 0)
+    for path, epochs, into in StepCheckpoint.partials(directory):
+        if best is None or (epochs, into) > best[1:]:
+            best = (path, epochs, into)
+    return best
 
 
 class BestCheckpoint(keras.callbacks.Callback):

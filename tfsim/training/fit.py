@@ -8,13 +8,15 @@
          `train.head_lr_multiplier`); `model.freeze_batchnorm` freezes the backbone's BatchNorm
       -> `model.fit`, callbacks: StopOnNonFiniteLoss -> SyncReplicaStatistics -> TrainingRate
          (learning rate, images/s) -> RetrievalEvaluation (held-out Recall@K per epoch) ->
-         NeighbourPictures -> TensorBoard -> ResumableCheckpoint (see `training.tensorboard`)
-      -> `<run_dir>/checkpoints/epoch-NNNN.keras`
+         NeighbourPictures -> (BestCheckpoint) -> TensorBoard -> ResumableCheckpoint ->
+         (StepCheckpoint) (see `training.tensorboard`, `training.callbacks`)
+      -> `<run_dir>/checkpoints/epoch-NNNN.keras` (+ partial-EEEE-SSSSSS.keras every
+         `train.checkpoint_every_steps` steps, best.keras with `train.select_best`)
 
 Its only output is the checkpoint: the stages after training (`tfsim.training.stages`)
-read it back. Resume: if `run_dir` holds a checkpoint, training continues from the next
-epoch, on the same batches an uninterrupted run would see (P x K batches are indexed by
-step); a run already at `train.epochs` is not rebuilt at all.
+read it back. Resume: if `run_dir` holds a checkpoint, training continues from the step after
+it (the rest of an interrupted epoch first), on the same batches an uninterrupted run would see
+(batches are indexed by global step); a run already at `train.epochs` is not rebuilt at all.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from tfsim.models import build_embedding_model
 from tfsim.models.embedding import HEAD_LAYER
 from tfsim.models.proxies import PROXY_LAYER, build_proxy_trainer, embedder_of
 from tfsim.training import preflight
-from tfsim.training.callbacks import (BestCheckpoint, ResumableCheckpoint, RetrievalEvaluation, StopOnNonFiniteLoss,
+from tfsim.training.callbacks import (BestCheckpoint, ResumableCheckpoint, StepCheckpoint, resume_point, RetrievalEvaluation, StopOnNonFiniteLoss,
                                      SyncReplicaStatistics)
 from tfsim.training.optimizers import build_optimizer
 from tfsim.training.tensorboard import NeighbourPictures, TrainingRate
@@ -151,9 +153,10 @@ def fit(cfg: Config, run_dir: Path, split: Split, resume: bool = True, verbose: 
     if t.steps_per_epoch == 0:  # one pass over the training images (epoch batches)
         t = dataclasses.replace(t, steps_per_epoch=len(split.train) // s.batch_size)
     ckpt_dir = run_dir / "checkpoints"
-    checkpoint = ResumableCheckpoint.latest(ckpt_dir) if resume else None
+    checkpoint = resume_point(ckpt_dir) if resume else None  # (path, completed epochs, steps into the next)
     best = BestCheckpoint.read(ckpt_dir) if (t.select_best and checkpoint is not None) else None
-    if checkpoint is not None and (checkpoint[1] >= t.epochs or (best or {}).get("stopped_early")):
+    if checkpoint is not None and checkpoint[2] == 0 and (checkpoint[1] >= t.epochs or
+                                                          (best or {}).get("stopped_early")):
         return _result(cfg, ckpt_dir, 0.0, [])
 
     keras.utils.set_random_seed(t.seed)
@@ -167,15 +170,16 @@ def fit(cfg: Config, run_dir: Path, split: Split, resume: bool = True, verbose: 
     log.info("Training on %d images of %d classes; evaluating on %d images of held-out classes %s.",
              len(train_set), len(np.unique(train_set.labels)), len(split.test), split.test_class_names)
 
-    initial_epoch = 0
+    initial_epoch = into = 0
     policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(t.precision)  # mixed precision: set while the model is built and trained
     try:
         with strategy.scope():
             if checkpoint is not None:
                 model = keras.models.load_model(checkpoint[0])
-                initial_epoch = checkpoint[1]
-                log.info("Resuming %s from epoch %d.", run_dir, initial_epoch)
+                initial_epoch, into = checkpoint[1], checkpoint[2]
+                log.info("Resuming %s from epoch %d%s.", run_dir, initial_epoch,
+                         f", step {into} of the next" if into else "")
             else:
                 model = build_embedder(cfg)
                 if m.freeze_batchnorm:
@@ -187,7 +191,7 @@ def fit(cfg: Config, run_dir: Path, split: Split, resume: bool = True, verbose: 
                                             {k: v for k, v in multipliers.items() if v != 1.0})
                 model.compile(optimizer=optimizer, loss=get_loss(cfg.loss.name, **config_lib.loss_args(cfg.loss)),
                               jit_compile=t.jit_compile)
-        return _fit_model(cfg, t, run_dir, split, train_set, model, initial_epoch, verbose)
+        return _fit_model(cfg, t, run_dir, split, train_set, model, initial_epoch, into, verbose)
     finally:
         keras.config.set_dtype_policy(policy)
 
@@ -203,8 +207,9 @@ def freeze_batchnorm(model: keras.Model) -> int:
 
 
 def _fit_model(cfg: Config, t, run_dir: Path, split: Split, train_set: sources.ImageSet, model: keras.Model,
-               initial_epoch: int, verbose: int) -> FitResult:
-    """`model.fit` with the run's callbacks and batches, from `initial_epoch`."""
+               initial_epoch: int, into: int, verbose: int) -> FitResult:
+    """`model.fit` with the run's callbacks and batches, from step `into` of epoch `initial_epoch`
+    (a partial checkpoint: the rest of that epoch is fitted first, as a shorter epoch)."""
     s, m = cfg.sampler, cfg.model
     ckpt_dir = run_dir / "checkpoints"
     # Replicas' BatchNorm statistics are averaged first at every epoch end, so that evaluation,
@@ -225,16 +230,26 @@ def _fit_model(cfg: Config, t, run_dir: Path, split: Split, train_set: sources.I
         callbacks.append(BestCheckpoint(ckpt_dir, evaluation, t.select_metric, t.patience, initial_epoch))
     callbacks += [keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False),
                   ResumableCheckpoint(ckpt_dir)]
-    data = pipeline.train_dataset(train_set, s.classes_per_batch, s.examples_per_class, m.image_size,
-                                  seed=s.seed, augment_images=cfg.data.augment,
-                                  start_step=initial_epoch * t.steps_per_epoch, kind=s.kind,
-                                  batch_size=s.batch_size, triplets_per_query=s.triplets_per_query,
-                                  erase_prob=cfg.data.erase_prob, flip=cfg.data.flip,
-                                  small_classes=s.small_classes or "replace", steps_per_epoch=t.steps_per_epoch,
-                                  augmentation=cfg.data.augmentation)
+    spe = t.steps_per_epoch
+    if t.checkpoint_every_steps:
+        callbacks.append(StepCheckpoint(ckpt_dir, t.checkpoint_every_steps, spe, initial_epoch * spe + into))
+
+    def batches_from(step: int):  # the batches an uninterrupted run sees from global step `step`
+        return pipeline.train_dataset(train_set, s.classes_per_batch, s.examples_per_class, m.image_size,
+                                      seed=s.seed, augment_images=cfg.data.augment, start_step=step, kind=s.kind,
+                                      batch_size=s.batch_size, triplets_per_query=s.triplets_per_query,
+                                      erase_prob=cfg.data.erase_prob, flip=cfg.data.flip,
+                                      small_classes=s.small_classes or "replace", steps_per_epoch=spe,
+                                      augmentation=cfg.data.augmentation)
+
     start = time.time()
-    model.fit(data, epochs=t.epochs, steps_per_epoch=t.steps_per_epoch, initial_epoch=initial_epoch,
-              callbacks=callbacks, verbose=verbose, shuffle=False)
+    if into:  # the rest of the interrupted epoch
+        model.fit(batches_from(initial_epoch * spe + into), epochs=initial_epoch + 1, steps_per_epoch=spe - into,
+                  initial_epoch=initial_epoch, callbacks=callbacks, verbose=verbose, shuffle=False)
+        initial_epoch += 1
+    if initial_epoch < t.epochs and not model.stop_training:
+        model.fit(batches_from(initial_epoch * spe), epochs=t.epochs, steps_per_epoch=spe,
+                  initial_epoch=initial_epoch, callbacks=callbacks, verbose=verbose, shuffle=False)
     return _result(cfg, ckpt_dir, time.time() - start, evaluation.history if evaluation else [])
 
 

@@ -35,7 +35,7 @@ from tfsim import config as config_lib
 from tfsim.config import Config
 from tfsim.errors import UserInputError
 from tfsim.training import preflight, stages, tensorboard
-from tfsim.training.callbacks import ResumableCheckpoint
+from tfsim.training.callbacks import resume_point
 from tfsim.training.fit import Split, fit, load_split, selection_split
 
 
@@ -61,7 +61,7 @@ def _check_run_dir(cfg: Config, run_dir: Path, resume: bool) -> None:
     """Refuses a run folder that holds a checkpoint of another config (or any, without resume)."""
     cfg_file = run_dir / "config.json"
     resolved = config_lib.to_dict(cfg)
-    if cfg_file.is_file() and ResumableCheckpoint.latest(run_dir / "checkpoints") is not None:
+    if cfg_file.is_file() and resume_point(run_dir / "checkpoints") is not None:
         previous = json.loads(cfg_file.read_text())
         current = json.loads(json.dumps(resolved))
         # Sections applied after training may change on resume (e.g. refit the whitening with
