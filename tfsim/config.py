@@ -216,7 +216,8 @@ class TrainConfig:
     of them, never the test classes; the model trains on the others), evaluated each epoch;
     `patience` > 0 also stops training after that many epochs without improvement. The choice
     is recorded in metrics.json ("selected") and `checkpoints/best.json`.
-    `strategy`: "auto" (Mirrored when >1 GPU), "default" or "mirrored". `steps_per_epoch`:
+    `strategy`: "auto" (Mirrored when >1 GPU), "default", "mirrored", or "multi_worker"
+    (MultiWorkerMirroredStrategy over the hosts of TF_CONFIG; `tfsim.training.distributed`). `steps_per_epoch`:
     0 = one pass over the training images (with `sampler.kind=epoch` only).
     """
 
@@ -237,7 +238,7 @@ class TrainConfig:
     patience: int = 0
     val_fraction: float = 0.25
     seed: int = 0
-    strategy: Literal["auto", "default", "mirrored"] = "auto"
+    strategy: Literal["auto", "default", "mirrored", "multi_worker"] = "auto"
 
 
 @dataclasses.dataclass(frozen=True)

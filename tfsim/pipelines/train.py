@@ -46,6 +46,9 @@ def main(argv: list[str]) -> int:
     cfg = config.load(args.config, args.overrides)
     result = train(cfg, args.run_dir, resume=not args.no_resume, verbose=0 if args.quiet else 2)
     m = result.metrics
+    if not m:  # a multi-worker task other than the chief: the chief reports
+        print(f"\nworker finished training in {result.seconds:.0f} s; the chief writes {result.run_dir}")
+        return 0
     print(f"\nRetrieval on held-out classes {result.test_classes} "
           f"({m['num_queries']} queries, " + ("each against the gallery):" if m.get("protocol") == "query_gallery"
                                               else "each against all other held-out images):"))

@@ -100,19 +100,23 @@ class RetrievalEvaluation(keras.callbacks.Callback):
         embedder: the model that embeds (default: the model being fitted; pass the
             embedder when fitting a wrapper such as a proxy trainer).
         query_mask: bool `[N]`: these rows query the others (In-Shop); None = leave-one-out.
+        eager: embed batch by batch outside `predict` (under a multi-worker strategy).
     """
 
     def __init__(self, dataset, labels: np.ndarray, ks: Sequence[int] = (1, 2, 4, 8),
-                 similarity: str = "cosine", embedder=None, query_mask=None):
+                 similarity: str = "cosine", embedder=None, query_mask=None, eager: bool = False):
         super().__init__()
-        self.embedder, self.query_mask = embedder, query_mask
+        self.embedder, self.query_mask, self.eager = embedder, query_mask, eager
         self.dataset, self.labels, self.ks, self.similarity = dataset, np.asarray(labels), tuple(ks), similarity
         self.history: list[dict] = []
         self.last_embeddings: Optional[np.ndarray] = None  # read by NeighbourPictures
 
     def on_epoch_end(self, epoch, logs=None):
         model = self.embedder if self.embedder is not None else self.model
-        embeddings = model.predict(self.dataset, verbose=0)
+        if self.eager:  # (multi-worker: `predict` cannot run under that strategy; each task embeds alone)
+            embeddings = np.concatenate([np.asarray(model(batch, training=False)) for batch in self.dataset])
+        else:
+            embeddings = model.predict(self.dataset, verbose=0)
         self.last_embeddings = embeddings
         metrics = retrieval_metrics(embeddings, self.labels, self.ks, self.similarity, self.query_mask)
         self.history.append(metrics)
@@ -244,10 +248,10 @@ class BestCheckpoint(keras.callbacks.Callback):
     """
 
     def __init__(self, directory: os.PathLike, evaluation: "RetrievalEvaluation", metric: str = "map@r",
-                 patience: int = 0, initial_epoch: int = 0):
+                 patience: int = 0, initial_epoch: int = 0, state_from: Optional[os.PathLike] = None):
         super().__init__()
         self.directory, self.evaluation, self.metric, self.patience = Path(directory), evaluation, metric, patience
-        state = self.read(self.directory) or {}
+        state = self.read(state_from or self.directory) or {}  # (a multi-worker task: the chief's state)
         self.values = [v for v in state.get("values", []) if v["epoch"] <= initial_epoch]
         self.stopped_early: Optional[int] = None
 

@@ -40,7 +40,7 @@ from tfsim.losses import get_loss, input_kind
 from tfsim.models import build_embedding_model
 from tfsim.models.embedding import HEAD_LAYER
 from tfsim.models.proxies import PROXY_LAYER, build_proxy_trainer, embedder_of
-from tfsim.training import preflight
+from tfsim.training import distributed, preflight
 from tfsim.training.callbacks import (BestCheckpoint, ResumableCheckpoint, StepCheckpoint, resume_point, RetrievalEvaluation, StopOnNonFiniteLoss,
                                      SyncReplicaStatistics)
 from tfsim.training.optimizers import build_optimizer
@@ -122,7 +122,10 @@ def load_split(cfg: Config) -> Split:
 
 
 def get_strategy(name: str) -> tf.distribute.Strategy:
-    """"default" (one device), "mirrored" (all local devices) or "auto" (mirrored if > 1 GPU)."""
+    """"default" (one device), "mirrored" (all local devices), "multi_worker" (several hosts, from
+    TF_CONFIG: `training.distributed`) or "auto" (mirrored if > 1 GPU)."""
+    if name == "multi_worker":
+        return distributed.multi_worker_strategy()
     if name == "mirrored" or (name == "auto" and len(tf.config.list_logical_devices("GPU")) > 1):
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
@@ -136,7 +139,8 @@ def build_embedder(cfg: Config) -> keras.Model:
                                      seed=cfg.train.seed, layer_norm=m.layer_norm, **config_lib.backbone_args(m))
 
 
-def fit(cfg: Config, run_dir: Path, split: Split, resume: bool = True, verbose: int = 2) -> FitResult:
+def fit(cfg: Config, run_dir: Path, split: Split, resume: bool = True, verbose: int = 2,
+        strategy: Optional[tf.distribute.Strategy] = None) -> FitResult:
     """Trains the config's model on `split.train` and checkpoints it under `run_dir/checkpoints`.
 
     Args:
@@ -145,6 +149,8 @@ def fit(cfg: Config, run_dir: Path, split: Split, resume: bool = True, verbose: 
         split: the run's data (`load_split(cfg)`).
         resume: continue from the run folder's checkpoint if there is one.
         verbose: Keras `fit` verbosity.
+        strategy: the tf.distribute strategy (default: `get_strategy(train.strategy)`); a
+            multi-worker one is created by the caller, before any other TensorFlow work.
 
     Returns:
         A `FitResult` naming the final checkpoint.
@@ -165,7 +171,7 @@ def fit(cfg: Config, run_dir: Path, split: Split, resume: bool = True, verbose: 
     if kind == "proxy_similarities":  # proxies are indexed by class: labels 0..C-1
         train_set = dataclasses.replace(train_set, labels=np.unique(train_set.labels, return_inverse=True)[1]
                                         .astype(np.int32).reshape(-1))
-    strategy = get_strategy(t.strategy)
+    strategy = strategy or get_strategy(t.strategy)
     preflight.check(cfg, train_set.labels, strategy.num_replicas_in_sync)  # before any model is built
     log.info("Training on %d images of %d classes; evaluating on %d images of held-out classes %s.",
              len(train_set), len(np.unique(train_set.labels)), len(split.test), split.test_class_names)
@@ -191,7 +197,7 @@ def fit(cfg: Config, run_dir: Path, split: Split, resume: bool = True, verbose: 
                                             {k: v for k, v in multipliers.items() if v != 1.0})
                 model.compile(optimizer=optimizer, loss=get_loss(cfg.loss.name, **config_lib.loss_args(cfg.loss)),
                               jit_compile=t.jit_compile)
-        return _fit_model(cfg, t, run_dir, split, train_set, model, initial_epoch, into, verbose)
+        return _fit_model(cfg, t, run_dir, split, train_set, model, initial_epoch, into, verbose, strategy)
     finally:
         keras.config.set_dtype_policy(policy)
 
@@ -207,28 +213,34 @@ def freeze_batchnorm(model: keras.Model) -> int:
 
 
 def _fit_model(cfg: Config, t, run_dir: Path, split: Split, train_set: sources.ImageSet, model: keras.Model,
-               initial_epoch: int, into: int, verbose: int) -> FitResult:
+               initial_epoch: int, into: int, verbose: int, strategy: tf.distribute.Strategy) -> FitResult:
     """`model.fit` with the run's callbacks and batches, from step `into` of epoch `initial_epoch`
-    (a partial checkpoint: the rest of that epoch is fitted first, as a shorter epoch)."""
+    (a partial checkpoint: the rest of that epoch is fitted first, as a shorter epoch); under a
+    multi-worker strategy, `distributed.fit_loop`, each task writing to its `worker_dir`."""
     s, m = cfg.sampler, cfg.model
-    ckpt_dir = run_dir / "checkpoints"
+    multi = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    out_dir = distributed.worker_dir(run_dir, strategy) if multi else run_dir
+    ckpt_dir = out_dir / "checkpoints"
     # Replicas' BatchNorm statistics are averaged first at every epoch end, so that evaluation,
     # the checkpoint and the export all see the same model (see SyncReplicaStatistics).
     if s.kind == "pk":
         batch = s.classes_per_batch * s.examples_per_class
     else:  # random, epoch: batch_size images; triplets: batch_size // 3 whole triplets
         batch = s.batch_size // 3 * 3 if s.kind == "triplets" else s.batch_size
-    callbacks: list = [StopOnNonFiniteLoss(ckpt_dir), SyncReplicaStatistics(), TrainingRate(batch, t.steps_per_epoch)]
+    sync = distributed.SyncAcrossWorkers(strategy) if multi else SyncReplicaStatistics()
+    callbacks: list = [StopOnNonFiniteLoss(ckpt_dir), sync, TrainingRate(batch, t.steps_per_epoch)]
     evaluation = None
     if cfg.eval.every_epoch or t.select_best:
         evaluation = RetrievalEvaluation(pipeline.eval_dataset(split.test, m.image_size, cfg.eval.batch_size,
                                                                m.center_crop),
                                          split.test.labels, cfg.eval.recall_ks, cfg.eval.similarity,
-                                         embedder=embedder_of(model), query_mask=query_mask(split.test.splits))
-        callbacks += [evaluation, NeighbourPictures(evaluation, split.test, run_dir / "tensorboard", cfg.eval.similarity)]
+                                         embedder=embedder_of(model), query_mask=query_mask(split.test.splits),
+                                         eager=multi)
+        callbacks += [evaluation, NeighbourPictures(evaluation, split.test, out_dir / "tensorboard", cfg.eval.similarity)]
     if t.select_best:  # split.test holds the validation classes here (see `selection_split`)
-        callbacks.append(BestCheckpoint(ckpt_dir, evaluation, t.select_metric, t.patience, initial_epoch))
-    callbacks += [keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False),
+        callbacks.append(BestCheckpoint(ckpt_dir, evaluation, t.select_metric, t.patience, initial_epoch,
+                                        state_from=run_dir / "checkpoints"))
+    callbacks += [keras.callbacks.TensorBoard(str(out_dir / "tensorboard"), write_graph=False),
                   ResumableCheckpoint(ckpt_dir)]
     spe = t.steps_per_epoch
     if t.checkpoint_every_steps:
@@ -243,6 +255,11 @@ def _fit_model(cfg: Config, t, run_dir: Path, split: Split, train_set: sources.I
                                       augmentation=cfg.data.augmentation)
 
     start = time.time()
+    if multi:
+        batches = distributed.worker_batches(strategy, lambda: batches_from(initial_epoch * spe + into), batch)
+        distributed.fit_loop(model, strategy, batches, t.epochs, spe, initial_epoch, into, callbacks, verbose)
+        return _result(cfg, run_dir / "checkpoints" if distributed.is_chief(strategy) else ckpt_dir,
+                       time.time() - start, evaluation.history if evaluation else [])
     if into:  # the rest of the interrupted epoch
         model.fit(batches_from(initial_epoch * spe + into), epochs=initial_epoch + 1, steps_per_epoch=spe - into,
                   initial_epoch=initial_epoch, callbacks=callbacks, verbose=verbose, shuffle=False)

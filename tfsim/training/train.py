@@ -34,9 +34,9 @@ from typing import Optional
 from tfsim import config as config_lib
 from tfsim.config import Config
 from tfsim.errors import UserInputError
-from tfsim.training import preflight, stages, tensorboard
+from tfsim.training import distributed, preflight, stages, tensorboard
 from tfsim.training.callbacks import resume_point
-from tfsim.training.fit import Split, fit, load_split, selection_split
+from tfsim.training.fit import Split, fit, get_strategy, load_split, selection_split
 
 
 @dataclasses.dataclass
@@ -137,22 +137,33 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
     cfg = config_lib.resolve(cfg)
     run_dir_arg = run_dir
     run_dir = Path(run_dir) if run_dir is not None else Path(cfg.run.root) / cfg.run.name
+    # Several hosts: the strategy comes first (its collectives must be set up before any other
+    # TensorFlow work); only the chief writes the run folder and runs the stages after training.
+    strategy = get_strategy("multi_worker") if cfg.train.strategy == "multi_worker" else None
+    chief = strategy is None or distributed.is_chief(strategy)
     _check_run_dir(cfg, run_dir, resume)
     # Outputs are checked before any work, so a bad path is not found after training.
-    preflight.check_writable(run_dir, "run.root" if run_dir_arg is None else "the run folder")
-    if cfg.export.enabled:
-        preflight.check_writable(cfg.export.root, "export.root")
+    if chief:
+        preflight.check_writable(run_dir, "run.root" if run_dir_arg is None else "the run folder")
+        if cfg.export.enabled:
+            preflight.check_writable(cfg.export.root, "export.root")
     if split is None:
         split = load_split(cfg)  # data errors stop the run before the run folder is written
-    _write_config(cfg, run_dir)
-    # What the source found (counts, skipped files and why) and what the split and sampler do
-    # with the classes.
-    stages.write_json(run_dir / "data_report.json", {
-        **(split.images.report or {"source": split.images.name, "images": len(split.images)}),
-        "split": preflight.split_report(cfg, split.train.labels, split.test.labels, split.images.class_names)})
+    if chief:
+        _write_config(cfg, run_dir)
+        # What the source found (counts, skipped files and why) and what the split and sampler do
+        # with the classes.
+        stages.write_json(run_dir / "data_report.json", {
+            **(split.images.report or {"source": split.images.name, "images": len(split.images)}),
+            "split": preflight.split_report(cfg, split.train.labels, split.test.labels, split.images.class_names)})
 
     fit_split = selection_split(split, cfg) if cfg.train.select_best else split
-    trained = fit(cfg, run_dir, fit_split, resume=resume, verbose=verbose)
+    trained = fit(cfg, run_dir, fit_split, resume=resume, verbose=verbose, strategy=strategy)
+    if not chief:  # a worker's part ends with training; the chief evaluates, exports and indexes
+        distributed.remove_worker_dir(run_dir, strategy)
+        return TrainResult(run_dir=run_dir, metrics={}, export_dir=None, index_dir=None,
+                           test_classes=split.test_class_names, seconds=time.time() - start,
+                           fit_seconds=trained.fit_seconds, history=trained.history)
     embedder = stages.load_embedder(trained.checkpoint)
     whitening = stages.whitening_stage(cfg, embedder, split.train, run_dir, trained.checkpoint)
     final = stages.final_model(embedder, whitening)

@@ -1,0 +1,111 @@
+"""train.strategy=multi_worker: 2 worker processes on 127.0.0.1 (TF_CONFIG) train like one process
+on the same global batches; only the chief writes; a killed pair resumes from the chief's checkpoint."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from tfsim import config
+from tfsim.errors import UserInputError
+from tfsim.training import train
+
+pytestmark = pytest.mark.slow  # worker processes
+
+# Frozen BatchNorm: per-replica batch statistics would differ from the global batch's.
+SETS = ["train.steps_per_epoch=3", "model.width=8", "model.embedding_dim=16", "sampler.classes_per_batch=4",
+        "sampler.examples_per_class=4", "loss.cross_replica=true", "model.freeze_batchnorm=true",
+        "eval.baselines=false"]
+WORKER = """
+import json, os, sys
+from tfsim import config
+from tfsim.training import train
+root, sets = sys.argv[1], json.loads(sys.argv[2])
+r = train(config.load("default", sets + ["train.strategy=multi_worker", f"run.root={root}/runs",
+                                         f"export.root={root}/exports"]), verbose=0)
+print("RESULT " + json.dumps({"metrics": {k: v for k, v in r.metrics.items() if isinstance(v, float)},
+                              "export": str(r.export_dir) if r.export_dir else None}))
+"""
+
+
+def free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def start_workers(root, sets):
+    ports = free_ports(2)
+    procs = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}
+        env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "TF_CPP_MIN_LOG_LEVEL": "3",
+               "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        procs.append(subprocess.Popen([sys.executable, "-c", WORKER, str(root), json.dumps(sets)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+def finish(procs):
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    return [json.loads(out.split("RESULT ", 1)[1]) for out, _ in outs]
+
+
+def weights(path):
+    return [w.numpy() for w in keras.models.load_model(path).weights]
+
+
+def test_two_workers_train_like_one_process_and_only_the_chief_writes(tmp_path):
+    sets = SETS + ["train.epochs=2"]
+    chief, worker = finish(start_workers(tmp_path / "mw", sets))
+    single = train(config.load("default", sets + [f"run.root={tmp_path}/one/runs", f"export.root={tmp_path}/one/exports",
+                                                  "train.strategy=default"]), verbose=0)
+    for a, b in zip(weights(tmp_path / "mw/runs/fashion_mnist_small/checkpoints/epoch-0002.keras"),
+                    weights(tmp_path / "one/runs/fashion_mnist_small/checkpoints/epoch-0002.keras")):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    assert chief["metrics"]["recall@1"] == pytest.approx(single.metrics["recall@1"], abs=1e-3)
+    assert worker == {"metrics": {}, "export": None}
+    # Only the chief's folders: one run, one export version, no worker folder left behind.
+    assert sorted(p.name for p in (tmp_path / "mw" / "runs").iterdir()) == ["fashion_mnist_small"]
+    assert sorted(p.name for p in (tmp_path / "mw" / "exports" / "fashion_mnist_small").iterdir()) == ["1"]
+    assert (tmp_path / "mw/runs/fashion_mnist_small/metrics.json").is_file()
+
+
+def test_killed_workers_resume_from_the_chiefs_checkpoint(tmp_path):
+    sets = SETS + ["train.epochs=2", "train.steps_per_epoch=40", "export.enabled=false"]
+    ckpts = tmp_path / "mw/runs/fashion_mnist_small/checkpoints"
+    procs = start_workers(tmp_path / "mw", sets)
+    deadline = time.time() + 300
+    while not (ckpts / "epoch-0001.keras").is_file() and time.time() < deadline:
+        time.sleep(0.05)
+    for p in procs:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    assert (ckpts / "epoch-0001.keras").is_file() and not (ckpts / "epoch-0002.keras").exists()
+    finish(start_workers(tmp_path / "mw", sets))
+    # Against an uninterrupted pair (over 80 steps float rounding drifts ~1e-2 from one process).
+    finish(start_workers(tmp_path / "straight", sets))
+    for a, b in zip(weights(ckpts / "epoch-0002.keras"),
+                    weights(tmp_path / "straight/runs/fashion_mnist_small/checkpoints/epoch-0002.keras")):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    assert not [p for p in (tmp_path / "mw" / "runs").iterdir() if p.name.startswith(".worker")]
+
+
+def test_multi_worker_without_tf_config_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(UserInputError, match="needs the TF_CONFIG environment variable"):
+        train(config.load("default", SETS + ["train.strategy=multi_worker", f"run.root={tmp_path}"]), verbose=0)
