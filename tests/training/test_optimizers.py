@@ -109,12 +109,14 @@ def test_frozen_batchnorm_keeps_its_statistics():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
-def test_mixed_precision_run_trains_and_exports_float32(tmp_path, precision):
+@pytest.mark.parametrize("precision, jit", [("mixed_bfloat16", False), ("mixed_float16", False),
+                                            ("mixed_bfloat16", True)])
+def test_mixed_precision_run_trains_and_exports_float32(tmp_path, precision, jit):
     from tfsim.training import stages, train
     cfg = config.load("default", ["train.epochs=1", "train.steps_per_epoch=3", "model.width=8",
                                   "model.embedding_dim=16", "eval.every_epoch=false", "eval.baselines=false",
-                                  f"train.precision={precision}", f"export.root={tmp_path / 'exports'}"])
+                                  f"train.precision={precision}", f"train.jit_compile={str(jit).lower()}",
+                                  f"export.root={tmp_path / 'exports'}"])
     result = train(cfg, tmp_path / "run", verbose=0)
     assert keras.config.dtype_policy().name == "float32"  # restored after training
     embedder = stages.load_embedder(next((tmp_path / "run" / "checkpoints").glob("*.keras")))
