@@ -143,6 +143,10 @@ class ModelConfig:
     backbone from its defaults. Null until `resolve()` fills in the backbone's defaults.
     `freeze_batchnorm`: the backbone's BatchNorm layers keep their (pretrained) statistics and
     scales: not trained, and run in inference mode (usual when fine-tuning small batches).
+    `head`: "embedding" (projection to `embedding_dim`, L2-normalised) or "hash" (learning to
+    hash: projection to `code_bits` tanh outputs, the relaxed binary codes; the export also
+    returns them packed, `code_bits / 8` bytes per image, and the run reports Hamming mAP;
+    needs `whitening.enabled=false`).
     """
 
     backbone: str = "small_resnet"
@@ -156,6 +160,8 @@ class ModelConfig:
     layer_norm: bool = False
     zero_init_residual: Optional[bool] = None
     freeze_batchnorm: bool = False
+    head: Literal["embedding", "hash"] = "embedding"
+    code_bits: int = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,7 +181,8 @@ class LossConfig:
     `cross_replica`: under MirroredStrategy, mine each replica's anchors against the
     global batch (exact single-device loss) instead of within the replica's slice.
     `proxy_lr_multiplier`: learning-rate multiplier of the class proxies of proxy losses
-    (normalized_softmax, proxy_nca).
+    (normalized_softmax, proxy_nca). `quantization_weight`: with `model.head=hash`, adds
+    `weight * mean((|u| - 1)^2)` over the relaxed codes u, pushing them to +-1 (0 = none).
     """
 
     name: str = "triplet_semihard"
@@ -195,6 +202,7 @@ class LossConfig:
     triplets: Optional[Literal["semihard", "hard", "all", "easy"]] = None
     cross_replica: bool = False
     proxy_lr_multiplier: float = 1.0
+    quantization_weight: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -378,7 +386,7 @@ def presets() -> list[str]:
 def loss_args(loss: LossConfig) -> dict:
     """The loss constructor's arguments from the config: those set (not null), without the loss
     name and the optimiser's `proxy_lr_multiplier`; `cross_replica` only when true."""
-    skip = ("name", "proxy_lr_multiplier")
+    skip = ("name", "proxy_lr_multiplier", "quantization_weight")
     return {k: v for k, v in dataclasses.asdict(loss).items()
             if k not in skip and v is not None and not (k == "cross_replica" and v is False)}
 
@@ -396,7 +404,8 @@ def to_dict(cfg: Config) -> dict:
 # Sections with one variant of several, tagged by a key: changing the tag resets the keys
 # that belong to the variant (the loss's arguments, the source's split, ...).
 _VARIANTS = {
-    LossConfig: ("name", tuple(f.name for f in dataclasses.fields(LossConfig) if f.name not in ("name", "cross_replica"))),
+    LossConfig: ("name", tuple(f.name for f in dataclasses.fields(LossConfig)
+                               if f.name not in ("name", "cross_replica", "quantization_weight"))),
     DataConfig: ("source", _SOURCE_KEYS),
     SamplerConfig: ("kind", _SAMPLER_KEYS),
     ModelConfig: ("backbone", _BACKBONE_KEYS),
@@ -614,6 +623,14 @@ def validate(cfg: Config) -> None:
          "0 when data.augment=false (erasing is part of the augmentation)", cfg.data.erase_prob)
     need(cfg.data.augment or not cfg.data.flip, "data.flip",
          "false when data.augment=false (flipping is part of the augmentation)", cfg.data.flip)
+    need(lc.quantization_weight >= 0, "loss.quantization_weight", "a number >= 0 (0 = none)", lc.quantization_weight)
+    need(lc.quantization_weight == 0 or cfg.model.head == "hash", "loss.quantization_weight",
+         "0 unless model.head=hash (it pushes the hash codes to +-1)", lc.quantization_weight)
+    need(cfg.model.code_bits >= 8 and cfg.model.code_bits % 8 == 0, "model.code_bits",
+         "a multiple of 8 (codes are packed 8 bits per byte), e.g. 16, 32, 48 or 64", cfg.model.code_bits)
+    need(cfg.model.head != "hash" or not cfg.whitening.enabled, "whitening.enabled",
+         "false with model.head=hash (a whitening would rotate the codes; set whitening.enabled=false)",
+         cfg.whitening.enabled)
     need(lc.proxy_lr_multiplier > 0, "loss.proxy_lr_multiplier", "a number > 0", lc.proxy_lr_multiplier)
     from tfsim.losses import input_kind, supports_cross_replica
     need(not lc.cross_replica or supports_cross_replica(lc.name), "loss.cross_replica",

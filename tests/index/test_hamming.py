@@ -83,3 +83,23 @@ def test_map_matches_a_naive_float64_reference_with_ties():
     assert got["precision@r2"] == pytest.approx(want_prec, abs=1e-12)
     perfect = hamming_map(pack_codes(centres[g_labels]), g_labels, pack_codes(centres[g_labels]), g_labels)
     assert perfect["map"] == pytest.approx(1.0)  # (distinct centres: each class ranks first, at distance 0)
+
+
+def test_leave_one_out_map_excludes_each_query_itself():
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 3, 30)
+    relaxed = rng.uniform(-1, 1, (30, 16))
+    got = hamming_map(pack_codes(relaxed), labels, pack_codes(relaxed), labels, top=5, exclude_self=True,
+                      block_size=7)
+    aps, tops, precs = [], [], []
+    for i in range(30):  # each query against the other 29 rows, through the naive reference
+        rest = [j for j in range(30) if j != i]
+        m, t, p, n = naive_map(relaxed[[i]], labels[[i]], relaxed[rest], labels[rest], top=5)
+        if n:
+            aps.append(m)
+            tops.append(t)
+            precs.append(p)
+    assert got["num_queries"] == len(aps)
+    assert got["map"] == pytest.approx(np.mean(aps), abs=1e-12)
+    assert got["map@5"] == pytest.approx(np.mean(tops), abs=1e-12)
+    assert got["precision@r2"] == pytest.approx(np.mean(precs), abs=1e-12)

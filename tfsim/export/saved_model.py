@@ -128,9 +128,20 @@ def write_warmup(export_dir: Path, model_name: str, images: list[bytes], signatu
     return out
 
 
-def _serving_functions(model: keras.Model, image_size: int, center_crop: float = 1.0):
+def pack_bits(codes: tf.Tensor) -> tf.Tensor:
+    """`[N, bits]` real codes -> `[N, bits / 8]` uint8, bit = code >= 0, first code in the top bit
+    (as `tfsim.index.hamming.pack_codes`)."""
+    bits = tf.cast(codes >= 0, tf.int32)
+    groups = tf.reshape(bits, [tf.shape(bits)[0], -1, 8])
+    return tf.cast(tf.reduce_sum(groups * tf.constant([128, 64, 32, 16, 8, 4, 2, 1]), axis=-1), tf.uint8)
+
+
+def _serving_functions(model: keras.Model, image_size: int, center_crop: float = 1.0, binary_codes: bool = False):
     def embed_images(images):
-        return {"embeddings": model(images, training=False)}
+        embeddings = model(images, training=False)
+        if binary_codes:  # learning to hash: the relaxed codes and the packed ones
+            return {"embeddings": embeddings, "codes": pack_bits(embeddings)}
+        return {"embeddings": embeddings}
 
     def decode_one(data):
         return preprocess(decode(data), image_size, center_crop)
@@ -144,7 +155,7 @@ def _serving_functions(model: keras.Model, image_size: int, center_crop: float =
 
 def export_embedder(model: keras.Model, root: os.PathLike, name: str, image_size: int,
                     metadata: Optional[dict] = None, center_crop: float = 1.0,
-                    write_extras: Optional[Callable[[Path], None]] = None) -> Path:
+                    write_extras: Optional[Callable[[Path], None]] = None, binary_codes: bool = False) -> Path:
     """Writes a new version of the embedding SavedModel (see module doc).
 
     Args:
@@ -158,6 +169,8 @@ def export_embedder(model: keras.Model, root: os.PathLike, name: str, image_size
         write_extras: called with the export's folder (complete, loadable, still under its
             temporary name) before the final rename, to add files (the index, under
             `assets.extra/tfsim/`) inside the same atomic step.
+        binary_codes: a hashing model (`model.head=hash`): both signatures also return `codes`,
+            the packed binary codes (uint8, `bits / 8` bytes per image).
 
     Returns:
         The final version folder.
@@ -165,7 +178,7 @@ def export_embedder(model: keras.Model, root: os.PathLike, name: str, image_size
     def write(work: Path, version: int) -> dict:
         archive = keras.export.ExportArchive()
         archive.track(model)
-        embed_bytes, embed_images = _serving_functions(model, image_size, center_crop)
+        embed_bytes, embed_images = _serving_functions(model, image_size, center_crop, binary_codes)
         archive.add_endpoint("serving_default", embed_bytes,
                              input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
         archive.add_endpoint("serve_images", embed_images, input_signature=[
@@ -174,8 +187,9 @@ def export_embedder(model: keras.Model, root: os.PathLike, name: str, image_size
         meta = {"format": EXPORT_FORMAT, "name": name, "version": version, "image_size": image_size,
                 "center_crop": center_crop,
                 "embedding_dim": int(model.output_shape[-1]),
-                "signatures": {"serving_default": "image_bytes -> embeddings",
-                               "serve_images": "images -> embeddings"}}
+                "binary_codes": binary_codes,
+                "signatures": {"serving_default": "image_bytes -> embeddings" + (", codes" if binary_codes else ""),
+                               "serve_images": "images -> embeddings" + (", codes" if binary_codes else "")}}
         meta.update(metadata or {})
         write_warmup(work, name, [warmup_image(image_size)])
         return meta

@@ -82,8 +82,10 @@ def tf_hamming_topk(queries, database, k: int):
 
 
 def hamming_map(query_codes: np.ndarray, query_labels: np.ndarray, db_codes: np.ndarray, db_labels: np.ndarray,
-                top: Optional[int] = None, radius: int = 2, block_size: int = 1024) -> dict:
-    """mAP of packed codes with a database / query protocol (queries are not in the database).
+                top: Optional[int] = None, radius: int = 2, block_size: int = 1024, exclude_self: bool = False) -> dict:
+    """mAP of packed codes with a database / query protocol (queries are not in the database),
+    or with `exclude_self` leave-one-out (the queries *are* the database rows, each one left
+    out of its own ranking).
 
     Each query ranks the whole database by Hamming distance, ties by the lower row (as
     `hamming_topk`). Average precision over that ranking: `(1 / R) sum_i P(i) rel(i)` over the
@@ -103,8 +105,12 @@ def hamming_map(query_codes: np.ndarray, query_labels: np.ndarray, db_codes: np.
     for start in range(0, len(query_codes), block_size):
         d = hamming_distances(query_codes[start:start + block_size], db_codes)
         key = d.astype(np.int64) * g + np.arange(g)[None, :]
+        own = np.zeros(d.shape, bool)
+        if exclude_self:  # each query ranks its own row last and never counts it
+            own[np.arange(len(d)), np.arange(start, start + len(d))] = True
+            key[own] = np.iinfo(np.int64).max
         order = np.argsort(key, axis=1)
-        hits = db_labels[order] == query_labels[start:start + len(d), None]
+        hits = (db_labels[order] == query_labels[start:start + len(d), None]) & ~np.take_along_axis(own, order, 1)
         relevant = hits.sum(axis=1)
         keep = relevant > 0
         ranks = np.arange(1, g + 1)
@@ -115,7 +121,7 @@ def hamming_map(query_codes: np.ndarray, query_labels: np.ndarray, db_codes: np.
             found = h.sum(axis=1)
             ap = np.where(found > 0, (precision[:, :top] * h).sum(axis=1) / np.maximum(found, 1), 0.0)
             sums["top"] += float(ap[keep].sum())
-        within = d <= radius
+        within = (d <= radius) & ~own
         n_within = within.sum(axis=1)
         same = (db_labels[None, :] == query_labels[start:start + len(d), None]) & within
         sums["precision_radius"] += float(np.where(n_within > 0, same.sum(axis=1) / np.maximum(n_within, 1),

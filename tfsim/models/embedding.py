@@ -19,7 +19,8 @@ HEAD_LAYER = "projection"  # the head's trainable layer (`train.head_lr_multipli
 
 def build_embedding_model(backbone: str = "small_resnet", image_size: int = 28, embedding_dim: int = 128,
                           pooling: str = "avg", weights: Optional[str] = None, seed: Optional[int] = None,
-                          layer_norm: bool = False, **backbone_options) -> keras.Model:
+                          layer_norm: bool = False, head: str = "embedding", code_bits: int = 32,
+                          **backbone_options) -> keras.Model:
     """Builds the embedding model.
 
     Args:
@@ -31,6 +32,9 @@ def build_embedding_model(backbone: str = "small_resnet", image_size: int = 28, 
         seed: seeds Keras initialisers for a reproducible untrained model.
         layer_norm: layer normalisation without affine parameters on the pooled features
             (Zhai & Wu 2019, arXiv:1811.12649, section 3.2).
+        head: "embedding" (L2-normalised `embedding_dim` outputs) or "hash" (`code_bits` tanh
+            outputs, the relaxed binary codes of learning to hash; `tfsim.index.hamming`).
+        code_bits: the code length of the hash head.
         **backbone_options: the backbone's own options (`backbones.backbone_arguments`; for
             small_resnet: width, blocks_per_stage, zero_init_residual); None = its default.
 
@@ -54,8 +58,14 @@ def build_embedding_model(backbone: str = "small_resnet", image_size: int = 28, 
         x = pool(name=f"{pooling}_pool")(x)
     if layer_norm:
         x = layers.LayerNormalization(center=False, scale=False, name="pooled_layer_norm")(x)
-    x = layers.Dense(embedding_dim, name=HEAD_LAYER)(x)
     # float32 whatever the dtype policy: under mixed precision the embeddings (and so the
     # losses, the whitening and the export) stay float32.
-    outputs = layers.UnitNormalization(axis=-1, name="embeddings", dtype="float32")(x)
+    if head == "hash":
+        x = layers.Dense(code_bits, name=HEAD_LAYER)(x)
+        outputs = layers.Activation("tanh", name="embeddings", dtype="float32")(x)
+    elif head == "embedding":
+        x = layers.Dense(embedding_dim, name=HEAD_LAYER)(x)
+        outputs = layers.UnitNormalization(axis=-1, name="embeddings", dtype="float32")(x)
+    else:
+        raise ValueError(f"Invalid value for `head`: expected 'embedding' or 'hash'. Received: head={head!r}")
     return keras.Model(inputs, outputs, name="embedder")

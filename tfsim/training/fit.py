@@ -37,6 +37,7 @@ from tfsim.errors import UserInputError
 from tfsim.data import lists, pipeline, sources, splits
 from tfsim.evaluation.metrics import query_mask
 from tfsim.losses import get_loss, input_kind
+from tfsim.losses.quantization import WithQuantization
 from tfsim.models import build_embedding_model
 from tfsim.models.embedding import HEAD_LAYER
 from tfsim.models.proxies import PROXY_LAYER, build_proxy_trainer, embedder_of
@@ -136,7 +137,8 @@ def build_embedder(cfg: Config) -> keras.Model:
     m = cfg.model
     with preflight.config_keys(**preflight.MODEL_KEYS):
         return build_embedding_model(m.backbone, m.image_size, m.embedding_dim, m.pooling, m.weights,
-                                     seed=cfg.train.seed, layer_norm=m.layer_norm, **config_lib.backbone_args(m))
+                                     seed=cfg.train.seed, layer_norm=m.layer_norm, head=m.head,
+                                     code_bits=m.code_bits, **config_lib.backbone_args(m))
 
 
 def fit(cfg: Config, run_dir: Path, split: Split, resume: bool = True, verbose: int = 2,
@@ -195,8 +197,10 @@ def fit(cfg: Config, run_dir: Path, split: Split, resume: bool = True, verbose: 
                 multipliers = {PROXY_LAYER: cfg.loss.proxy_lr_multiplier, HEAD_LAYER: t.head_lr_multiplier}
                 optimizer = build_optimizer(t, t.epochs * t.steps_per_epoch,
                                             {k: v for k, v in multipliers.items() if v != 1.0})
-                model.compile(optimizer=optimizer, loss=get_loss(cfg.loss.name, **config_lib.loss_args(cfg.loss)),
-                              jit_compile=t.jit_compile)
+                loss = get_loss(cfg.loss.name, **config_lib.loss_args(cfg.loss))
+                if cfg.loss.quantization_weight > 0:
+                    loss = WithQuantization(loss, cfg.loss.quantization_weight)
+                model.compile(optimizer=optimizer, loss=loss, jit_compile=t.jit_compile)
         return _fit_model(cfg, t, run_dir, split, train_set, model, initial_epoch, into, verbose, strategy)
     finally:
         keras.config.set_dtype_policy(policy)

@@ -156,8 +156,10 @@ def baselines_stage(cfg: Config, run_dir: Path, train_set: sources.ImageSet,
     untrained = build_embedder(cfg)
     whitening = whitening_stage(cfg, untrained, train_set)
     queries = query_mask(test_set.splits)
-    baselines = {"untrained": retrieval_metrics(_embed(final_model(untrained, whitening), test_set, cfg),
-                                                test_set.labels, ks, sim, queries)}
+    untrained_embeddings = _embed(final_model(untrained, whitening), test_set, cfg)
+    baselines = {"untrained": retrieval_metrics(untrained_embeddings, test_set.labels, ks, sim, queries)}
+    if cfg.model.head == "hash":
+        baselines["untrained"]["hamming"] = hamming_metrics(untrained_embeddings, test_set.labels, queries)
     del untrained
     raw_bytes = len(test_set) * m.image_size ** 2 * 3 * 4
     if raw_bytes > MAX_RAW_PIXEL_BYTES:
@@ -175,6 +177,17 @@ def baselines_stage(cfg: Config, run_dir: Path, train_set: sources.ImageSet,
                 "cosine", queries)
     write_json(cache, {"key": key, "baselines": baselines})
     return baselines
+
+
+def hamming_metrics(relaxed: np.ndarray, labels: np.ndarray, queries: Optional[np.ndarray]) -> dict:
+    """mAP (whole ranking), mAP@100 and precision within radius 2 of the packed codes: the
+    query rows against the others (query/gallery), or each row against all others."""
+    from tfsim.index.hamming import hamming_map, pack_codes
+
+    codes, labels = pack_codes(relaxed), np.asarray(labels)
+    if queries is not None:
+        return hamming_map(codes[queries], labels[queries], codes[~queries], labels[~queries], top=100)
+    return hamming_map(codes, labels, codes, labels, top=100, exclude_self=True)
 
 
 def evaluation_model(embedder: keras.Model, final: keras.Model) -> keras.Model:
@@ -200,6 +213,8 @@ def evaluate_stage(cfg: Config, run_dir: Path, embedder: keras.Model, final: ker
     queries = query_mask(test_set.splits)  # In-Shop: queries against the gallery; else leave-one-out
     metrics = retrieval_metrics(embeddings, test_set.labels, ks, sim, queries)
     metrics["protocol"] = "leave_one_out" if queries is None else "query_gallery"
+    if cfg.model.head == "hash":  # the binary codes, searched by Hamming distance
+        metrics["hamming"] = hamming_metrics(embeddings, test_set.labels, queries)
     if final is not embedder:
         metrics["unwhitened"] = retrieval_metrics(unwhitened, test_set.labels, ks, sim, queries)
     if baselines is not None:
@@ -308,6 +323,7 @@ def export_stage(cfg: Config, run_dir: Path, final: keras.Model, metrics: dict,
 
     export_dir = export_embedder(
         final, cfg.export.root, name, cfg.model.image_size, center_crop=cfg.model.center_crop,
+        binary_codes=cfg.model.head == "hash",
         metadata={"run_dir": str(run_dir), "similarity": sim, "config": config_lib.to_dict(cfg),
                   "content_hash": content,
                   "metrics": {k: v for k, v in metrics.items() if k not in ("baselines", "unwhitened")}},

@@ -1,0 +1,39 @@
+"""The hashing quantisation term: value, gradient direction, serialisation; the hash head's config rules."""
+
+import keras
+import numpy as np
+import pytest
+
+from tfsim import config
+from tfsim.errors import UserInputError
+from tfsim.losses import TripletSemiHardLoss
+from tfsim.losses.quantization import WithQuantization
+
+
+def test_value_is_the_inner_loss_plus_the_weighted_push_to_one():
+    rng = np.random.default_rng(0)
+    codes = np.tanh(rng.normal(size=(12, 16))).astype(np.float32)
+    labels = np.repeat(np.arange(4), 3)
+    inner = TripletSemiHardLoss(margin=0.5)
+    loss = WithQuantization(inner, 0.3)
+    want = float(inner(labels, codes)) + 0.3 * np.mean((np.abs(codes.astype(np.float64)) - 1) ** 2)
+    assert float(loss(labels, codes)) == pytest.approx(want, rel=1e-5)
+    again = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert isinstance(again.inner, TripletSemiHardLoss) and again.weight == 0.3
+    assert float(again(labels, codes)) == pytest.approx(want, rel=1e-5)
+    with pytest.raises(ValueError, match="weight"):
+        WithQuantization(inner, -1)
+
+
+def test_hash_head_config_rules():
+    ok = config.load("default", ["model.head=hash", "model.code_bits=48", "whitening.enabled=false"])
+    config.validate(ok)
+    for sets, key in ((["model.head=hash"], "whitening.enabled"),
+                      (["model.head=hash", "whitening.enabled=false", "model.code_bits=12"], "model.code_bits"),
+                      (["loss.quantization_weight=0.1"], "loss.quantization_weight")):
+        with pytest.raises(UserInputError, match=key):
+            config.validate(config.load("default", sets))
+    from tfsim.models import build_embedding_model
+    model = build_embedding_model("small_resnet", 16, 8, width=4, blocks_per_stage=1, head="hash", code_bits=24)
+    out = np.asarray(model(np.zeros((2, 16, 16, 3), np.float32)))
+    assert out.shape == (2, 24) and np.abs(out).max() < 1
