@@ -665,6 +665,8 @@ def validate(cfg: Config) -> None:
     need(u.name is None or (u.name != "" and "/" not in u.name), "tune.name", "a non-empty name without '/'",
          u.name)
     need(cfg.index.num_neighbors >= 1, "index.num_neighbors", "an integer >= 1", cfg.index.num_neighbors)
+    need(not cfg.export.retrieval or cfg.model.head != "hash", "export.retrieval",
+         "empty with model.head=hash (retrieval SavedModels of binary codes are not built yet)", cfg.export.retrieval)
     need(not cfg.export.retrieval or (cfg.export.enabled and cfg.index.enabled), "export.retrieval",
          "empty unless export.enabled and index.enabled (it serves the exported index)", cfg.export.retrieval)
     t = cfg.train

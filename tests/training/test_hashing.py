@@ -26,3 +26,28 @@ def test_32_bit_codes_retrieve_far_above_the_untrained_network(tmp_path):
     relaxed, codes = out["embeddings"].numpy(), out["codes"].numpy()
     assert relaxed.shape == (5, 32) and np.abs(relaxed).max() <= 1 and codes.dtype == np.uint8
     np.testing.assert_array_equal(codes, pack_codes(relaxed))
+
+
+def test_hashing_export_is_indexed_searched_and_evaluated_by_hamming_distance(tmp_path):
+    from tfsim.data import sources
+    from tfsim.evaluation.evaluate import embed_export, evaluate
+    from tfsim.index import catalogue, scann_index
+    from tfsim.index.hamming import hamming_topk
+    cfg = config.load("default", ["train.epochs=1", "train.steps_per_epoch=5", "model.width=8", "model.head=hash",
+                                  "model.code_bits=16", "whitening.enabled=false", "eval.every_epoch=false",
+                                  "eval.baselines=false", f"export.root={tmp_path / 'exports'}"])
+    result = train(cfg, tmp_path / "run", verbose=0)
+    inside = scann_index.load(result.index_dir)  # the export's own index: the held-out codes
+    assert inside.params["mode"] == "hamming" and inside.params["code_bits"] == 16
+    built = catalogue.build_index(result.export_dir, "default", tmp_path / "idx", progress=False)
+    index = scann_index.load(built)
+    images = sources.load_default()
+    relaxed = embed_export(result.export_dir, images, progress=False)
+    found = index.search(relaxed[:20], 5)
+    rows, dist = hamming_topk(pack_codes(relaxed[:20]), pack_codes(relaxed), 5)
+    np.testing.assert_array_equal(found.indices, rows)
+    np.testing.assert_array_equal(found.scores, -dist)
+    m = evaluate(result.export_dir, data="default", progress=False)
+    assert 0 < m["hamming"]["map"] < 1 and m["hamming"]["num_queries"] == 6000
+    held_out = evaluate(tmp_path / "run", progress=False)  # the run's checkpoint on its held-out classes
+    assert held_out["hamming"]["map"] == pytest.approx(result.metrics["hamming"]["map"], abs=1e-6)

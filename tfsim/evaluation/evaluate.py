@@ -74,6 +74,7 @@ class ModelToEvaluate:
     embed: Callable[[ImageSet, int, bool], np.ndarray]
     details: dict = field(default_factory=dict)
     run_dir: Optional[Path] = None
+    binary_codes: bool = False  # a hashing model (`model.head=hash`): also Hamming metrics
 
 
 def _embed_batches(predict: Callable, images: ImageSet, image_size: int, center_crop: float,
@@ -127,7 +128,8 @@ def open_model(path: os.PathLike) -> ModelToEvaluate:
         meta = read_export(path)  # raises the "not a tfsim export" error, with the versions it holds
         return ModelToEvaluate("export", path, meta.get("similarity", "cosine"),
                                lambda images, batch_size, progress: embed_export(path, images, batch_size, progress),
-                               {"name": meta.get("name"), "version": path.name})
+                               {"name": meta.get("name"), "version": path.name},
+                               binary_codes=bool(meta.get("binary_codes", False)))
     if path.is_dir():
         run_dir = path
         latest = ResumableCheckpoint.latest(run_dir / "checkpoints")
@@ -153,7 +155,8 @@ def open_model(path: os.PathLike) -> ModelToEvaluate:
         "checkpoint", checkpoint, cfg.eval.similarity,
         lambda images, batch_size, progress: _embed_batches(model.predict_on_batch, images, cfg.model.image_size,
                                                             cfg.model.center_crop, batch_size, progress),
-        {"run": str(run_dir.resolve()), "checkpoint": checkpoint.name, "whitening": note}, run_dir)
+        {"run": str(run_dir.resolve()), "checkpoint": checkpoint.name, "whitening": note}, run_dir,
+        binary_codes=cfg.model.head == "hash")
 
 
 def run_test_set(run_dir: Path) -> ImageSet:
@@ -225,6 +228,9 @@ def evaluate(model_path: os.PathLike, data: Optional[str] = None, query: Optiona
     else:
         skipped.append(f"nmi, ami: k-means with {num_classes} clusters (> {MAX_CLUSTERS}) is too slow")
     metrics["skipped"] = skipped
+    if model.binary_codes:  # the packed codes ranked by Hamming distance (`tfsim.index.hamming`)
+        from tfsim.training.stages import hamming_metrics
+        metrics["hamming"] = hamming_metrics(embeddings, labels, mask)
     if ann:  # the same metrics from a ScaNN index of the gallery, with the gap to exact on a sample
         metrics["ann"] = ann_metrics(embeddings, labels, ks, similarity, query_mask=mask, progress=progress)
     if data is None and query is None:

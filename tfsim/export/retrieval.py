@@ -154,6 +154,9 @@ def export_retrieval(model_dir: os.PathLike, index_dir: os.PathLike, root: os.Pa
     index = scann_index.load(index_dir)
     if index_dir.resolve() != (model_dir / "assets.extra" / "tfsim" / "index").resolve():
         check_model(index_dir, index.meta or {}, model_dir)
+    if index.params.get("mode") == "hamming":
+        raise UserInputError(f"Index {str(index_dir)!r} is a Hamming index of binary codes: retrieval SavedModels "
+                             "are built for embedding indexes only so far (search it with the search command).")
     vectors = np.load(index_dir / "scann" / "dataset.npy")  # as searched: normalised for cosine
     labels = np.asarray(index.class_names)[index.labels]
     embedder = tf.saved_model.load(str(model_dir))

@@ -53,7 +53,8 @@ def model_info(export_dir: os.PathLike) -> dict:
     meta = read_export(export_dir)
     return {"path": str(export_dir.resolve()), "name": meta.get("name"), "version": meta.get("version"),
             "embedding_dim": int(meta["embedding_dim"]), "similarity": meta.get("similarity", "cosine"),
-            "fingerprint": meta.get("content_hash") or _variables_digest(export_dir)}
+            "fingerprint": meta.get("content_hash") or _variables_digest(export_dir),
+            "binary_codes": bool(meta.get("binary_codes", False))}
 
 
 def check_model(index_dir: os.PathLike, index_meta: dict, export_dir: os.PathLike) -> None:
@@ -102,8 +103,11 @@ def build_index(model_dir: os.PathLike, data: str, out: os.PathLike, options: Op
     info = model_info(model_dir)
     images = load_source(data)
     embeddings = embed_export(model_dir, images, batch_size, progress)
-    searcher, params = scann_index.build(embeddings, info["similarity"],
-                                         **{**scann_index.options(IndexConfig()), **(options or {})})
+    if info["binary_codes"]:  # a hashing model: its packed codes, searched by Hamming distance
+        searcher, params = scann_index.build_hamming(embeddings)
+    else:
+        searcher, params = scann_index.build(embeddings, info["similarity"],
+                                             **{**scann_index.options(IndexConfig()), **(options or {})})
     params["built_size"] = len(images)
     return scann_index.save(out, searcher, params, images.ids, images.labels, images.class_names,
                             info["similarity"], images=images.images, paths=_absolute(images.paths), model=info)
@@ -142,8 +146,8 @@ def add_to_index(index_dir: os.PathLike, data: str, model_dir: Optional[os.PathL
     position = {name: i for i, name in enumerate(names)}
     labels = np.array([position[images.class_names[c]] for c in images.labels], np.int32)
     embeddings = embed_export(model_dir, images, batch_size, progress)
-    sim = distances.get_distance(index.similarity)
-    vectors = np.asarray(sim.prepare(embeddings).numpy(), np.float32)
+    vectors = (embeddings if index.params.get("mode") == "hamming"
+               else np.asarray(distances.get_distance(index.similarity).prepare(embeddings).numpy(), np.float32))
     index.searcher.searcher.upsert([None] * len(vectors), vectors, 256)  # new rows, appended in order
     params = dict(index.params)
     params["size"] = int(index.searcher.size())

@@ -8,7 +8,9 @@ On disk (a folder, written atomically: built under a temporary name, then rename
                         SHA-256 of every other file (`load` refuses a damaged index)
       gallery.npz       ids [G] str, labels [G] int32, and optionally the gallery
                         images [G, H, W, C] uint8 (when they were in memory) or paths [G]
-      scann/            ScaNN's own serialised searcher (`searcher.serialize`)
+      scann/            ScaNN's own serialised searcher (`searcher.serialize`), or for a
+                        hashing model's Hamming index (`build_hamming`) the packed codes
+                        (codes.npy, uint8 [G, bits / 8])
 
 Search results are oriented so that larger scores are closer, whatever the
 similarity (`tfsim.distances.DISTANCES`), and returned as the same `Neighbors` as `evaluation.exact_knn`;
@@ -59,6 +61,48 @@ def _scann():
     return scann_ops_pybind
 
 
+class HammingSearcher:
+    """Exact Hamming search over packed binary codes (`tfsim.index.hamming`), with the parts of
+    ScaNN's searcher interface the index uses: `search_batched` (relaxed query codes in; rows
+    and negated Hamming distances out, nearest first, ties by row), `serialize`, `size`, and
+    `searcher.upsert` for additions."""
+
+    def __init__(self, codes: np.ndarray):
+        self.codes = np.asarray(codes, np.uint8)
+        self.searcher = self  # (`add_to_index` calls `searcher.searcher.upsert`, as for ScaNN)
+
+    def search_batched(self, queries, final_num_neighbors=10, **unused):
+        from tfsim.index.hamming import hamming_topk, pack_codes
+
+        rows, dist = hamming_topk(pack_codes(np.asarray(queries)), self.codes, final_num_neighbors)
+        return rows, -dist.astype(np.float32)
+
+    def upsert(self, indices, vectors, batch_size=1):
+        from tfsim.index.hamming import pack_codes
+
+        self.codes = np.concatenate([self.codes, pack_codes(np.asarray(vectors))])
+
+    def size(self) -> int:
+        return int(len(self.codes))
+
+    def serialize(self, directory: str) -> None:
+        np.save(Path(directory) / "codes.npy", self.codes)
+
+    @classmethod
+    def load(cls, directory: os.PathLike) -> "HammingSearcher":
+        return cls(np.load(Path(directory) / "codes.npy"))
+
+
+def build_hamming(relaxed: np.ndarray) -> tuple[HammingSearcher, dict]:
+    """A Hamming index of `[G, bits]` relaxed codes (a `model.head=hash` export's embeddings)."""
+    from tfsim.index.hamming import pack_codes
+
+    codes = pack_codes(relaxed)
+    return HammingSearcher(codes), {"mode": "hamming", "code_bits": int(codes.shape[1] * 8), "size": len(codes),
+                                    "dim": int(np.asarray(relaxed).shape[1]), "num_neighbors": 10,
+                                    "bytes_per_item": int(codes.shape[1])}
+
+
 @dataclasses.dataclass
 class GalleryIndex:
     """A loaded (or freshly built) index and its gallery metadata."""
@@ -86,9 +130,12 @@ class GalleryIndex:
         Returns:
             `Neighbors(indices [Q, k] gallery rows, scores [Q, k])`, best first, larger = closer.
         """
+        k = min(int(k), len(self))
+        if self.params.get("mode") == "hamming":  # scores: minus the Hamming distance
+            rows, scores = self.searcher.search_batched(np.atleast_2d(queries), final_num_neighbors=k)
+            return Neighbors(rows.astype(np.int64), scores.astype(np.float32))
         sim = distances.get_distance(self.similarity)
         q = np.asarray(sim.prepare(np.atleast_2d(queries)).numpy(), np.float32)
-        k = min(int(k), len(self))
         if self.params.get("mode") == "tree_ah":  # the tuned settings (see `build`)
             rows, raw = self.searcher.search_batched(
                 q, final_num_neighbors=k, leaves_to_search=int(self.params["num_leaves_to_search"]),
@@ -321,7 +368,8 @@ def save(path: os.PathLike, searcher, params: dict, ids: Sequence[str], labels: 
     try:
         (work / "scann").mkdir()
         searcher.serialize(str(work / "scann"))
-        _make_relocatable(work / "scann")
+        if params.get("mode") != "hamming":
+            _make_relocatable(work / "scann")
         arrays = {"ids": np.asarray(ids).astype(str), "labels": np.asarray(labels, np.int32)}
         if images is not None:
             arrays["images"] = np.asarray(images, np.uint8)
@@ -404,7 +452,8 @@ def load(path: os.PathLike, checksums: bool = True) -> GalleryIndex:
     meta = read_meta(path)
     verify(path, meta, checksums)
     try:
-        searcher = _scann().load_searcher(str(path / "scann"))
+        searcher = (HammingSearcher.load(path / "scann") if meta["params"].get("mode") == "hamming"
+                    else _scann().load_searcher(str(path / "scann")))
         with np.load(path / "gallery.npz") as npz:
             index = GalleryIndex(searcher=searcher, ids=npz["ids"], labels=npz["labels"],
                                  class_names=tuple(meta["class_names"]), similarity=meta["similarity"],

@@ -66,6 +66,10 @@ def main(argv: list[str]) -> int:
         print("".join(f"{a[c]:>12.4f}" for c in cols if c in a) + f"   ScaNN ({a['index']['mode']}); "
               f"gap to exact on {a['gap_sample']} queries: "
               + ", ".join(f"{c} {a['gap'][c]:+.4f}" for c in cols if c in a["gap"]))
+    if "hamming" in m:
+        h = m["hamming"]
+        print(f"binary codes (Hamming): map {h['map']:.4f}, map@100 {h['map@100']:.4f}, "
+              f"precision within radius 2 {h['precision@r2']:.4f}")
     worst = sorted(m["per_class"].items(), key=lambda item: (item[1]["map@r"], item[0]))[:5]
     print("worst classes (MAP@R): " + ", ".join(f"{name} {v['map@r']:.3f}" for name, v in worst))
     print(f"report: {out / 'metrics.md'} (and metrics.json)")

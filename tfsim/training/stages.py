@@ -313,7 +313,10 @@ def export_stage(cfg: Config, run_dir: Path, final: keras.Model, metrics: dict,
         ic = cfg.index
         gallery = embed_with_export(export_dir, test, cfg.model.image_size, cfg.eval.batch_size,
                                     cfg.model.center_crop)
-        searcher, params = scann_index.build(gallery, sim, **scann_index.options(ic))
+        if cfg.model.head == "hash":  # the packed codes, searched by Hamming distance
+            searcher, params = scann_index.build_hamming(gallery)
+        else:
+            searcher, params = scann_index.build(gallery, sim, **scann_index.options(ic))
         params["built_size"] = len(test)
         paths = None if test.paths is None else np.array([str(Path(p).resolve()) for p in test.paths])
         model = {"path": None, "name": name, "version": None, "embedding_dim": int(gallery.shape[1]),
