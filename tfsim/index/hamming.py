@@ -3,7 +3,7 @@
     relaxed codes [N, bits] in (-1, 1) (a tanh head)
       -> `pack_codes`: sign -> bits (1 for >= 0), packed 8 per byte, big-endian within a byte
          (`np.packbits`): uint8 [N, bits / 8]
-      -> `hamming_distances`: XOR + popcount (a 256-entry table), blockwise over queries
+      -> `hamming_distances`: XOR of 64-bit words + `np.bitwise_count`, blockwise over queries
       -> `hamming_topk`: exact top-k, ties broken by the lower database row (deterministic)
       -> `tf_hamming_topk`: the same with TF ops (`tf.bitwise.bitwise_xor`,
          `tf.raw_ops.PopulationCount`, `tf.math.top_k`), for a SavedModel
@@ -20,9 +20,6 @@ from typing import Optional
 
 import numpy as np
 
-_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.int32)
-
-
 def pack_codes(relaxed: np.ndarray) -> np.ndarray:
     """`[N, bits]` real codes -> `[N, bits / 8]` uint8 (bit = code >= 0). `bits` must be a multiple of 8."""
     relaxed = np.asarray(relaxed)
@@ -37,35 +34,56 @@ def unpack_codes(packed: np.ndarray) -> np.ndarray:
     return bits.astype(np.float32) * 2 - 1
 
 
+def _words(codes: np.ndarray) -> np.ndarray:
+    """Packed codes as uint64 words (zero-padded to a multiple of 8 bytes: XOR + popcount unchanged)."""
+    codes = np.asarray(codes, np.uint8)
+    pad = (-codes.shape[1]) % 8
+    if pad:
+        codes = np.pad(codes, ((0, 0), (0, pad)))
+    return np.ascontiguousarray(codes).view(np.uint64)
+
+
 def hamming_distances(queries: np.ndarray, database: np.ndarray) -> np.ndarray:
-    """`[Q, G]` int32 Hamming distances between packed codes (uint8 `[Q, B]`, `[G, B]`)."""
+    """`[Q, G]` int32 Hamming distances between packed codes (uint8 `[Q, B]`, `[G, B]`): XOR of
+    64-bit words and `np.bitwise_count`."""
     queries, database = np.asarray(queries, np.uint8), np.asarray(database, np.uint8)
     if queries.shape[1] != database.shape[1]:
         raise ValueError(f"Codes of different lengths: {queries.shape[1]} and {database.shape[1]} bytes.")
-    out = np.zeros((len(queries), len(database)), np.int32)
-    for byte in range(queries.shape[1]):  # one byte column at a time: [Q, G] memory only
-        out += _POPCOUNT[np.bitwise_xor(queries[:, byte, None], database[None, :, byte])]
+    q, d = _words(queries), _words(database)
+    out = np.zeros((len(q), len(d)), np.int32)
+    for word in range(q.shape[1]):  # one word column at a time: [Q, G] memory only
+        out += np.bitwise_count(q[:, word, None] ^ d[None, :, word])
     return out
 
 
+def _block(block_size: Optional[int], database_size: int) -> int:
+    """Queries per block: given, or about 256 MB of int32 distances."""
+    return block_size or max(1, (1 << 26) // max(database_size, 1))
+
+
 def hamming_topk(queries: np.ndarray, database: np.ndarray, k: int,
-                 block_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Exact k nearest database rows by Hamming distance, ties by the lower row.
+                 block_size: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest database rows by Hamming distance, ties by the lower row (`block_size`
+    queries at a time; default: about 256 MB of distances).
 
     Returns:
         `(rows int64 [Q, k], distances int32 [Q, k])`, nearest first.
     """
     k = min(int(k), len(database))
+    bits = np.asarray(database).shape[1] * 8
     rows_out, dist_out = [], []
+    block_size = _block(block_size, len(database))
     for start in range(0, len(queries), block_size):
         d = hamming_distances(queries[start:start + block_size], database)
-        # One key orders by distance, then row: distance * G + row (no ties left).
-        key = d.astype(np.int64) * len(database) + np.arange(len(database))[None, :]
-        top = np.argpartition(key, k - 1, axis=1)[:, :k] if k < len(database) else np.tile(
-            np.arange(len(database)), (len(d), 1))
-        order = np.argsort(np.take_along_axis(key, top, axis=1), axis=1)
-        rows = np.take_along_axis(top, order, axis=1)
-        rows_out.append(rows.astype(np.int64))
+        rows = np.empty((len(d), k), np.int64)
+        for i, row in enumerate(d):
+            # Distances are small integers: the k-th smallest by counting, then the rows below it
+            # and the first rows at it (ascending rows: ties by the lower row), sorted stably.
+            threshold = int(np.searchsorted(np.cumsum(np.bincount(row, minlength=bits + 1)), k))
+            below = np.flatnonzero(row < threshold)
+            chosen = np.concatenate([below, np.flatnonzero(row == threshold)[:k - len(below)]])
+            rows[i] = chosen[np.argsort(row[chosen], kind="stable")]
+        rows_out.append(rows)
         dist_out.append(np.take_along_axis(d, rows, axis=1))
     return np.concatenate(rows_out), np.concatenate(dist_out)
 
@@ -82,7 +100,8 @@ def tf_hamming_topk(queries, database, k: int):
 
 
 def hamming_map(query_codes: np.ndarray, query_labels: np.ndarray, db_codes: np.ndarray, db_labels: np.ndarray,
-                top: Optional[int] = None, radius: int = 2, block_size: int = 1024, exclude_self: bool = False) -> dict:
+                top: Optional[int] = None, radius: int = 2, block_size: Optional[int] = None,
+                exclude_self: bool = False) -> dict:
     """mAP of packed codes with a database / query protocol (queries are not in the database),
     or with `exclude_self` leave-one-out (the queries *are* the database rows, each one left
     out of its own ranking).
@@ -102,6 +121,7 @@ def hamming_map(query_codes: np.ndarray, query_labels: np.ndarray, db_codes: np.
     g = len(db_labels)
     sums = {"map": 0.0, "precision_radius": 0.0, "top": 0.0}
     count = 0
+    block_size = max(1, _block(block_size, g) // 8)  # (int64 keys and orders: 8x the distances' bytes)
     for start in range(0, len(query_codes), block_size):
         d = hamming_distances(query_codes[start:start + block_size], db_codes)
         key = d.astype(np.int64) * g + np.arange(g)[None, :]
