@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from tfsim.data import pipeline, sources
+from tests.images import class_folders
 from tfsim.errors import UserInputError
 from tfsim.evaluation import exact_knn
 from tfsim.evaluation.evaluate import embed_export
@@ -45,17 +45,6 @@ print(json.dumps({"ids": out["ids"].numpy().astype(str).tolist(), "labels": out[
 '''
 
 
-def folder(root, classes, per_class, seed):
-    rng = np.random.default_rng(seed)
-    for c in classes:
-        (root / c).mkdir(parents=True, exist_ok=True)
-        base = rng.integers(0, 255, 3)
-        for i in range(per_class):
-            img = np.clip(base + rng.normal(0, 50, (16, 16, 3)), 0, 255).astype(np.uint8)
-            (root / c / f"{c}_{i}.png").write_bytes(tf.io.encode_png(img).numpy())
-    return root
-
-
 def serve(path, use_scann, images):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     out = subprocess.run([sys.executable, "-c", SERVE, str(path), "1" if use_scann else "0", *map(str, images)],
@@ -67,7 +56,7 @@ def serve(path, use_scann, images):
 def test_exact_and_scann_retrieval_exports(tmp_path):
     model = build_embedding_model("small_resnet", 16, 8, width=4, blocks_per_stage=1, seed=0)
     embedder = export_embedder(model, tmp_path / "models", "shop", 16, metadata={"similarity": "cosine"})
-    data = folder(tmp_path / "catalogue", ["a", "b", "c", "d"], 30, 0)
+    data = class_folders(tmp_path / "catalogue", ["a", "b", "c", "d"], 30, 0, noise=50)
     index_dir = catalogue.build_index(embedder, str(data), tmp_path / "idx",
                                       {"brute_force_below": 10, "target_recall": 0.9}, progress=False)
     exports = export_retrieval(embedder, index_dir, tmp_path / "models", k=5)

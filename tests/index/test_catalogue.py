@@ -6,8 +6,8 @@ import sys
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
+from tests.images import class_folders
 from tfsim.errors import UserInputError
 from tfsim.evaluation import exact_knn
 from tfsim.evaluation.evaluate import embed_export
@@ -16,17 +16,6 @@ from tfsim.export import export_embedder
 from tfsim.index import catalogue, scann_index
 from tfsim.index.search import search_image
 from tfsim.models import build_embedding_model
-
-
-def folder(root, classes, per_class, seed):
-    rng = np.random.default_rng(seed)
-    for c in classes:
-        (root / c).mkdir(parents=True, exist_ok=True)
-        base = rng.integers(0, 255, 3)
-        for i in range(per_class):
-            img = np.clip(base + rng.normal(0, 40, (16, 16, 3)), 0, 255).astype(np.uint8)
-            (root / c / f"{c}_{i}.png").write_bytes(tf.io.encode_png(img).numpy())
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +29,7 @@ def exports(tmp_path_factory):
 @pytest.mark.parametrize("tree", [False, True])
 def test_build_search_and_add(exports, tmp_path, tree):
     model = exports[0]
-    data = folder(tmp_path / "shop", ["a", "b", "c"], 20, 0)
+    data = class_folders(tmp_path / "shop", ["a", "b", "c"], 20, 0)
     options = {"brute_force_below": 10, "target_recall": 0.9} if tree else {}
     path = catalogue.build_index(model, str(data), tmp_path / "idx", options, progress=False)
     meta = json.loads((path / "index.json").read_text())
@@ -62,7 +51,7 @@ def test_build_search_and_add(exports, tmp_path, tree):
     result = search_image(None, query, 3, path)
     assert result.ids[0] == images.ids[7] and result.labels[0] == "a"
 
-    new = folder(tmp_path / "more", ["c", "d"], 5, 1)
+    new = class_folders(tmp_path / "more", ["c", "d"], 5, 1)
     _, added = catalogue.add_to_index(path, str(new), progress=False)
     grown = scann_index.load(path)
     assert added == 10 and len(grown) == 70 and grown.class_names == ("a", "b", "c", "d")
@@ -77,7 +66,7 @@ def test_build_search_and_add(exports, tmp_path, tree):
 
 
 def test_another_model_and_a_damaged_index_are_refused(exports, tmp_path):
-    data = folder(tmp_path / "shop", ["a", "b"], 6, 2)
+    data = class_folders(tmp_path / "shop", ["a", "b"], 6, 2)
     path = catalogue.build_index(exports[0], str(data), tmp_path / "idx", progress=False)
     with pytest.raises(UserInputError, match="was built by model 'm0' version 1 .* not by .*m1"):
         search_image(exports[1], data / "a" / "a_0.png", 3, path)
@@ -112,7 +101,7 @@ def test_another_model_and_a_damaged_index_are_refused(exports, tmp_path):
 
 @pytest.mark.slow
 def test_index_and_search_commands(exports, tmp_path):
-    data = folder(tmp_path / "shop", ["a", "b"], 8, 3)
+    data = class_folders(tmp_path / "shop", ["a", "b"], 8, 3)
     run = lambda *args: subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,  # noqa: E731
                                        timeout=300, cwd=tmp_path)
     out = run("tfsim.pipelines.index", "--model", str(exports[0]), "--data", str(data), "--out", "idx")
@@ -124,5 +113,6 @@ def test_index_and_search_commands(exports, tmp_path):
     wrong = run("tfsim.pipelines.search", "--index", "idx", "--model", str(exports[1]), "--image",
                 str(data / "b" / "b_3.png"))
     assert wrong.returncode == 2 and "was built by model" in wrong.stderr and "Traceback" not in wrong.stderr
-    added = run("tfsim.pipelines.index", "--add", str(folder(tmp_path / "new", ["c", "d"], 2, 4)), "--index", "idx")
+    new = class_folders(tmp_path / "new", ["c", "d"], 2, 4)
+    added = run("tfsim.pipelines.index", "--add", str(new), "--index", "idx")
     assert added.returncode == 0 and "added 4 images" in added.stdout, added.stderr[-2000:]

@@ -180,7 +180,7 @@ def fit_loop(model: keras.Model, strategy: tf.distribute.Strategy, batches, epoc
         logs = {"loss": total / max(steps, 1)}
         hooks.on_epoch_end(epoch, logs)
         if verbose == 2:
-            print(f"Epoch {epoch + 1}/{epochs} - loss: {logs['loss']:.4f}")
+            log.info("Epoch %d/%d - loss: %.4f", epoch + 1, epochs, logs["loss"])
         if model.stop_training:
             break
     hooks.on_train_end()
