@@ -1,59 +1,135 @@
-"""Learning to hash: Hamming mAP by code length on the shipped data, and Hamming search speed.
+"""Learning to hash: the default margin across datasets, Hamming mAP by code length, search speed.
 
-1. The default preset's data, split and budget (10 epochs x 100 steps), with `model.head=hash`
-   at 16 / 32 / 48 / 64 bits (`whitening.enabled=false`, semi-hard triplet loss, margin 0.5),
-   and at 32 bits with margins 2 and 8 (the source project's margin at 32 bits); beside the
-   default float embedding. The figure is the mAP over the whole ranking of the held-out
-   classes, leave-one-out: Hamming ranking of the packed codes for the hashing runs, cosine
-   ranking for the float run (`retrieval_metrics(full_ranking=True)`).
-2. Search of 1,000,000 random 64-bit codes (8 bytes each) against exact float search of
+1. `margins`: which `loss.margin` the hash head should use, measured across data, never on
+   one dataset's held-out classes: 32-bit codes trained with tfsim's default preset
+   (semi-hard triplet, whitening off) on the four image folders of `bench/peer_parity.py`
+   (the shipped Fashion-MNIST subset, OpenCV's digits, scikit-learn's digits, Fashion-MNIST
+   test images; 32 px, P=5 x K=8, 5 passes), at margins 0.25 / 0.5 / 1 / 1.41 (the loss sees
+   the codes divided by sqrt(bits): 1.41 is the Image-Retrieve project's margin 8 at 32
+   bits), over seeds. Figure: Hamming mAP over the whole ranking of the held-out classes
+   (leave-one-out), mean +- sd.
+2. `lengths`: the default preset's data, split and budget (10 epochs x 100 steps), `model.head=hash`
+   at 16 / 32 / 48 / 64 bits beside the default float embedding, with a database / query
+   protocol on the held-out classes: every 5th image of each class queries a database of
+   the others (480 queries, 1,920 database images). Hamming ranking of the packed codes;
+   cosine ranking of the float embedding (`retrieval_metrics(full_ranking=True)`).
+3. `search`: 1,000,000 random 64-bit codes (8 bytes each) against exact float search of
    1,000,000 x 128-d (matrix product + argpartition) and a self-tuned ScaNN index: queries/s
    (200 queries, k = 10) and the gallery's memory.
 
-    python bench/hashing.py                  # ~15 min on 2 cores
-    python bench/hashing.py --search-only    # part 2 only, ~2 min
-    python bench/hashing.py --float-only     # part 2 and the float row of part 1
+    python bench/hashing.py                          # all three, ~1 h on 2 cores
+    python bench/hashing.py --parts search,lengths   # ~20 min
+    python bench/hashing.py --parts margins --seeds 0,1,2 --margins 0.5,1
 """
 
 from __future__ import annotations
 
+import argparse
+import logging
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).parent))
+import peer_parity  # noqa: E402  (the datasets and their splits)
 
-def code_lengths(hashing: bool = True) -> list[tuple[str, float, float]]:
-    from tfsim import config
-    from tfsim.evaluation import retrieval_metrics
-    from tfsim.training import train
 
-    rows = []
-    runs = [(f"hash {b} bits, margin 0.5", [f"model.code_bits={b}"]) for b in (16, 32, 48, 64)]
-    runs += [(f"hash 32 bits, margin {m}", ["model.code_bits=32", f"loss.margin={m}"]) for m in (2.0, 8.0)]
-    root = tempfile.mkdtemp(prefix="tfsim-hash-")
-    for label, sets in runs if hashing else []:
-        cfg = config.load("default", sets + ["model.head=hash", "whitening.enabled=false", "export.enabled=false",
-                                             "eval.every_epoch=false", f"run.root={root}"])
-        r = train(cfg, f"{root}/{label.replace(' ', '_')}", verbose=0)
-        rows.append((label, r.metrics["hamming"]["map"], r.metrics["baselines"]["untrained"]["hamming"]["map"]))
-        print(rows[-1], flush=True)
+def _held_out_run(cfg, run_dir: Path):
+    """Trains `cfg`; returns (metrics, held-out embeddings, held-out labels)."""
+    import keras
+    from tfsim.training import stages, train
+
     keep: dict = {}
-    from tfsim.training import stages
     original = stages.evaluate_stage
 
-    def keeping(*a, **k):  # the held-out embeddings the run evaluates
+    def keeping(*a, **k):
         metrics = original(*a, **k)
         keep.update(k["keep"])
         return metrics
     stages.evaluate_stage = keeping
-    r = train(config.load("default", ["export.enabled=false", "eval.every_epoch=false", f"run.root={root}"]),
-              f"{root}/float", verbose=0)
+    try:
+        keras.backend.clear_session()
+        result = train(cfg, run_dir, resume=False, verbose=0)
+    finally:
+        stages.evaluate_stage = original
+    return result.metrics, keep["embeddings"]
+
+
+def margins(seeds: list[int], values: list[float], bits: int = 32) -> list[str]:
+    args = argparse.Namespace(image_size=32, classes_per_batch=5, examples_per_class=8)
+    passes = 5
+    lines = [f"| dataset (32 px, P=5 x K=8, {passes} passes) | " + " | ".join(f"margin {m:g}" for m in values)
+             + " | untrained |", "|" + " --- |" * (len(values) + 2)]
+    means = {m: [] for m in values}
+    root = Path(tempfile.mkdtemp(prefix="tfsim-hash-margins-"))
+    for name, build in peer_parity.DATASETS.items():
+        folder, train_classes, test_classes = build(peer_parity.CACHE / "data", None)
+        n_train = len(peer_parity.pixels(folder, train_classes, test_classes, 32)[1])
+        steps = n_train // 40
+        cells, untrained = [], []
+        for m in values:
+            scores = []
+            for seed in seeds:
+                cfg = peer_parity.tfsim_config("default", folder, train_classes, test_classes, args, seed,
+                                               ["model.head=hash", f"model.code_bits={bits}", f"loss.margin={m}",
+                                                "whitening.enabled=false", f"train.epochs={passes}",
+                                                f"train.steps_per_epoch={steps}"])
+                metrics, _ = _held_out_run(cfg, root / f"{name}_{m}_{seed}")
+                scores.append(metrics["hamming"]["map"])
+                untrained.append(metrics["baselines"]["untrained"]["hamming"]["map"])
+                print(f"[{name}] margin {m:g} seed {seed}: Hamming mAP {scores[-1]:.4f}", flush=True)
+            means[m].append(np.mean(scores))
+            cells.append(f"{np.mean(scores):.3f} +- {np.std(scores):.3f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {np.mean(untrained):.3f} |")
+    lines.append("| mean over datasets | " + " | ".join(f"{np.mean(means[m]):.3f}" for m in values) + " | |")
+    return lines
+
+
+def database_query(labels: np.ndarray) -> np.ndarray:
+    """Query rows: every 5th image of each class (the others are the database)."""
+    queries = np.zeros(len(labels), bool)
+    for c in np.unique(labels):
+        queries[np.flatnonzero(labels == c)[::5]] = True
+    return queries
+
+
+def code_lengths(seeds: list[int], margin: float | None) -> list[str]:
+    from tfsim import config
+    from tfsim.evaluation import retrieval_metrics
+    from tfsim.index.hamming import hamming_map, pack_codes
     from tfsim.training.fit import load_split
+
     labels = load_split(config.load("default")).test.labels
-    full = retrieval_metrics(keep["embeddings"], labels, full_ranking=True)
-    rows.append(("float embedding (default preset, 128-d, whitened), cosine", full["map"], float("nan")))
-    return rows
+    q = database_query(labels)
+    root = Path(tempfile.mkdtemp(prefix="tfsim-hash-lengths-"))
+    common = ["export.enabled=false", "index.enabled=false", "eval.every_epoch=false"]
+    lines = [f"| default preset's data and budget; {int(q.sum())} queries vs {int((~q).sum())} database images "
+             f"of the held-out classes | mAP (whole ranking) | mAP@100 | precision within radius 2 |",
+             "| --- | --- | --- | --- |"]
+    for bits in (16, 32, 48, 64):
+        rows = []
+        for seed in seeds:
+            sets = common + ["model.head=hash", f"model.code_bits={bits}", "whitening.enabled=false",
+                             f"train.seed={seed}", f"sampler.seed={seed}"]
+            if margin is not None:
+                sets.append(f"loss.margin={margin}")
+            _, emb = _held_out_run(config.load("default", sets), root / f"{bits}_{seed}")
+            codes = pack_codes(emb)
+            rows.append(hamming_map(codes[q], labels[q], codes[~q], labels[~q], top=100))
+        cell = lambda k: f"{np.mean([r[k] for r in rows]):.3f} +- {np.std([r[k] for r in rows]):.3f}"  # noqa: E731
+        lines.append(f"| hash {bits} bits | {cell('map')} | {cell('map@100')} | {cell('precision@r2')} |")
+        print(lines[-1], flush=True)
+    rows = []
+    for seed in seeds:
+        _, emb = _held_out_run(config.load("default", common + [f"train.seed={seed}", f"sampler.seed={seed}"]),
+                               root / f"float_{seed}")
+        rows.append(retrieval_metrics(emb, labels, similarity="cosine", query_mask=q, full_ranking=True)["map"])
+    lines.append(f"| float embedding (default preset: 128-d, whitened, cosine) | {np.mean(rows):.3f} +- "
+                 f"{np.std(rows):.3f} | | |")
+    return lines
 
 
 def search_speed() -> list[tuple[str, float, float]]:
@@ -94,21 +170,26 @@ def search_speed() -> list[tuple[str, float, float]]:
 
 
 def main() -> None:
-    import sys
-    speed = search_speed()
-    print("\n| search (200 queries, k=10) | queries/s | gallery MB |")
-    print("| --- | --- | --- |")
-    for label, qps, mb in speed:
-        print(f"| {label} | {qps:,.0f} | {mb:,.0f} |")
-    print(f"Hamming vs float exact: {speed[0][1] / speed[1][1]:.1f}x the queries/s, "
-          f"{speed[1][2] / speed[0][2]:.0f}x less memory")
-    if "--search-only" in sys.argv:
-        return
-    rows = code_lengths(hashing="--float-only" not in sys.argv)
-    print("\n| held-out classes, leave-one-out | mAP (whole ranking) | untrained network |")
-    print("| --- | --- | --- |")
-    for label, value, untrained in rows:
-        print(f"| {label} | {value:.4f} | {untrained:.4f} |")
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--parts", default="search,margins,lengths")
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--margins", default="0.25,0.5,1,1.41")
+    p.add_argument("--margin", type=float, default=None, help="lengths: loss.margin (default: the preset's)")
+    args = p.parse_args()
+    logging.getLogger("tfsim").setLevel(logging.WARNING)
+    parts, seeds = args.parts.split(","), [int(s) for s in args.seeds.split(",")]
+    if "search" in parts:
+        speed = search_speed()
+        print("\n| search (200 queries, k=10) | queries/s | gallery MB |")
+        print("| --- | --- | --- |")
+        for label, qps, mb in speed:
+            print(f"| {label} | {qps:,.0f} | {mb:,.0f} |")
+        print(f"Hamming vs float exact: {speed[0][1] / speed[1][1]:.1f}x the queries/s, "
+              f"{speed[1][2] / speed[0][2]:.0f}x less memory", flush=True)
+    if "margins" in parts:
+        print("\n" + "\n".join(margins(seeds, [float(m) for m in args.margins.split(",")])), flush=True)
+    if "lengths" in parts:
+        print("\n" + "\n".join(code_lengths(seeds, args.margin)), flush=True)
 
 
 if __name__ == "__main__":

@@ -146,7 +146,9 @@ class ModelConfig:
     `head`: "embedding" (projection to `embedding_dim`, L2-normalised) or "hash" (learning to
     hash: projection to `code_bits` tanh outputs, the relaxed binary codes; the export also
     returns them packed, `code_bits / 8` bytes per image, and the run reports Hamming mAP;
-    needs `whitening.enabled=false`).
+    needs `whitening.enabled=false`). The loss sees the codes divided by sqrt(code_bits), so
+    `loss.margin` means the same at every code length as for the embedding head
+    (`tfsim.losses.quantization.HashingLoss`).
     """
 
     backbone: str = "small_resnet"
@@ -288,13 +290,14 @@ class ExportConfig:
 
     `retrieval`: also write retrieval SavedModels of the exported index (image bytes in, the
     `index.num_neighbors` nearest held-out images out; `tfsim.export.retrieval`): "exact"
-    (stock TF Serving) and/or "scann" (TF Serving with ScaNN's ops), to `<root>/<name>_<kind>/`.
+    (stock TF Serving) and/or "scann" (TF Serving with ScaNN's ops), to `<root>/<name>_<kind>/`;
+    with `model.head=hash`, "hamming" (exact Hamming search of the packed codes, stock TF Serving).
     """
 
     enabled: bool = True
     root: str = "saved_models"
     name: Optional[str] = None
-    retrieval: tuple[Literal["exact", "scann"], ...] = ()
+    retrieval: tuple[Literal["exact", "scann", "hamming"], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -665,8 +668,11 @@ def validate(cfg: Config) -> None:
     need(u.name is None or (u.name != "" and "/" not in u.name), "tune.name", "a non-empty name without '/'",
          u.name)
     need(cfg.index.num_neighbors >= 1, "index.num_neighbors", "an integer >= 1", cfg.index.num_neighbors)
-    need(not cfg.export.retrieval or cfg.model.head != "hash", "export.retrieval",
-         "empty with model.head=hash (retrieval SavedModels of binary codes are not built yet)", cfg.export.retrieval)
+    fits = ("hamming",) if cfg.model.head == "hash" else ("exact", "scann")
+    need(set(cfg.export.retrieval) <= set(fits), "export.retrieval",
+         f"some of {list(fits)} with model.head={cfg.model.head} (an index of "
+         + ("binary codes is served by Hamming search)" if cfg.model.head == "hash" else "embeddings)"),
+         cfg.export.retrieval)
     need(not cfg.export.retrieval or (cfg.export.enabled and cfg.index.enabled), "export.retrieval",
          "empty unless export.enabled and index.enabled (it serves the exported index)", cfg.export.retrieval)
     t = cfg.train

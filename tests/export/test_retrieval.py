@@ -102,3 +102,36 @@ def test_exact_and_scann_retrieval_exports(tmp_path):
         export_retrieval(other, index_dir, tmp_path / "models")
     with pytest.raises(UserInputError, match="Invalid retrieval kinds"):
         export_retrieval(embedder, index_dir, tmp_path / "models", kinds=("faiss",))
+
+
+def test_hamming_retrieval_export_of_a_hashing_model(tmp_path):
+    from tfsim.index.hamming import hamming_topk, pack_codes
+
+    model = build_embedding_model("small_resnet", 16, 8, width=4, blocks_per_stage=1, seed=0, head="hash",
+                                  code_bits=24)
+    embedder = export_embedder(model, tmp_path / "models", "codes", 16, binary_codes=True)
+    data = class_folders(tmp_path / "catalogue", ["a", "b", "c"], 20, 0, noise=50)
+    index_dir = catalogue.build_index(embedder, str(data), tmp_path / "idx", progress=False)
+    exports = export_retrieval(embedder, index_dir, tmp_path / "models", k=7)  # the kinds that fit: hamming
+    assert list(exports) == ["hamming"] and exports["hamming"].parent.name == "codes_hamming"
+    assert 'name: "codes_hamming"' in (tmp_path / "models" / "models.config").read_text()
+
+    images = sources.load_folder(str(data))
+    rows_q = [0, 21, 45, 59]
+    codes = pack_codes(embed_export(embedder, images, progress=False))  # 3 bytes per image (not a 64-bit word)
+    want_rows, want_dist = hamming_topk(codes[rows_q], codes, 7)  # the index's own search, ties by row
+    got = serve(exports["hamming"], False, [images.paths[i] for i in rows_q])
+    assert not got["scann_loaded"]
+    np.testing.assert_array_equal(got["rows"], want_rows)
+    np.testing.assert_array_equal(got["scores"], -want_dist)
+    assert got["ids"] == images.ids[want_rows].tolist()
+    assert got["warm"][-1] == ["codes_hamming", [2, 7]]
+    assert len(np.unique(want_dist)) < want_dist.size  # ties were there to break
+
+    with pytest.raises(UserInputError, match="Hamming index of binary codes.*--kinds hamming"):
+        export_retrieval(embedder, index_dir, tmp_path / "models", kinds=("exact",))
+    plain = export_embedder(build_embedding_model("small_resnet", 16, 8, width=4, blocks_per_stage=1, seed=0),
+                            tmp_path / "models", "plain", 16)
+    plain_index = catalogue.build_index(plain, str(data), tmp_path / "plain_idx", progress=False)
+    with pytest.raises(UserInputError, match="index of embeddings.*--kinds exact,scann"):
+        export_retrieval(plain, plain_index, tmp_path / "models", kinds=("hamming",))

@@ -3,9 +3,10 @@ float64 reference with ties."""
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from tfsim.index.hamming import (hamming_distances, hamming_map, hamming_topk, pack_codes, tf_hamming_topk,
-                                 unpack_codes)
+from tfsim.index.hamming import (code_words, hamming_distances, hamming_map, hamming_topk, pack_codes,
+                                 tf_code_words, tf_hamming_topk, unpack_codes)
 
 
 def codes(n, bits, seed):
@@ -27,7 +28,7 @@ def test_packing_round_trip_and_sign():
         pack_codes(codes(2, 12, 0))
 
 
-@pytest.mark.parametrize("bits", [8, 16, 64])
+@pytest.mark.parametrize("bits", [8, 16, 48, 64, 72])
 def test_distances_and_top_k_match_naive_bit_loops(bits):
     q, g = codes(7, bits, 1), codes(50, bits, 2)
     d = hamming_distances(pack_codes(q), pack_codes(g))
@@ -37,7 +38,10 @@ def test_distances_and_top_k_match_naive_bit_loops(bits):
     for i in range(len(q)):
         naive = sorted(range(len(g)), key=lambda j: (want[i, j], j))[:10]  # ties: lower row first
         assert rows[i].tolist() == naive and dist[i].tolist() == [want[i, j] for j in naive]
-    tf_rows, tf_dist = tf_hamming_topk(pack_codes(q), pack_codes(g), 10)
+    # The TF-op search (the retrieval SavedModel's): query words made in-graph, database words by NumPy.
+    tf_words = tf_code_words(tf.constant(pack_codes(q)))
+    np.testing.assert_array_equal(tf_words.numpy(), code_words(pack_codes(q)))
+    tf_rows, tf_dist = tf_hamming_topk(tf_words, tf.constant(code_words(pack_codes(g))), 10)
     np.testing.assert_array_equal(tf_rows.numpy(), rows)
     np.testing.assert_array_equal(tf_dist.numpy(), dist)
 

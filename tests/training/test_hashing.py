@@ -35,8 +35,10 @@ def test_hashing_export_is_indexed_searched_and_evaluated_by_hamming_distance(tm
     from tfsim.index.hamming import hamming_topk
     cfg = config.load("default", ["train.epochs=1", "train.steps_per_epoch=5", "model.width=8", "model.head=hash",
                                   "model.code_bits=16", "whitening.enabled=false", "eval.every_epoch=false",
-                                  "eval.baselines=false", f"export.root={tmp_path / 'exports'}"])
+                                  "eval.baselines=false", f"export.root={tmp_path / 'exports'}",
+                                  "export.retrieval=hamming"])
     result = train(cfg, tmp_path / "run", verbose=0)
+    assert [p.parent.name for p in result.retrieval_dirs] == ["fashion_mnist_small_hamming"]
     inside = scann_index.load(result.index_dir)  # the export's own index: the held-out codes
     assert inside.params["mode"] == "hamming" and inside.params["code_bits"] == 16
     built = catalogue.build_index(result.export_dir, "default", tmp_path / "idx", progress=False)

@@ -10,15 +10,21 @@
                                           saved with `namespace_whitelist=["Scann"]`): needs a
                                           TF Serving built with ScaNN's ops, or `import scann`
                                           before `tf.saved_model.load` in Python
+      -> <root>/<name>_hamming/<version>/ for a hashing export's index (`model.head=hash`): the
+                                          packed codes as int64 words, exact Hamming top-k of
+                                          plain TF ops (XOR, PopulationCount, `tf.math.top_k`,
+                                          one query at a time), ties by the lower row as the
+                                          index's own search: stock TF Serving serves it
 
 Each has one signature, `serving_default`: `image_bytes` string `[N]` -> `ids` string `[N, k]`,
 `labels` string `[N, k]` (class names), `scores` float32 `[N, k]` (larger is closer, as
-`GalleryIndex.search`), `rows` int64 `[N, k]` (gallery rows). Each version folder also holds
+`GalleryIndex.search`; minus the Hamming distance for codes), `rows` int64 `[N, k]` (gallery rows). Each version folder also holds
 `assets.extra/tf_serving_warmup_requests` (a gallery image, alone and as a batch) and
 `assets.extra/tfsim/export.json`; the export root's `models.config` lists every model.
 
 The exact export holds the gallery as one `[G, D]` float32 variable: G x D x 4 bytes (1M x 128
 is 512 MB), and each query costs G x D multiply-adds; past about a million vectors use ScaNN.
+The Hamming export holds bits / 8 bytes per item (1M x 64-bit codes are 8 MB).
 """
 
 from __future__ import annotations
@@ -35,7 +41,8 @@ from tfsim.errors import UserInputError
 from tfsim.export.saved_model import publish, read_export, warmup_image, write_warmup
 
 RETRIEVAL_FORMAT = "tfsim.retrieval.v1"
-KINDS = ("exact", "scann")
+KINDS = ("exact", "scann", "hamming")
+EMBEDDING_KINDS, CODE_KINDS = ("exact", "scann"), ("hamming",)
 
 
 def _scann_state(scann_dir: Path):
@@ -71,7 +78,12 @@ class RetrievalModule(tf.Module):
         self.tree = params.get("mode") == "tree_ah"
         self.leaves = int(params.get("num_leaves_to_search", 0))
         self.reorder = int(max(params.get("reorder", 0), self.k))
-        if kind == "exact":
+        if kind == "hamming":  # `vectors`: the packed codes [G, bits / 8]
+            from tfsim.index.hamming import code_words
+
+            self.code_bytes = int(vectors.shape[1])
+            self.code_words = tf.Variable(code_words(vectors), trainable=False, name="code_words")
+        elif kind == "exact":
             self.gallery = tf.Variable(vectors, trainable=False, name="gallery")
             self.gallery_norms = tf.Variable(np.sum(vectors.astype(np.float64) ** 2, axis=1).astype(np.float32),
                                              trainable=False, name="gallery_norms")
@@ -104,9 +116,14 @@ class RetrievalModule(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def serve(self, image_bytes):
-        embeddings = self.embedder.signatures["serving_default"](image_bytes=image_bytes)["embeddings"]
-        q = distances.get_distance(self.similarity).prepare(embeddings)
-        rows, scores = self._search(q)
+        out = self.embedder.signatures["serving_default"](image_bytes=image_bytes)
+        if self.kind == "hamming":
+            from tfsim.index.hamming import tf_code_words, tf_hamming_topk
+
+            rows, dist = tf_hamming_topk(tf_code_words(out["codes"], self.code_bytes), self.code_words, self.k)
+            rows, scores = tf.cast(rows, tf.int64), -tf.cast(dist, tf.float32)
+        else:
+            rows, scores = self._search(distances.get_distance(self.similarity).prepare(out["embeddings"]))
         return {"ids": tf.gather(self.ids, rows), "labels": tf.gather(self.labels, rows), "scores": scores,
                 "rows": rows}
 
@@ -123,7 +140,7 @@ def _warmup_images(index, image_size: int, count: int = 2) -> list[bytes]:
 
 
 def export_retrieval(model_dir: os.PathLike, index_dir: os.PathLike, root: os.PathLike, k: int = 10,
-                     kinds: Sequence[str] = KINDS, name: Optional[str] = None) -> dict[str, Path]:
+                     kinds: Optional[Sequence[str]] = None, name: Optional[str] = None) -> dict[str, Path]:
     """Writes the retrieval SavedModels of an export and an index it built (see module doc).
 
     Args:
@@ -132,7 +149,8 @@ def export_retrieval(model_dir: os.PathLike, index_dir: os.PathLike, root: os.Pa
             inside the export).
         root: the export root; versions go to `<root>/<name>_<kind>/<version>/`.
         k: neighbours returned per image.
-        kinds: "exact" and/or "scann".
+        kinds: "exact" and/or "scann" for an embedding index, "hamming" for a Hamming index
+            of binary codes; None: all that fit the index.
         name: the model name prefix (default: the export's name).
 
     Returns:
@@ -144,8 +162,7 @@ def export_retrieval(model_dir: os.PathLike, index_dir: os.PathLike, root: os.Pa
     from tfsim.index import scann_index
     from tfsim.index.catalogue import check_model
 
-    unknown = sorted(set(kinds) - set(KINDS))
-    if unknown or not kinds:
+    if kinds is not None and (not kinds or set(kinds) - set(KINDS)):
         raise UserInputError(f"Invalid retrieval kinds {list(kinds)}: expected some of {list(KINDS)}.")
     if k < 1:
         raise UserInputError(f"Invalid k {k}: expected an integer >= 1.")
@@ -154,10 +171,17 @@ def export_retrieval(model_dir: os.PathLike, index_dir: os.PathLike, root: os.Pa
     index = scann_index.load(index_dir)
     if index_dir.resolve() != (model_dir / "assets.extra" / "tfsim" / "index").resolve():
         check_model(index_dir, index.meta or {}, model_dir)
-    if index.params.get("mode") == "hamming":
-        raise UserInputError(f"Index {str(index_dir)!r} is a Hamming index of binary codes: retrieval SavedModels "
-                             "are built for embedding indexes only so far (search it with the search command).")
-    vectors = np.load(index_dir / "scann" / "dataset.npy")  # as searched: normalised for cosine
+    codes = index.params.get("mode") == "hamming"
+    fits = CODE_KINDS if codes else EMBEDDING_KINDS
+    kinds = fits if kinds is None else tuple(kinds)
+    if set(kinds) - set(fits):
+        raise UserInputError(
+            f"Invalid retrieval kinds {list(kinds)} for index {str(index_dir)!r}: "
+            + ("it is a Hamming index of binary codes, served by the 'hamming' kind." if codes else
+               "it is an index of embeddings, served by the 'exact' and 'scann' kinds ('hamming' serves "
+               "the binary codes of a model.head=hash export).") + f" Use --kinds {','.join(fits)}.")
+    # as searched: the packed codes, or the vectors (normalised for cosine)
+    vectors = index.searcher.codes if codes else np.load(index_dir / "scann" / "dataset.npy")
     labels = np.asarray(index.class_names)[index.labels]
     embedder = tf.saved_model.load(str(model_dir))
     name = name or meta["name"]
@@ -183,8 +207,8 @@ def export_retrieval(model_dir: os.PathLike, index_dir: os.PathLike, root: os.Pa
                     "embedder": {"path": str(model_dir.resolve()), "name": meta["name"],
                                  "version": meta.get("version")},
                     "index": {"path": str(index_dir.resolve()), "params": index.params},
-                    "needs": "stock TF Serving" if kind == "exact" else "TF Serving with ScaNN's ops, or "
-                                                                      "`import scann` before loading",
+                    "needs": "TF Serving with ScaNN's ops, or `import scann` before loading" if kind == "scann"
+                    else "stock TF Serving",
                     "signatures": {"serving_default": "image_bytes -> ids, labels, scores, rows"}}
 
         out[kind] = publish(Path(root) / model_name, write)

@@ -5,8 +5,8 @@
          (`np.packbits`): uint8 [N, bits / 8]
       -> `hamming_distances`: XOR of 64-bit words + `np.bitwise_count`, blockwise over queries
       -> `hamming_topk`: exact top-k, ties broken by the lower database row (deterministic)
-      -> `tf_hamming_topk`: the same with TF ops (`tf.bitwise.bitwise_xor`,
-         `tf.raw_ops.PopulationCount`, `tf.math.top_k`), for a SavedModel
+      -> `tf_hamming_topk`: the same with TF ops on int64 words (`tf.bitwise.bitwise_xor`,
+         `tf.raw_ops.PopulationCount`, `tf.math.top_k`), for the retrieval SavedModel
       -> `hamming_map`: mAP over the whole Hamming ranking (ties by row, as the search ranks),
          mAP@k and precision within Hamming radius r, with a database / query protocol
 
@@ -88,15 +88,39 @@ def hamming_topk(queries: np.ndarray, database: np.ndarray, k: int,
     return np.concatenate(rows_out), np.concatenate(dist_out)
 
 
-def tf_hamming_topk(queries, database, k: int):
-    """`hamming_topk` with TF ops (uint8 tensors `[Q, B]`, `[G, B]`): `(rows int32, distances int32)`.
-    `tf.math.top_k` keeps the lower index first among equal values, so ties break as in NumPy."""
+def code_words(codes: np.ndarray) -> np.ndarray:
+    """Packed codes `[N, B]` uint8 as int64 words `[N, ceil(B / 8)]` (zero-padded): the form
+    `tf_hamming_topk` searches (a SavedModel variable)."""
+    return _words(codes).view(np.int64)
+
+
+def tf_code_words(codes, num_bytes: Optional[int] = None):
+    """`code_words` with TF ops: uint8 `[N, B]` -> int64 `[N, ceil(B / 8)]` (`num_bytes`: B, when
+    the tensor's static shape does not say it)."""
     import tensorflow as tf
 
-    xor = tf.bitwise.bitwise_xor(queries[:, None, :], database[None, :, :])
-    distances = tf.reduce_sum(tf.cast(tf.raw_ops.PopulationCount(x=xor), tf.int32), axis=-1)
-    top = tf.math.top_k(-distances, k=tf.minimum(k, tf.shape(database)[0]))
-    return top.indices, -top.values
+    if num_bytes is not None:
+        codes = tf.ensure_shape(codes, [None, num_bytes])
+    pad = (-codes.shape[-1]) % 8
+    codes = tf.pad(codes, [[0, 0], [0, pad]]) if pad else codes
+    return tf.bitcast(tf.reshape(codes, [tf.shape(codes)[0], -1, 8]), tf.int64)
+
+
+def tf_hamming_topk(query_words, database_words, k: int):
+    """`hamming_topk` with TF ops over int64 words (`tf_code_words` / `code_words`), one query at
+    a time (`[G, W]` memory): `(rows int32 [Q, k], distances int32 [Q, k])`. `tf.math.top_k`
+    keeps the lower index first among equal values, so ties break as in NumPy."""
+    import tensorflow as tf
+
+    k = tf.minimum(k, tf.shape(database_words)[0])
+
+    def one(words):
+        xor = tf.bitwise.bitwise_xor(database_words, words[None, :])
+        distances = tf.reduce_sum(tf.cast(tf.raw_ops.PopulationCount(x=xor), tf.int32), axis=1)
+        top = tf.math.top_k(-distances, k=k)
+        return top.indices, -top.values
+
+    return tf.map_fn(one, query_words, fn_output_signature=(tf.int32, tf.int32))
 
 
 def hamming_map(query_codes: np.ndarray, query_labels: np.ndarray, db_codes: np.ndarray, db_labels: np.ndarray,

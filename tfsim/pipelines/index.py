@@ -32,7 +32,8 @@ def main(argv: list[str]) -> int:
                         help="recall@k the index tunes itself to reach (default: index.target_recall, 0.95)")
     parser.add_argument("--num-neighbors", type=int, default=None, help="the k of the tuning (default 10)")
     parser.add_argument("--serve", metavar="ROOT", help="also write the retrieval SavedModels to this export root")
-    parser.add_argument("--kinds", default="exact,scann", help="retrieval SavedModels to write (default exact,scann)")
+    parser.add_argument("--kinds", default=None, help="retrieval SavedModels to write (default: exact,scann for an "
+                                                      "embedding index, hamming for binary codes)")
     parser.add_argument("--top-k", type=int, default=10, help="neighbours each retrieval SavedModel returns (default 10)")
     parser.add_argument("--batch-size", type=int, default=256)
     args = parser.parse_args(argv)
@@ -73,7 +74,7 @@ def main(argv: list[str]) -> int:
         model = args.model or (meta.get("model") or {}).get("path")
         if not model:
             raise UserInputError(f"Index {str(path)!r} does not record the model that built it: pass --model.")
-        kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+        kinds = None if args.kinds is None else tuple(k.strip() for k in args.kinds.split(",") if k.strip())
         for kind, folder in export_retrieval(model, path, args.serve, args.top_k, kinds).items():
             print(f"retrieval SavedModel ({kind}): {folder}")
         print(f"TF Serving config: {Path(args.serve) / 'models.config'}")

@@ -37,7 +37,7 @@ from tfsim.errors import UserInputError
 from tfsim.data import lists, pipeline, sources, splits
 from tfsim.evaluation.metrics import query_mask
 from tfsim.losses import get_loss, input_kind
-from tfsim.losses.quantization import WithQuantization
+from tfsim.losses.quantization import HashingLoss
 from tfsim.models import build_embedding_model
 from tfsim.models.embedding import HEAD_LAYER
 from tfsim.models.proxies import PROXY_LAYER, build_proxy_trainer, embedder_of
@@ -198,8 +198,8 @@ def fit(cfg: Config, run_dir: Path, split: Split, resume: bool = True, verbose: 
                 optimizer = build_optimizer(t, t.epochs * t.steps_per_epoch,
                                             {k: v for k, v in multipliers.items() if v != 1.0})
                 loss = get_loss(cfg.loss.name, **config_lib.loss_args(cfg.loss))
-                if cfg.loss.quantization_weight > 0:
-                    loss = WithQuantization(loss, cfg.loss.quantization_weight)
+                if m.head == "hash":  # the codes at unit scale, plus the push to +-1
+                    loss = HashingLoss(loss, m.code_bits, cfg.loss.quantization_weight)
                 model.compile(optimizer=optimizer, loss=loss, jit_compile=t.jit_compile)
         return _fit_model(cfg, t, run_dir, split, train_set, model, initial_epoch, into, verbose, strategy)
     finally:
