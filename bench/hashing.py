@@ -13,11 +13,16 @@
    protocol on the held-out classes: every 5th image of each class queries a database of
    the others (480 queries, 1,920 database images). Hamming ranking of the packed codes;
    cosine ranking of the float embedding (`retrieval_metrics(full_ranking=True)`).
-3. `search`: 1,000,000 random 64-bit codes (8 bytes each) against exact float search of
+3. `papers`: the hashing papers' protocol (and the Image-Retrieve project's) on real data of
+   the same classes: `data.protocol=database_query` on Fashion-MNIST (Debian's
+   dataset-fashion-mnist), 1,000 training images per class (the database, 10,000) and 100
+   test images per class (the queries, 1,000), written as a `path,label,split` CSV list; the
+   default budget, 16 / 32 / 48 / 64 bits and the float embedding, one seed.
+4. `search`: 1,000,000 random 64-bit codes (8 bytes each) against exact float search of
    1,000,000 x 128-d (matrix product + argpartition) and a self-tuned ScaNN index: queries/s
    (200 queries, k = 10) and the gallery's memory.
 
-    python bench/hashing.py                          # all three, ~1 h on 2 cores
+    python bench/hashing.py                          # all four, ~1.5 h on 2 cores
     python bench/hashing.py --parts search,lengths   # ~20 min
     python bench/hashing.py --parts margins --seeds 0,1,2 --margins 0.5,1
 """
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -132,6 +138,57 @@ def code_lengths(seeds: list[int], margin: float | None) -> list[str]:
     return lines
 
 
+def fashion_database_query(per_class: int = 1000, queries_per_class: int = 100) -> Path:
+    """Fashion-MNIST train (database) and test (queries) images as PNGs and a CSV list."""
+    from PIL import Image
+
+    root = peer_parity.CACHE / "data" / "fmnist_database_query"
+    if (root / "list.csv").is_file():
+        return root / "list.csv"
+    tmp = root.with_name(root.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for split, prefix, n in (("train", "train", per_class), ("test", "t10k", queries_per_class)):
+        images = peer_parity._read_idx(peer_parity.FASHION_DIR / f"{prefix}-images-idx3-ubyte.gz")
+        labels = peer_parity._read_idx(peer_parity.FASHION_DIR / f"{prefix}-labels-idx1-ubyte.gz")
+        for c in range(10):
+            for i in np.flatnonzero(labels == c)[:n]:
+                name = f"{split}_{i:05d}.png"
+                Image.fromarray(images[i]).save(tmp / name)
+                rows.append(f"{root / name},{c},{split}")
+    (tmp / "list.csv").write_text("path,label,split\n" + "\n".join(rows) + "\n")
+    os.replace(tmp, root)
+    return root / "list.csv"
+
+
+def papers_protocol(margin: float | None) -> list[str]:
+    from tfsim import config
+    from tfsim.evaluation import retrieval_metrics
+    from tfsim.evaluation.metrics import query_mask
+    from tfsim.training.fit import load_split
+
+    listing = fashion_database_query()
+    root = Path(tempfile.mkdtemp(prefix="tfsim-hash-papers-"))
+    common = ["data.source=list", f"data.path={listing}", "data.protocol=database_query", "export.enabled=false",
+              "index.enabled=false", "eval.every_epoch=false", "eval.baselines=false"]
+    lines = ["| Fashion-MNIST, 1,000 test queries vs a database of the 10,000 training images (same classes) "
+             "| mAP (whole ranking) | mAP@100 | precision within radius 2 |", "| --- | --- | --- | --- |"]
+    for bits in (16, 32, 48, 64):
+        sets = common + ["model.head=hash", f"model.code_bits={bits}", "whitening.enabled=false"]
+        if margin is not None:
+            sets.append(f"loss.margin={margin}")
+        metrics, _ = _held_out_run(config.load("default", sets), root / f"{bits}")
+        h = metrics["hamming"]
+        lines.append(f"| hash {bits} bits | {h['map']:.3f} | {h['map@100']:.3f} | {h['precision@r2']:.3f} |")
+        print(lines[-1], flush=True)
+    test = load_split(config.load("default", common)).test
+    _, emb = _held_out_run(config.load("default", common), root / "float")
+    full = retrieval_metrics(emb, test.labels, similarity="cosine", query_mask=query_mask(test.splits),
+                             full_ranking=True)
+    lines.append(f"| float embedding (default preset: 128-d, whitened, cosine) | {full['map']:.3f} | | |")
+    return lines
+
+
 def search_speed() -> list[tuple[str, float, float]]:
     from tfsim.index import scann_index
     from tfsim.index.hamming import hamming_topk, pack_codes
@@ -171,7 +228,7 @@ def search_speed() -> list[tuple[str, float, float]]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--parts", default="search,margins,lengths")
+    p.add_argument("--parts", default="search,margins,lengths,papers")
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--margins", default="0.25,0.5,1,1.41")
     p.add_argument("--margin", type=float, default=None, help="lengths: loss.margin (default: the preset's)")
@@ -190,6 +247,8 @@ def main() -> None:
         print("\n" + "\n".join(margins(seeds, [float(m) for m in args.margins.split(",")])), flush=True)
     if "lengths" in parts:
         print("\n" + "\n".join(code_lengths(seeds, args.margin)), flush=True)
+    if "papers" in parts:
+        print("\n" + "\n".join(papers_protocol(args.margin)), flush=True)
 
 
 if __name__ == "__main__":

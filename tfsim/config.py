@@ -644,6 +644,9 @@ def validate(cfg: Config) -> None:
          f"'triplets' for loss {lc.name!r}, which takes explicit (query, positive, negative) rows", s.kind)
     need(s.kind != "triplets" or kind == "triplets", "sampler.kind",
          f"'pk' or 'random' for loss {lc.name!r} (only triplet_margin takes explicit triplets)", s.kind)
+    need(lc.quantization_weight == 0 or kind != "proxy_similarities", "loss.quantization_weight",
+         f"0 with loss {lc.name!r}, a proxy loss (it sees the codes' cosines to the class proxies, not the "
+         "codes; use a batch loss such as triplet_semihard)", lc.quantization_weight)
 
     need(t.epochs >= 1, "train.epochs", "an integer >= 1", t.epochs)
     need(t.steps_per_epoch >= 1 or (t.steps_per_epoch == 0 and s.kind == "epoch"), "train.steps_per_epoch",

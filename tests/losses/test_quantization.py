@@ -45,7 +45,9 @@ def test_hash_head_config_rules():
                       (["model.head=hash", "whitening.enabled=false", "model.code_bits=12"], "model.code_bits"),
                       (["loss.quantization_weight=0.1"], "loss.quantization_weight"),
                       (["model.head=hash", "whitening.enabled=false", "export.retrieval=exact"], "export.retrieval"),
-                      (["export.retrieval=hamming"], "export.retrieval")):
+                      (["export.retrieval=hamming"], "export.retrieval"),
+                      (["model.head=hash", "whitening.enabled=false", "loss.name=normalized_softmax",
+                        "loss.quantization_weight=0.1"], "loss.quantization_weight")):
         with pytest.raises(UserInputError, match=key):
             config.validate(config.load("default", sets))
     from tfsim.models import build_embedding_model

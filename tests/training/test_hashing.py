@@ -53,3 +53,21 @@ def test_hashing_export_is_indexed_searched_and_evaluated_by_hamming_distance(tm
     assert 0 < m["hamming"]["map"] < 1 and m["hamming"]["num_queries"] == 6000
     held_out = evaluate(tmp_path / "run", progress=False)  # the run's checkpoint on its held-out classes
     assert held_out["hamming"]["map"] == pytest.approx(result.metrics["hamming"]["map"], abs=1e-6)
+
+
+def test_a_proxy_loss_trains_the_hash_head(tmp_path):
+    """normalized_softmax sees the codes' cosines to the class proxies (not wrapped by HashingLoss)."""
+    cfg = config.load("default", ["train.epochs=1", "train.steps_per_epoch=4", "model.width=8", "model.head=hash",
+                                  "model.code_bits=16", "whitening.enabled=false", "eval.every_epoch=false",
+                                  "eval.baselines=false", "export.enabled=false", "index.enabled=false",
+                                  "loss.name=normalized_softmax", "sampler.kind=random", "sampler.batch_size=32"])
+    result = train(cfg, tmp_path / "run", verbose=0)
+    losses = [float(tf.make_ndarray(v.tensor)) for f in (tmp_path / "run" / "tensorboard" / "train").iterdir()
+              for e in tf.compat.v1.train.summary_iterator(str(f)) for v in e.summary.value if v.tag == "epoch_loss"]
+    assert len(losses) == 1 and 0.5 < losses[0] < 20, losses  # (ln 6 ~ 1.8 at the start)
+    assert 0 < result.metrics["hamming"]["map"] < 1
+    import json
+    import zipfile
+    with zipfile.ZipFile(tmp_path / "run" / "checkpoints" / "epoch-0001.keras") as z:
+        compiled = json.loads(z.read("config.json"))["compile_config"]["loss"]
+    assert compiled["class_name"] == "NormalizedSoftmaxLoss", compiled["class_name"]  # not HashingLoss

@@ -198,7 +198,8 @@ def fit(cfg: Config, run_dir: Path, split: Split, resume: bool = True, verbose: 
                 optimizer = build_optimizer(t, t.epochs * t.steps_per_epoch,
                                             {k: v for k, v in multipliers.items() if v != 1.0})
                 loss = get_loss(cfg.loss.name, **config_lib.loss_args(cfg.loss))
-                if m.head == "hash":  # the codes at unit scale, plus the push to +-1
+                if m.head == "hash" and kind != "proxy_similarities":  # codes at unit scale, push to +-1
+                    # (a proxy loss sees cosines to the class proxies: the codes' scale is gone)
                     loss = HashingLoss(loss, m.code_bits, cfg.loss.quantization_weight)
                 model.compile(optimizer=optimizer, loss=loss, jit_compile=t.jit_compile)
         return _fit_model(cfg, t, run_dir, split, train_set, model, initial_epoch, into, verbose, strategy)
