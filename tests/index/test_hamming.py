@@ -28,7 +28,7 @@ def test_packing_round_trip_and_sign():
         pack_codes(codes(2, 12, 0))
 
 
-@pytest.mark.parametrize("bits", [8, 16, 48, 64, 72])
+@pytest.mark.parametrize("bits", [8, 16, 48, 64, 72, 264])  # 264: uint16 distances
 def test_distances_and_top_k_match_naive_bit_loops(bits):
     q, g = codes(7, bits, 1), codes(50, bits, 2)
     d = hamming_distances(pack_codes(q), pack_codes(g))

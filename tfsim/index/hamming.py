@@ -4,7 +4,7 @@
       -> `pack_codes`: sign -> bits (1 for >= 0), packed 8 per byte, big-endian within a byte
          (`np.packbits`): uint8 [N, bits / 8]
       -> `hamming_distances`: XOR of 64-bit words + `np.bitwise_count`, blockwise over queries
-      -> `hamming_topk`: exact top-k, ties broken by the lower database row (deterministic)
+      -> `hamming_topk`: exact top-k (bisection on counts), ties by the lower database row
       -> `tf_hamming_topk`: the same with TF ops on int64 words (`tf.bitwise.bitwise_xor`,
          `tf.raw_ops.PopulationCount`, `tf.math.top_k`), for the retrieval SavedModel
       -> `hamming_map`: mAP over the whole Hamming ranking (ties by row, as the search ranks),
@@ -43,22 +43,26 @@ def _words(codes: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(codes).view(np.uint64)
 
 
-def hamming_distances(queries: np.ndarray, database: np.ndarray) -> np.ndarray:
-    """`[Q, G]` int32 Hamming distances between packed codes (uint8 `[Q, B]`, `[G, B]`): XOR of
-    64-bit words and `np.bitwise_count`."""
+def _distances(queries: np.ndarray, database: np.ndarray, dtype=np.int32) -> np.ndarray:
     queries, database = np.asarray(queries, np.uint8), np.asarray(database, np.uint8)
     if queries.shape[1] != database.shape[1]:
         raise ValueError(f"Codes of different lengths: {queries.shape[1]} and {database.shape[1]} bytes.")
     q, d = _words(queries), _words(database)
-    out = np.zeros((len(q), len(d)), np.int32)
+    out = np.zeros((len(q), len(d)), dtype)
     for word in range(q.shape[1]):  # one word column at a time: [Q, G] memory only
         out += np.bitwise_count(q[:, word, None] ^ d[None, :, word])
     return out
 
 
-def _block(block_size: Optional[int], database_size: int) -> int:
-    """Queries per block: given, or about 256 MB of int32 distances."""
-    return block_size or max(1, (1 << 26) // max(database_size, 1))
+def hamming_distances(queries: np.ndarray, database: np.ndarray) -> np.ndarray:
+    """`[Q, G]` int32 Hamming distances between packed codes (uint8 `[Q, B]`, `[G, B]`): XOR of
+    64-bit words and `np.bitwise_count`."""
+    return _distances(queries, database)
+
+
+def _block(block_size: Optional[int], database_size: int, item_bytes: int = 4) -> int:
+    """Queries per block: given, or about 256 MB of distances."""
+    return block_size or max(1, (1 << 28) // item_bytes // max(database_size, 1))
 
 
 def hamming_topk(queries: np.ndarray, database: np.ndarray, k: int,
@@ -66,25 +70,35 @@ def hamming_topk(queries: np.ndarray, database: np.ndarray, k: int,
     """Exact k nearest database rows by Hamming distance, ties by the lower row (`block_size`
     queries at a time; default: about 256 MB of distances).
 
+    Distances are small integers (uint8 up to 255 bits), so each query's k-th smallest distance t
+    is found by bisection on `count(distance <= t) >= k` (a few vectorised passes, no sort of the
+    database); the rows below t and the first rows at t (ascending: ties by the lower row) are
+    the k, sorted stably by distance.
+
     Returns:
         `(rows int64 [Q, k], distances int32 [Q, k])`, nearest first.
     """
     k = min(int(k), len(database))
     bits = np.asarray(database).shape[1] * 8
+    dtype = np.uint8 if bits < 256 else np.uint16
     rows_out, dist_out = [], []
-    block_size = _block(block_size, len(database))
+    block_size = _block(block_size, len(database), np.dtype(dtype).itemsize)
     for start in range(0, len(queries), block_size):
-        d = hamming_distances(queries[start:start + block_size], database)
+        d = _distances(queries[start:start + block_size], database, dtype)
         rows = np.empty((len(d), k), np.int64)
         for i, row in enumerate(d):
-            # Distances are small integers: the k-th smallest by counting, then the rows below it
-            # and the first rows at it (ascending rows: ties by the lower row), sorted stably.
-            threshold = int(np.searchsorted(np.cumsum(np.bincount(row, minlength=bits + 1)), k))
-            below = np.flatnonzero(row < threshold)
-            chosen = np.concatenate([below, np.flatnonzero(row == threshold)[:k - len(below)]])
+            lo, hi = 0, bits  # the smallest t with at least k rows at distance <= t
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if np.count_nonzero(row <= mid) >= k:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            below = np.flatnonzero(row < lo)
+            chosen = np.concatenate([below, np.flatnonzero(row == lo)[:k - len(below)]])
             rows[i] = chosen[np.argsort(row[chosen], kind="stable")]
         rows_out.append(rows)
-        dist_out.append(np.take_along_axis(d, rows, axis=1))
+        dist_out.append(np.take_along_axis(d, rows, axis=1).astype(np.int32))
     return np.concatenate(rows_out), np.concatenate(dist_out)
 
 
