@@ -51,6 +51,17 @@ def test_hashing_export_is_indexed_searched_and_evaluated_by_hamming_distance(tm
     np.testing.assert_array_equal(found.scores, -dist)
     m = evaluate(result.export_dir, data="default", progress=False)
     assert 0 < m["hamming"]["map"] < 1 and m["hamming"]["num_queries"] == 6000
+    # Database / query protocol: the query folder's images rank the gallery folder's by Hamming distance.
+    from tests.images import class_folders
+    from tfsim.index.hamming import hamming_map
+    query = class_folders(tmp_path / "query", ["a", "b", "c"], 4, 0, size=28)
+    gallery = class_folders(tmp_path / "gallery", ["a", "b", "c"], 10, 0, size=28)  # same colours, more images
+    m = evaluate(result.export_dir, query=str(query), gallery=str(gallery), progress=False)
+    q_set, g_set = sources.load_folder(str(query)), sources.load_folder(str(gallery))
+    want = hamming_map(pack_codes(embed_export(result.export_dir, q_set, progress=False)), q_set.labels,
+                       pack_codes(embed_export(result.export_dir, g_set, progress=False)), g_set.labels, top=100)
+    assert m["protocol"] == "query_gallery" and m["hamming"]["num_queries"] == 12
+    assert m["hamming"] == pytest.approx(want)
     held_out = evaluate(tmp_path / "run", progress=False)  # the run's checkpoint on its held-out classes
     assert held_out["hamming"]["map"] == pytest.approx(result.metrics["hamming"]["map"], abs=1e-6)
 
