@@ -221,8 +221,35 @@ def test_user_errors_exit_2_without_traceback(run, tmp_path):
         ("search", ["--model", str(tmp_path), "--image", str(not_image)], "is not a tfsim export"),
         ("search", ["--model", str(export.parent), "--image", str(not_image)], "pass"),
     ]
-    for module, args, needle in cases:
+    # Two cases through `python -m` itself; all of them through the same handler (`_cli.run`) in
+    # one process (one TensorFlow start instead of ten): an unexpected exception would end it.
+    for module, args, needle in (cases[0], cases[-1]):
         proc = cli(module, *args, cwd=tmp_path)
         assert proc.returncode == 2, (args, proc.stderr[-2000:])
-        assert needle in proc.stderr, (needle, proc.stderr[-2000:])
-        assert "Traceback" not in proc.stderr
+        assert needle in proc.stderr and "Traceback" not in proc.stderr, (needle, proc.stderr[-2000:])
+    proc = subprocess.run([sys.executable, "-c", CASES_IN_ONE_PROCESS, json.dumps([c[:2] for c in cases])],
+                          cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    for (module, args, needle), (code, stderr) in zip(cases, results):
+        assert code == 2, (args, stderr[-2000:])
+        assert needle in stderr, (needle, stderr[-2000:])
+        assert "Traceback" not in stderr
+
+
+CASES_IN_ONE_PROCESS = r'''
+import contextlib, importlib, io, json, sys
+from tfsim.pipelines import _cli
+results = []
+for module, args in json.loads(sys.argv[1]):
+    main = importlib.import_module(f"tfsim.pipelines.{module}").main
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            _cli.run(main, args)
+            code = 0
+        except SystemExit as exit:
+            code = exit.code
+    results.append([code, err.getvalue()])
+print(json.dumps(results))
+'''
