@@ -44,7 +44,7 @@ import peer_parity  # noqa: E402  (the datasets and their splits)
 
 
 def _held_out_run(cfg, run_dir: Path):
-    """Trains `cfg`; returns (metrics, held-out embeddings, held-out labels)."""
+    """Trains `cfg`; returns (metrics, the held-out embeddings it evaluated)."""
     import keras
     from tfsim.training import stages, train
 
