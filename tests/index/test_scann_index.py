@@ -82,15 +82,15 @@ def test_tuning_finds_the_fewest_leaves_per_depth_and_records_what_it_measured()
 
 class FakeSearcher:
     """Exact search that returns wrong rows for a share of the queries: all right from `full`
-    leaves on, and never better than `ceiling` with fewer than 40 candidates re-scored."""
+    leaves on, and never better than `ceiling` with fewer than `deep` candidates re-scored."""
 
-    def __init__(self, db, full=8, ceiling=0.9):
-        self.db, self.full, self.ceiling, self.calls = db, full, ceiling, []
+    def __init__(self, db, full=8, ceiling=0.9, deep=40):
+        self.db, self.full, self.ceiling, self.deep, self.calls = db, full, ceiling, deep, []
 
     def search_batched(self, queries, final_num_neighbors, leaves_to_search, pre_reorder_num_neighbors):
         self.calls.append((leaves_to_search, pre_reorder_num_neighbors))
         rows = exact_knn(queries, self.db, final_num_neighbors, "dot").indices
-        share = min(1.0, leaves_to_search / self.full) * (1.0 if pre_reorder_num_neighbors >= 40 else self.ceiling)
+        share = min(1.0, leaves_to_search / self.full) * (1.0 if pre_reorder_num_neighbors >= self.deep else self.ceiling)
         wrong = np.arange(len(queries)) >= round(share * len(queries))
         if wrong.any():
             rows[wrong] = exact_knn(-queries[wrong], self.db, final_num_neighbors, "dot").indices  # farthest
@@ -109,5 +109,11 @@ def test_tuning_logic_on_a_searcher_with_known_recall():
     low = scann_index.tune_search(FakeSearcher(db, full=8, ceiling=0.5), db, 5, 64, 1.0, "dot_product",
                                   sample=100, reorder=20)
     assert not low["target_met"] and low["reorder"] == 20 and low["measured_recall"] == 0.5
+    # Near-duplicate clusters: nothing up to k x 16 = 80 re-scored reaches the target; the tuner
+    # goes deeper (k x 32 = 160, then k x 64 = 320 >= 300) and stops at the first depth that does.
+    deep = FakeSearcher(db, full=8, ceiling=0.5, deep=300)
+    tuned = scann_index.tune_search(deep, db, 5, 64, 0.95, "dot_product", sample=100)
+    assert tuned["target_met"] and tuned["reorder"] == 320 and tuned["num_leaves_to_search"] == 8
+    assert max(r for _, r in deep.calls) == 320
     with pytest.raises(ValueError, match="target_recall"):
         scann_index.build(db, target_recall=1.5)

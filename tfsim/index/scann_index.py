@@ -168,6 +168,9 @@ def _drop_self(found: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+MAX_REORDER_FACTOR = 1024  # the deepest re-scoring the tuner tries: k x this
+
+
 def _timed_search(searcher, queries: np.ndarray, k: int, leaves: int, reorder: int) -> tuple[np.ndarray, float]:
     """Neighbour rows and the best-of-2 wall time of one batched search."""
     best, rows = float("inf"), None
@@ -187,7 +190,8 @@ def tune_search(searcher, db: np.ndarray, k: int, num_leaves: int, target_recall
     Recall@k is measured against exact search on a seeded sample of gallery vectors used as
     queries, each with itself excluded (queries from the gallery's own distribution), and each
     setting tried is timed on that sample. Re-scoring depths (`reorder` if given, else
-    k x {16, 8, 4, 2, 1}) are tried deepest first; for each, the fewest leaves to search that reach
+    k x {16, 8, 4, 2, 1}, then, if none reaches the target, k x {32, 64, ..., 1024} up to the
+    gallery's size until one does) are tried deepest first; for each, the fewest leaves to search that reach
     the target (`leaves_to_search` if given) are found by doubling from the previous depth's
     answer (a shallower re-scoring never needs fewer leaves), then bisecting. A depth is given up
     when its settings get slower than the best one found, or its recall stops growing. The
@@ -219,9 +223,8 @@ def tune_search(searcher, db: np.ndarray, k: int, num_leaves: int, target_recall
     def slower_than_best(setting: tuple[int, int]) -> bool:
         return best is not None and tried[setting][1] > tried[best][1]
 
-    depths = [reorder] if reorder else sorted({max(k, k * m) for m in (1, 2, 4, 8, 16)}, reverse=True)
-    lower = leaves_to_search or 1
-    for depth in depths:
+    def fewest_leaves(depth: int, lower: int) -> Optional[int]:
+        """The fewest leaves (from `lower`) reaching the target at `depth`, or None."""
         leaves, previous = lower, -1.0
         while True:
             got, _ = probe(leaves, depth)
@@ -231,7 +234,7 @@ def tune_search(searcher, db: np.ndarray, k: int, num_leaves: int, target_recall
                 break
             previous, leaves = got, min(2 * leaves, num_leaves)
         if probe(leaves, depth)[0] < target_recall:
-            continue
+            return None
         lo, hi = max(lower, leaves // 2), leaves  # bisect: fewest leaves in (lo, hi] reaching the target
         if probe(lo, depth)[0] >= target_recall:
             hi = lo
@@ -241,9 +244,25 @@ def tune_search(searcher, db: np.ndarray, k: int, num_leaves: int, target_recall
                 hi = mid
             else:
                 lo = mid
-        if best is None or tried[hi, depth][1] < tried[best][1]:
-            best = (hi, depth)
-        lower = hi
+        return hi
+
+    depths = [reorder] if reorder else sorted({max(k, k * m) for m in (1, 2, 4, 8, 16)}, reverse=True)
+    lower = leaves_to_search or 1
+    for depth in depths:
+        leaves = fewest_leaves(depth, lower)
+        if leaves is None:
+            continue
+        if best is None or tried[leaves, depth][1] < tried[best][1]:
+            best = (leaves, depth)
+        lower = leaves
+    # Nothing reached the target: re-score deeper (near-duplicate clusters need the whole
+    # cluster re-scored), doubling up to k x 1024 or the gallery, until a depth does.
+    depth = k * 32
+    while best is None and not reorder and depth <= min(len(db), k * MAX_REORDER_FACTOR):
+        leaves = fewest_leaves(depth, leaves_to_search or 1)
+        if leaves is not None:
+            best = (leaves, depth)
+        depth *= 2
     choice = best or max(tried, key=lambda c: (tried[c][0], -tried[c][1]))
     measured, seconds = tried[choice]
     return {"num_leaves_to_search": int(choice[0]), "reorder": int(max(choice[1], k_search)),
