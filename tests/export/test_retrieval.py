@@ -93,6 +93,7 @@ def test_exact_and_scann_retrieval_exports(tmp_path):
         assert shown.returncode == 0, shown.stderr[-2000:]
         for word in ("serving_default", "image_bytes", "ids", "labels", "scores", "DT_STRING"):
             assert word in shown.stdout, (kind, word)
+        assert "shape: (-1, 5)" in shown.stdout and "unknown_rank" not in shown.stdout.split("serving_default")[-1]
         # Stock TF Serving has every op of the exact export; the ScaNN one needs ScaNN's.
         assert ("Scann>ScannSearchBatched" in shown.stdout) == (kind == "scann")
 

@@ -124,6 +124,7 @@ class RetrievalModule(tf.Module):
             rows, scores = tf.cast(rows, tf.int64), -tf.cast(dist, tf.float32)
         else:
             rows, scores = self._search(distances.get_distance(self.similarity).prepare(out["embeddings"]))
+        rows, scores = tf.ensure_shape(rows, [None, self.k]), tf.ensure_shape(scores, [None, self.k])
         return {"ids": tf.gather(self.ids, rows), "labels": tf.gather(self.labels, rows), "scores": scores,
                 "rows": rows}
 
