@@ -146,9 +146,9 @@ class ModelConfig:
     `head`: "embedding" (projection to `embedding_dim`, L2-normalised) or "hash" (learning to
     hash: projection to `code_bits` tanh outputs, the relaxed binary codes; the export also
     returns them packed, `code_bits / 8` bytes per image, and the run reports Hamming mAP;
-    needs `whitening.enabled=false`). The loss sees the codes divided by sqrt(code_bits), so
-    `loss.margin` means the same at every code length as for the embedding head
-    (`tfsim.losses.quantization.HashingLoss`).
+    needs `whitening.enabled=false`). A batch loss sees the codes divided by sqrt(code_bits),
+    so `loss.margin` means the same at every code length as for the embedding head
+    (`tfsim.losses.quantization.HashingLoss`); a proxy loss sees their cosines to its proxies.
     """
 
     backbone: str = "small_resnet"
@@ -673,9 +673,9 @@ def validate(cfg: Config) -> None:
     need(cfg.index.num_neighbors >= 1, "index.num_neighbors", "an integer >= 1", cfg.index.num_neighbors)
     fits = ("hamming",) if cfg.model.head == "hash" else ("exact", "scann")
     need(set(cfg.export.retrieval) <= set(fits), "export.retrieval",
-         f"some of {list(fits)} with model.head={cfg.model.head} (an index of "
-         + ("binary codes is served by Hamming search)" if cfg.model.head == "hash" else "embeddings)"),
-         cfg.export.retrieval)
+         f"some of {list(fits)} with model.head={cfg.model.head} ("
+         + ("an index of binary codes is served by Hamming search)" if cfg.model.head == "hash" else
+            "'hamming' serves the binary codes of model.head=hash)"), cfg.export.retrieval)
     need(not cfg.export.retrieval or (cfg.export.enabled and cfg.index.enabled), "export.retrieval",
          "empty unless export.enabled and index.enabled (it serves the exported index)", cfg.export.retrieval)
     t = cfg.train

@@ -39,7 +39,8 @@ for record in tf.data.TFRecordDataset(path + "/assets.extra/tf_serving_warmup_re
     got = tf.saved_model.load(path).signatures[request.model_spec.signature_name](
         **{k: tf.constant(v) for k, v in inputs.items()})
     warm.append([request.model_spec.name, list(got["ids"].shape)])
-print(json.dumps({"ids": out["ids"].numpy().astype(str).tolist(), "labels": out["labels"].numpy().astype(str).tolist(),
+empty = serve(image_bytes=tf.constant([], tf.string))  # an empty request: empty answers, no error
+print(json.dumps({"empty": list(empty["ids"].shape), "ids": out["ids"].numpy().astype(str).tolist(), "labels": out["labels"].numpy().astype(str).tolist(),
                   "scores": out["scores"].numpy().tolist(), "rows": out["rows"].numpy().tolist(), "warm": warm,
                   "scann_loaded": "scann" in sys.modules}))
 '''
@@ -77,6 +78,7 @@ def test_exact_and_scann_retrieval_exports(tmp_path):
     np.testing.assert_allclose(exact["scores"], want.scores, atol=1e-5)
     assert exact["labels"] == np.asarray(images.class_names)[images.labels[want.indices]].tolist()
     assert exact["warm"] == [["shop_exact", [1, 5]], ["shop_exact", [1, 5]], ["shop_exact", [2, 5]]]
+    assert exact["empty"] == [0, 5]
 
     ann = serve(exports["scann"], True, queries)
     index = scann_index.load(index_dir)
@@ -84,7 +86,7 @@ def test_exact_and_scann_retrieval_exports(tmp_path):
     # The same searcher with the same tuned settings as the index itself.
     np.testing.assert_array_equal(ann["rows"], index.search(emb[[0, 31, 65, 119]], 5).indices)
     assert [row[0] for row in ann["ids"]] == [images.ids[i] for i in (0, 31, 65, 119)]  # each finds itself
-    assert ann["warm"][-1] == ["shop_scann", [2, 5]]
+    assert ann["warm"][-1] == ["shop_scann", [2, 5]] and ann["empty"] == [0, 5]
 
     cli = Path(sys.executable).with_name("saved_model_cli")
     for kind, path in exports.items():
@@ -126,7 +128,11 @@ def test_hamming_retrieval_export_of_a_hashing_model(tmp_path):
     np.testing.assert_array_equal(got["rows"], want_rows)
     np.testing.assert_array_equal(got["scores"], -want_dist)
     assert got["ids"] == images.ids[want_rows].tolist()
-    assert got["warm"][-1] == ["codes_hamming", [2, 7]]
+    assert got["warm"][-1] == ["codes_hamming", [2, 7]] and got["empty"] == [0, 7]
+    shown = subprocess.run([str(Path(sys.executable).with_name("saved_model_cli")), "show", "--dir",
+                            str(exports["hamming"]), "--all"], capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert "shape: (-1, 7)" in shown.stdout and "Scann" not in shown.stdout  # ops stock TF Serving has
     assert len(np.unique(want_dist)) < want_dist.size  # ties were there to break
 
     with pytest.raises(UserInputError, match="Hamming index of binary codes.*--kinds hamming"):

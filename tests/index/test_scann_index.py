@@ -115,5 +115,13 @@ def test_tuning_logic_on_a_searcher_with_known_recall():
     tuned = scann_index.tune_search(deep, db, 5, 64, 0.95, "dot_product", sample=100)
     assert tuned["target_met"] and tuned["reorder"] == 320 and tuned["num_leaves_to_search"] == 8
     assert max(r for _, r in deep.calls) == 320
+    # ... and last the whole gallery (500), which a cluster needing 450 re-scored reaches.
+    whole = scann_index.tune_search(FakeSearcher(db, full=8, ceiling=0.5, deep=450), db, 5, 64, 0.95,
+                                    "dot_product", sample=100)
+    assert whole["target_met"] and whole["reorder"] == 500
+    # Unreachable even so: the highest recall found is kept, and the result says the target was missed.
+    never = scann_index.tune_search(FakeSearcher(db, full=8, ceiling=0.5, deep=10_000), db, 5, 64, 0.95,
+                                    "dot_product", sample=100)
+    assert not never["target_met"] and never["measured_recall"] == 0.5
     with pytest.raises(ValueError, match="target_recall"):
         scann_index.build(db, target_recall=1.5)

@@ -104,11 +104,14 @@ class RetrievalModule(tf.Module):
             from scann.scann_ops.py import scann_ops
 
             searcher = scann_ops.searcher_from_module(self.scann)
+            n = tf.shape(q)[0]  # ScaNN's op refuses a batch of 0: one unit query more, dropped after
+            q = tf.concat([q, tf.fill([1, tf.shape(q)[1]], tf.math.rsqrt(tf.cast(tf.shape(q)[1], q.dtype)))], 0)
             if self.tree:
                 rows, raw = searcher.search_batched(q, final_num_neighbors=self.k, leaves_to_search=self.leaves,
                                                     pre_reorder_num_neighbors=self.reorder)
             else:
                 rows, raw = searcher.search_batched(q, final_num_neighbors=self.k)
+            rows, raw = rows[:n], raw[:n]
             scores = raw if sim.larger_is_closer else -raw
         if sim.name == "L2":
             scores = -tf.sqrt(tf.maximum(-scores, 0.0))

@@ -132,13 +132,15 @@ def pack_bits(codes: tf.Tensor) -> tf.Tensor:
     """`[N, bits]` real codes -> `[N, bits / 8]` uint8, bit = code >= 0, first code in the top bit
     (as `tfsim.index.hamming.pack_codes`)."""
     bits = tf.cast(codes >= 0, tf.int32)
-    groups = tf.reshape(bits, [tf.shape(bits)[0], -1, 8])
+    groups = tf.reshape(bits, [tf.shape(bits)[0], codes.shape[-1] // 8, 8])  # (static: a batch may be empty)
     return tf.cast(tf.reduce_sum(groups * tf.constant([128, 64, 32, 16, 8, 4, 2, 1]), axis=-1), tf.uint8)
 
 
 def _serving_functions(model: keras.Model, image_size: int, center_crop: float = 1.0, binary_codes: bool = False):
     def embed_images(images):
-        embeddings = model(images, training=False)
+        # An empty request gets empty answers (the network itself fails on a batch of 0).
+        embeddings = tf.cond(tf.shape(images)[0] > 0, lambda: tf.cast(model(images, training=False), tf.float32),
+                             lambda: tf.zeros([0, model.output_shape[-1]], tf.float32))
         if binary_codes:  # learning to hash: the relaxed codes and the packed ones
             return {"embeddings": embeddings, "codes": pack_bits(embeddings)}
         return {"embeddings": embeddings}
@@ -147,7 +149,8 @@ def _serving_functions(model: keras.Model, image_size: int, center_crop: float =
         return preprocess(decode(data), image_size, center_crop)
 
     def embed_bytes(image_bytes):
-        images = tf.map_fn(decode_one, image_bytes, fn_output_signature=tf.float32)
+        images = tf.map_fn(decode_one, image_bytes,
+                           fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32))
         return embed_images(images)
 
     return embed_bytes, embed_images

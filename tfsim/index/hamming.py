@@ -10,8 +10,9 @@
       -> `hamming_map`: mAP over the whole Hamming ranking (ties by row, as the search ranks),
          mAP@k and precision within Hamming radius r, with a database / query protocol
 
-Memory of the search: one block of `[block, G]` int32 distances (the codes themselves are
-bits / 8 bytes each: 1M x 64-bit codes are 8 MB).
+Memory of the search: about 256 MB for one block of `[block, G]` distances and the XOR and
+popcount temporaries of one 64-bit word column (the codes themselves are bits / 8 bytes
+each: 1M x 64-bit codes are 8 MB).
 """
 
 from __future__ import annotations
@@ -61,8 +62,9 @@ def hamming_distances(queries: np.ndarray, database: np.ndarray) -> np.ndarray:
 
 
 def _block(block_size: Optional[int], database_size: int, item_bytes: int = 4) -> int:
-    """Queries per block: given, or about 256 MB of distances."""
-    return block_size or max(1, (1 << 28) // item_bytes // max(database_size, 1))
+    """Queries per block: given, or about 256 MB of distances (`item_bytes` each) and of the
+    uint64 XOR and uint8 popcount temporaries of one word column (9 bytes more per pair)."""
+    return block_size or max(1, (1 << 28) // (item_bytes + 9) // max(database_size, 1))
 
 
 def hamming_topk(queries: np.ndarray, database: np.ndarray, k: int,
@@ -79,6 +81,8 @@ def hamming_topk(queries: np.ndarray, database: np.ndarray, k: int,
         `(rows int64 [Q, k], distances int32 [Q, k])`, nearest first.
     """
     k = min(int(k), len(database))
+    if len(queries) == 0:
+        return np.zeros((0, k), np.int64), np.zeros((0, k), np.int32)
     bits = np.asarray(database).shape[1] * 8
     dtype = np.uint8 if bits < 256 else np.uint16
     rows_out, dist_out = [], []
@@ -122,11 +126,12 @@ def tf_code_words(codes, num_bytes: Optional[int] = None):
 
 def tf_hamming_topk(query_words, database_words, k: int):
     """`hamming_topk` with TF ops over int64 words (`tf_code_words` / `code_words`), one query at
-    a time (`[G, W]` memory): `(rows int32 [Q, k], distances int32 [Q, k])`. `tf.math.top_k`
-    keeps the lower index first among equal values, so ties break as in NumPy."""
+    a time (`[G, W]` memory): `(rows int32 [Q, k], distances int32 [Q, k])`, also for Q = 0.
+    `tf.math.top_k` keeps the lower index first among equal values, so ties break as in NumPy.
+    The database's size must be static (a variable or constant)."""
     import tensorflow as tf
 
-    k = tf.minimum(k, tf.shape(database_words)[0])
+    k = min(int(k), int(database_words.shape[0]))
 
     def one(words):
         xor = tf.bitwise.bitwise_xor(database_words, words[None, :])
@@ -134,7 +139,8 @@ def tf_hamming_topk(query_words, database_words, k: int):
         top = tf.math.top_k(-distances, k=k)
         return top.indices, -top.values
 
-    return tf.map_fn(one, query_words, fn_output_signature=(tf.int32, tf.int32))
+    spec = tf.TensorSpec([k], tf.int32)
+    return tf.map_fn(one, query_words, fn_output_signature=(spec, spec))
 
 
 def hamming_map(query_codes: np.ndarray, query_labels: np.ndarray, db_codes: np.ndarray, db_labels: np.ndarray,
@@ -159,7 +165,8 @@ def hamming_map(query_codes: np.ndarray, query_labels: np.ndarray, db_codes: np.
     g = len(db_labels)
     sums = {"map": 0.0, "precision_radius": 0.0, "top": 0.0}
     count = 0
-    block_size = max(1, _block(block_size, g) // 8)  # (int64 keys and orders: 8x the distances' bytes)
+    # about 256 MB: int32 distances, int64 keys and orders, float64 precisions, ~40 bytes per pair
+    block_size = block_size or max(1, (1 << 28) // 40 // max(g, 1))
     for start in range(0, len(query_codes), block_size):
         d = hamming_distances(query_codes[start:start + block_size], db_codes)
         key = d.astype(np.int64) * g + np.arange(g)[None, :]

@@ -257,12 +257,13 @@ def tune_search(searcher, db: np.ndarray, k: int, num_leaves: int, target_recall
         lower = leaves
     # Nothing reached the target: re-score deeper (near-duplicate clusters need the whole
     # cluster re-scored), doubling up to k x 1024 or the gallery, until a depth does.
-    depth = k * 32
-    while best is None and not reorder and depth <= min(len(db), k * MAX_REORDER_FACTOR):
+    cap = min(len(db), k * MAX_REORDER_FACTOR)
+    deeper = [d for d in (k * 2 ** e for e in range(5, 11)) if d < cap] + [cap]
+    for depth in deeper if best is None and not reorder and cap > max(depths) else []:
         leaves = fewest_leaves(depth, leaves_to_search or 1)
         if leaves is not None:
             best = (leaves, depth)
-        depth *= 2
+            break
     choice = best or max(tried, key=lambda c: (tried[c][0], -tried[c][1]))
     measured, seconds = tried[choice]
     return {"num_leaves_to_search": int(choice[0]), "reorder": int(max(choice[1], k_search)),

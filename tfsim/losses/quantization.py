@@ -4,14 +4,16 @@ A hash head's relaxed codes u are `code_bits` tanh outputs, so their lengths gro
 sqrt(code_bits): two +-1 codes at Hamming distance h are 2 sqrt(h) apart. The batch loss
 sees u / sqrt(code_bits) instead (unit length when every output is +-1, like the
 L2-normalised embeddings), so a loss's margin means the same at every code length and the
-same as for the embedding head: a margin m here is m sqrt(code_bits) on the raw codes (the
-Image-Retrieve project's margin 8 at 32 bits is 1.41). The quantisation term is computed on
+same as for the embedding head: with the L2 distance (the batch losses' default) a margin m
+here is m sqrt(code_bits) on the raw codes (the Image-Retrieve project's margin 8 at 32 bits
+is 1.41; with squared-L2 it is m code_bits; angular distances ignore the scale). The quantisation term is computed on
 the raw codes.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 
 import keras
 
@@ -34,11 +36,14 @@ class HashingLoss(keras.losses.Loss):
         self.inner = keras.losses.deserialize(inner) if isinstance(inner, dict) else inner
         if not weight >= 0:
             raise ValueError(f"Invalid value for `weight`: expected a number >= 0. Received: weight={weight!r}")
-        if not (isinstance(code_bits, int) and code_bits > 0):
+        if isinstance(code_bits, bool) or not isinstance(code_bits, numbers.Integral) or code_bits < 1:
             raise ValueError(f"Invalid value for `code_bits`: expected an integer > 0. Received: code_bits={code_bits!r}")
-        self.weight, self.code_bits = float(weight), code_bits
+        self.weight, self.code_bits = float(weight), int(code_bits)
 
     def call(self, y_true, y_pred):
+        if y_pred.shape[-1] is not None and y_pred.shape[-1] != self.code_bits:
+            raise ValueError(f"Invalid codes for `HashingLoss`: expected {self.code_bits} code bits (the last "
+                             f"dimension), got shape {tuple(y_pred.shape)}. Set code_bits to the model's code length.")
         codes = keras.ops.cast(y_pred, "float32")
         loss = self.inner.call(y_true, codes * (1.0 / math.sqrt(self.code_bits)))
         if self.weight:
@@ -48,4 +53,24 @@ class HashingLoss(keras.losses.Loss):
     def get_config(self):
         config = super().get_config()
         config.update(inner=keras.losses.serialize(self.inner), code_bits=self.code_bits, weight=self.weight)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfsim")
+class WithQuantization(HashingLoss):
+    """The hash head's loss before `HashingLoss` (kept so that checkpoints written with it load
+    and resume with the loss they started with): `inner(y_true, u) + weight * mean((|u| - 1)^2)`
+    on the raw, unscaled codes. New runs use `HashingLoss`."""
+
+    def __init__(self, inner, weight: float = 0.1, name: str = "with_quantization", **kwargs):
+        super().__init__(inner, 1, weight, name=name, **kwargs)
+
+    def call(self, y_true, y_pred):
+        codes = keras.ops.cast(y_pred, "float32")
+        loss = self.inner.call(y_true, codes)
+        return loss + self.weight * keras.ops.mean(keras.ops.square(keras.ops.abs(codes) - 1.0))
+
+    def get_config(self):
+        config = super().get_config()
+        del config["code_bits"]
         return config
