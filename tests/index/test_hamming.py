@@ -44,6 +44,11 @@ def test_distances_and_top_k_match_naive_bit_loops(bits):
     tf_rows, tf_dist = tf_hamming_topk(tf_words, tf.constant(code_words(pack_codes(g))), 10)
     np.testing.assert_array_equal(tf_rows.numpy(), rows)
     np.testing.assert_array_equal(tf_dist.numpy(), dist)
+    # No queries: empty answers of width k, from both.
+    none = pack_codes(q[:0])
+    assert [a.shape for a in hamming_topk(none, pack_codes(g), 10)] == [(0, 10), (0, 10)]
+    assert [tuple(a.shape) for a in tf_hamming_topk(tf_code_words(tf.constant(none)),
+                                                    tf.constant(code_words(pack_codes(g))), 10)] == [(0, 10)] * 2
 
 
 def naive_map(q_bits, q_labels, g_bits, g_labels, top=None, radius=2):
