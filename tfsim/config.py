@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
 from tfsim.data import samplers
+from tfsim.data.preprocess import DEFAULT_MAX_PIXELS
 from tfsim.errors import UserInputError, config_keys
 
 
@@ -79,7 +80,11 @@ class DataConfig:
     symbol; turn it on for natural images); `erase_prob`: probability of also erasing a
     random rectangle (random erasing). See `tfsim.data.pipeline.augment`. `on_bad_file`
     (folders): image files the pipeline cannot decode are skipped and listed in the run's
-    `data_report.json` ("skip"), or stop the run before training ("error").
+    `data_report.json` ("skip"), or stop the run before training ("error"). `max_pixels`: the
+    largest image (width x height) the loaders accept, read from each file's header before any
+    decoding (a 440 KB PNG can declare 12,000 x 12,000 pixels, gigabytes once decoded): a larger
+    one is skipped and listed with its size in `data_report.json`, and the pipeline's decoder
+    refuses it too. Raise it to train on bigger images (memory grows with it).
     """
 
     source: Literal["default", "folder", "tfds", "list"] = "default"
@@ -98,6 +103,7 @@ class DataConfig:
     flip: bool = False
     erase_prob: float = 0.0
     on_bad_file: Literal["skip", "error"] = "skip"
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,12 +298,19 @@ class ExportConfig:
     `index.num_neighbors` nearest held-out images out; `tfsim.export.retrieval`): "exact"
     (stock TF Serving) and/or "scann" (TF Serving with ScaNN's ops), to `<root>/<name>_<kind>/`;
     with `model.head=hash`, "hamming" (exact Hamming search of the packed codes, stock TF Serving).
+
+    `max_pixels`: the largest image (width x height, read from its header before decoding) the
+    export's `serving_default` decodes; a larger one is answered with InvalidArgumentError naming
+    its size and the limit, in bounded memory. Recorded in export.json. Decoding costs about 11
+    bytes per pixel at its peak, one image of a request at a time: the default (50 MP, the
+    largest photos phones and cameras take) bounds a request to about 0.5 GB.
     """
 
     enabled: bool = True
     root: str = "saved_models"
     name: Optional[str] = None
     retrieval: tuple[Literal["exact", "scann", "hamming"], ...] = ()
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -520,10 +533,18 @@ def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
     return _replace(cfg, nested, "", from_string=True) if nested else cfg
 
 
-def load_preset(name_or_file: str) -> Config:
-    """A preset shipped in `tfsim/presets/` (by name), or a JSON config file (by path)."""
+def load_preset(name_or_file: str, _chain: tuple = ()) -> Config:
+    """A preset shipped in `tfsim/presets/` (by name), or a JSON config file (by path).
+
+    `_chain`: the `(name, resolved path)` of the files whose `base` led here, to name a cycle.
+    """
     shipped = PRESET_DIR / f"{name_or_file}.json"
     path = shipped if "/" not in name_or_file and shipped.is_file() else Path(name_or_file)
+    if path.is_file() and any(path.resolve() == seen for _, seen in _chain):
+        names = [name for name, _ in _chain] + [name_or_file]
+        raise UserInputError(
+            f"Config files name each other as `base`: {' -> '.join(names)}. Expected a chain of `base` "
+            "files that ends at a preset or at \"base\": null; remove one of these `base` entries.")
     if not path.is_file():
         raise UserInputError(
             f"Unknown config {name_or_file!r}: expected a preset name {presets()} or the path of a JSON "
@@ -535,9 +556,13 @@ def load_preset(name_or_file: str) -> Config:
     if not isinstance(data, dict):
         raise UserInputError(f"Config file {str(path)!r} must hold a JSON object of sections.")
     base = data.pop("base", "default")
+    if base is not None and not isinstance(base, str):
+        raise UserInputError(f"Invalid value for `base` in {str(path)!r}: expected a preset name, the path of a "
+                             f"JSON config file, or null. Received: base={base!r}")
     if base == name_or_file or (base is not None and (PRESET_DIR / f"{base}.json") == path):
         raise UserInputError(f"Config file {str(path)!r} names itself as its base.")
-    return _replace(Config() if base is None else load_preset(base), data, "", from_string=False)
+    chain = (*_chain, (name_or_file, path.resolve()))
+    return _replace(Config() if base is None else load_preset(base, chain), data, "", from_string=False)
 
 
 def resolve(cfg: Config) -> Config:
@@ -565,6 +590,8 @@ def resolve(cfg: Config) -> Config:
         name = d.tfds_name.split(":")[0].replace("/", "_")
     else:
         name = "fashion_mnist_small"
+    # A name taken from the data is one folder name too (`folder_name_problem`): no hidden run.
+    name = name.replace("\\", "_").lstrip(".") or "data"
     return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, name=name))
 
 
@@ -573,6 +600,27 @@ def load(name_or_file: str = "default", overrides: Sequence[str] = ()) -> Config
     cfg = apply_overrides(load_preset(name_or_file), overrides)
     validate(cfg)
     return resolve(cfg)
+
+
+_ONE_FOLDER = "not empty, no '/' or '\\', not starting with '.', so that it stays inside the root"
+
+
+def folder_name_problem(name: str) -> Optional[str]:
+    """Why `name` cannot be one folder under a root (e.g. `run.name` under `run.root`), or None if it can.
+
+    A name is one path component: not empty, no '/' or '\\' (a separator on some system), not '.' or '..'
+    (they climb out of the root), no leading '.' (hidden; tfsim's own temporary and lock files start
+    with one), no NUL.
+    """
+    if not isinstance(name, str) or name == "":
+        return "it is empty"
+    if "/" in name or "\\" in name:
+        return "it contains a path separator"
+    if name.startswith("."):
+        return "it starts with '.'"
+    if "\0" in name:
+        return "it contains a NUL character"
+    return None
 
 
 def validate(cfg: Config) -> None:
@@ -617,6 +665,8 @@ def validate(cfg: Config) -> None:
     with config_keys(catch=(ValueError,), **{k: f"loss.{k}" for k in takes}):
         get_loss(lc.name, **{k: v for k, v in loss_args(lc).items() if k in takes})
     need(0 <= cfg.data.erase_prob <= 1, "data.erase_prob", "a probability in [0, 1]", cfg.data.erase_prob)
+    need(cfg.data.max_pixels >= 1, "data.max_pixels", "an integer >= 1 (width x height of the largest image the "
+         f"loaders decode; default {DEFAULT_MAX_PIXELS})", cfg.data.max_pixels)
     w = cfg.whitening
     need(0 <= w.power <= 1, "whitening.power", "a number in [0, 1] (0 = PCA only, 1 = full whitening)", w.power)
     need(0 <= w.dims <= m.embedding_dim, "whitening.dims",
@@ -668,8 +718,8 @@ def validate(cfg: Config) -> None:
     scalar_keys = [f"recall@{k}" for k in cfg.eval.recall_ks] + ["map@r", "r_precision"]
     need(u.objective in scalar_keys, "tune.objective",
          f"one of {scalar_keys} (recall@K needs K in eval.recall_ks)", u.objective)
-    need(u.name is None or (u.name != "" and "/" not in u.name), "tune.name", "a non-empty name without '/'",
-         u.name)
+    need(u.name is None or folder_name_problem(u.name) is None, "tune.name",
+         f"one folder name under <run.root>/tune ({_ONE_FOLDER}), or null: named after run.name", u.name)
     need(cfg.index.num_neighbors >= 1, "index.num_neighbors", "an integer >= 1", cfg.index.num_neighbors)
     fits = ("hamming",) if cfg.model.head == "hash" else ("exact", "scann")
     need(set(cfg.export.retrieval) <= set(fits), "export.retrieval",
@@ -678,6 +728,8 @@ def validate(cfg: Config) -> None:
             "'hamming' serves the binary codes of model.head=hash)"), cfg.export.retrieval)
     need(not cfg.export.retrieval or (cfg.export.enabled and cfg.index.enabled), "export.retrieval",
          "empty unless export.enabled and index.enabled (it serves the exported index)", cfg.export.retrieval)
+    need(cfg.export.max_pixels >= 1, "export.max_pixels", "an integer >= 1 (width x height of the largest image "
+         "the export decodes; e.g. 50000000)", cfg.export.max_pixels)
     t = cfg.train
     need(t.warmup_steps >= 0, "train.warmup_steps", "an integer >= 0", t.warmup_steps)
     need(t.lr_schedule != "inverse_sqrt" or t.warmup_steps > 0, "train.warmup_steps",
@@ -699,8 +751,12 @@ def validate(cfg: Config) -> None:
     for key in ("brute_force_below", "num_leaves", "num_leaves_to_search", "reorder"):
         need(getattr(cfg.index, key) >= 0, f"index.{key}", "an integer >= 0 (0 = chosen by the index)",
              getattr(cfg.index, key))
-    need(cfg.run.name is None or (cfg.run.name != "" and "/" not in cfg.run.name), "run.name",
-         "a non-empty name without '/' (or null: named after the data)", cfg.run.name)
+    # Names become folders under a root: one path component each, so nothing is written outside it.
+    need(cfg.run.name is None or folder_name_problem(cfg.run.name) is None, "run.name",
+         f"one folder name under run.root ({_ONE_FOLDER}), or null: named after the data",
+         cfg.run.name)
+    need(cfg.export.name is None or folder_name_problem(cfg.export.name) is None, "export.name",
+         f"one folder name under export.root ({_ONE_FOLDER}), or null: named after run.name", cfg.export.name)
     need(0 <= cfg.data.test_fraction < 1, "data.test_fraction", "a fraction in [0, 1) (0 = the second half)",
          cfg.data.test_fraction)
     need(cfg.data.test_fraction == 0 or not cfg.data.test_classes, "data.test_fraction",

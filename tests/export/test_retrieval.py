@@ -66,6 +66,8 @@ def test_exact_and_scann_retrieval_exports(tmp_path):
     assert all(f'name: "{n}"' in config for n in ("shop", "shop_exact", "shop_scann"))
 
     images = sources.load_folder(str(data))
+    ids = catalogue.catalogue_ids(images)  # what the catalogue was indexed with: paths relative to its root
+    assert ids[0] == "a/a_0.png"
     queries = [images.paths[i] for i in (0, 31, 65, 119)]
     emb = embed_export(embedder, images, progress=False)
     # The export embeds as the Keras model does (so the served neighbours are the model's).
@@ -74,7 +76,7 @@ def test_exact_and_scann_retrieval_exports(tmp_path):
 
     exact = serve(exports["exact"], False, queries)
     assert not exact["scann_loaded"]  # stock TF: no ScaNN ops needed
-    assert exact["ids"] == images.ids[want.indices].tolist()
+    assert exact["ids"] == ids[want.indices].tolist()
     np.testing.assert_allclose(exact["scores"], want.scores, atol=1e-5)
     assert exact["labels"] == np.asarray(images.class_names)[images.labels[want.indices]].tolist()
     assert exact["warm"] == [["shop_exact", [1, 5]], ["shop_exact", [1, 5]], ["shop_exact", [2, 5]]]
@@ -85,7 +87,7 @@ def test_exact_and_scann_retrieval_exports(tmp_path):
     assert index.params["mode"] == "tree_ah"
     # The same searcher with the same tuned settings as the index itself.
     np.testing.assert_array_equal(ann["rows"], index.search(emb[[0, 31, 65, 119]], 5).indices)
-    assert [row[0] for row in ann["ids"]] == [images.ids[i] for i in (0, 31, 65, 119)]  # each finds itself
+    assert [row[0] for row in ann["ids"]] == [ids[i] for i in (0, 31, 65, 119)]  # each finds itself
     assert ann["warm"][-1] == ["shop_scann", [2, 5]] and ann["empty"] == [0, 5]
 
     cli = Path(sys.executable).with_name("saved_model_cli")
@@ -127,7 +129,7 @@ def test_hamming_retrieval_export_of_a_hashing_model(tmp_path):
     assert not got["scann_loaded"]
     np.testing.assert_array_equal(got["rows"], want_rows)
     np.testing.assert_array_equal(got["scores"], -want_dist)
-    assert got["ids"] == images.ids[want_rows].tolist()
+    assert got["ids"] == catalogue.catalogue_ids(images)[want_rows].tolist()
     assert got["warm"][-1] == ["codes_hamming", [2, 7]] and got["empty"] == [0, 7]
     shown = subprocess.run([str(Path(sys.executable).with_name("saved_model_cli")), "show", "--dir",
                             str(exports["hamming"]), "--all"], capture_output=True, text=True, timeout=300,

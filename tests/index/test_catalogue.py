@@ -1,6 +1,7 @@
 """Indexing a catalogue with an export: build, search with --index, add, and refusing what is wrong."""
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -38,6 +39,8 @@ def test_build_search_and_add(exports, tmp_path, tree):
     assert set(meta["files"]) >= {"gallery.npz", "scann/scann_assets.pbtxt"}
     index = scann_index.load(path)
     assert all(p.startswith("/") for p in index.paths) and index.class_names == ("a", "b", "c")
+    # Ids are what the catalogue was indexed with: paths relative to the data root.
+    assert index.ids[:3].tolist() == ["a/a_0.png", "a/a_1.png", "a/a_10.png"] and meta["id_kind"] == "relative"
     # The index holds what the export computes: every catalogue image finds itself first.
     images = sources.load_folder(str(data))
     emb = embed_export(model, images, progress=False)
@@ -46,13 +49,19 @@ def test_build_search_and_add(exports, tmp_path, tree):
     assert (found.indices[:, 0] == np.arange(60)).mean() >= (0.95 if tree else 1.0)
     if not tree:
         np.testing.assert_array_equal(found.indices, want.indices)
-    # search --index without --model: the model recorded in the index embeds the query.
+    # An index outside an export is searched with the model the user names, never one it names itself.
     query = images.paths[7]
-    result = search_image(None, query, 3, path)
-    assert result.ids[0] == images.ids[7] and result.labels[0] == "a"
+    with pytest.raises(UserInputError, match="pass --model EXPORT"):
+        search_image(None, query, 3, path)
+    result = search_image(model, query, 3, path)
+    assert result.ids[0] == Path(query).relative_to(data.resolve()).as_posix() and result.labels[0] == "a"
 
     new = class_folders(tmp_path / "more", ["c", "d"], 5, 1)
-    _, added = catalogue.add_to_index(path, str(new), progress=False)
+    for f in sorted(new.rglob("*.png")):  # new names: ids are relative to each data root, so "c/c_0.png" is taken
+        f.rename(f.with_name("new_" + f.name))
+    with pytest.raises(UserInputError, match="pass --model EXPORT"):
+        catalogue.add_to_index(path, str(new), progress=False)
+    _, added = catalogue.add_to_index(path, str(new), model, progress=False)
     grown = scann_index.load(path)
     assert added == 10 and len(grown) == 70 and grown.class_names == ("a", "b", "c", "d")
     assert grown.params["added"] == 10 and grown.params["size"] == 70
@@ -61,8 +70,9 @@ def test_build_search_and_add(exports, tmp_path, tree):
     assert (rows == np.arange(60, 70)).all()  # each added image finds itself, in its appended row
     assert [grown.class_names[grown.labels[r]] for r in rows] == ["c"] * 5 + ["d"] * 5
     assert not [p for p in tmp_path.iterdir() if p.name.startswith((".tmp", ".old"))]
+    assert grown.ids[60:62].tolist() == ["c/new_c_0.png", "c/new_c_1.png"]  # (relative to the second root)
     with pytest.raises(UserInputError, match="already in the index"):
-        catalogue.add_to_index(path, str(new), progress=False)
+        catalogue.add_to_index(path, str(new), model, progress=False)
 
 
 def test_another_model_and_a_damaged_index_are_refused(exports, tmp_path):
@@ -107,12 +117,13 @@ def test_index_and_search_commands(exports, tmp_path):
     out = run("tfsim.pipelines.index", "--model", str(exports[0]), "--data", str(data), "--out", "idx")
     assert out.returncode == 0, out.stderr[-2000:]
     assert "index: idx (16 images, 2 classes, brute_force)" in out.stdout
-    found = run("tfsim.pipelines.search", "--index", "idx", "--image", str(data / "b" / "b_3.png"), "--top-k", "2")
+    found = run("tfsim.pipelines.search", "--index", "idx", "--model", str(exports[0]), "--image",
+                str(data / "b" / "b_3.png"), "--top-k", "2")
     assert found.returncode == 0, found.stderr[-2000:]
     assert "   1   1.0000  b" in found.stdout and (tmp_path / "search_b_3.png").is_file()
     wrong = run("tfsim.pipelines.search", "--index", "idx", "--model", str(exports[1]), "--image",
                 str(data / "b" / "b_3.png"))
     assert wrong.returncode == 2 and "was built by model" in wrong.stderr and "Traceback" not in wrong.stderr
     new = class_folders(tmp_path / "new", ["c", "d"], 2, 4)
-    added = run("tfsim.pipelines.index", "--add", str(new), "--index", "idx")
+    added = run("tfsim.pipelines.index", "--add", str(new), "--index", "idx", "--model", str(exports[0]))
     assert added.returncode == 0 and "added 4 images" in added.stdout, added.stderr[-2000:]

@@ -41,7 +41,8 @@ def test_small_gallery_is_exact_and_round_trips(tmp_path):
     searcher, params = scann_index.build(gallery, "cosine", num_neighbors=5)
     assert params["mode"] == "brute_force"
     path = scann_index.save(tmp_path / "idx", searcher, params, [f"id{i}" for i in range(300)], labels,
-                            [f"class{c}" for c in range(7)], "cosine", images=images)
+                            [f"class{c}" for c in range(7)], "cosine", images=images,
+                            model={"fingerprint": "sha256-files:test", "embedding_dim": gallery.shape[1]})
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
     moved = path.rename(tmp_path / "moved")  # an index must load from wherever it is copied
     loaded = scann_index.load(moved)

@@ -43,7 +43,8 @@ def test_interrupted_run_resumes_to_the_same_model(tmp_path, monkeypatch, extra)
 
     a = keras.models.load_model(tmp_path / "straight" / "checkpoints" / "epoch-0003.keras")
     b = keras.models.load_model(tmp_path / "resumed" / "checkpoints" / "epoch-0003.keras")
-    assert [p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()] == ["epoch-0003.keras"]
+    assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == ["epoch-0002.keras",
+                                                                                        "epoch-0003.keras"]
     assert len(a.weights) == len(b.weights) and a.name == b.name
     if extra and "normalized_softmax" in extra[0]:
         assert a.name == "proxy_trainer" and b.optimizer.lr_multipliers == {"proxies": 10.0}
@@ -96,7 +97,9 @@ def test_checkpoint_is_committed_by_one_rename(tmp_path, monkeypatch):
     keras.models.load_model(tmp_path / "ck" / "epoch-0001.keras")  # intact
     monkeypatch.undo()
     cb.on_epoch_end(1)
-    assert [p for p, _ in ResumableCheckpoint.checkpoints(tmp_path / "ck")] == [tmp_path / "ck" / "epoch-0002.keras"]
+    cb.on_epoch_end(2)  # the newest two are kept
+    assert [p for p, _ in ResumableCheckpoint.checkpoints(tmp_path / "ck")] == [tmp_path / "ck" / "epoch-0002.keras",
+                                                                                tmp_path / "ck" / "epoch-0003.keras"]
 
     old = tmp_path / "old"
     old.mkdir()
@@ -114,7 +117,8 @@ def test_run_killed_mid_epoch_resumes_from_its_step_checkpoint(tmp_path, monkeyp
             "train.checkpoint_every_steps=2"]
     cfg = config.load("default", sets + [f"run.root={tmp_path}"])
     straight = train(cfg, tmp_path / "straight", verbose=0)
-    assert [p.name for p in (tmp_path / "straight" / "checkpoints").iterdir()] == ["epoch-0002.keras"]
+    assert sorted(p.name for p in (tmp_path / "straight" / "checkpoints").iterdir()) == ["epoch-0001.keras",
+                                                                                         "epoch-0002.keras"]
 
     original = StepCheckpoint.on_train_batch_end
 
@@ -140,4 +144,5 @@ def test_run_killed_mid_epoch_resumes_from_its_step_checkpoint(tmp_path, monkeyp
     assert int(b.optimizer.iterations.numpy()) == 12
     for va, vb in zip(a.weights, b.weights):
         np.testing.assert_allclose(va.numpy(), vb.numpy(), atol=1e-4, err_msg=va.path)
-    assert [p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()] == ["epoch-0002.keras"]
+    assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == ["epoch-0001.keras",
+                                                                                        "epoch-0002.keras"]

@@ -15,7 +15,10 @@ Paths in a list are relative to `image_root` if given, else to the first of the 
 folder, its parent, `<parent>/Img` (In-Shop) and `<folder>/images` (CUB) where the first
 listed image exists; they are stored absolute. Labels: class ids that are all integers are
 ordered numerically (so CUB's classes 1-100 and SOP's 1-11,318 come first, and "the second
-half of the classes" is the papers' test half); other labels alphabetically.
+half of the classes" is the papers' test half); other labels alphabetically. A row with no
+label is skipped (an empty label is no class); an image listed on several rows is kept once,
+from its first row (twice in a set, it would be its own nearest neighbour). Both are counted in
+the report, with examples.
 
 Which split is the held-out one is `tfsim.data.splits.list_test_classes`: a split that is
 class-disjoint (SOP's files, In-Shop's train vs query + gallery, a CSV's column) defines the
@@ -27,12 +30,14 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
-from tfsim.data.sources import ImageSet, check_images
+from tfsim.data.preprocess import DEFAULT_MAX_PIXELS
+from tfsim.data.sources import ImageSet, check_images, escape_name, not_utf8_report
 from tfsim.errors import UserInputError
 
 log = logging.getLogger(__name__)
@@ -198,7 +203,7 @@ def dataset_name(path: str) -> str:
 
 
 def load_list(path: str, image_root: Optional[str] = None, check_files: bool = True,
-              on_bad_file: str = "skip") -> ImageSet:
+              on_bad_file: str = "skip", max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageSet:
     """The images of a list file (see the module doc for the formats).
 
     Args:
@@ -207,10 +212,13 @@ def load_list(path: str, image_root: Optional[str] = None, check_files: bool = T
             the module doc).
         check_files: decode every image once, as the pipeline will (see `check_images`).
         on_bad_file: "skip" (listed in the report) or "error".
+        max_pixels: images whose header declares more pixels (width x height) are skipped
+            without being decoded (with `check_files`), and the pipeline refuses them.
 
     Returns:
         An ImageSet with absolute `paths`, `splits` (or None when the list has no split) and a
-        `report` (images per class and per split, skipped and missing files with the reason).
+        `report` (images per class and per split, skipped and missing files with the reason,
+        rows without a label and duplicate rows: counted, with examples).
 
     Raises:
         UserInputError: an unknown format, a malformed line (named by number), images not
@@ -247,12 +255,13 @@ def load_list(path: str, image_root: Optional[str] = None, check_files: bool = T
         raise UserInputError(f"List file {str(file)!r} lists no images.")
     root = _image_root(file, paths[0], image_root, candidates)
     files = [Path(p) if Path(p).is_absolute() else root / p for p in paths]
+    files, labels, split, row_notes = _usable_rows(file, files, labels, split)
 
     # Classes: numeric ids in numeric order (the papers' class order), names in alphabetical order.
     unique = sorted(set(labels), key=lambda c: (0, int(c), c) if c.lstrip("-").isdigit() else (1, 0, c))
     index = {c: i for i, c in enumerate(unique)}
     label_ids = np.array([index[c] for c in labels], np.int32)
-    kept, skipped, missing = check_images(files, check_files)
+    kept, skipped, missing = check_images(files, check_files, max_pixels)
     if missing:
         log.warning("%d listed image(s) do not exist, e.g. %s.", len(missing), missing[0])
     problems = [{"path": p, "reason": "listed but missing"} for p in missing] + skipped
@@ -265,14 +274,55 @@ def load_list(path: str, image_root: Optional[str] = None, check_files: bool = T
     class_names = tuple(names.get(c, c) for c in unique)
     split_arr = None if split is None else np.array(split)[rows]
     abs_paths = np.array([str(files[r]) for r in rows])
+    ids = np.array([escape_name(p) for p in abs_paths])
     present = np.unique(label_ids[rows])
     if len(present) < 2:
         raise UserInputError(f"List file {str(file)!r} has {len(present)} class(es) with usable images; "
                              "expected at least 2.")
-    report = {"list": str(file), "image_root": str(root), "format": dataset, "images": int(len(rows)),
+    report = {"list": escape_name(str(file)), "image_root": escape_name(str(root)), "format": dataset,
+              "images": int(len(rows)),
               "images_per_class": {class_names[c]: int(n) for c, n in zip(*np.unique(label_ids[rows], return_counts=True))},
-              "skipped": problems, "checked": check_files}
+              "skipped": problems, "checked": check_files, "max_pixels": max_pixels, **row_notes}
     if split_arr is not None:
         report["images_per_split"] = {s: int(n) for s, n in zip(*np.unique(split_arr, return_counts=True))}
-    return ImageSet(labels=label_ids[rows], ids=abs_paths, class_names=class_names, paths=abs_paths,
-                    name=dataset, report=report, splits=split_arr)
+    not_utf8 = [i for p, i in zip(abs_paths, ids) if i != p]
+    if not_utf8:
+        report["names_not_utf8"] = not_utf8_report(not_utf8)
+    return ImageSet(labels=label_ids[rows], ids=ids, class_names=class_names, paths=abs_paths,
+                    name=dataset, report=report, splits=split_arr, max_pixels=max_pixels)
+
+
+def _usable_rows(file: Path, files: list[Path], labels: list[str], split: Optional[list[str]]
+                 ) -> tuple[list[Path], list[str], Optional[list[str]], dict]:
+    """The rows that name an image once, with a label: rows with an empty label are dropped (an
+    empty label is no class), and an image listed again is kept from its first row only. Returns
+    the kept rows and the report entries of what was dropped (counts and a few examples)."""
+    def row(k: int) -> str:
+        return f"label {labels[k]!r}" + (f", split {split[k]!r}" if split is not None else "")
+
+    keep, no_label, duplicates, first = [], [], [], {}
+    for i, (f, label) in enumerate(zip(files, labels)):
+        if not label:
+            no_label.append(escape_name(str(f)))
+            continue
+        key = os.path.normpath(str(f))
+        if key in first:
+            duplicates.append({"path": escape_name(str(f)), "reason": f"listed again ({row(i)}; first row: "
+                                                                       f"{row(first[key])}): kept once, from its first row"})
+            continue
+        first[key] = i
+        keep.append(i)
+    notes = {}
+    if no_label:
+        log.warning("%d row(s) of %s have no label and are skipped, e.g. %s.", len(no_label), file, no_label[0])
+        notes["rows_without_label"] = {"count": len(no_label), "examples": no_label[:5],
+                                       "note": "skipped: a row with an empty label names no class"}
+    if duplicates:
+        log.warning("%d row(s) of %s list an image already listed; each image is kept once, e.g. %s.",
+                    len(duplicates), file, duplicates[0]["path"])
+        notes["duplicate_rows"] = {"count": len(duplicates), "examples": duplicates[:5],
+                                   "note": "each image kept once, from its first row"}
+    if len(keep) == len(files):
+        return files, labels, split, notes
+    return ([files[i] for i in keep], [labels[i] for i in keep],
+            None if split is None else [split[i] for i in keep], notes)

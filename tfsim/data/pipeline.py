@@ -11,6 +11,8 @@ Data flow for training:  `samplers.pk_batches` (row indices)
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import tensorflow as tf
 
@@ -70,6 +72,12 @@ def augment(images: tf.Tensor, seed: tf.Tensor, pad_fraction: float = 0.1, erase
     return images
 
 
+def _file_paths(images: ImageSet) -> tf.Tensor:
+    """The set's file paths as a string tensor of the files' exact names (bytes, `os.fsencode`):
+    a name that is not UTF-8 is a valid file name, but not a str TensorFlow converts."""
+    return tf.constant(np.array([os.fsencode(str(p)) for p in images.paths], dtype=object), tf.string)
+
+
 def _loader(images: ImageSet, image_size: int, center_crop: float = 1.0):
     """Returns `rows [B] -> float32 [B, S, S, 3]` for in-memory or file-backed sets."""
     if images.images is not None:
@@ -77,11 +85,11 @@ def _loader(images: ImageSet, image_size: int, center_crop: float = 1.0):
         if center_crop < 1:
             return lambda rows: preprocess(tf.gather(table, rows), image_size, center_crop)
         return lambda rows: to_model_input(tf.gather(table, rows), image_size)
-    paths = tf.constant(images.paths)
+    paths = _file_paths(images)
 
     def load(rows):
         def one(path):
-            return preprocess(decode_file(path), image_size, center_crop)
+            return preprocess(decode_file(path, images.max_pixels), image_size, center_crop)
         return tf.map_fn(one, tf.gather(paths, rows), fn_output_signature=tf.float32)
 
     return load
@@ -94,8 +102,8 @@ def _crop_loader(images: ImageSet, image_size: int):
         table = tf.constant(images.images)
         get = lambda row: tf.gather(table, row)  # noqa: E731
     else:
-        paths = tf.constant(images.paths)
-        get = lambda row: decode_file(tf.gather(paths, row))  # noqa: E731
+        paths = _file_paths(images)
+        get = lambda row: decode_file(tf.gather(paths, row), images.max_pixels)  # noqa: E731
 
     def load(rows, seeds):
         return tf.map_fn(lambda a: random_resized_crop(get(a[0]), image_size, a[1]), (rows, seeds),

@@ -3,6 +3,13 @@
     encoded bytes --decode--> uint8 [H, W, 3]
     uint8/float [..., H, W, C] --preprocess--> float32 [..., S, S, 3], pixels in [0, 255]
 
+Every decode first reads the image's width and height from its header (`encoded_shape`: JPEG
+through `tf.image.extract_jpeg_shape`, PNG, GIF, BMP and WebP from their fixed header fields, with
+TF string ops so the check runs inside a serving graph too) and refuses an image of more than
+`max_pixels` pixels before any pixel is decoded: a 440 KB PNG can declare 12,000 x 12,000
+pixels, which decoding and resizing turn into gigabytes. Data loaders do the same check with
+PIL's lazy header read before they touch the pixels (`tfsim.data.sources`).
+
 `preprocess` repeats a grey channel to 3 and resizes to S x S by stretching (bilinear with
 antialiasing; an image already S x S is left as it is). Normalisation lives inside the
 model, so the exported SavedModel takes exactly these pixels: `serving_default` decodes
@@ -14,15 +21,97 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+# The most pixels an image may have to be decoded (`data.max_pixels`, `export.max_pixels`).
+# Real photos: 12 MP (phones), 24-45 MP (DSLRs), 48-50 MP (the largest phone sensors at full
+# resolution). Decoding and resizing one image costs about 11 bytes per pixel at the peak (the
+# uint8 image, its float32 copy, the antialiased resize): 50 MP is about 0.5 GB for one image,
+# and the 144 MP that a 410 KB PNG can declare is 1.5 GB (bench/decode_memory.py). PIL's own
+# limit (89 MP, about 1 GB per image, several per batch) is too much for a 2 GB server.
+DEFAULT_MAX_PIXELS = 50_000_000
 
-def decode(data: tf.Tensor) -> tf.Tensor:
-    """Encoded JPEG/PNG/BMP/GIF bytes (a scalar string) -> uint8 `[H, W, 3]` (first frame of a GIF)."""
-    return tf.io.decode_image(data, channels=3, expand_animations=False)
+_HEAD = 32  # header bytes the fixed-field formats need
 
 
-def decode_file(path: tf.Tensor) -> tf.Tensor:
-    """Reads and decodes one image file to uint8 `[H, W, 3]`."""
-    return decode(tf.io.read_file(path))
+def _header(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """The first `_HEAD` bytes of `data`, zero-padded when shorter: as a string and as int32 `[_HEAD]`."""
+    head = tf.strings.substr(data, 0, _HEAD)  # (clipped at the end; never reads the rest)
+    head = tf.strings.substr(tf.strings.join([head, tf.constant(b"\0" * _HEAD)]), 0, _HEAD)
+    return head, tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int32)
+
+
+def _le(b: tf.Tensor, start: int, n: int) -> tf.Tensor:
+    """Unsigned little-endian integer of bytes `start..start+n` (int64)."""
+    return sum(tf.cast(b[start + i], tf.int64) * (1 << (8 * i)) for i in range(n))
+
+
+def _be(b: tf.Tensor, start: int, n: int) -> tf.Tensor:
+    """Unsigned big-endian integer of bytes `start..start+n` (int64)."""
+    return sum(tf.cast(b[start + i], tf.int64) * (1 << (8 * (n - 1 - i))) for i in range(n))
+
+
+def _signed32(value: tf.Tensor) -> tf.Tensor:
+    """|x| of an int32 read as unsigned."""
+    return tf.where(value >= 2 ** 31, 2 ** 32 - value, value)
+
+
+def encoded_shape(data: tf.Tensor) -> tf.Tensor:
+    """`[height, width]` int64 that an encoded image declares in its header, without decoding it.
+
+    JPEG: `tf.image.extract_jpeg_shape` (reads the frame header only); PNG (IHDR), GIF (logical
+    screen, the canvas every frame is decoded onto), BMP (the int32 fields TF's decoder reads;
+    a negative height is a top-down image) and WebP (its VP8X canvas, VP8L or VP8 frame size) from
+    fixed header fields. `[-1, -1]` for bytes of no known format: decoding then fails with TF's
+    own error.
+    """
+    data = tf.convert_to_tensor(data, tf.string)
+    head, b = _header(data)
+
+    def at(start: int, n: int) -> tf.Tensor:
+        return tf.strings.substr(head, start, n)
+
+    webp_bits = _le(b, 21, 4)  # VP8L: 14 bits width - 1, then 14 bits height - 1
+    webp = tf.where(tf.equal(at(12, 4), b"VP8X"), tf.stack([_le(b, 27, 3) + 1, _le(b, 24, 3) + 1]),
+                    tf.where(tf.equal(at(12, 4), b"VP8L"),
+                             tf.stack([(webp_bits // (1 << 14)) % (1 << 14) + 1, webp_bits % (1 << 14) + 1]),
+                             tf.stack([_le(b, 28, 2) % (1 << 14), _le(b, 26, 2) % (1 << 14)])))
+    cases = [  # (is this format, its [height, width])
+        (tf.equal(at(0, 8), b"\x89PNG\r\n\x1a\n"), tf.stack([_be(b, 20, 4), _be(b, 16, 4)])),
+        (tf.equal(at(0, 3), b"GIF"), tf.stack([_le(b, 8, 2), _le(b, 6, 2)])),
+        (tf.equal(at(0, 2), b"BM"), tf.stack([_signed32(_le(b, 22, 4)), _signed32(_le(b, 18, 4))])),
+        (tf.logical_and(tf.equal(at(0, 4), b"RIFF"), tf.equal(at(8, 4), b"WEBP")), webp),
+    ]
+    shape = tf.constant([-1, -1], tf.int64)
+    for is_format, format_shape in reversed(cases):
+        shape = tf.where(is_format, format_shape, shape)
+    return tf.cond(tf.equal(at(0, 3), b"\xff\xd8\xff"),
+                   lambda: tf.cast(tf.image.extract_jpeg_shape(data)[:2], tf.int64), lambda: shape)
+
+
+def check_size(data: tf.Tensor, max_pixels: int) -> tf.Tensor:
+    """`data`, once its header says it has at most `max_pixels` pixels (else InvalidArgumentError
+    naming its size and the limit); `max_pixels` 0 or None: no limit."""
+    if not max_pixels:
+        return data
+    shape = encoded_shape(data)
+    pixels = shape[0] * shape[1]
+    message = tf.strings.format(
+        "Image of {} x {} pixels (width x height) is above the limit of {} pixels: refused before decoding, so an "
+        "image whose header declares a huge size cannot exhaust memory. Send a smaller image, or raise the limit "
+        "(data.max_pixels when training, export.max_pixels for an export).", (shape[1], shape[0], max_pixels))
+    with tf.control_dependencies([tf.debugging.Assert(pixels <= max_pixels, [message], summarize=1)]):
+        return tf.identity(data)
+
+
+def decode(data: tf.Tensor, max_pixels: int = DEFAULT_MAX_PIXELS) -> tf.Tensor:
+    """Encoded JPEG/PNG/BMP/GIF/WebP bytes (a scalar string) -> uint8 `[H, W, 3]` (first frame of a
+    GIF), refused (InvalidArgumentError) before decoding when the header declares more than
+    `max_pixels` pixels (`check_size`)."""
+    return tf.io.decode_image(check_size(data, max_pixels), channels=3, expand_animations=False)
+
+
+def decode_file(path: tf.Tensor, max_pixels: int = DEFAULT_MAX_PIXELS) -> tf.Tensor:
+    """Reads and decodes one image file to uint8 `[H, W, 3]` (`decode`)."""
+    return decode(tf.io.read_file(path), max_pixels)
 
 
 def preprocess(images: tf.Tensor, image_size: int, center_crop: float = 1.0) -> tf.Tensor:

@@ -11,14 +11,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import errno
 import os
 import shutil
+import threading
 from importlib import resources
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
+from tfsim.data.preprocess import DEFAULT_MAX_PIXELS
 from tfsim.errors import UserInputError
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,15 @@ class ImageSet:
             skipped files with the reason), or None.
         splits: str `[N]` the published split of each image ("train", "test", "query",
             "gallery") when the source has one (`tfsim.data.lists`), else None.
+        max_pixels: the largest image (width x height) the set's files were checked against
+            and are decoded with (`tfsim.data.preprocess.decode`): the pipeline refuses a
+            larger one, so a set loaded with a raised limit is also decoded with it.
+
+    File names that are not UTF-8 (written by another system): `paths` keep them exactly
+    (Python's surrogate-escaped str, turned back into the file's bytes with `os.fsencode`
+    wherever a path meets TensorFlow), while `ids`, `class_names` and the report show the
+    bytes escaped (`escape_name`), so every id and name is valid UTF-8 in JSON, TF string
+    tensors, TensorBoard and the index.
     """
 
     labels: np.ndarray
@@ -51,6 +63,7 @@ class ImageSet:
     name: str = "images"
     report: Optional[dict] = dataclasses.field(default=None, compare=False, repr=False)
     splits: Optional[np.ndarray] = dataclasses.field(default=None, compare=False, repr=False)
+    max_pixels: int = dataclasses.field(default=DEFAULT_MAX_PIXELS, compare=False, repr=False)
 
     def __post_init__(self):
         if (self.images is None) == (self.paths is None):
@@ -74,7 +87,7 @@ class ImageSet:
         if self.images is not None:
             return [self.images[r] for r in rows]
         from tfsim.data.preprocess import decode_file
-        return [decode_file(str(self.paths[r])).numpy() for r in rows]
+        return [decode_file(os.fsencode(str(self.paths[r])), self.max_pixels).numpy() for r in rows]
 
 
 def load_default() -> ImageSet:
@@ -97,11 +110,53 @@ def _hidden(path: Path, base: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(base).parts)
 
 
-def _decode_problem(path: Path) -> Optional[str]:
-    """Why the pipeline could not decode `path` (None if it can)."""
+def escape_name(name: str) -> str:
+    """`name` as valid UTF-8 text: the bytes of a file name that is not UTF-8 (which Python
+    holds as lone surrogates, "caf\\udce9") written as `\\xNN` ("caf\\xe9"); other names unchanged."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+# PIL's own decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`) is process-wide; it is lifted
+# for the header read only, under this lock, because ours (`max_pixels`) applies instead.
+_PIL_LIMIT_LOCK = threading.Lock()
+
+
+def image_size(path: os.PathLike) -> Optional[tuple[int, int]]:
+    """`(width, height)` that an image file declares in its header, read by PIL without decoding
+    any pixel (None when PIL cannot read the header: the decoder then decides)."""
+    from PIL import Image
+
+    with _PIL_LIMIT_LOCK:
+        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            with Image.open(path) as img:
+                return tuple(img.size)
+        except Exception:  # noqa: BLE001 -- any unreadable header: left to the decoder's verdict
+            return None
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
+
+
+def size_problem(path: os.PathLike, max_pixels: int, limit_name: str = "data.max_pixels") -> Optional[str]:
+    """Why `path` is refused before decoding (its header declares more than `max_pixels` pixels),
+    or None; `limit_name` names the setting in the reason."""
+    size = image_size(path)
+    if size is None or not max_pixels or size[0] * size[1] <= max_pixels:
+        return None
+    width, height = size
+    return (f"{width} x {height} = {width * height / 1e6:.1f} megapixels, above {limit_name} = {max_pixels:,} "
+            f"({max_pixels / 1e6:g} megapixels): not decoded")
+
+
+def _decode_problem(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Optional[str]:
+    """Why the pipeline could not decode `path` (None if it can). The size in the file's header
+    is checked first: an image above `max_pixels` is never decoded."""
     import tensorflow as tf
 
     from tfsim.data.preprocess import decode
+    problem = size_problem(path, max_pixels)  # the header only, before the file is read whole
+    if problem is not None:
+        return problem
     try:
         data = path.read_bytes()
     except OSError as err:
@@ -109,63 +164,91 @@ def _decode_problem(path: Path) -> Optional[str]:
     if not data:
         return "empty file (0 bytes)"
     try:
-        decode(tf.constant(data))
+        decode(tf.constant(data), max_pixels)  # (the decoder checks the header's size again, in TF)
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as err:
         return "not a decodable image: " + str(err.message).splitlines()[0][:200]
     return None
 
 
-def check_images(files: Sequence[Path], check_files: bool = True) -> tuple[np.ndarray, list[dict], list[str]]:
+def check_images(files: Sequence[Path], check_files: bool = True,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, list[dict], list[str]]:
     """Which of `files` the pipeline can use: `(kept [N] bool, skipped [{path, reason}], missing [path])`.
 
-    Missing files are always found; with `check_files` every existing file is decoded once
-    as the pipeline will decode it.
+    Missing files are always found; with `check_files` every existing file's header is read
+    (a file above `max_pixels` pixels is skipped undecoded) and every other one is decoded once
+    as the pipeline will decode it. Paths in `skipped` and `missing` are `escape_name`d.
     """
     kept = np.zeros(len(files), bool)
     skipped, missing = [], []
     exists = [f.is_file() for f in files]
-    problems = decode_problems([f for f, e in zip(files, exists) if e]) if check_files else None
+    problems = decode_problems([f for f, e in zip(files, exists) if e], max_pixels) if check_files else None
     j = 0
     for i, f in enumerate(files):
         if not exists[i]:
-            missing.append(str(f))
+            missing.append(escape_name(str(f)))
             continue
         problem = problems[j] if problems is not None else None
         j += 1
         if problem is not None:
-            skipped.append({"path": str(f), "reason": problem})
+            skipped.append({"path": escape_name(str(f)), "reason": problem})
             continue
         kept[i] = True
     return kept, skipped, missing
 
 
-def decode_problems(files: Sequence[Path]) -> list[Optional[str]]:
+def decode_problems(files: Sequence[Path], max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Optional[str]]:
     """`_decode_problem` of every file, in order, decoded on all cores (TF's decoders release
     the GIL, so threads run them in parallel)."""
     from concurrent.futures import ThreadPoolExecutor
 
     chunk = 64  # files per task: a task per file costs more than decoding a small image
     if len(files) <= chunk:
-        return [_decode_problem(f) for f in files]
+        return [_decode_problem(f, max_pixels) for f in files]
     chunks = [files[i:i + chunk] for i in range(0, len(files), chunk)]
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        return [p for part in pool.map(lambda fs: [_decode_problem(f) for f in fs], chunks) for p in part]
+        return [p for part in pool.map(lambda fs: [_decode_problem(f, max_pixels) for f in fs], chunks)
+                for p in part]
 
 
-def load_folder(root: str, check_files: bool = True, on_bad_file: str = "skip") -> ImageSet:
+def _broken_link(path: Path) -> Optional[str]:
+    """Why the symbolic link `path` leads to nothing (None when it is not a broken link)."""
+    if not path.is_symlink():
+        return None
+    try:
+        path.stat()
+        return None
+    except OSError as err:
+        try:
+            target = escape_name(os.readlink(path))
+        except OSError:
+            target = "?"
+        if err.errno == errno.ELOOP:
+            return f"symbolic link loop (-> {target!r}): links that lead back to themselves"
+        if err.errno == errno.ENOENT:
+            return f"dangling symbolic link: its target {target!r} does not exist"
+        return f"symbolic link to {target!r}, which cannot be reached ({err.strerror})"
+
+
+def load_folder(root: str, check_files: bool = True, on_bad_file: str = "skip",
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageSet:
     """Images laid out as `root/<class name>/.../<image>` (jpg, png, bmp, gif).
 
     Classes are the top-level sub-folders in sorted order; a class's images are found
     recursively inside its folder (e.g. Tiny ImageNet's `<wnid>/images/*.JPEG`). Hidden
     files and folders (`.DS_Store`, `._x.jpg`, `.cache/`) are ignored and counted. With
-    `check_files`, every image is decoded once as the pipeline will decode it: files that
-    cannot be (empty, truncated beyond repair, not an image) are skipped and listed, or
-    stop the load with `on_bad_file="error"`. Paths are absolute. What was found is in the
-    set's `report` (images per class, skipped files with the reason, hidden files ignored).
+    `check_files`, every image's header is read first (one whose width x height is above
+    `max_pixels` is skipped without being decoded: a small file can declare a huge image) and
+    every other one is decoded once as the pipeline will decode it: files that cannot be
+    (empty, truncated beyond repair, not an image) are skipped and listed, or stop the load
+    with `on_bad_file="error"`. Symbolic links to images and class folders are followed; a
+    broken one (its target gone, or a loop of links) is skipped and listed the same way. Names
+    that are not UTF-8 are loaded (see `ImageSet`) and counted. Paths are absolute. What was
+    found is in the set's `report` (images per class, skipped files with the reason, hidden
+    files ignored, names that are not UTF-8).
 
     Raises:
         UserInputError: the folder does not exist, holds fewer than 2 classes with images,
-            or (with `on_bad_file="error"`) holds an image the pipeline cannot decode.
+            or (with `on_bad_file="error"`) holds an image the pipeline cannot use.
     """
     if on_bad_file not in ("skip", "error"):
         raise UserInputError(f"Invalid value for `on_bad_file`: expected 'skip' or 'error'. "
@@ -177,51 +260,77 @@ def load_folder(root: str, check_files: bool = True, on_bad_file: str = "skip") 
             f"Received: root={root!r}, which is not a folder.")
     classes, paths, labels, skipped, hidden, empty_classes = [], [], [], [], 0, []
     found: list[tuple[str, list[Path]]] = []
-    for class_dir in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for entry in sorted(base.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if not entry.is_dir():  # a broken link here may have been meant as a class folder
+            problem = _broken_link(entry)
+            if problem is not None:
+                skipped.append({"path": escape_name(str(entry)), "reason": problem})
+            continue
         files = []
-        for f in sorted(class_dir.rglob("*")):
-            if not f.is_file() or f.suffix.lower() not in IMAGE_SUFFIXES:
+        for f in sorted(entry.rglob("*")):
+            if f.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
             if _hidden(f, base):
-                hidden += 1
+                hidden += f.is_file()
+                continue
+            if not f.is_file():
+                problem = _broken_link(f)
+                if problem is not None:
+                    skipped.append({"path": escape_name(str(f)), "reason": problem})
                 continue
             files.append(f)
-        found.append((class_dir.name, files))
-    problems = iter(decode_problems([f for _, files in found for f in files]) if check_files else [])
+        found.append((entry.name, files))
+    problems = iter(decode_problems([f for _, files in found for f in files], max_pixels) if check_files else [])
     for name, files in found:
         good = []
         for f in files:
             problem = next(problems) if check_files else None
             if problem is not None:
-                skipped.append({"path": str(f), "reason": problem})
+                skipped.append({"path": escape_name(str(f)), "reason": problem})
             else:
                 good.append(f)
         if not good:
-            empty_classes.append(name)
+            empty_classes.append(escape_name(name))
             continue
         labels += [len(classes)] * len(good)
         paths += [str(f) for f in good]
-        classes.append(name)
+        classes.append(escape_name(name))
+    skipped.sort(key=lambda s: s["path"])
     if skipped and on_bad_file == "error":
         listed = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:5])
         raise UserInputError(
-            f"{len(skipped)} image file(s) in {str(base)!r} cannot be decoded: {listed}"
+            f"{len(skipped)} image file(s) in {escape_name(str(base))!r} cannot be decoded: {listed}"
             f"{' ...' if len(skipped) > 5 else ''}. Remove or fix them, or skip them with on_bad_file='skip'.")
     if skipped:
-        log.warning("Skipped %d image file(s) that cannot be decoded, e.g. %s (%s).", len(skipped),
-                    skipped[0]["path"], skipped[0]["reason"])
+        log.warning("Skipped %d image file(s) that cannot be used: %s%s (all of them in the data report).",
+                    len(skipped), "; ".join(f"{s['path']} ({s['reason']})" for s in skipped[:3]),
+                    " ..." if len(skipped) > 3 else "")
     if len(classes) < 2:
         raise UserInputError(
             f"Invalid value for `root`: expected at least 2 class sub-folders holding "
-            f"{'/'.join(IMAGE_SUFFIXES)} images in {root!r}. Found {len(classes)}. "
+            f"{'/'.join(IMAGE_SUFFIXES)} images in {escape_name(root)!r}. Found {len(classes)}. "
             "Lay the images out as <root>/<class>/<image>.")
-    report = {"root": str(base), "images": len(paths),
+    ids = [escape_name(p) for p in paths]
+    report = {"root": escape_name(str(base)), "images": len(paths),
               "images_per_class": {c: labels.count(i) for i, c in enumerate(classes)},
               "skipped": skipped, "hidden_ignored": hidden, "classes_without_images": empty_classes,
-              "checked": check_files}
-    paths_arr = np.array(paths)
-    return ImageSet(labels=np.array(labels, np.int32), ids=paths_arr, class_names=tuple(classes),
-                    paths=paths_arr, name=base.name, report=report)
+              "checked": check_files, "max_pixels": max_pixels}
+    not_utf8 = [i for p, i in zip(paths, ids) if i != p]
+    if not_utf8:
+        report["names_not_utf8"] = not_utf8_report(not_utf8)
+    return ImageSet(labels=np.array(labels, np.int32), ids=np.array(ids), class_names=tuple(classes),
+                    paths=np.array(paths), name=escape_name(base.name), report=report, max_pixels=max_pixels)
+
+
+def not_utf8_report(escaped: Sequence[str]) -> dict:
+    """The report entry of images whose path is not UTF-8 (loaded, shown escaped)."""
+    log.info("%d image path(s) are not UTF-8, e.g. %s: loaded; their ids and class names show those bytes as "
+             "\\xNN.", len(escaped), escaped[0])
+    return {"count": len(escaped), "examples": list(escaped[:5]),
+            "note": "loaded under their exact names; ids, class names and this report show the bytes that are "
+                    "not UTF-8 as \\xNN"}
 
 
 def _image_suffix(data: bytes) -> str:
@@ -238,7 +347,8 @@ def _image_suffix(data: bytes) -> str:
 
 
 def load_tfds(name: str, split: str = "train+test", data_dir: Optional[str] = None,
-              manual_dir: Optional[str] = None, cache_dir: Optional[str] = None) -> ImageSet:
+              manual_dir: Optional[str] = None, cache_dir: Optional[str] = None,
+              max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageSet:
     """A TFDS image-classification dataset (cars196, caltech_birds2011, stanford_online_products, ...),
     streamed: never decoded as a whole into memory.
 
@@ -251,7 +361,8 @@ def load_tfds(name: str, split: str = "train+test", data_dir: Optional[str] = No
     folder: the pipeline decodes the images of each batch, P x K sampling picks rows by index,
     and memory holds the label and path arrays only (SOP: 120,053 rows). Download works where
     the network allows it; otherwise place the original archives in `manual_dir` (TFDS checks
-    their sha256).
+    their sha256). The images are not checked on loading; the pipeline refuses one above
+    `max_pixels` pixels when it decodes it.
 
     Raises:
         UserInputError: the dataset cannot be prepared (unknown name, no archives), or has no
@@ -289,7 +400,7 @@ def load_tfds(name: str, split: str = "train+test", data_dir: Optional[str] = No
         caches.append(str(target.resolve()))
     paths_arr = np.array(paths)
     return ImageSet(labels=np.concatenate(labels).astype(np.int32), ids=paths_arr, class_names=names,
-                    paths=paths_arr, name=name, splits=np.array(splits),
+                    paths=paths_arr, name=name, splits=np.array(splits), max_pixels=max_pixels,
                     report={"tfds": name, "split": split, "images": len(paths), "cache": caches})
 
 

@@ -29,6 +29,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from tfsim.data import lists, sources
+from tfsim.data.preprocess import DEFAULT_MAX_PIXELS
 from tfsim.data.sources import ImageSet
 from tfsim.errors import UserInputError
 from tfsim.evaluation.metrics import ann_metrics, clustering_metrics, query_mask, retrieval_metrics
@@ -39,20 +40,30 @@ MAX_FULL_RANKING = 50_000
 MAX_CLUSTERS = 1_000
 
 
-def load_source(spec: str) -> ImageSet:
-    """The images named by a data spec (see the module doc)."""
+def load_source(spec: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageSet:
+    """The images named by a data spec (see the module doc); a folder's or list's images above
+    `max_pixels` pixels (width x height, from their headers) are skipped undecoded, and listed
+    in the set's report with the other files that cannot be used."""
     if spec == "default":
         return sources.load_default()
     if spec.startswith("tfds:"):
         parts = spec.split(":")
-        return sources.load_tfds(parts[1], parts[2] if len(parts) > 2 else "train+test")
+        return sources.load_tfds(parts[1], parts[2] if len(parts) > 2 else "train+test", max_pixels=max_pixels)
     path = Path(spec).expanduser()
     if path.is_dir():
-        return sources.load_folder(str(path))
+        return sources.load_folder(str(path), max_pixels=max_pixels)
     if path.is_file():
-        return lists.load_list(str(path))
+        return lists.load_list(str(path), max_pixels=max_pixels)
     raise UserInputError(f"Invalid data {spec!r}: expected a folder <dir>/<class>/<image>, a list file, "
                          "tfds:NAME[:SPLIT] or default.")
+
+
+def export_max_pixels(model_dir: os.PathLike) -> int:
+    """The largest image (width x height) an export decodes (its `max_pixels`, recorded in
+    export.json; the default for an export written before tfsim recorded it)."""
+    from tfsim.export import read_export
+
+    return int(read_export(model_dir).get("max_pixels") or DEFAULT_MAX_PIXELS)
 
 
 @dataclass
@@ -75,6 +86,9 @@ class ModelToEvaluate:
     details: dict = field(default_factory=dict)
     run_dir: Optional[Path] = None
     binary_codes: bool = False  # a hashing model (`model.head=hash`): also Hamming metrics
+    # The largest image (width x height) its data is decoded at: the export's limit, or the
+    # run's data.max_pixels.
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
 
 def _embed_batches(predict: Callable, images: ImageSet, image_size: int, center_crop: float,
@@ -120,8 +134,8 @@ def open_model(path: os.PathLike) -> ModelToEvaluate:
         UserInputError: `path` is none of these, or a run folder without a checkpoint yet.
     """
     from tfsim import config as config_lib
+    from tfsim import runs
     from tfsim.export import read_export
-    from tfsim.training.callbacks import ResumableCheckpoint
 
     path = Path(path)
     if (path / "saved_model.pb").is_file() or not ((path / "config.json").is_file() or _run_of_checkpoint(path)):
@@ -129,13 +143,18 @@ def open_model(path: os.PathLike) -> ModelToEvaluate:
         return ModelToEvaluate("export", path, meta.get("similarity", "cosine"),
                                lambda images, batch_size, progress: embed_export(path, images, batch_size, progress),
                                {"name": meta.get("name"), "version": path.name},
-                               binary_codes=bool(meta.get("binary_codes", False)))
+                               binary_codes=bool(meta.get("binary_codes", False)),
+                               max_pixels=export_max_pixels(path))
     if path.is_dir():
         run_dir = path
-        latest = ResumableCheckpoint.latest(run_dir / "checkpoints")
+        latest, skipped = runs.choose_checkpoint(run_dir / "checkpoints", partial=False)
+        if latest is None and skipped:
+            raise runs.no_valid_checkpoint(run_dir / "checkpoints", skipped, "Run the same train command again to "
+                                           "retrain them, or pass an export.")
         if latest is None:
             raise UserInputError(f"Run folder {str(run_dir)!r} holds no checkpoint yet (checkpoints/epoch-NNNN.keras "
                                  "is written at the end of each epoch): train it first, or pass an export.")
+        runs.log_skipped(skipped, latest[0])
         checkpoint = Path(latest[0])
     else:
         run_dir, checkpoint = _run_of_checkpoint(path), path
@@ -156,7 +175,7 @@ def open_model(path: os.PathLike) -> ModelToEvaluate:
         lambda images, batch_size, progress: _embed_batches(model.predict_on_batch, images, cfg.model.image_size,
                                                             cfg.model.center_crop, batch_size, progress),
         {"run": str(run_dir.resolve()), "checkpoint": checkpoint.name, "whitening": note}, run_dir,
-        binary_codes=cfg.model.head == "hash")
+        binary_codes=cfg.model.head == "hash", max_pixels=cfg.data.max_pixels)
 
 
 def run_test_set(run_dir: Path) -> ImageSet:
@@ -183,14 +202,18 @@ def _merge(query: ImageSet, gallery: ImageSet) -> tuple[np.ndarray, np.ndarray, 
 def evaluate(model_path: os.PathLike, data: Optional[str] = None, query: Optional[str] = None,
              gallery: Optional[str] = None, ks: Sequence[int] = (1, 2, 4, 8),
              out: Optional[os.PathLike] = None, batch_size: int = 256, progress: bool = True,
-             ann: bool = False) -> dict:
+             ann: bool = False, max_pixels: Optional[int] = None) -> dict:
     """Retrieval metrics of a model (`open_model`) on `data`, or of `query` against `gallery`, or
     (a run's checkpoint, no data given) on the run's held-out classes (see module doc).
 
+    `max_pixels`: images whose header declares more pixels are skipped undecoded (default: the
+    model's limit, `ModelToEvaluate.max_pixels`).
+
     Returns:
         The metrics (`retrieval_metrics` keys, "per_class" by class name, "protocol", the
-        model and data; with `ann`, "ann": the same from a ScaNN index and their "gap" to exact
-        search on a sample), also written to `out` when given.
+        model and data; "skipped_files": the image files not evaluated, with the reason; with
+        `ann`, "ann": the same from a ScaNN index and their "gap" to exact search on a sample),
+        also written to `out` when given.
 
     Raises:
         UserInputError: not a model, an unreadable data spec, or both/neither of `data`
@@ -204,13 +227,16 @@ def evaluate(model_path: os.PathLike, data: Optional[str] = None, query: Optiona
         raise UserInputError("Give --data (one set) or --query and --gallery (two sets): an export has no held-out "
                              "classes of its own (a run folder or checkpoint is evaluated on its run's).")
     similarity = model.similarity
+    limit = max_pixels or model.max_pixels
     if data is not None or query is None:
-        images = load_source(data) if data is not None else run_test_set(model.run_dir)
+        images = load_source(data, limit) if data is not None else run_test_set(model.run_dir)
+        loaded = [images]
         embeddings = model.embed(images, batch_size, progress)
         labels, names = images.labels, list(images.class_names)
         mask = query_mask(images.splits)
     else:
-        q_set, g_set = load_source(query), load_source(gallery)
+        q_set, g_set = load_source(query, limit), load_source(gallery, limit)
+        loaded = [q_set, g_set]
         q_labels, g_labels, names = _merge(q_set, g_set)
         embeddings = np.concatenate([model.embed(q_set, batch_size, progress),
                                      model.embed(g_set, batch_size, progress)])
@@ -228,6 +254,7 @@ def evaluate(model_path: os.PathLike, data: Optional[str] = None, query: Optiona
     else:
         skipped.append(f"nmi, ami: k-means with {num_classes} clusters (> {MAX_CLUSTERS}) is too slow")
     metrics["skipped"] = skipped
+    metrics["skipped_files"] = [f for s in loaded for f in (s.report or {}).get("skipped", [])]
     if model.binary_codes:  # the packed codes ranked by Hamming distance (`tfsim.index.hamming`)
         from tfsim.training.stages import hamming_metrics
         metrics["hamming"] = hamming_metrics(embeddings, labels, mask)

@@ -16,7 +16,9 @@
                                           one query at a time), ties by the lower row as the
                                           index's own search: stock TF Serving serves it
 
-Each has one signature, `serving_default`: `image_bytes` string `[N]` -> `ids` string `[N, k]`,
+Each has one signature, `serving_default`: `image_bytes` string `[N]` -> `ids` string `[N, k]`
+(the ids the catalogue was indexed with: paths relative to its data root unless it was built
+with `--ids path`; never the file layout of the machine that built it otherwise),
 `labels` string `[N, k]` (class names), `scores` float32 `[N, k]` (larger is closer, as
 `GalleryIndex.search`; minus the Hamming distance for codes), `rows` int64 `[N, k]` (gallery rows). Each version folder also holds
 `assets.extra/tf_serving_warmup_requests` (a gallery image, alone and as a batch) and
@@ -132,12 +134,20 @@ class RetrievalModule(tf.Module):
                 "rows": rows}
 
 
+_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF8", b"BM")
+
+
 def _warmup_images(index, image_size: int, count: int = 2) -> list[bytes]:
-    """Encoded gallery images for the warm-up records (a grey picture if none can be read)."""
+    """Encoded gallery images for the warm-up records (a grey picture if none can be read). A
+    path is data written in the index: only a file that starts like an image is copied in."""
     out = []
     for row in range(min(count, len(index))):
-        if index.paths is not None and Path(index.paths[row]).is_file():
-            out.append(Path(index.paths[row]).read_bytes())
+        path = None if index.paths is None else Path(index.paths[row])
+        if path is not None and path.is_file():
+            with open(path, "rb") as handle:
+                head = handle.read(8)
+            if head.startswith(_IMAGE_MAGIC):
+                out.append(path.read_bytes())
         elif index.images is not None:
             out.append(tf.io.encode_png(np.asarray(index.images[row], np.uint8)).numpy())
     return out or [warmup_image(image_size)]
@@ -164,7 +174,7 @@ def export_retrieval(model_dir: os.PathLike, index_dir: os.PathLike, root: os.Pa
         UserInputError: not an export or index, an index of another model, an unknown kind.
     """
     from tfsim.index import scann_index
-    from tfsim.index.catalogue import check_model
+    from tfsim.index.catalogue import index_model
 
     if kinds is not None and (not kinds or set(kinds) - set(KINDS)):
         raise UserInputError(f"Invalid retrieval kinds {list(kinds)}: expected some of {list(KINDS)}.")
@@ -173,8 +183,7 @@ def export_retrieval(model_dir: os.PathLike, index_dir: os.PathLike, root: os.Pa
     model_dir, index_dir = Path(model_dir), Path(index_dir)
     meta = read_export(model_dir)
     index = scann_index.load(index_dir)
-    if index_dir.resolve() != (model_dir / "assets.extra" / "tfsim" / "index").resolve():
-        check_model(index_dir, index.meta or {}, model_dir)
+    index_model(index_dir, model_dir, index.meta)  # the model that built it (its files' fingerprint), always
     codes = index.params.get("mode") == "hamming"
     fits = CODE_KINDS if codes else EMBEDDING_KINDS
     kinds = fits if kinds is None else tuple(kinds)
@@ -208,6 +217,7 @@ def export_retrieval(model_dir: os.PathLike, index_dir: os.PathLike, root: os.Pa
             write_warmup(work, model_name, _warmup_images(index, meta["image_size"]))
             return {"format": RETRIEVAL_FORMAT, "kind": kind, "name": model_name, "version": version, "k": module.k,
                     "gallery_size": len(index), "similarity": index.similarity, "image_size": meta["image_size"],
+                    "max_pixels": meta.get("max_pixels"),  # (the embedder's decoding limit, in its graph)
                     "embedder": {"path": str(model_dir.resolve()), "name": meta["name"],
                                  "version": meta.get("version")},
                     "index": {"path": str(index_dir.resolve()), "params": index.params},

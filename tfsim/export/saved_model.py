@@ -8,15 +8,19 @@ Layout of one export (TF Serving loads the SavedModel and ignores `assets.extra/
       assets.extra/tfsim/index/            ScaNN index of the evaluation gallery (optional)
 
 Signatures:
-  * ``serving_default``: `image_bytes` string `[N]` (encoded JPEG/PNG/BMP/GIF) ->
+  * ``serving_default``: `image_bytes` string `[N]` (encoded JPEG/PNG/BMP/GIF/WebP) ->
     `embeddings` float32 `[N, D]`, L2-normalised. Decoding and resizing to the model's
-    input size happen inside the graph, with `tfsim.data.preprocess` (the training pipeline's).
+    input size happen inside the graph, with `tfsim.data.preprocess` (the training pipeline's),
+    one image at a time, each refused before decoding when its header declares more than the
+    export's `max_pixels` (InvalidArgumentError naming its size and the limit).
   * ``serve_images``: `images` float32 `[N, S, S, 3]`, pixels in [0, 255] -> `embeddings`.
 
 Atomicity: the export is written under `<root>/<name>/.tmp-<version>-<random>/`
 (a name TF Serving ignores) and renamed to `<version>` once complete, so a
 half-written export is never visible under its final name. Versions are integers,
-one more than the largest existing one.
+one more than the largest existing one. While a version is published the name is locked
+(`<root>/<name>/.lock`, see `tfsim.locks`), and the next export under the name removes the
+`.tmp-*` folders a killed one left.
 """
 
 from __future__ import annotations
@@ -33,8 +37,9 @@ from typing import Callable, Optional
 import keras
 import tensorflow as tf
 
-from tfsim.data.preprocess import decode, preprocess
-from tfsim.errors import UserInputError
+from tfsim.data.preprocess import DEFAULT_MAX_PIXELS, decode, preprocess
+from tfsim import locks
+from tfsim.errors import UserInputError, size_text, writing
 
 log = logging.getLogger(__name__)
 EXPORT_FORMAT = "tfsim.export.v1"
@@ -56,8 +61,74 @@ def publish(base: Path, write: Callable[[Path, int], dict],
     `assets.extra/tfsim/export.json`; `write_extras(work)` may add files after it. The folder is
     renamed to the next free integer version at the end (a name TF Serving ignores until then);
     the export root's `models.config` is refreshed.
+
+    The name is locked meanwhile (`<base>/.lock`, `tfsim.locks`): another process publishing under
+    it is refused with the holder's pid. Holding the lock, the `.tmp-*` folders under `base` are
+    what killed exports left, and are removed (logged). A full disk raises one `DiskFull` line
+    naming the folder and about how much the export needed; earlier versions are untouched and
+    the temporary folder is removed.
+
+    Raises:
+        tfsim.locks.LockHeld: another live process is publishing under this name.
+        tfsim.errors.DiskFull: no space left (or the file-size limit reached).
     """
+    created = not base.exists()
     base.mkdir(parents=True, exist_ok=True)
+    try:
+        with locks.folder_lock(base, "export name"):
+            remove_leftovers(base)
+            previous, written = _latest_size(base), [0]
+
+            def needs():  # about the previous version's size, else more than was written when it failed
+                return previous or (f"more than {size_text(written[0])}" if written[0] else None)
+
+            with writing(base, f"a new version of {base.name!r}", needs,
+                         " (the earlier versions are untouched) and run the same command again."):
+                final = _publish_locked(base, write, write_extras, written)
+                write_models_config(base.parent)
+        return final
+    finally:
+        if created:
+            try:
+                base.rmdir()  # only if empty: an export that failed leaves no folder behind
+            except OSError:
+                pass
+
+
+def remove_leftovers(base: os.PathLike) -> list[Path]:
+    """Removes the `.tmp-*` folders that killed exports left under `base` (`<root>/<name>`), logging
+    each, and returns them. Holds the name's lock meanwhile, so none of them is being written.
+
+    Raises:
+        tfsim.locks.LockHeld: another live process is publishing under this name.
+    """
+    base = Path(base)
+    if not base.is_dir():
+        return []
+    with locks.folder_lock(base, "export name"):
+        removed = sorted(base.glob(".tmp-*"))
+        for stale in removed:
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+            log.info("Removed %s, left by an export that was interrupted.", stale)
+    return removed
+
+
+def _tree_size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
+
+
+def _latest_size(base: Path) -> int:
+    """The size of the newest version under `base` (0 if none): about what the next one needs."""
+    versions = [p for p in base.iterdir() if p.is_dir() and re.fullmatch(r"\d+", p.name)]
+    return _tree_size(max(versions, key=lambda p: int(p.name))) if versions else 0
+
+
+def _publish_locked(base: Path, write: Callable[[Path, int], dict],
+                    write_extras: Optional[Callable[[Path], None]], written: list) -> Path:
+    """`publish`'s work under the name's lock; `written[0]` is set to the bytes written on failure."""
     version = next_version(base)
     work = base / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
     try:
@@ -79,9 +150,9 @@ def publish(base: Path, write: Callable[[Path, int], dict],
                 meta["version"] = version
                 (work / META_DIR / "export.json").write_text(json.dumps(meta, indent=2) + "\n")
     except BaseException:
+        written[0] = _tree_size(work)
         shutil.rmtree(work, ignore_errors=True)
         raise
-    write_models_config(base.parent)
     return final
 
 
@@ -98,8 +169,11 @@ def write_models_config(root: Path) -> Path:
     lines.append("}")
     out = root / "models.config"
     tmp = root / f".models.config.{uuid.uuid4().hex[:8]}"
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, out)
+    try:
+        tmp.write_text("\n".join(lines) + "\n")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return out
 
 
@@ -136,7 +210,8 @@ def pack_bits(codes: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.reduce_sum(groups * tf.constant([128, 64, 32, 16, 8, 4, 2, 1]), axis=-1), tf.uint8)
 
 
-def _serving_functions(model: keras.Model, image_size: int, center_crop: float = 1.0, binary_codes: bool = False):
+def _serving_functions(model: keras.Model, image_size: int, center_crop: float = 1.0, binary_codes: bool = False,
+                       max_pixels: int = DEFAULT_MAX_PIXELS):
     def embed_images(images):
         # An empty request gets empty answers (the network itself fails on a batch of 0).
         embeddings = tf.cond(tf.shape(images)[0] > 0, lambda: tf.cast(model(images, training=False), tf.float32),
@@ -146,10 +221,12 @@ def _serving_functions(model: keras.Model, image_size: int, center_crop: float =
         return {"embeddings": embeddings}
 
     def decode_one(data):
-        return preprocess(decode(data), image_size, center_crop)
+        return preprocess(decode(data, max_pixels), image_size, center_crop)
 
     def embed_bytes(image_bytes):
-        images = tf.map_fn(decode_one, image_bytes,
+        # One image of the request decoded at a time: a request's memory is bounded by one image
+        # of at most `max_pixels` (about 11 bytes per pixel at the peak), whatever its batch size.
+        images = tf.map_fn(decode_one, image_bytes, parallel_iterations=1,
                            fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32))
         return embed_images(images)
 
@@ -158,7 +235,8 @@ def _serving_functions(model: keras.Model, image_size: int, center_crop: float =
 
 def export_embedder(model: keras.Model, root: os.PathLike, name: str, image_size: int,
                     metadata: Optional[dict] = None, center_crop: float = 1.0,
-                    write_extras: Optional[Callable[[Path], None]] = None, binary_codes: bool = False) -> Path:
+                    write_extras: Optional[Callable[[Path], None]] = None, binary_codes: bool = False,
+                    max_pixels: int = DEFAULT_MAX_PIXELS) -> Path:
     """Writes a new version of the embedding SavedModel (see module doc).
 
     Args:
@@ -174,6 +252,9 @@ def export_embedder(model: keras.Model, root: os.PathLike, name: str, image_size
             `assets.extra/tfsim/`) inside the same atomic step.
         binary_codes: a hashing model (`model.head=hash`): both signatures also return `codes`,
             the packed binary codes (uint8, `bits / 8` bytes per image).
+        max_pixels: `serving_default` refuses (InvalidArgumentError naming the size and the
+            limit) an image whose header declares more pixels, before decoding it
+            (`tfsim.data.preprocess.check_size`); recorded in export.json.
 
     Returns:
         The final version folder.
@@ -181,14 +262,14 @@ def export_embedder(model: keras.Model, root: os.PathLike, name: str, image_size
     def write(work: Path, version: int) -> dict:
         archive = keras.export.ExportArchive()
         archive.track(model)
-        embed_bytes, embed_images = _serving_functions(model, image_size, center_crop, binary_codes)
+        embed_bytes, embed_images = _serving_functions(model, image_size, center_crop, binary_codes, max_pixels)
         archive.add_endpoint("serving_default", embed_bytes,
                              input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
         archive.add_endpoint("serve_images", embed_images, input_signature=[
             tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="images")])
         archive.write_out(str(work), verbose=False)
         meta = {"format": EXPORT_FORMAT, "name": name, "version": version, "image_size": image_size,
-                "center_crop": center_crop,
+                "center_crop": center_crop, "max_pixels": int(max_pixels),
                 "embedding_dim": int(model.output_shape[-1]),
                 "binary_codes": binary_codes,
                 "signatures": {"serving_default": "image_bytes -> embeddings" + (", codes" if binary_codes else ""),

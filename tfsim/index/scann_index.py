@@ -4,13 +4,22 @@ On disk (a folder, written atomically: built under a temporary name, then rename
 
     <index>/
       index.json        format, similarity, ScaNN parameters (tuned settings and measured recall),
-                        size, class names, the model that embedded the gallery, and the size and
-                        SHA-256 of every other file (`load` refuses a damaged index)
+                        size, class names, the ids' kind, the model that embedded the gallery
+                        (its fingerprint; information about it, never a path that is loaded),
+                        the size and SHA-256 of every other file, and `digest`: the SHA-256 of
+                        index.json's own canonical content (`load` validates index.json against
+                        its schema, its digest and the files, and refuses a damaged index)
       gallery.npz       ids [G] str, labels [G] int32, and optionally the gallery
                         images [G, H, W, C] uint8 (when they were in memory) or paths [G]
+                        (absolute, or relative to the index folder, never to the current directory)
       scann/            ScaNN's own serialised searcher (`searcher.serialize`), or for a
                         hashing model's Hamming index (`build_hamming`) the packed codes
                         (codes.npy, uint8 [G, bits / 8])
+
+Updates (`save(replace=True)`, under the caller's `sibling_lock`) swap folders by two renames; a
+crash between them leaves `.old-<name>-*` and `.tmp-<name>-*` beside the path and no index at it.
+`recover` (run by `read_meta`, so by every command that opens the index) restores a complete,
+verified one to the name and removes the stale ones, and logs what it did.
 
 Search results are oriented so that larger scores are closer, whatever the
 similarity (`tfsim.distances.DISTANCES`), and returned as the same `Neighbors` as `evaluation.exact_knn`;
@@ -45,8 +54,15 @@ from tfsim.errors import UserInputError
 from tfsim.evaluation.knn import Neighbors
 
 log = logging.getLogger(__name__)
-FORMAT = "tfsim.scann_index.v2"  # v2: file sizes and checksums, the model, additions
-READABLE_FORMATS = ("tfsim.scann_index.v1", FORMAT)
+FORMAT = "tfsim.scann_index.v3"  # v3: index.json's own digest and schema, file fingerprints of the model, id kind
+READABLE_FORMATS = (FORMAT,)
+# Formats this tfsim no longer reads: their index.json was not covered by a checksum (v1 had no
+# checksums at all) and their model fingerprint was metadata the model carried about itself.
+OLDER_FORMATS = ("tfsim.scann_index.v1", "tfsim.scann_index.v2")
+MODES = ("brute_force", "tree_ah", "hamming")
+# What a gallery id is: "relative" (the image's path relative to the data root, or "<dataset>:<row>"
+# for images that only exist in memory) or "path" (the absolute path, asked for explicitly).
+ID_KINDS = ("relative", "path")
 # Below this many items the index scores every item (exact, and about as fast at that size).
 BRUTE_FORCE_BELOW = 20_000
 # The k-means tree is trained on at most this many vectors (ScaNN's own examples use 250k).
@@ -368,17 +384,25 @@ def _file_digests(folder: Path) -> dict:
     return out
 
 
+def meta_digest(meta: dict) -> str:
+    """SHA-256 of index.json's canonical content (sorted keys, no spaces), `digest` itself left out."""
+    body = {key: value for key, value in meta.items() if key != "digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def save(path: os.PathLike, searcher, params: dict, ids: Sequence[str], labels: np.ndarray,
          class_names: Sequence[str], similarity: str, images: Optional[np.ndarray] = None,
          paths: Optional[np.ndarray] = None, atomic: bool = True, model: Optional[dict] = None,
-         replace: bool = False) -> Path:
+         replace: bool = False, id_kind: str = "relative") -> Path:
     """Writes the index folder at `path` (see module doc); refuses to overwrite unless `replace`.
 
     With `atomic`, everything is written into a sibling temporary folder renamed at
     the end, so a crash never leaves a half-written index under `path`; with `replace`, the
-    old folder is swapped out only once the new one is complete (and removed after).
-    index.json records each file's size and SHA-256 (checked by `load`) and `model`: what
-    embedded the gallery (name, version, embedding_dim, fingerprint; see `model_info`).
+    old folder is swapped out only once the new one is complete (and removed after; a crash
+    between the renames is undone by `recover`). The caller holds `sibling_lock(path)` while
+    replacing. index.json records each file's size and SHA-256, its own digest (checked by
+    `load`), `id_kind` (`ID_KINDS`) and `model`: what embedded the gallery (name, version,
+    embedding_dim, fingerprint of its files; see `tfsim.index.catalogue.model_info`).
     """
     final = Path(path)
     if final.exists() and not replace:
@@ -398,7 +422,9 @@ def save(path: os.PathLike, searcher, params: dict, ids: Sequence[str], labels: 
         np.savez_compressed(work / "gallery.npz", **arrays)
         meta = {"format": FORMAT, "similarity": similarity, "params": params,
                 "class_names": list(class_names), "size": int(len(arrays["ids"])), "model": model,
-                "files": _file_digests(work)}
+                "id_kind": id_kind, "files": _file_digests(work)}
+        meta["digest"] = meta_digest(meta)
+        _check_meta(work, meta)  # what is written is what `load` accepts
         (work / "index.json").write_text(json.dumps(meta, indent=2) + "\n")
         if atomic and replace and final.exists():
             old = final.with_name(f".old-{final.name}-{uuid.uuid4().hex[:8]}")
@@ -413,27 +439,211 @@ def save(path: os.PathLike, searcher, params: dict, ids: Sequence[str], labels: 
     return final
 
 
-def read_meta(path: os.PathLike) -> dict:
-    """index.json of an index folder.
+def _corrupt(path: Path, problem: str) -> UserInputError:
+    return UserInputError(f"Index {str(path)!r} is corrupt: {problem}. Searching it could return wrong results; "
+                          "rebuild it with `python -m tfsim.pipelines.index`.")
+
+
+def _is_int(value, low: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_meta(path: Path, meta) -> None:
+    """Validates index.json's content against its schema (types, known values, consistency).
 
     Raises:
-        UserInputError: `path` is not a tfsim index (or an unreadable index.json).
+        UserInputError: the first field that is wrong, what it holds and what was expected.
     """
+    def need(ok: bool, field: str, expected: str, value=None) -> None:
+        if not ok:
+            shown = repr(value)
+            raise _corrupt(path, f"index.json's `{field}` is {shown[:80] + '...' if len(shown) > 80 else shown}; "
+                                 f"expected {expected}")
+
+    need(isinstance(meta, dict), "(top level)", "a JSON object", type(meta).__name__)
+    for key in ("similarity", "params", "class_names", "size", "model", "id_kind", "files", "digest"):
+        if key not in meta:
+            raise _corrupt(path, f"index.json has no `{key}`")
+    need(meta["similarity"] in distances.DISTANCES, "similarity", f"one of {sorted(distances.DISTANCES)}",
+         meta["similarity"])
+    need(meta["id_kind"] in ID_KINDS, "id_kind", f"one of {list(ID_KINDS)}", meta["id_kind"])
+    names = meta["class_names"]
+    need(isinstance(names, list) and len(names) > 0 and all(isinstance(n, str) for n in names),
+         "class_names", "a non-empty list of strings", names)
+    need(len(set(names)) == len(names), "class_names", "distinct names", names)
+    need(_is_int(meta["size"], 1), "size", "an integer >= 1", meta["size"])
+    need(isinstance(meta["digest"], str), "digest", "a SHA-256 hex string", meta["digest"])
+
+    params = meta["params"]
+    need(isinstance(params, dict), "params", "an object", params)
+    need(params.get("mode") in MODES, "params.mode", f"one of {list(MODES)}", params.get("mode"))
+    need(params.get("size") == meta["size"], "params.size", f"the index's size, {meta['size']}", params.get("size"))
+    need(_is_int(params.get("num_neighbors"), 1), "params.num_neighbors", "an integer >= 1",
+         params.get("num_neighbors"))
+    for key in ("added", "built_size"):
+        if key in params:
+            need(_is_int(params[key]), f"params.{key}", "an integer >= 0", params[key])
+    if params["mode"] == "tree_ah":
+        for key in ("num_leaves", "num_leaves_to_search", "reorder"):
+            need(_is_int(params.get(key), 1), f"params.{key}", "an integer >= 1", params.get(key))
+        for key in ("measured_recall", "target_recall", "queries_per_second"):
+            need(_is_number(params.get(key)), f"params.{key}", "a number", params.get(key))
+        tuning = params.get("tuning")
+        need(isinstance(tuning, dict) and _is_int(tuning.get("sample"), 1), "params.tuning",
+             "an object with `sample`, an integer >= 1", tuning)
+    elif params["mode"] == "hamming":
+        need(_is_int(params.get("code_bits"), 8) and params["code_bits"] % 8 == 0, "params.code_bits",
+             "a positive multiple of 8", params.get("code_bits"))
+
+    model = meta["model"]
+    need(isinstance(model, dict), "model", "an object describing the model that built the index", model)
+    need(isinstance(model.get("fingerprint"), str) and len(model["fingerprint"]) > 0, "model.fingerprint",
+         "the fingerprint of the model's files (a string)", model.get("fingerprint"))
+    need(_is_int(model.get("embedding_dim"), 1), "model.embedding_dim", "an integer >= 1", model.get("embedding_dim"))
+    for key in ("name", "path"):
+        need(model.get(key) is None or isinstance(model[key], str), f"model.{key}", "a string or null", model.get(key))
+    need(model.get("version") is None or _is_int(model["version"]), "model.version", "an integer or null",
+         model.get("version"))
+
+    files = meta["files"]
+    need(isinstance(files, dict) and "gallery.npz" in files, "files",
+         "an object listing every file of the index with its size and SHA-256, gallery.npz included", files)
+    for name, entry in files.items():
+        parts = name.split("/")
+        need(not name.startswith("/") and all(part not in ("", ".", "..") for part in parts) and name != "index.json",
+             "files", "names of files inside the index folder (relative, no '..')", name)
+        need(isinstance(entry, list) and len(entry) == 2 and _is_int(entry[0])
+             and isinstance(entry[1], str) and re.fullmatch(r"[0-9a-f]{64}", entry[1]) is not None,
+             f"files[{name!r}]", "[size in bytes, SHA-256 hex]", entry)
+
+
+def leftovers(path: os.PathLike) -> list[Path]:
+    """The `.tmp-<name>-*` and `.old-<name>-*` folders an interrupted write or update of the index
+    at `path` left beside it (`save`)."""
     path = Path(path)
+    pattern = re.compile(rf"\.(tmp|old)-{re.escape(path.name)}-[0-9a-f]{{8}}")
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:
+        return []
+    return sorted(p for p in entries if pattern.fullmatch(p.name) and p.is_dir() and not p.is_symlink())
+
+
+def _complete(candidate: Path) -> Optional[str]:
+    """None if `candidate` is a complete index that passes every check, else why not (a few words)."""
+    if not (candidate / "index.json").is_file():
+        return "incomplete: no index.json"
+    try:
+        verify(candidate, _parse_meta(candidate))
+    except UserInputError:
+        return "damaged"
+    return None
+
+
+def recover(path: os.PathLike) -> list[str]:
+    """Repairs what an interrupted `save` left beside the index at `path`, and says what it did.
+
+    With no index at `path`, the newest complete, verified `.tmp-<name>-*` (an update that had
+    finished writing; the crash came between the two renames) or else `.old-<name>-*` (the index
+    before the update) is renamed to `path`; once an index is at `path`, the other leftovers are
+    stale and removed. Leftovers that hold no complete index while `path` has none are kept (they
+    may be all there is) and `read_meta`'s error names them. Runs under `sibling_lock(path)`; while
+    another process holds it (an update in progress), nothing is touched.
+
+    Returns:
+        One line per action taken (also logged as warnings).
+
+    Raises:
+        LockHeld: no index at `path` while another process is updating it.
+    """
+    from tfsim import locks
+
+    path = Path(path)
+    if not leftovers(path):
+        return []
+    done: list[str] = []
+    try:
+        lock = locks.sibling_lock(path, "index").acquire()
+    except locks.LockHeld:
+        if (path / "index.json").is_file():
+            return []  # an update in progress: its temporary folder is not a leftover
+        raise
+    except OSError as err:  # e.g. a read-only folder: leave it as it is
+        if (path / "index.json").is_file():
+            log.warning("Leftovers of an interrupted update beside %s were not cleaned up (%s).", path, err)
+            return []
+        raise
+    try:
+        found = leftovers(path)
+        if not path.exists():
+            by_age = lambda p: p.stat().st_mtime  # noqa: E731
+            newer = sorted((p for p in found if p.name.startswith(".tmp-")), key=by_age, reverse=True)
+            older = sorted((p for p in found if p.name.startswith(".old-")), key=by_age, reverse=True)
+            for candidate in newer + older:
+                if _complete(candidate) is None:
+                    os.rename(candidate, path)
+                    what = ("the update it had finished writing" if candidate.name.startswith(".tmp-")
+                            else "the index as it was before the update")
+                    done.append(f"Index {str(path)!r} was missing after an interrupted update: restored {what} "
+                                f"from {candidate.name}.")
+                    break
+        if path.exists():
+            for stale in leftovers(path):
+                shutil.rmtree(stale, ignore_errors=True)
+                done.append(f"Removed {stale.name}, left beside index {str(path)!r} by an interrupted write.")
+    finally:
+        lock.release()
+    for line in done:
+        log.warning("%s", line)
+    return done
+
+
+def _parse_meta(path: Path) -> dict:
+    """index.json of `path`, checked against its format, schema and digest."""
     meta_file = path / "index.json"
     if not meta_file.is_file():
+        found = leftovers(path)
+        extra = ""
+        if found:
+            extra = (" Beside it are leftovers of an interrupted update that hold no complete index: "
+                     + "; ".join(f"{p.name} ({_complete(p) or 'complete'})" for p in found[:3])
+                     + ("; ..." if len(found) > 3 else "")
+                     + ". Rebuild the index, or restore one of them by hand if you know it is good.")
         raise UserInputError(
             f"{str(path)!r} is not a tfsim index: expected a folder with index.json, gallery.npz and "
-            "scann/, as written by `python -m tfsim.pipelines.index` or the train pipeline.")
+            f"scann/, as written by `python -m tfsim.pipelines.index` or the train pipeline.{extra}")
     try:
         meta = json.loads(meta_file.read_text())
     except (ValueError, UnicodeDecodeError):
-        raise UserInputError(f"Index {str(path)!r} is corrupt: index.json is not valid JSON. Rebuild it "
-                             "with `python -m tfsim.pipelines.index`.") from None
-    if meta.get("format") not in READABLE_FORMATS:
+        raise _corrupt(path, "index.json is not valid JSON") from None
+    if isinstance(meta, dict) and meta.get("format") in OLDER_FORMATS:
+        raise UserInputError(
+            f"Index {str(path)!r} has the older format {meta['format']!r}, whose index.json and model fingerprint "
+            f"this tfsim cannot check; rebuild it with `python -m tfsim.pipelines.index` (format {FORMAT!r}).")
+    if isinstance(meta, dict) and meta.get("format") not in READABLE_FORMATS:
         raise UserInputError(f"{str(path)!r} has index format {meta.get('format')!r}; expected one of "
-                             f"{list(READABLE_FORMATS)}.")
+                             f"{list(READABLE_FORMATS)}. Rebuild it with `python -m tfsim.pipelines.index`.")
+    _check_meta(path, meta)
+    if meta["digest"] != meta_digest(meta):
+        raise _corrupt(path, "index.json was changed after it was written (its content does not match its digest)")
     return meta
+
+
+def read_meta(path: os.PathLike, recover_leftovers: bool = True) -> dict:
+    """index.json of an index folder, validated (format, schema, digest), after `recover`ing what
+    an interrupted update left beside it.
+
+    Raises:
+        UserInputError: `path` is not a tfsim index, or its index.json is damaged or was edited.
+    """
+    path = Path(path)
+    if recover_leftovers:
+        recover(path)
+    return _parse_meta(path)
 
 
 def verify(path: os.PathLike, meta: dict, checksums: bool = True) -> None:
@@ -444,9 +654,7 @@ def verify(path: os.PathLike, meta: dict, checksums: bool = True) -> None:
             results, so it is refused.
     """
     path = Path(path)
-    expected = meta.get("files")
-    if expected is None:  # v1 indexes recorded no files
-        return
+    expected = meta["files"]
     found = _file_digests(path) if checksums else {
         name: [(path / name).stat().st_size, None] for name in expected if (path / name).is_file()}
     for name, (size, digest) in expected.items():
@@ -458,31 +666,60 @@ def verify(path: os.PathLike, meta: dict, checksums: bool = True) -> None:
         elif checksums and found[name][1] != digest:
             problem = "does not have the content that was written (altered or damaged)"
         if problem:
-            raise UserInputError(f"Index {str(path)!r} is corrupt: {name} {problem}. Searching it could return "
-                                 "wrong results; rebuild it with `python -m tfsim.pipelines.index`.")
+            raise _corrupt(path, f"{name} {problem}")
 
 
-def load(path: os.PathLike, checksums: bool = True) -> GalleryIndex:
-    """Loads an index folder written by `save`, after `verify`ing its files.
+def _resolve_paths(path: Path, paths: np.ndarray) -> np.ndarray:
+    """Gallery paths as recorded, relative ones resolved against the index folder (never the
+    current directory)."""
+    base = os.path.abspath(path)
+    return np.array([p if os.path.isabs(p) else os.path.normpath(os.path.join(base, p)) for p in paths.astype(str)])
+
+
+def load(path: os.PathLike, checksums: bool = True, recover_leftovers: bool = True) -> GalleryIndex:
+    """Loads an index folder written by `save`, after `verify`ing its files and checking that the
+    gallery matches index.json (one id, label and path or image per item, labels naming classes).
 
     Raises:
         UserInputError: `path` is not a tfsim index, or it is corrupt or truncated.
     """
     path = Path(path)
-    meta = read_meta(path)
+    meta = read_meta(path, recover_leftovers)
     verify(path, meta, checksums)
+    if meta["params"]["mode"] != "hamming":  # ScaNN opens the assets its pbtxt names: only files of this folder
+        pbtxt = path / "scann" / "scann_assets.pbtxt"
+        named = re.findall(r'asset_path: "([^"]*)"', pbtxt.read_text(errors="replace")) if pbtxt.is_file() else []
+        if any("/" in name or name in ("", ".", "..") for name in named):
+            raise _corrupt(path, "scann/scann_assets.pbtxt names files outside the index folder")
     try:
-        searcher = (HammingSearcher.load(path / "scann") if meta["params"].get("mode") == "hamming"
+        searcher = (HammingSearcher.load(path / "scann") if meta["params"]["mode"] == "hamming"
                     else _scann().load_searcher(str(path / "scann")))
-        with np.load(path / "gallery.npz") as npz:
+        with np.load(path / "gallery.npz") as npz:  # (no pickles: allow_pickle stays False)
             index = GalleryIndex(searcher=searcher, ids=npz["ids"], labels=npz["labels"],
                                  class_names=tuple(meta["class_names"]), similarity=meta["similarity"],
                                  params=meta["params"], images=npz["images"] if "images" in npz else None,
                                  paths=npz["paths"] if "paths" in npz else None, meta=meta)
-    except (OSError, ValueError, RuntimeError) as err:
+    except (OSError, ValueError, RuntimeError, KeyError) as err:
         raise UserInputError(f"Index {str(path)!r} cannot be read ({err}); rebuild it with "
                              "`python -m tfsim.pipelines.index`.") from None
-    if searcher.size() != len(index.ids) or len(index.labels) != len(index.ids):
-        raise UserInputError(f"Index {str(path)!r} is inconsistent: the searcher holds {searcher.size()} vectors "
-                             f"for {len(index.ids)} ids; rebuild it with `python -m tfsim.pipelines.index`.")
+    size = meta["size"]
+    problem = None
+    if index.ids.ndim != 1 or index.ids.dtype.kind != "U" or len(index.ids) != size:
+        problem = f"gallery.npz holds {index.ids.shape} ids of type {index.ids.dtype} for an index of {size} items"
+    elif index.labels.ndim != 1 or index.labels.dtype.kind not in "iu" or len(index.labels) != size:
+        problem = f"gallery.npz holds {index.labels.shape} labels of type {index.labels.dtype} for {size} items"
+    elif size and (index.labels.min() < 0 or index.labels.max() >= len(index.class_names)):
+        problem = (f"its labels run from {int(index.labels.min())} to {int(index.labels.max())}, but index.json "
+                   f"names {len(index.class_names)} classes")
+    elif (index.images is None) == (index.paths is None):
+        problem = "gallery.npz must hold either the images or their paths"
+    elif len(index.images if index.images is not None else index.paths) != size:
+        problem = f"gallery.npz's images or paths are not one per item ({size})"
+    elif searcher.size() != size:
+        problem = f"the searcher holds {searcher.size()} vectors for {size} ids"
+    if problem:
+        raise UserInputError(f"Index {str(path)!r} is inconsistent: {problem}; rebuild it with "
+                             "`python -m tfsim.pipelines.index`.")
+    if index.paths is not None:
+        index.paths = _resolve_paths(path, index.paths)
     return index

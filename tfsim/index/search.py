@@ -2,7 +2,8 @@
 
 `search_image(model_dir, image_path, k)` uses only artifacts on disk: the exported
 SavedModel (`serving_default`, image bytes in) and the index stored inside the
-export, so what it shows is what a served model would return.
+export (or another index it built), so what it shows is what a served model would return.
+The model is never one named inside the index (`catalogue.index_model`).
 `render_grid` draws the picture the image-similarity literature shows: the query on
 the left, the k nearest gallery images to its right, each labelled with its class
 and score.
@@ -17,6 +18,8 @@ from typing import Optional
 
 import numpy as np
 
+from tfsim.data.preprocess import DEFAULT_MAX_PIXELS
+from tfsim.data.sources import escape_name, image_size, size_problem
 from tfsim.errors import UserInputError
 from tfsim.export.saved_model import META_DIR, read_export
 from tfsim.index import scann_index
@@ -33,16 +36,23 @@ class SearchResult:
     ids: list[str]
     labels: list[str]
     images: list[np.ndarray]
+    gallery_size: int = 0  # items in the index (fewer results than asked when it holds fewer)
 
 
-def read_query_image(path: os.PathLike) -> tuple[bytes, np.ndarray]:
-    """The file's bytes and its decoded RGB pixels; a clear error if it is not an image."""
+def read_query_image(path: os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[bytes, np.ndarray]:
+    """The file's bytes and its decoded RGB pixels; a clear error if it is not an image, or if its
+    header declares more than `max_pixels` pixels (checked before anything is decoded)."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():
         raise UserInputError(f"Invalid value for `--image`: no such file {str(path)!r}. "
                              "Expected the path of a JPEG/PNG/BMP/GIF image.")
+    too_big = size_problem(path, max_pixels, "the export's max_pixels")
+    if too_big is not None:
+        raise UserInputError(f"Invalid value for `--image`: {escape_name(str(path))!r} is {too_big}. Expected an image "
+                             "of at most that many pixels: downscale it, or search with an export written with a "
+                             "higher export.max_pixels.")
     data = path.read_bytes()
     try:
         with Image.open(path) as img:
@@ -57,42 +67,65 @@ def read_query_image(path: os.PathLike) -> tuple[bytes, np.ndarray]:
     return data, pixels
 
 
+def check_output(out: os.PathLike) -> Path:
+    """`out` if a PNG can be written there: not a folder, and no file where a folder of its path
+    should be.
+
+    Raises:
+        UserInputError: naming the path and what is in the way.
+    """
+    out = Path(out)
+    if out.is_dir():
+        raise UserInputError(f"Invalid value for `--out`: {str(out)!r} is a folder; expected the path of a PNG file "
+                             f"to write, e.g. {str(out / 'grid.png')!r}.")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserInputError(
+                    f"Invalid value for `--out`: cannot write {str(out)!r} because {str(parent)!r} is a file, not a "
+                    "folder. Expected a path whose folders are folders (or do not exist yet); choose another --out.")
+            break
+    return out
+
+
 def search_image(model_dir: Optional[os.PathLike], image_path: os.PathLike, k: int = 6,
                  index_dir: Optional[os.PathLike] = None) -> SearchResult:
     """Embeds `image_path` with the export at `model_dir` and returns its k nearest gallery items
-    from `index_dir` (default: the index inside the export; without `model_dir`, the model that
-    built `index_dir`).
+    from `index_dir` (default: the index inside the export; without `model_dir`, the export that
+    `index_dir` lives in). At most the index's size are returned.
 
     Raises:
-        UserInputError: not a tfsim export, an export without index, an index built by another
-            model, a corrupt index, or not an image.
+        UserInputError: not a tfsim export, an export without index, an index outside an export
+            and no `model_dir`, an index built by another model, a corrupt index, or not an image.
     """
-    from tfsim.index.catalogue import check_model
+    from tfsim.index.catalogue import index_model
 
     if k < 1:
         raise UserInputError(f"Invalid value for `--top-k`: expected an integer >= 1. Received: {k}")
     if model_dir is None and index_dir is None:
-        raise UserInputError("Give --model EXPORT (its own index), --index DIR (the model that built it), or both.")
-    if index_dir is not None:
-        meta = scann_index.read_meta(index_dir)
-        if model_dir is None:
-            model_dir = (meta.get("model") or {}).get("path")
-            if not model_dir:
-                raise UserInputError(f"Index {str(index_dir)!r} does not record the model that built it: pass --model.")
-        check_model(index_dir, meta, model_dir)
-    model_dir = Path(model_dir)
-    read_export(model_dir)
+        raise UserInputError("Give --model EXPORT (its own index), --index DIR --model EXPORT (an index that export "
+                             "built), or --index DIR alone for an index inside an export.")
     if index_dir is None:
-        index_dir = model_dir / META_DIR / "index"
-        if not index_dir.is_dir():
+        read_export(model_dir)
+        index_dir = Path(model_dir) / META_DIR / "index"
+        if not index_dir.is_dir() and not scann_index.leftovers(index_dir):
             raise UserInputError(f"Export {str(model_dir)!r} has no ScaNN index ({index_dir} is missing); "
                                  "re-run training with index.enabled=true, or build one with "
                                  "`python -m tfsim.pipelines.index` and pass --index.")
-    data, pixels = read_query_image(image_path)
+    meta = scann_index.read_meta(index_dir)
+    model_dir = index_model(index_dir, model_dir, meta)
+    max_pixels = int(read_export(model_dir).get("max_pixels") or DEFAULT_MAX_PIXELS)  # its serving graph's limit
+    data, pixels = read_query_image(image_path, max_pixels)
     import tensorflow as tf
 
     serving = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
-    query = serving(image_bytes=tf.constant([data]))["embeddings"].numpy()
+    try:
+        query = serving(image_bytes=tf.constant([data]))["embeddings"].numpy()
+    except tf.errors.InvalidArgumentError as err:  # the graph's own checks (size, format)
+        message = str(err.message)
+        message = message[message.find("Image of"):] if "Image of" in message else message
+        raise UserInputError(f"Invalid value for `--image`: the export refused {escape_name(str(image_path))!r}: "
+                             f"{message.splitlines()[0][:300]}") from None
     index = scann_index.load(index_dir)
     rows, scores = index.search(query, k)
     rows, scores = rows[0], scores[0]
@@ -100,10 +133,23 @@ def search_image(model_dir: Optional[os.PathLike], image_path: os.PathLike, k: i
         images = [index.images[r] for r in rows]
     else:
         from PIL import Image
-        images = [np.asarray(Image.open(index.paths[r]).convert("RGB")) for r in rows]
+        images = [_gallery_picture(index.paths[r], max_pixels) for r in rows]
     return SearchResult(query_path=Path(image_path), query_image=pixels, rows=rows, scores=scores,
                         ids=[str(index.ids[r]) for r in rows],
-                        labels=[index.class_names[index.labels[r]] for r in rows], images=images)
+                        labels=[index.class_names[index.labels[r]] for r in rows], images=images,
+                        gallery_size=len(index))
+
+
+def _gallery_picture(path: str, max_pixels: int) -> np.ndarray:
+    """A gallery image's RGB pixels for the grid; a grey tile for a file that now declares more
+    than `max_pixels` pixels (replaced since it was indexed): never decoded."""
+    from PIL import Image
+
+    size = image_size(path)
+    if size is not None and size[0] * size[1] > max_pixels:
+        return np.full((8, 8, 3), 128, np.uint8)
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
 
 
 def render_grid(result: SearchResult, out: os.PathLike, tile: int = 128) -> Path:

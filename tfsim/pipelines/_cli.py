@@ -1,18 +1,24 @@
 """Shared CLI plumbing: logging set-up and user-error handling.
 
 A `UserInputError` (bad config, path or data) is printed as one line on stderr with
-exit status 2 and no traceback; an OS error on a path (permissions, a full disk) as one line
-naming the path, exit status 1; anything else is a bug and keeps its traceback.
+exit status 2 and no traceback; so is a full disk (ENOSPC, or EFBIG past `ulimit -f`) that the
+writer did not already report as `tfsim.errors.DiskFull`, whether Python, Keras (an `OSError`
+with no file name) or TensorFlow (`ResourceExhaustedError` / `OutOfRangeError` with the path in
+its message) raised it: one line naming the file or folder. Any other OS error on a path
+(permissions, a file where a folder should be) is one line naming the path, exit status 1;
+anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import re
 import sys
 from typing import Callable
 
-from tfsim.errors import UserInputError
+from tfsim.errors import UserInputError, disk_full_errno
 
 
 def quiet_tensorflow() -> None:
@@ -28,12 +34,32 @@ def run(main: Callable[[list[str]], int], argv: list[str] | None = None) -> None
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    except OSError as err:
-        if not err.filename:  # not about a path: keep the traceback
+    except Exception as err:
+        code = disk_full_errno(err)
+        if code is None:
+            if isinstance(err, OSError) and err.filename:
+                _path_error(err)
             raise
-        # A path the machine refused (permissions, full disk, a file where a folder should
-        # be): one line naming it.
-        print(f"error: {err.strerror or err}: {err.filename!r}" + (f" -> {err.filename2!r}" if err.filename2 else ""),
-              file=sys.stderr)
-        sys.exit(1)
+        print(f"error: {_disk_full_line(err, code)}", file=sys.stderr)
+        sys.exit(2)
     sys.exit(status or 0)
+
+
+def _disk_full_line(err: BaseException, code: int) -> str:
+    """One line for a full disk the writer did not report itself: the path if the error names one."""
+    path = getattr(err, "filename", None)
+    if not path:  # TensorFlow: "{{function_node ...}} /path/to/file.tempstate123; No space left on device"
+        found = re.search(r"(?:^|\s)(/[^\s;'\"]+)", str(getattr(err, "message", None) or err))
+        path = found.group(1) if found else None
+    where = f" while writing {str(os.path.dirname(path) or path)!r} ({os.path.basename(path)})" if path else ""
+    fix = ("free some space there and run the same command again" if code == errno.ENOSPC else
+           "raise the file-size limit (`ulimit -f`) and run the same command again")
+    return f"{os.strerror(code)}{where}: {fix}."
+
+
+def _path_error(err: OSError) -> None:
+    """A path the machine refused (permissions, a file where a folder should be): one line naming it."""
+    print(f"error: {err.strerror or err}: {err.filename!r}" + (f" -> {err.filename2!r}" if err.filename2 else ""),
+          file=sys.stderr)
+    sys.exit(1)
+

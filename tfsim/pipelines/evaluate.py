@@ -31,6 +31,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", default=None, help="report folder (default: runs/eval/<name>_v<version>, "
                                                     "or runs/eval/<run>_<checkpoint>)")
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--max-pixels", type=int, default=None,
+                        help="skip images whose header declares more pixels (width x height), undecoded "
+                             "(default: the export's limit, or the run's data.max_pixels)")
     parser.add_argument("--ann", action="store_true",
                         help="also the metrics from a ScaNN index of the gallery, and their gap to exact on a sample")
     args = parser.parse_args(argv)
@@ -44,6 +47,8 @@ def main(argv: list[str]) -> int:
         raise UserInputError(f"Invalid --ks {args.ks!r}: expected integers separated by commas, e.g. 1,2,4,8.") from None
     if not ks or min(ks) < 1:
         raise UserInputError(f"Invalid --ks {args.ks!r}: expected integers >= 1.")
+    if args.max_pixels is not None and args.max_pixels < 1:
+        raise UserInputError(f"Invalid --max-pixels {args.max_pixels}: expected an integer >= 1 (width x height).")
     model = Path(args.model)
     if args.out:
         out = Path(args.out)
@@ -53,7 +58,8 @@ def main(argv: list[str]) -> int:
         out = Path("runs") / "eval" / f"{model.name}_latest"
     else:
         out = Path("runs") / "eval" / f"{model.parent.name}_v{model.name}"
-    m = evaluate(model, args.data, args.query, args.gallery, ks, out, args.batch_size, ann=args.ann)
+    m = evaluate(model, args.data, args.query, args.gallery, ks, out, args.batch_size, ann=args.ann,
+                 max_pixels=args.max_pixels)
     cols = [f"recall@{k}" for k in ks] + ["map@r", "r_precision"] + [c for c in ("map", "nmi", "ami") if c in m]
     if m["model_kind"] == "checkpoint":
         d = m["model_details"]
@@ -72,6 +78,10 @@ def main(argv: list[str]) -> int:
               f"precision within radius 2 {h['precision@r2']:.4f}")
     worst = sorted(m["per_class"].items(), key=lambda item: (item[1]["map@r"], item[0]))[:5]
     print("worst classes (MAP@R): " + ", ".join(f"{name} {v['map@r']:.3f}" for name, v in worst))
+    if m["skipped_files"]:
+        first = m["skipped_files"][0]
+        print(f"skipped {len(m['skipped_files'])} image file(s) that cannot be used, e.g. {first['path']} "
+              f"({first['reason']}): all listed in metrics.json (skipped_files)")
     print(f"report: {out / 'metrics.md'} (and metrics.json)")
     return 0
 

@@ -2,18 +2,19 @@
 
 Embeds a catalogue of images with an export and writes a ScaNN index that tunes itself to
 --target-recall (`tfsim.index.catalogue` does the work); `--add DATA --index DIR` inserts new
-images into an existing index; `--serve ROOT` also writes the retrieval SavedModels of the
+images into an existing index (with `--model`, the export that built it, unless the index lies
+inside it); `--ids path` makes the index return absolute file paths as ids instead of paths
+relative to the data root; `--serve ROOT` also writes the retrieval SavedModels of the
 index (`tfsim.export.retrieval`: image bytes in, top-k ids/labels/scores out) to
 ROOT/<name>_exact/<version> and ROOT/<name>_scann/<version>, with TF Serving warm-up records
 and ROOT/models.config (with only --index DIR, the SavedModels of that index). DATA is a folder
 <dir>/<class>/<image>, a list file, tfds:NAME[:SPLIT] or default. Search an index with
-`python -m tfsim.pipelines.search --index DIR`.
+`python -m tfsim.pipelines.search --index DIR --model EXPORT`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from tfsim.pipelines import _cli
@@ -23,11 +24,15 @@ _cli.quiet_tensorflow()
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m tfsim.pipelines.index", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="an export version folder (for --add: default, the model that built the index)")
+    parser.add_argument("--model", help="an export version folder (with --add or --index --serve: the export that "
+                                        "built the index; needed unless the index is inside it)")
     parser.add_argument("--data", help="the catalogue to index")
     parser.add_argument("--out", help="the index folder to create")
     parser.add_argument("--add", metavar="DATA", help="images to add to the index given by --index")
     parser.add_argument("--index", help="an existing index folder (with --add)")
+    parser.add_argument("--ids", choices=("relative", "path"), default=None,
+                        help="ids the index returns: each image's path relative to the data root (default, e.g. "
+                             "Coat/img_12.png) or its absolute path (shows this machine's file layout to clients)")
     parser.add_argument("--target-recall", type=float, default=None,
                         help="recall@k the index tunes itself to reach (default: index.target_recall, 0.95)")
     parser.add_argument("--num-neighbors", type=int, default=None, help="the k of the tuning (default 10)")
@@ -46,8 +51,9 @@ def main(argv: list[str]) -> int:
     if args.index and args.add is None and args.serve and not (args.data or args.out):
         path = Path(args.index)  # only the retrieval SavedModels of an existing index
     elif args.add is not None:
-        if not args.index or args.data or args.out:
-            raise UserInputError("--add DATA needs --index DIR (and no --data / --out).")
+        if not args.index or args.data or args.out or args.ids:
+            raise UserInputError("--add DATA needs --index DIR (and no --data / --out / --ids: added images get ids "
+                                 "of the kind the index was built with).")
         path, added = catalogue.add_to_index(args.index, args.add, args.model, args.batch_size)
     else:
         if not (args.model and args.data and args.out):
@@ -57,8 +63,10 @@ def main(argv: list[str]) -> int:
                      (("target_recall", args.target_recall), ("num_neighbors", args.num_neighbors)) if value is not None]
         cfg = config_lib.load("default", overrides)
         config_lib.validate(cfg)
-        path = catalogue.build_index(args.model, args.data, args.out, scann_index.options(cfg.index), args.batch_size)
-    meta = json.loads((Path(path) / "index.json").read_text())
+        path = catalogue.build_index(args.model, args.data, args.out, scann_index.options(cfg.index), args.batch_size,
+                                     ids=args.ids or "relative")
+    meta = scann_index.read_meta(path)
+    model = catalogue.index_model(path, args.model, meta) if args.serve else None  # (before printing anything)
     p = meta["params"]
     print(f"\nindex: {path} ({meta['size']} images, {len(meta['class_names'])} classes, {p['mode']})")
     if added is not None:
@@ -67,13 +75,11 @@ def main(argv: list[str]) -> int:
         print(f"{p['num_leaves']} leaves, {p['num_leaves_to_search']} searched, reorder {p['reorder']}: "
               f"recall@{p['num_neighbors']} {p['measured_recall']:.3f} (target {p['target_recall']}) on "
               f"{p['tuning']['sample']} gallery queries, {p['queries_per_second']:,.0f} queries/s")
-    print(f"search it: python -m tfsim.pipelines.search --index {path} --image IMAGE")
+    model_arg = f" --model {args.model}" if args.model else ""
+    print(f"search it: python -m tfsim.pipelines.search --index {path}{model_arg} --image IMAGE")
     if args.serve:
         from tfsim.export.retrieval import export_retrieval
 
-        model = args.model or (meta.get("model") or {}).get("path")
-        if not model:
-            raise UserInputError(f"Index {str(path)!r} does not record the model that built it: pass --model.")
         kinds = None if args.kinds is None else tuple(k.strip() for k in args.kinds.split(",") if k.strip())
         for kind, folder in export_retrieval(model, path, args.serve, args.top_k, kinds).items():
             print(f"retrieval SavedModel ({kind}): {folder}")

@@ -1,8 +1,8 @@
 """`python -m tfsim.pipelines.search (--model saved_models/<name>/<version> | --index DIR) --image q.png [--top-k 6]`
 
 Prints the k nearest gallery items of an image (from the export's own ScaNN index, or an
-index built by `python -m tfsim.pipelines.index`) and writes a PNG grid: the query on the
-left, the results to its right, labelled.
+index built by `python -m tfsim.pipelines.index`, searched with `--model`, the export that built
+it) and writes a PNG grid: the query on the left, the results to its right, labelled.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ _cli.quiet_tensorflow()
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m tfsim.pipelines.search", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="an export version folder: saved_models/<name>/<version> "
-                                        "(default with --index: the model that built it)")
+    parser.add_argument("--model", help="an export version folder: saved_models/<name>/<version> (with --index: "
+                                        "the export that built it; needed unless the index is inside it)")
     parser.add_argument("--index", help="an index folder built by python -m tfsim.pipelines.index "
                                         "(default: the index inside the export)")
     parser.add_argument("--image", required=True, help="query image (JPEG/PNG/BMP/GIF)")
@@ -26,14 +26,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", default=None, help="PNG grid to write (default: search_<image name>.png)")
     args = parser.parse_args(argv)
 
-    from tfsim.index.search import render_grid, search_image
+    from tfsim.index.search import check_output, render_grid, search_image
 
+    out = check_output(args.out or f"search_{Path(args.image).stem}.png")
     result = search_image(args.model, args.image, args.top_k, args.index)
-    print(f"{args.top_k} nearest gallery items of {args.image}:")
+    found = len(result.ids)
+    note = f" (the index holds {result.gallery_size} images)" if found < args.top_k else ""
+    print(f"{found} nearest gallery items of {args.image}{note}:")
     print(f"{'rank':>4}  {'score':>7}  {'label':<16} id")
     for i, (score, label, id_) in enumerate(zip(result.scores, result.labels, result.ids), start=1):
         print(f"{i:>4}  {score:>7.4f}  {label:<16} {id_}")
-    out = render_grid(result, args.out or f"search_{Path(args.image).stem}.png")
+    out = render_grid(result, out)
     print(f"grid written to {out}")
     return 0
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -14,6 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfsim import runs
 from tfsim.errors import UserInputError
 from tfsim.evaluation.metrics import retrieval_metrics
 
@@ -133,14 +133,17 @@ class ResumableCheckpoint(keras.callbacks.Callback):
     Writes `<dir>/epoch-NNNN.keras` (NNNN = completed epochs) under a temporary name, then
     renames it: the model and its epoch number are committed by that one rename, so an
     interruption at any moment leaves a complete checkpoint whose name says how far it got.
-    Older checkpoints are deleted only after the new one is in place. `latest(dir)` reads
-    the newest back for resuming (a run folder written before these names, with
-    `last.keras` + `last.json`, still resumes).
+    Older checkpoints are deleted only after the new one is in place; the newest `keep` (2)
+    stay, so that a run whose last checkpoint was damaged on disk resumes from the one before
+    (`tfsim.runs.choose_checkpoint`). A full disk stops training with one line naming the
+    folder and the space needed; the previous checkpoints are kept and the temporary file
+    removed. `latest(dir)` reads the newest back (a run folder written before these names,
+    with `last.keras` + `last.json`, still resumes).
     """
 
-    PATTERN = re.compile(r"epoch-(\d+)\.keras")
+    PATTERN = runs.EPOCH_PATTERN
 
-    def __init__(self, directory: os.PathLike, keep: int = 1):
+    def __init__(self, directory: os.PathLike, keep: int = 2):
         super().__init__()
         self.directory = Path(directory)
         self.keep = keep
@@ -148,9 +151,7 @@ class ResumableCheckpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.directory.mkdir(parents=True, exist_ok=True)
         final = self.directory / f"epoch-{epoch + 1:04d}.keras"
-        tmp = self.directory / f".tmp-{final.name}"
-        self.model.save(tmp)
-        os.replace(tmp, final)
+        runs.save_model(self.model, final, f"the checkpoint of epoch {epoch + 1}", _kept(self.directory))
         for old in self.checkpoints(self.directory)[:-self.keep]:
             old[0].unlink(missing_ok=True)
         for partial, epochs, _ in StepCheckpoint.partials(self.directory):
@@ -160,24 +161,23 @@ class ResumableCheckpoint(keras.callbacks.Callback):
     @classmethod
     def checkpoints(cls, directory: os.PathLike) -> list[tuple[Path, int]]:
         """`(path, completed epochs)` of every committed checkpoint, oldest first."""
-        directory = Path(directory)
-        found = []
-        for path in directory.glob("epoch-*.keras") if directory.is_dir() else ():
-            match = cls.PATTERN.fullmatch(path.name)
-            if match:
-                found.append((path, int(match.group(1))))
-        return sorted(found, key=lambda item: item[1])
+        return runs.epoch_checkpoints(directory)
 
     @classmethod
     def latest(cls, directory: os.PathLike):
-        """`(path, completed epochs)` of the newest checkpoint, or None if there is none."""
+        """`(path, completed epochs)` of the newest checkpoint (not verified: see
+        `tfsim.runs.choose_checkpoint`), or None if there is none."""
         found = cls.checkpoints(directory)
-        if found:
-            return found[-1]
-        directory = Path(directory)  # the earlier layout
-        if (directory / "last.keras").is_file() and (directory / "last.json").is_file():
-            return directory / "last.keras", int(json.loads((directory / "last.json").read_text())["epoch"])
-        return None
+        return found[-1] if found else runs.legacy_checkpoint(directory)
+
+
+def _kept(directory: Path) -> str:
+    """The end of a disk-full line at a checkpoint: what is kept, and that the same command resumes."""
+    point = resume_point(directory)
+    if point is None:
+        return " and run the same command again."
+    return (f" (the previous checkpoint {point[0].name} is kept) and run the same command again: it resumes from "
+            f"epoch {point[1]}" + (f", step {point[2]} of the next." if point[2] else "."))
 
 
 class StepCheckpoint(keras.callbacks.Callback):
@@ -189,7 +189,7 @@ class StepCheckpoint(keras.callbacks.Callback):
     of its epoch. `resume_point(dir)` returns the furthest checkpoint of either kind.
     """
 
-    PATTERN = re.compile(r"partial-(\d+)-(\d+)\.keras")
+    PATTERN = runs.PARTIAL_PATTERN
 
     def __init__(self, directory: os.PathLike, every: int, steps_per_epoch: int, initial_step: int = 0):
         super().__init__()
@@ -203,9 +203,8 @@ class StepCheckpoint(keras.callbacks.Callback):
             return  # the epoch checkpoint covers epoch ends
         self.directory.mkdir(parents=True, exist_ok=True)
         final = self.directory / f"partial-{epochs:04d}-{into:06d}.keras"
-        tmp = self.directory / f".tmp-{final.name}"
-        self.model.save(tmp)
-        os.replace(tmp, final)
+        runs.save_model(self.model, final, f"the checkpoint of step {into} of epoch {epochs + 1}",
+                        _kept(self.directory))
         for old, e, i in self.partials(self.directory):
             if (e, i) != (epochs, into):
                 old.unlink(missing_ok=True)
@@ -213,26 +212,14 @@ class StepCheckpoint(keras.callbacks.Callback):
     @classmethod
     def partials(cls, directory: os.PathLike) -> list[tuple[Path, int, int]]:
         """`(path, completed epochs, steps into the next)` of every partial checkpoint, oldest first."""
-        directory = Path(directory)
-        found = []
-        for path in directory.glob("partial-*.keras") if directory.is_dir() else ():
-            match = cls.PATTERN.fullmatch(path.name)
-            if match:
-                found.append((path, int(match.group(1)), int(match.group(2))))
-        return sorted(found, key=lambda item: (item[1], item[2]))
+        return runs.partial_checkpoints(directory)
 
 
 def resume_point(directory: os.PathLike) -> Optional[tuple[Path, int, int]]:
     """`(path, completed epochs, steps into the next epoch)` of the furthest checkpoint (epoch or
-    partial), or None."""
-    best = None
-    latest = ResumableCheckpoint.latest(directory)
-    if latest is not None:
-        best = (Path(latest[0]), int(latest[1]), 0)
-    for path, epochs, into in StepCheckpoint.partials(directory):
-        if best is None or (epochs, into) > best[1:]:
-            best = (path, epochs, into)
-    return best
+    partial; not verified: see `tfsim.runs.choose_checkpoint`), or None."""
+    points = runs.resume_points(directory)
+    return points[0] if points else None
 
 
 class BestCheckpoint(keras.callbacks.Callback):
@@ -270,9 +257,8 @@ class BestCheckpoint(keras.callbacks.Callback):
         self.values.append({"epoch": epoch + 1, "value": value})
         self.directory.mkdir(parents=True, exist_ok=True)
         if before is None or value > before["value"]:
-            tmp = self.directory / ".tmp-best.keras"
-            self.model.save(tmp)
-            os.replace(tmp, self.directory / "best.keras")
+            runs.save_model(self.model, self.directory / "best.keras", f"the best model (epoch {epoch + 1})",
+                            _kept(self.directory))
         best = self.best()
         if self.patience and epoch + 1 - best["epoch"] >= self.patience:
             self.stopped_early = epoch + 1

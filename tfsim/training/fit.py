@@ -32,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfsim import config as config_lib
+from tfsim import runs
 from tfsim.config import Config
 from tfsim.errors import UserInputError
 from tfsim.data import lists, pipeline, sources, splits
@@ -42,7 +43,7 @@ from tfsim.models import build_embedding_model
 from tfsim.models.embedding import HEAD_LAYER
 from tfsim.models.proxies import PROXY_LAYER, build_proxy_trainer, embedder_of
 from tfsim.training import distributed, preflight
-from tfsim.training.callbacks import (BestCheckpoint, ResumableCheckpoint, StepCheckpoint, resume_point, RetrievalEvaluation, StopOnNonFiniteLoss,
+from tfsim.training.callbacks import (BestCheckpoint, ResumableCheckpoint, StepCheckpoint, RetrievalEvaluation, StopOnNonFiniteLoss,
                                      SyncReplicaStatistics)
 from tfsim.training.optimizers import build_optimizer
 from tfsim.training.tensorboard import NeighbourPictures, TrainingRate
@@ -79,10 +80,10 @@ def load_data(cfg: config_lib.DataConfig) -> sources.ImageSet:
     if cfg.source == "default":
         return sources.load_default()
     if cfg.source == "folder":
-        return sources.load_folder(cfg.path, on_bad_file=cfg.on_bad_file)
+        return sources.load_folder(cfg.path, on_bad_file=cfg.on_bad_file, max_pixels=cfg.max_pixels)
     if cfg.source == "list":
-        return lists.load_list(cfg.path, cfg.image_root, on_bad_file=cfg.on_bad_file)
-    return sources.load_tfds(cfg.tfds_name, cfg.tfds_split, cfg.data_dir, cfg.manual_dir)
+        return lists.load_list(cfg.path, cfg.image_root, on_bad_file=cfg.on_bad_file, max_pixels=cfg.max_pixels)
+    return sources.load_tfds(cfg.tfds_name, cfg.tfds_split, cfg.data_dir, cfg.manual_dir, max_pixels=cfg.max_pixels)
 
 
 def database_query_split(images: sources.ImageSet) -> Split:
@@ -161,7 +162,7 @@ def fit(cfg: Config, run_dir: Path, split: Split, resume: bool = True, verbose: 
     if t.steps_per_epoch == 0:  # one pass over the training images (epoch batches)
         t = dataclasses.replace(t, steps_per_epoch=len(split.train) // s.batch_size)
     ckpt_dir = run_dir / "checkpoints"
-    checkpoint = resume_point(ckpt_dir) if resume else None  # (path, completed epochs, steps into the next)
+    checkpoint = resume_checkpoint(ckpt_dir) if resume else None  # (path, completed epochs, steps into the next)
     best = BestCheckpoint.read(ckpt_dir) if (t.select_best and checkpoint is not None) else None
     if checkpoint is not None and checkpoint[2] == 0 and (checkpoint[1] >= t.epochs or
                                                           (best or {}).get("stopped_early")):
@@ -184,7 +185,14 @@ def fit(cfg: Config, run_dir: Path, split: Split, resume: bool = True, verbose: 
     try:
         with strategy.scope():
             if checkpoint is not None:
-                model = keras.models.load_model(checkpoint[0])
+                try:
+                    model = keras.models.load_model(checkpoint[0])
+                except (ValueError, TypeError, KeyError, OSError) as err:  # a valid archive Keras cannot load
+                    raise UserInputError(
+                        f"Cannot resume from {str(checkpoint[0])!r}: its archive is intact but Keras cannot load it "
+                        f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). Move it out of "
+                        "that folder to resume from the one before, or train under a new name (--set "
+                        "run.name=NEW).") from None
                 initial_epoch, into = checkpoint[1], checkpoint[2]
                 log.info("Resuming %s from epoch %d%s.", run_dir, initial_epoch,
                          f", step {into} of the next" if into else "")
@@ -205,6 +213,22 @@ def fit(cfg: Config, run_dir: Path, split: Split, resume: bool = True, verbose: 
         return _fit_model(cfg, t, run_dir, split, train_set, model, initial_epoch, into, verbose, strategy)
     finally:
         keras.config.set_dtype_policy(policy)
+
+
+def resume_checkpoint(ckpt_dir: Path) -> Optional[tuple[Path, int, int]]:
+    """The furthest checkpoint under `ckpt_dir` that is intact (`tfsim.runs.choose_checkpoint`), or None
+    if there is none; damaged ones further on are logged as skipped.
+
+    Raises:
+        UserInputError: there are checkpoints but none is intact.
+    """
+    point, skipped = runs.choose_checkpoint(ckpt_dir)
+    if point is None and skipped:
+        raise runs.no_valid_checkpoint(ckpt_dir, skipped, "Move the damaged files out of that folder to train "
+                                       "from scratch, or train under a new name (--set run.name=NEW).")
+    if skipped:
+        runs.log_skipped(skipped, point[0])
+    return point
 
 
 def freeze_batchnorm(model: keras.Model) -> int:

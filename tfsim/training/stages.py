@@ -28,14 +28,15 @@ import numpy as np
 import tensorflow as tf
 
 from tfsim import config as config_lib
+from tfsim import runs
 from tfsim.config import Config
 from tfsim.data import pipeline, sources
 from tfsim.errors import UserInputError
 from tfsim.evaluation.embed import embed
 from tfsim.evaluation.metrics import query_mask, retrieval_metrics
 from tfsim.export import export_embedder
-from tfsim.export.saved_model import META_DIR
-from tfsim.index import scann_index
+from tfsim.export.saved_model import META_DIR, remove_leftovers
+from tfsim.index import catalogue, scann_index
 from tfsim.models.proxies import embedder_of
 from tfsim.models.whitening import fit_whitening, normalize_rows, whiten, with_whitening
 
@@ -79,8 +80,19 @@ def read_whitening(run_dir: Path, checkpoint: Path) -> Optional[tuple[np.ndarray
 
 
 def load_embedder(checkpoint: Path) -> keras.Model:
-    """The trained embedder of a checkpoint, on one device (the proxies of a proxy trainer dropped)."""
-    return embedder_of(keras.models.load_model(checkpoint, compile=False))
+    """The trained embedder of a checkpoint, on one device (the proxies of a proxy trainer dropped).
+
+    Raises:
+        UserInputError: the checkpoint is damaged (`tfsim.runs.checkpoint_problem`) or does not load.
+    """
+    problem = runs.checkpoint_problem(checkpoint)
+    if problem is None:
+        try:
+            return embedder_of(keras.models.load_model(checkpoint, compile=False))
+        except (ValueError, TypeError, KeyError, OSError) as err:
+            problem = f"Keras cannot load it ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+    raise UserInputError(f"Cannot load the checkpoint {str(checkpoint)!r}: {problem}. Pass another checkpoint, or "
+                         "run the same train command again: it resumes from the newest intact one.")
 
 
 def whitening_fit_set(cfg: Config, train_set: sources.ImageSet) -> sources.ImageSet:
@@ -276,6 +288,15 @@ def retrieval_stage(cfg: Config, export_dir: Optional[Path]) -> list[Path]:
     return out
 
 
+def _index_format(index_dir: Path) -> Optional[str]:
+    """The format index.json declares, or None (missing or unreadable)."""
+    try:
+        meta = json.loads((index_dir / "index.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return meta.get("format") if isinstance(meta, dict) else None
+
+
 def export_stage(cfg: Config, run_dir: Path, final: keras.Model, metrics: dict,
                  split) -> tuple[Optional[Path], Optional[Path]]:
     """Exports `final` as a new SavedModel version with the ScaNN index of the held-out gallery inside.
@@ -292,13 +313,17 @@ def export_stage(cfg: Config, run_dir: Path, final: keras.Model, metrics: dict,
         return None, None
     name = cfg.export.name or cfg.run.name
     view = cfg.model.image_size if cfg.model.center_crop == 1 else (cfg.model.image_size, cfg.model.center_crop)
+    if cfg.export.max_pixels != config_lib.ExportConfig.max_pixels:  # (the default keeps older exports' hashes)
+        view = (view, cfg.export.max_pixels)
     content = _hash([np.asarray(w) for w in final.get_weights()], final.name, view,
                     config_lib.to_dict(cfg.index), cfg.eval.similarity)
+    remove_leftovers(Path(cfg.export.root) / name)  # of killed exports, even when no new version follows
     latest = _latest_export(Path(cfg.export.root) / name)
     index_dir = META_DIR / "index"
     if latest is not None:
         meta_file = latest / META_DIR / "export.json"
-        if meta_file.is_file() and json.loads(meta_file.read_text()).get("content_hash") == content:
+        current = not cfg.index.enabled or _index_format(latest / index_dir) == scann_index.FORMAT  # else export again
+        if current and meta_file.is_file() and json.loads(meta_file.read_text()).get("content_hash") == content:
             log.info("%s already holds this model and index; no new version exported.", latest)
             return latest, (latest / index_dir if cfg.index.enabled else None)
 
@@ -319,14 +344,15 @@ def export_stage(cfg: Config, run_dir: Path, final: keras.Model, metrics: dict,
             searcher, params = scann_index.build(gallery, sim, **scann_index.options(ic))
         params["built_size"] = len(test)
         paths = None if test.paths is None else np.array([str(Path(p).resolve()) for p in test.paths])
+        # The export that holds it, identified by its files (`content` is only this stage's reuse key).
         model = {"path": None, "name": name, "version": None, "embedding_dim": int(gallery.shape[1]),
-                 "similarity": sim, "fingerprint": content}  # the export that holds it
-        scann_index.save(export_dir / index_dir, searcher, params, test.ids, test.labels, split.images.class_names,
-                         sim, images=test.images, paths=paths, atomic=False, model=model)
+                 "similarity": sim, "fingerprint": catalogue.model_fingerprint(export_dir)}
+        scann_index.save(export_dir / index_dir, searcher, params, catalogue.catalogue_ids(test), test.labels,
+                         split.images.class_names, sim, images=test.images, paths=paths, atomic=False, model=model)
 
     export_dir = export_embedder(
         final, cfg.export.root, name, cfg.model.image_size, center_crop=cfg.model.center_crop,
-        binary_codes=cfg.model.head == "hash",
+        binary_codes=cfg.model.head == "hash", max_pixels=cfg.export.max_pixels,
         metadata={"run_dir": str(run_dir), "similarity": sim, "config": config_lib.to_dict(cfg),
                   "content_hash": content,
                   "metrics": {k: v for k, v in metrics.items() if k not in ("baselines", "unwhitened")}},

@@ -17,6 +17,10 @@ Run folder: config.json, data_report.json (what the source found: images per cla
 skipped and why; what the split and the sampler do with the classes), checkpoints/, tensorboard/, whitening.npz, baselines.json, metrics.json, samples/
 (a few held-out query images).
 
+While a run is being written, `.lock` in its folder names the process (`tfsim.locks`); a second
+process is refused. A non-empty folder that is not a tfsim run (no config.json that tfsim wrote)
+is refused, not overwritten.
+
 Re-running a finished run skips training; sections applied after training (`eval`,
 `whitening`, `export`, `index`) may change, so that refits the whitening, re-evaluates and
 exports a new version only if the exported model or index settings changed.
@@ -26,17 +30,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import time
 from pathlib import Path
 from typing import Optional
 
 from tfsim import config as config_lib
+from tfsim import locks, runs
 from tfsim.config import Config
 from tfsim.errors import UserInputError
 from tfsim.training import distributed, preflight, stages, tensorboard
 from tfsim.training.callbacks import resume_point
 from tfsim.training.fit import Split, fit, get_strategy, load_split, selection_split
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -57,8 +65,10 @@ class TrainResult:
 _POST_TRAINING_SECTIONS = ("eval", "whitening", "export", "index", "tune")
 
 
-def _check_run_dir(cfg: Config, run_dir: Path, resume: bool) -> None:
-    """Refuses a run folder that holds a checkpoint of another config (or any, without resume)."""
+def _check_run_dir(cfg: Config, run_dir: Path, resume: bool, key: str = "run.root/run.name") -> None:
+    """Refuses a non-empty folder that is not a tfsim run, and a run folder that holds a checkpoint of
+    another config (or any, without resume)."""
+    runs.check_run_folder(run_dir, key)
     cfg_file = run_dir / "config.json"
     resolved = config_lib.to_dict(cfg)
     if cfg_file.is_file() and resume_point(run_dir / "checkpoints") is not None:
@@ -130,7 +140,9 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
         A `TrainResult`.
 
     Raises:
-        UserInputError: bad config or data, or a run folder that belongs to another config.
+        UserInputError: bad config or data, a run folder that belongs to another config or is not a
+            tfsim run, a run folder another process is using (`tfsim.locks.LockHeld`), a full disk
+            (`tfsim.errors.DiskFull`), or checkpoints that are all damaged.
     """
     start = time.time()
     config_lib.validate(cfg)
@@ -141,12 +153,41 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
     # TensorFlow work); only the chief writes the run folder and runs the stages after training.
     strategy = get_strategy("multi_worker") if cfg.train.strategy == "multi_worker" else None
     chief = strategy is None or distributed.is_chief(strategy)
-    _check_run_dir(cfg, run_dir, resume)
-    # Outputs are checked before any work, so a bad path is not found after training.
-    if chief:
-        preflight.check_writable(run_dir, "run.root" if run_dir_arg is None else "the run folder")
-        if cfg.export.enabled:
-            preflight.check_writable(cfg.export.root, "export.root")
+    key = "run.root/run.name" if run_dir_arg is None else "--run-dir"
+    if not chief:  # (workers write their own folders; the chief holds the run folder's lock)
+        _check_run_dir(cfg, run_dir, resume, key)
+        return _train(cfg, run_dir, resume, verbose, split, start, strategy, chief)
+    # Outputs are checked before any work, so a bad path is not found after training; a folder that
+    # is not a tfsim run is refused before anything (even a lock file) is written into it.
+    runs.check_run_folder(run_dir, key)
+    preflight.check_writable(run_dir, "run.root" if run_dir_arg is None else "the run folder")
+    if cfg.export.enabled:
+        preflight.check_writable(cfg.export.root, "export.root")
+    # One process per run folder: a second one is refused with the holder's pid (the lock of a
+    # killed process is free, see `tfsim.locks`). A folder the lock created is removed again if
+    # the run stops before writing anything (e.g. on a data error).
+    created = not run_dir.exists()
+    try:
+        with locks.folder_lock(run_dir, "run folder"):
+            _check_run_dir(cfg, run_dir, resume, key)
+            # Under the lock no live process writes here: temporary files are a killed one's.
+            removed = (runs.remove_temporaries(run_dir, (".tmp-*", "config.json.tmp"))
+                       + runs.remove_temporaries(run_dir / "checkpoints"))
+            if removed:
+                log.info("Removed %d temporary files left in %s by an interrupted run: %s", len(removed), run_dir,
+                         ", ".join(removed))
+            return _train(cfg, run_dir, resume, verbose, split, start, strategy, chief)
+    finally:
+        if created:
+            try:
+                run_dir.rmdir()  # only if empty
+            except OSError:
+                pass
+
+
+def _train(cfg: Config, run_dir: Path, resume: bool, verbose: int, split: Optional[Split], start: float,
+           strategy, chief: bool) -> TrainResult:
+    """`train` once the run folder is checked (and locked, on the chief)."""
     if split is None:
         split = load_split(cfg)  # data errors stop the run before the run folder is written
     if chief:
@@ -159,6 +200,10 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
 
     fit_split = selection_split(split, cfg) if cfg.train.select_best else split
     trained = fit(cfg, run_dir, fit_split, resume=resume, verbose=verbose, strategy=strategy)
+    if chief and trained.fit_seconds > 0:
+        # A checkpoint name was (re)written: a whitening fitted on an earlier file of that name (one
+        # that was damaged and retrained) is not this one's.
+        (run_dir / "whitening.npz").unlink(missing_ok=True)
     if not chief:  # a worker's part ends with training; the chief evaluates, exports and indexes
         distributed.remove_worker_dir(run_dir, strategy)
         return TrainResult(run_dir=run_dir, metrics={}, export_dir=None, index_dir=None,
