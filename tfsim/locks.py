@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import sys
 import time
 from pathlib import Path
@@ -100,14 +101,23 @@ class Lock:
         self._key: Optional[str] = None
 
     def acquire(self) -> "Lock":
-        key = os.path.realpath(self.path)
+        key = os.path.join(os.path.realpath(self.path.parent), self.path.name)
         if key in _HELD:
             _HELD[key][1] += 1
             self._key = key
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
-            fd = os.open(key, os.O_RDWR | os.O_CREAT, 0o644)
+            try:  # never through a link: a planted `.lock -> ../victim` must not be truncated or deleted
+                fd = os.open(key, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            except OSError as err:
+                raise UserInputError(
+                    f"Cannot lock the {self.what}: its lock file {str(self.path)!r} is not a regular file "
+                    f"({err.strerror}; a symbolic link?). Remove it and run the command again.") from None
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise UserInputError(f"Cannot lock the {self.what}: its lock file {str(self.path)!r} is not a regular "
+                                     "file. Remove it and run the command again.")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -122,7 +132,7 @@ class Lock:
                 os.close(fd)
                 raise
             try:
-                opened, current = os.fstat(fd), os.stat(key)
+                opened, current = os.fstat(fd), os.lstat(key)
                 same = (opened.st_dev, opened.st_ino) == (current.st_dev, current.st_ino)
             except FileNotFoundError:
                 same = False
@@ -149,8 +159,10 @@ class Lock:
         if _HELD[key][1] > 0:
             return
         fd = _HELD.pop(key)[0]
-        try:
-            os.unlink(key)  # while still locked (see the module doc); the real path, whatever the cwd now
+        try:  # while still locked (see the module doc), and only if the path is still our file
+            opened, current = os.fstat(fd), os.lstat(key)
+            if (opened.st_dev, opened.st_ino) == (current.st_dev, current.st_ino):
+                os.unlink(key)
         except OSError:
             pass
         os.close(fd)
@@ -170,10 +182,10 @@ def holder(path: os.PathLike) -> Optional[dict]:
     is refused as if the lock were held. Use it to report or to skip, not to decide before acquiring.
     """
     path = Path(path)
-    if os.path.realpath(path) in _HELD:
+    if os.path.join(os.path.realpath(path.parent), path.name) in _HELD:
         return {"pid": os.getpid(), "host": socket.gethostname(), "command": _command()}
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return None
     try:

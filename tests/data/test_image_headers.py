@@ -85,3 +85,73 @@ def test_the_limit_is_inclusive_and_can_be_raised_or_lifted():
         decode(data, max_pixels=4999)
     assert decode(data, max_pixels=0).shape == (50, 100, 3)  # 0: no limit
     np.testing.assert_array_equal(decode(data, max_pixels=5000), tf.io.decode_image(data, channels=3))
+
+
+def gif(frames, size, **kwargs):
+    images = [Image.new("RGB", size, (37 * i % 256, 255 - 11 * i % 256, 90)) for i in range(frames)]
+    data = io.BytesIO()
+    images[0].save(data, "GIF", save_all=frames > 1, append_images=images[1:], **kwargs)
+    return data.getvalue()
+
+
+def naive_gif_frames(data):
+    """Frames and their declared areas, walked with a plain Python loop over the GIF's blocks."""
+    pos = 13 + (3 * 2 ** ((data[10] & 7) + 1) if data[10] & 0x80 else 0)
+    areas = []
+    while pos < len(data):
+        if data[pos] == 0x2C:
+            w, h = struct.unpack("<HH", data[pos + 5:pos + 9])
+            areas.append(w * h)
+            packed = data[pos + 9]
+            pos += 10 + (3 * 2 ** ((packed & 7) + 1) if packed & 0x80 else 0) + 1
+        elif data[pos] == 0x21:
+            pos += 2
+        else:
+            break
+        while pos < len(data) and data[pos]:  # the data sub-blocks, up to the terminator
+            pos += data[pos] + 1
+        pos += 1
+    return areas
+
+
+@pytest.mark.parametrize("frames", [1, 2, 7])
+def test_gif_frames_are_counted_block_by_block(frames):
+    from tfsim.data.preprocess import encoded_pixels, header_size
+
+    data = gif(frames, (50, 30), duration=20, loop=0, comment=b"x" * 600)
+    areas = naive_gif_frames(data)
+    assert len(areas) == frames
+    shape, got_frames, pixels = encoded_pixels(data)
+    assert shape.numpy().tolist() == [30, 50] and int(got_frames) == frames
+    assert int(pixels) == sum(max(a, 1500) for a in areas)
+    assert header_size(data) == (50, 30, frames, int(pixels))
+
+
+def test_an_animated_gif_is_refused_by_the_pixels_of_all_its_frames():
+    """giflib decodes every frame whichever one is kept: 64 frames of 100 x 100 cost 640,000 pixels."""
+    data = gif(64, (100, 100))
+    assert decode(data, max_pixels=640_000).shape == (100, 100, 3)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"100 x 100 pixels \(width x height\) in 64 frames "
+                                                             r"\(640000 pixels to decode\) is above the limit of 639999"):
+        decode(data, max_pixels=639_999)
+
+
+def test_a_gif_frame_larger_than_its_canvas_counts_at_its_own_size():
+    """A GIF whose screen says 1 x 1 but whose frame descriptor says 3000 x 2000: the decoder would
+    allocate the frame's size, so that is what is counted."""
+    data = bytearray(gif(1, (3000, 2000)))
+    data[6:10] = struct.pack("<HH", 1, 1)
+    assert encoded_shape(bytes(data)).numpy().tolist() == [1, 1]
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"1 x 1 pixels .* limit of 5999999 pixels"):
+        decode(bytes(data), max_pixels=5_999_999)
+
+
+def test_a_refused_file_is_named():
+    from tfsim.data.preprocess import decode_file
+
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"Image \(.*big\.png\) of 100 x 50 pixels"):
+        import tempfile
+        from pathlib import Path
+        path = Path(tempfile.mkdtemp()) / "big.png"
+        path.write_bytes(encoded((100, 50), "PNG"))
+        decode_file(str(path), max_pixels=100)

@@ -21,6 +21,7 @@ import pytest
 
 from tests.images import class_folders
 from tests.reliability.helpers import Result, assert_clean_error, python, tiny_export, tree_snapshot
+from tfsim.index import scann_index
 
 pytestmark = pytest.mark.slow
 
@@ -166,6 +167,14 @@ def runs(tmp_path_factory):
          reseal=True)
     step("damaged_fewer_classes", "search", "--index", root / "damaged" / "fewer_classes", "--model", a,
          "--image", query)
+    # A list of files that leaves some out, re-sealed: the files left out would go unchecked.
+    def leave_out_scann(meta):
+        meta = {**meta, "files": {k: v for k, v in meta["files"].items() if not k.startswith("scann/")}}
+        return {**meta, "digest": scann_index.meta_digest(meta)}
+
+    edit(copy(idx, root / "damaged" / "partial_files"), leave_out_scann)
+    step("damaged_partial_files", "search", "--index", root / "damaged" / "partial_files", "--model", a,
+         "--image", query)
     step("damaged_add", "index", "--add", new, "--index", root / "damaged" / "no_files", "--model", a)
     w["damaged_before"] = tree_snapshot(root / "damaged")
 
@@ -262,6 +271,7 @@ def test_retrieval_savedmodel_returns_catalogue_ids_not_server_paths(runs):
     ("old_format", ["older format 'tfsim.scann_index.v2'", "rebuild it"]),
     ("unknown_mode", ["`params.mode` is 'faiss'", "expected one of ['brute_force', 'tree_ah', 'hamming']"]),
     ("fewer_classes", ["labels run from 0 to 2, but index.json names 2 classes"]),
+    ("partial_files", ["is not in index.json's list of files"]),
 ])
 def test_index_json_damage_is_one_line(runs, name, fragments):
     assert_clean_error(runs["results"][f"damaged_{name}"], 2, f"damaged/{name}", "rebuild", *fragments)

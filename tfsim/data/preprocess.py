@@ -87,31 +87,107 @@ def encoded_shape(data: tf.Tensor) -> tf.Tensor:
                    lambda: tf.cast(tf.image.extract_jpeg_shape(data)[:2], tf.int64), lambda: shape)
 
 
-def check_size(data: tf.Tensor, max_pixels: int) -> tf.Tensor:
-    """`data`, once its header says it has at most `max_pixels` pixels (else InvalidArgumentError
-    naming its size and the limit); `max_pixels` 0 or None: no limit."""
+def _gif_frames(data: tf.Tensor, canvas: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """`(frames, pixels)` of a GIF: its image descriptors, walked block by block without decoding,
+    and the pixels decoding them costs: per frame, the larger of its own area and the canvas's
+    (giflib decodes every frame, at the size its descriptor declares, whichever frame is kept).
+
+    The walk reads one block per step (an extension, an image descriptor or a data sub-block),
+    so its steps are bounded by the file's length; it stops at the trailer or at a byte that
+    starts no block.
+    """
+    b = tf.concat([tf.cast(tf.io.decode_raw(data, tf.uint8), tf.int64), tf.zeros([16], tf.int64)], 0)
+    n = tf.cast(tf.strings.length(data), tf.int64)
+
+    def byte(i):
+        return tf.gather(b, tf.minimum(tf.cast(i, tf.int64), n))
+
+    def le16(i):
+        return byte(i) + 256 * byte(i + 1)
+
+    def table(packed):  # the size of a colour table flagged in a packed byte
+        return tf.where(packed >= 128, 3 * tf.bitwise.left_shift(tf.constant(2, tf.int64), packed % 8), 0)
+
+    canvas_area = canvas[0] * canvas[1]
+    zero = tf.constant(0, tf.int64)
+
+    def step(pos, in_blocks, done, frames, pixels):
+        c = byte(pos)
+        # inside an extension's or a frame's data: a sub-block of c bytes, or the terminator (0)
+        block_pos = tf.where(c == 0, pos + 1, pos + 1 + c)
+        is_frame, is_extension = c == 0x2C, c == 0x21
+        area = le16(pos + 5) * le16(pos + 7)
+        frame_pos = pos + 10 + table(byte(pos + 9)) + 1  # descriptor, local table, LZW code size
+        top_pos = tf.where(is_frame, frame_pos, pos + 2)
+        return (tf.where(in_blocks, block_pos, top_pos),
+                tf.where(in_blocks, c != 0, is_frame | is_extension),
+                tf.logical_and(tf.logical_not(in_blocks), tf.logical_not(is_frame | is_extension)),
+                frames + tf.where(in_blocks | tf.logical_not(is_frame), zero, 1),
+                pixels + tf.where(in_blocks | tf.logical_not(is_frame), zero, tf.maximum(area, canvas_area)))
+
+    start = 13 + table(byte(10))  # header, logical screen descriptor, global colour table
+    _, _, _, frames, pixels = tf.while_loop(
+        lambda pos, in_blocks, done, frames, pixels: tf.logical_and(pos < n, tf.logical_not(done)), step,
+        (start, tf.constant(False), tf.constant(False), zero, zero))
+    return frames, pixels
+
+
+def encoded_pixels(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """`(shape [height, width], frames, pixels)` int64 that decoding `data` would cost, read from its
+    headers without decoding: `encoded_shape`, and for a GIF its frames and the pixels of all of
+    them (`_gif_frames`: giflib decodes every frame, each at its own declared size); other formats
+    are one frame of height x width. Shape `[-1, -1]` and pixels -1 for bytes of no known format."""
+    data = tf.convert_to_tensor(data, tf.string)
+    shape = encoded_shape(data)
+    is_gif = tf.equal(tf.strings.substr(tf.strings.join([tf.strings.substr(data, 0, 3), "..."]), 0, 3), b"GIF")
+    one = (tf.constant(1, tf.int64), shape[0] * shape[1])
+    frames, pixels = tf.cond(is_gif, lambda: _gif_frames(data, shape), lambda: one)
+    return shape, frames, tf.where(shape[0] < 0, tf.constant(-1, tf.int64), pixels)
+
+
+_ENCODED_PIXELS = None
+
+
+def header_size(data: bytes) -> tuple[int, int, int, int]:
+    """`(width, height, frames, pixels)` of encoded image bytes (`encoded_pixels`), for Python callers
+    (the loaders, the search command) that check a file before decoding it; pixels -1 when the
+    bytes are of no known format (the decoder then decides)."""
+    global _ENCODED_PIXELS
+    if _ENCODED_PIXELS is None:  # traced once per process
+        _ENCODED_PIXELS = tf.function(encoded_pixels, input_signature=[tf.TensorSpec([], tf.string)])
+    shape, frames, pixels = _ENCODED_PIXELS(tf.constant(data))
+    return int(shape[1]), int(shape[0]), int(frames), int(pixels)
+
+
+def check_size(data: tf.Tensor, max_pixels: int, name: tf.Tensor | str | None = None) -> tf.Tensor:
+    """`data`, once its headers say decoding it costs at most `max_pixels` pixels (`encoded_pixels`),
+    else InvalidArgumentError naming its size (and `name`, e.g. its file) and the limit, raised before
+    anything is decoded; `max_pixels` 0 or None: no limit."""
     if not max_pixels:
         return data
-    shape = encoded_shape(data)
-    pixels = shape[0] * shape[1]
-    message = tf.strings.format(
-        "Image of {} x {} pixels (width x height) is above the limit of {} pixels: refused before decoding, so an "
-        "image whose header declares a huge size cannot exhaust memory. Send a smaller image, or raise the limit "
-        "(data.max_pixels when training, export.max_pixels for an export).", (shape[1], shape[0], max_pixels))
+    shape, frames, pixels = encoded_pixels(data)
+    animated = tf.cond(frames > 1, lambda: tf.strings.format(" in {} frames ({} pixels to decode)", (frames, pixels)),
+                       lambda: tf.constant(""))
+    where = tf.constant("") if name is None else tf.strings.join([" (", name, ")"])
+    message = tf.strings.join([
+        "Image", where, tf.strings.format(" of {} x {} pixels (width x height)", (shape[1], shape[0])), animated, tf.strings.format(
+        " is above the limit of {} pixels: refused before decoding, so an image whose header declares a huge size "
+        "cannot exhaust memory. Send a smaller image, or raise the limit (data.max_pixels when training, "
+        "export.max_pixels for an export).", [max_pixels])])
     with tf.control_dependencies([tf.debugging.Assert(pixels <= max_pixels, [message], summarize=1)]):
         return tf.identity(data)
 
 
-def decode(data: tf.Tensor, max_pixels: int = DEFAULT_MAX_PIXELS) -> tf.Tensor:
+def decode(data: tf.Tensor, max_pixels: int = DEFAULT_MAX_PIXELS, name=None) -> tf.Tensor:
     """Encoded JPEG/PNG/BMP/GIF/WebP bytes (a scalar string) -> uint8 `[H, W, 3]` (first frame of a
-    GIF), refused (InvalidArgumentError) before decoding when the header declares more than
-    `max_pixels` pixels (`check_size`)."""
-    return tf.io.decode_image(check_size(data, max_pixels), channels=3, expand_animations=False)
+    GIF), refused (InvalidArgumentError, naming `name` if given) before decoding when its headers
+    declare more than `max_pixels` pixels to decode (`check_size`)."""
+    return tf.io.decode_image(check_size(data, max_pixels, name), channels=3, expand_animations=False)
 
 
 def decode_file(path: tf.Tensor, max_pixels: int = DEFAULT_MAX_PIXELS) -> tf.Tensor:
-    """Reads and decodes one image file to uint8 `[H, W, 3]` (`decode`)."""
-    return decode(tf.io.read_file(path), max_pixels)
+    """Reads and decodes one image file to uint8 `[H, W, 3]` (`decode`; a refusal names the file)."""
+    return decode(tf.io.read_file(path), max_pixels, path)
 
 
 def preprocess(images: tf.Tensor, image_size: int, center_crop: float = 1.0) -> tf.Tensor:

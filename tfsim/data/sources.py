@@ -14,7 +14,6 @@ import logging
 import errno
 import os
 import shutil
-import threading
 from importlib import resources
 from pathlib import Path
 from typing import Optional, Sequence
@@ -116,36 +115,26 @@ def escape_name(name: str) -> str:
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-# PIL's own decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`) is process-wide; it is lifted
-# for the header read only, under this lock, because ours (`max_pixels`) applies instead.
-_PIL_LIMIT_LOCK = threading.Lock()
+def size_problem(path: os.PathLike, max_pixels: int, limit_name: str = "data.max_pixels",
+                 data: Optional[bytes] = None) -> Optional[str]:
+    """Why `path` is refused before decoding (its headers declare more than `max_pixels` pixels to
+    decode: `tfsim.data.preprocess.header_size`, which counts every frame of a GIF), or None;
+    `limit_name` names the setting in the reason. `data`: the file's bytes, if already read."""
+    from tfsim.data.preprocess import header_size
 
-
-def image_size(path: os.PathLike) -> Optional[tuple[int, int]]:
-    """`(width, height)` that an image file declares in its header, read by PIL without decoding
-    any pixel (None when PIL cannot read the header: the decoder then decides)."""
-    from PIL import Image
-
-    with _PIL_LIMIT_LOCK:
-        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-        try:
-            with Image.open(path) as img:
-                return tuple(img.size)
-        except Exception:  # noqa: BLE001 -- any unreadable header: left to the decoder's verdict
-            return None
-        finally:
-            Image.MAX_IMAGE_PIXELS = limit
-
-
-def size_problem(path: os.PathLike, max_pixels: int, limit_name: str = "data.max_pixels") -> Optional[str]:
-    """Why `path` is refused before decoding (its header declares more than `max_pixels` pixels),
-    or None; `limit_name` names the setting in the reason."""
-    size = image_size(path)
-    if size is None or not max_pixels or size[0] * size[1] <= max_pixels:
+    if not max_pixels:
         return None
-    width, height = size
-    return (f"{width} x {height} = {width * height / 1e6:.1f} megapixels, above {limit_name} = {max_pixels:,} "
-            f"({max_pixels / 1e6:g} megapixels): not decoded")
+    if data is None:
+        try:
+            data = Path(path).read_bytes()
+        except OSError:
+            return None  # (unreadable: the caller's read says why)
+    width, height, frames, pixels = header_size(data)
+    if pixels <= max_pixels:
+        return None
+    animated = f" in {frames} frames ({pixels / 1e6:.1f} megapixels to decode)" if frames > 1 else ""
+    return (f"{width} x {height} = {width * height / 1e6:.1f} megapixels{animated}, above {limit_name} = "
+            f"{max_pixels:,} ({max_pixels / 1e6:g} megapixels): not decoded")
 
 
 def _decode_problem(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Optional[str]:
@@ -154,15 +143,15 @@ def _decode_problem(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Optiona
     import tensorflow as tf
 
     from tfsim.data.preprocess import decode
-    problem = size_problem(path, max_pixels)  # the header only, before the file is read whole
-    if problem is not None:
-        return problem
     try:
         data = path.read_bytes()
     except OSError as err:
         return f"unreadable: {err.strerror or err}"
     if not data:
         return "empty file (0 bytes)"
+    problem = size_problem(path, max_pixels, data=data)  # the headers only, before anything is decoded
+    if problem is not None:
+        return problem
     try:
         decode(tf.constant(data), max_pixels)  # (the decoder checks the header's size again, in TF)
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as err:

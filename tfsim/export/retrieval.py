@@ -39,6 +39,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfsim import distances
+from tfsim.data.preprocess import DEFAULT_MAX_PIXELS
 from tfsim.errors import UserInputError
 from tfsim.export.saved_model import publish, read_export, warmup_image, write_warmup
 
@@ -134,22 +135,25 @@ class RetrievalModule(tf.Module):
                 "rows": rows}
 
 
-_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF8", b"BM")
+def _warmup_images(index, image_size: int, max_pixels: int, count: int = 2) -> list[bytes]:
+    """Gallery images for the warm-up records, at the model's input size (a grey picture if none
+    can be read). A path is data written in the index: the file is decoded (within the export's
+    pixel limit) and re-encoded at `image_size`, so no file's bytes are copied into the export."""
+    from tfsim.data.preprocess import decode, preprocess, to_uint8
 
-
-def _warmup_images(index, image_size: int, count: int = 2) -> list[bytes]:
-    """Encoded gallery images for the warm-up records (a grey picture if none can be read). A
-    path is data written in the index: only a file that starts like an image is copied in."""
     out = []
     for row in range(min(count, len(index))):
         path = None if index.paths is None else Path(index.paths[row])
         if path is not None and path.is_file():
-            with open(path, "rb") as handle:
-                head = handle.read(8)
-            if head.startswith(_IMAGE_MAGIC):
-                out.append(path.read_bytes())
+            try:
+                pixels = decode(tf.constant(path.read_bytes()), max_pixels)
+            except (OSError, tf.errors.InvalidArgumentError, tf.errors.UnknownError):
+                continue
         elif index.images is not None:
-            out.append(tf.io.encode_png(np.asarray(index.images[row], np.uint8)).numpy())
+            pixels = tf.constant(np.asarray(index.images[row], np.uint8))
+        else:
+            continue
+        out.append(tf.io.encode_png(to_uint8(preprocess(pixels, image_size))).numpy())
     return out or [warmup_image(image_size)]
 
 
@@ -214,7 +218,8 @@ def export_retrieval(model_dir: os.PathLike, index_dir: os.PathLike, root: os.Pa
                 tf.saved_model.save(module, str(work), signatures={"serving_default": module.serve}, options=options)
             finally:
                 absl_logging.set_verbosity(level)
-            write_warmup(work, model_name, _warmup_images(index, meta["image_size"]))
+            limit = meta.get("max_pixels") or DEFAULT_MAX_PIXELS
+            write_warmup(work, model_name, _warmup_images(index, meta["image_size"], limit))
             return {"format": RETRIEVAL_FORMAT, "kind": kind, "name": model_name, "version": version, "k": module.k,
                     "gallery_size": len(index), "similarity": index.similarity, "image_size": meta["image_size"],
                     "max_pixels": meta.get("max_pixels"),  # (the embedder's decoding limit, in its graph)

@@ -34,6 +34,7 @@ from typing import Optional
 import numpy as np
 
 from tfsim import distances
+from tfsim.data.sources import escape_name
 from tfsim.errors import UserInputError
 from tfsim.index import scann_index
 
@@ -107,7 +108,9 @@ def check_model(index_dir: os.PathLike, index_meta: dict, export_dir: os.PathLik
 
 def owning_export(index_dir: os.PathLike) -> Optional[Path]:
     """The export an index lives in (`<export>/assets.extra/tfsim/index/`), or None."""
-    real = Path(index_dir).resolve()
+    # The path as given, links not followed: a link named `idx` pointing into some export's
+    # folder does not make that export the model (pass --model to name it).
+    real = Path(os.path.abspath(index_dir))
     if real.parts[-3:] != ("assets.extra", "tfsim", "index"):
         return None
     export = real.parents[2]
@@ -173,19 +176,20 @@ def catalogue_ids(images, kind: str = "relative") -> np.ndarray:
         roots = [os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0])]
     roots = [_text(os.path.abspath(r)) for r in roots]  # (compared as text: a report shows names escaped)
 
+    common = _text(os.path.commonpath(paths)) if paths else "/"
+
     def relative(path: str) -> str:
         for root in roots:
             if path.startswith(root.rstrip(os.sep) + os.sep):
                 return Path(os.path.relpath(path, root)).as_posix()
-        return path
+        # outside every recorded root (a list file's absolute paths): relative to the folder all
+        # the catalogue's images share, never the machine's absolute layout
+        return Path(os.path.relpath(path, common)).as_posix() if path != common else Path(path).name
 
     return np.array([relative(_text(p)) for p in paths])
 
 
-def _text(name: str) -> str:
-    """A file name as valid UTF-8 (the bytes of a name that is not UTF-8 written as `\\xNN`, as the
-    data layer's ids show them)."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+_text = escape_name  # a file name as valid UTF-8, as the data layer's ids show it
 
 
 def _absolute(paths: Optional[np.ndarray]) -> Optional[np.ndarray]:

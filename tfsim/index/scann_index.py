@@ -647,7 +647,8 @@ def read_meta(path: os.PathLike, recover_leftovers: bool = True) -> dict:
 
 
 def verify(path: os.PathLike, meta: dict, checksums: bool = True) -> None:
-    """Checks every file index.json lists is there with its size (and SHA-256 with `checksums`).
+    """Checks every file index.json lists is there with its size (and SHA-256 with `checksums`),
+    and that it lists every file of the folder and those its mode needs.
 
     Raises:
         UserInputError: a file is missing, truncated or altered: the index would give wrong
@@ -655,6 +656,16 @@ def verify(path: os.PathLike, meta: dict, checksums: bool = True) -> None:
     """
     path = Path(path)
     expected = meta["files"]
+    present = sorted(p.relative_to(path).as_posix() for p in path.rglob("*")
+                     if (p.is_file() or p.is_symlink()) and p.name != "index.json")
+    unlisted = [name for name in present if name not in expected]
+    if unlisted:  # a file the checksum list does not cover would be read unchecked
+        raise _corrupt(path, f"{unlisted[0]} is not in index.json's list of files (a list that leaves files out "
+                             "switches their check off)")
+    needed = ("scann/codes.npy",) if meta["params"]["mode"] == "hamming" else ("scann/scann_assets.pbtxt",)
+    for name in ("gallery.npz", *needed):
+        if name not in expected:
+            raise _corrupt(path, f"index.json's list of files leaves out {name}")
     found = _file_digests(path) if checksums else {
         name: [(path / name).stat().st_size, None] for name in expected if (path / name).is_file()}
     for name, (size, digest) in expected.items():

@@ -19,7 +19,7 @@ from typing import Optional
 import numpy as np
 
 from tfsim.data.preprocess import DEFAULT_MAX_PIXELS
-from tfsim.data.sources import escape_name, image_size, size_problem
+from tfsim.data.sources import escape_name, size_problem
 from tfsim.errors import UserInputError
 from tfsim.export.saved_model import META_DIR, read_export
 from tfsim.index import scann_index
@@ -145,8 +145,7 @@ def _gallery_picture(path: str, max_pixels: int) -> np.ndarray:
     than `max_pixels` pixels (replaced since it was indexed): never decoded."""
     from PIL import Image
 
-    size = image_size(path)
-    if size is not None and size[0] * size[1] > max_pixels:
+    if size_problem(path, max_pixels) is not None:
         return np.full((8, 8, 3), 128, np.uint8)
     with Image.open(path) as img:
         return np.asarray(img.convert("RGB"))

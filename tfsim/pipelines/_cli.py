@@ -1,7 +1,8 @@
 """Shared CLI plumbing: logging set-up and user-error handling.
 
 A `UserInputError` (bad config, path or data) is printed as one line on stderr with
-exit status 2 and no traceback; so is a full disk (ENOSPC, or EFBIG past `ulimit -f`) that the
+exit status 2 and no traceback; so is an image the decoder refused above the pixel limit
+(`tfsim.data.preprocess.check_size`), and a full disk (ENOSPC, or EFBIG past `ulimit -f`) that the
 writer did not already report as `tfsim.errors.DiskFull`, whether Python, Keras (an `OSError`
 with no file name) or TensorFlow (`ResourceExhaustedError` / `OutOfRangeError` with the path in
 its message) raised it: one line naming the file or folder. Any other OS error on a path
@@ -35,6 +36,10 @@ def run(main: Callable[[list[str]], int], argv: list[str] | None = None) -> None
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except Exception as err:
+        refused = _refused_image(err)
+        if refused:  # an image the decoder refused mid-run (a file replaced after loading, a TFDS image)
+            print(f"error: {refused}", file=sys.stderr)
+            sys.exit(2)
         code = disk_full_errno(err)
         if code is None:
             if isinstance(err, OSError) and err.filename:
@@ -63,3 +68,15 @@ def _path_error(err: OSError) -> None:
           file=sys.stderr)
     sys.exit(1)
 
+
+
+def _refused_image(err: BaseException) -> str | None:
+    """The line of TensorFlow's error saying the decoder refused an image above the pixel limit
+    (`tfsim.data.preprocess.check_size`), or None."""
+    text = str(getattr(err, "message", None) or err)
+    for line in text.splitlines():
+        if "refused before decoding" in line:
+            line = line.strip()
+            line = line[line.index("Image"):] if "Image" in line else line
+            return line.rstrip("]")
+    return None
