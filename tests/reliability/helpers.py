@@ -23,37 +23,51 @@ class Result:
     returncode: int
     stdout: str
     stderr: str
-    peak_mb: float  # the process's peak resident memory (ru_maxrss), MB
+    peak_mb: float  # the process's peak resident memory (VmHWM at exit), MB; 0 if not recorded
+
+
+# Peak memory of a child, read by the child itself: `os.wait4`'s ru_maxrss is no good here, as Linux
+# starts a forked child's peak at its parent's resident size (a pytest process of 1.6 GB makes every
+# child "peak" at 1.6 GB). A `sitecustomize` on the child's path records /proc/self/status's VmHWM
+# (the peak of the program after exec) when it exits.
+_SITE = """
+import atexit, os
+def _record_peak(path=os.environ.get("TFSIM_TEST_PEAK_FILE")):
+    with open("/proc/self/status") as status, open(path, "w") as out:
+        out.write(next(line for line in status if line.startswith("VmHWM")).split()[1])
+if os.environ.get("TFSIM_TEST_PEAK_FILE"):
+    atexit.register(_record_peak)
+"""
+
+
+def _site_dir() -> str:
+    folder = Path(tempfile.gettempdir()) / f"tfsim-test-site-{os.getpid()}"
+    if not (folder / "sitecustomize.py").is_file():
+        folder.mkdir(exist_ok=True)
+        (folder / "sitecustomize.py").write_text(_SITE)
+    return str(folder)
 
 
 def run(args: list[str], cwd=None, env: dict | None = None, timeout: float = 600) -> Result:
-    """Runs `args` in a fresh process and returns its exit code, output and peak memory (from
-    `os.wait4`'s resource usage of that one child, not of earlier ones)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(args, cwd=cwd, env={**ENV, **(env or {})}, stdout=out, stderr=err)
+    """Runs `args` (a Python command) in a fresh process and returns its exit code, output and peak
+    resident memory (recorded by the child at exit; 0 if it could not record it)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.NamedTemporaryFile("r", suffix=".peak") as peak:
+        child_env = {**ENV, **(env or {})}
+        child_env["PYTHONPATH"] = os.pathsep.join(p for p in (_site_dir(), child_env.get("PYTHONPATH")) if p)
+        child_env["TFSIM_TEST_PEAK_FILE"] = peak.name
+        proc = subprocess.Popen(args, cwd=cwd, env=child_env, stdout=out, stderr=err)
         try:
-            _, status, usage = _wait4(proc.pid, timeout)
+            proc.wait(timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
-            os.waitpid(proc.pid, 0)
+            proc.wait()
             raise
-        proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
+        recorded = peak.read().strip()
         return Result(proc.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"),
-                      usage.ru_maxrss / 1024)
-
-
-def _wait4(pid: int, timeout: float):
-    import time
-    deadline = time.monotonic() + timeout
-    while True:
-        got, status, usage = os.wait4(pid, os.WNOHANG)
-        if got:
-            return got, status, usage
-        if time.monotonic() > deadline:
-            raise subprocess.TimeoutExpired(str(pid), timeout)
-        time.sleep(0.05)
+                      int(recorded) / 1024 if recorded else 0.0)
 
 
 def cli(module: str, *args, cwd=None, env: dict | None = None, timeout: float = 600) -> Result:
