@@ -151,11 +151,14 @@ _ENCODED_PIXELS = None
 def header_size(data: bytes) -> tuple[int, int, int, int]:
     """`(width, height, frames, pixels)` of encoded image bytes (`encoded_pixels`), for Python callers
     (the loaders, the search command) that check a file before decoding it; pixels -1 when the
-    bytes are of no known format (the decoder then decides)."""
+    bytes are of no known format or a JPEG header cannot be parsed (the decoder then decides)."""
     global _ENCODED_PIXELS
     if _ENCODED_PIXELS is None:  # traced once per process
         _ENCODED_PIXELS = tf.function(encoded_pixels, input_signature=[tf.TensorSpec([], tf.string)])
-    shape, frames, pixels = _ENCODED_PIXELS(tf.constant(data))
+    try:
+        shape, frames, pixels = _ENCODED_PIXELS(tf.constant(data))
+    except tf.errors.InvalidArgumentError:  # a JPEG whose header cannot be parsed: the decoder decides
+        return -1, -1, 1, -1
     return int(shape[1]), int(shape[0]), int(frames), int(pixels)
 
 
