@@ -1,11 +1,16 @@
 """Typed config: presets, files, overrides, validation messages."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from tfsim import config
 from tfsim.errors import UserInputError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_default_preset_validates_and_round_trips_to_json():
@@ -254,3 +259,60 @@ def test_natural_photo_presets_crop_and_small_images_shift():
         config.load("default", ["model.center_crop=1.2"])
     with pytest.raises(UserInputError, match=r"`data.augmentation`: expected 'shift' when data.augment=false"):
         config.load("default", ["data.augment=false", "data.augmentation=random_resized_crop"])
+
+
+def test_loading_and_validating_import_no_tensorflow():
+    # The commands load their config before TensorFlow (about 6 s), so that a mistake is reported at once.
+    script = """
+import sys
+from tfsim import config
+from tfsim.errors import UserInputError
+config.load("default", ["train.epochs=2", "model.embedding_dim=32"])
+for name in config.presets():
+    lists = config.load_preset(name).data.source == "list"
+    config.load(name, ["data.path=/x/Ebay_train.txt"] if lists else [])
+config.load("default", ["data.source=list", "data.path=/x/mine.csv"])
+config.load("default", ["model.head=hash", "whitening.enabled=false", "loss.quantization_weight=0.1"])
+for bad in (["loss.margin=-1"], ["loss.name=circle", "loss.gamma=0"], ["sampler.examples_per_class=1"],
+            ["model.backbone=resnet50", "model.width=8"], ["loss.name=nope"], ["train.epochs=x"]):
+    try:
+        config.load("default", bad)
+    except UserInputError:
+        continue
+    raise SystemExit(f"no error for {bad}")
+import tfsim.pipelines._cli
+print(sorted(m for m in ("tensorflow", "keras") if m in sys.modules))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_every_preset_says_in_one_line_what_it_is_for(tmp_path):
+    described = config.preset_descriptions()
+    assert list(described) == config.presets()
+    for name, text in described.items():
+        assert text.strip() and "\n" not in text and len(text) <= 160, name
+    mine = tmp_path / "mine.json"
+    mine.write_text(json.dumps({"base": "cars196_resnet50", "description": "my cars", "train": {"epochs": 2}}))
+    assert config.load(str(mine)).train.epochs == 2  # a description is no config key, and not inherited
+    mine.write_text(json.dumps({"description": ["two", "lines"]}))
+    with pytest.raises(UserInputError, match=r"Invalid value for `description` in .*mine.json': expected a string"):
+        config.load(str(mine))
+
+
+@pytest.mark.parametrize("name,meant", [
+    ("cars196", "cars196_resnet50"),
+    ("defualt", "default"),
+    ("sop", "sop_resnet50"),
+    ("tiny-imagenet", "tiny_imagenet"),
+    ("resnet50", "cars196_resnet50, cub200_resnet50 or dogs_resnet50"),
+    ("nothing", None),
+])
+def test_an_unknown_preset_suggests_the_close_ones(name, meant):
+    with pytest.raises(UserInputError, match=rf"^Unknown config '{name}'") as err:
+        config.load(name)
+    if meant:
+        assert f"(did you mean {meant}?): expected a preset name [" in str(err.value)
+    else:
+        assert "did you mean" not in str(err.value)

@@ -3,15 +3,18 @@
 A run is described by one `Config`, built from a preset (a JSON file shipped in
 `tfsim/presets/`, named without its suffix: `default`, `cars196_resnet50`, ...; or the path
 of any JSON file) plus `--set section.key=value` overrides, then checked by `validate()`
-before any work starts. The resolved config (`resolve()`: the run's name filled in) is
-written next to the run as `config.json`.
+before any work starts, and before TensorFlow is imported (this module reads the registries
+through the TensorFlow-free `tfsim.options`), so a command reports a mistake at once. The
+resolved config (`resolve()`: the run's name filled in) is written next to the run as
+`config.json`.
 
 `Config()` itself is neutral: it names no dataset's split or run. Dataset choices (which
 classes the shipped Fashion-MNIST subset holds out, the cars/birds set-ups) live in the
 presets. A JSON config file is a partial nested dict over the preset it names as `base`
 ("default" when absent; null for `Config()`): `{"base": "default", "model":
-{"embedding_dim": 128}}`. Unknown sections or keys and wrongly typed values are errors
-that name the key.
+{"embedding_dim": 128}}`, with an optional one-line "description" (what `--list-configs`
+prints for a preset). Unknown sections or keys and wrongly typed values are errors that name
+the key; an unknown preset name suggests the shipped presets close to it.
 
 Some settings are one variant of several, and the arguments of one variant do not carry
 over to another: an override or file that changes `loss.name` starts that loss from its
@@ -25,15 +28,17 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import inspect
+import difflib
 import json
 import math
 import typing
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
-from tfsim.data import samplers
-from tfsim.data.preprocess import DEFAULT_MAX_PIXELS
+# TensorFlow-free imports only: a config is loaded and validated before TensorFlow is (about 6 s), so
+# a mistake is reported at once. The registries are read through `tfsim.options`.
+from tfsim import options
+from tfsim.data.formats import DEFAULT_MAX_PIXELS
 from tfsim.errors import UserInputError, config_keys
 
 
@@ -386,17 +391,34 @@ PRESET_DIR = Path(__file__).resolve().parent / "presets"
 
 # Data keys that belong to one source (reset when `data.source` changes, see DataConfig).
 _SOURCE_KEYS = ("path", "image_root", "protocol", "test_fraction", "split_seed", "tfds_name", "tfds_split", "data_dir", "manual_dir", "test_classes", "on_bad_file")
-# Each sampler kind's options and their defaults are the samplers' (`samplers.KIND_OPTIONS`).
-SAMPLER_OPTIONS = samplers.KIND_OPTIONS
+# Each sampler kind's options and their defaults are the samplers' (`samplers.KIND_OPTIONS`, read
+# without TensorFlow from `tfsim.options`).
+SAMPLER_OPTIONS = options.SAMPLER_OPTIONS
 _SAMPLER_KEYS = ("classes_per_batch", "examples_per_class", "batch_size", "triplets_per_query", "small_classes")
 # Backbone options in ModelConfig; which ones a backbone takes is its builder's signature
-# (`tfsim.models.backbones.backbone_arguments`), their defaults its builder's defaults.
+# (`tfsim.models.backbones.backbone_arguments`), their defaults its builder's defaults
+# (`tfsim.options.BACKBONE_OPTIONS`).
 _BACKBONE_KEYS = ("width", "blocks_per_stage", "zero_init_residual")
 
 
 def presets() -> list[str]:
     """Names of the presets shipped with the package."""
     return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
+
+
+def preset_descriptions() -> dict[str, str]:
+    """Each shipped preset's one-line `description` (from its JSON file), by name."""
+    return {name: str(json.loads((PRESET_DIR / f"{name}.json").read_text()).get("description", ""))
+            for name in presets()}
+
+
+def _close_presets(name: str) -> list[str]:
+    """Up to 3 shipped presets a mistyped `name` may have meant: those containing it (or contained in
+    it, e.g. "default.json"), then those `difflib` finds close."""
+    names, low = presets(), name.lower()
+    close = [n for n in names if len(low) >= 3 and (low in n or n in low)]
+    close += difflib.get_close_matches(low, names, n=3, cutoff=0.6)
+    return list(dict.fromkeys(close))[:3]
 
 
 def loss_args(loss: LossConfig) -> dict:
@@ -546,15 +568,22 @@ def load_preset(name_or_file: str, _chain: tuple = ()) -> Config:
             f"Config files name each other as `base`: {' -> '.join(names)}. Expected a chain of `base` "
             "files that ends at a preset or at \"base\": null; remove one of these `base` entries.")
     if not path.is_file():
+        close = _close_presets(name_or_file)
+        listed = ", ".join(close[:-1]) + " or " + close[-1] if len(close) > 1 else "".join(close)
+        meant = f" (did you mean {listed}?)" if close else ""
         raise UserInputError(
-            f"Unknown config {name_or_file!r}: expected a preset name {presets()} or the path of a JSON "
-            "config file.")
+            f"Unknown config {name_or_file!r}{meant}: expected a preset name {presets()} or the path of a JSON "
+            "config file (--list-configs describes the presets).")
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise UserInputError(f"Config file {str(path)!r} is not valid JSON: {err}.") from None
     if not isinstance(data, dict):
         raise UserInputError(f"Config file {str(path)!r} must hold a JSON object of sections.")
+    description = data.pop("description", None)  # one line for --list-configs; not inherited
+    if description is not None and not isinstance(description, str):
+        raise UserInputError(f"Invalid value for `description` in {str(path)!r}: expected a string (one line saying "
+                             f"what the config is for). Received: description={description!r}")
     base = data.pop("base", "default")
     if base is not None and not isinstance(base, str):
         raise UserInputError(f"Invalid value for `base` in {str(path)!r}: expected a preset name, the path of a "
@@ -572,10 +601,9 @@ def resolve(cfg: Config) -> Config:
     fill = {k: v for k, v in SAMPLER_OPTIONS[s.kind].items() if getattr(s, k) is None}
     if fill:
         cfg = dataclasses.replace(cfg, sampler=dataclasses.replace(s, **fill))
-    from tfsim.models.backbones import BACKBONES
-    if cfg.model.backbone in BACKBONES:
-        params = inspect.signature(BACKBONES[cfg.model.backbone]).parameters
-        fill = {k: params[k].default for k in _BACKBONE_KEYS if k in params and getattr(cfg.model, k) is None}
+    if cfg.model.backbone in options.BACKBONE_OPTIONS:
+        defaults = options.BACKBONE_OPTIONS[cfg.model.backbone]
+        fill = {k: defaults[k] for k in _BACKBONE_KEYS if k in defaults and getattr(cfg.model, k) is None}
         if fill:
             cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **fill))
     if cfg.run.name is not None:
@@ -584,7 +612,7 @@ def resolve(cfg: Config) -> Config:
     if d.source == "folder" and d.path:
         name = Path(d.path).resolve().name or "folder"
     elif d.source == "list" and d.path:
-        from tfsim.data.lists import dataset_name
+        from tfsim.data.formats import dataset_name
         name = dataset_name(d.path)
     elif d.source == "tfds" and d.tfds_name:
         name = d.tfds_name.split(":")[0].replace("/", "_")
@@ -595,11 +623,15 @@ def resolve(cfg: Config) -> Config:
     return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, name=name))
 
 
-def load(name_or_file: str = "default", overrides: Sequence[str] = ()) -> Config:
-    """Preset + overrides, validated and resolved."""
+def load(name_or_file: str = "default", overrides: Sequence[str] = (), resolved: bool = True) -> Config:
+    """Preset + overrides, validated and (unless `resolved` is False) resolved.
+
+    The train and tune commands take the config unresolved: what it leaves null (e.g. the P x K
+    sampler's sizes) is then filled in from the data, not from fixed defaults.
+    """
     cfg = apply_overrides(load_preset(name_or_file), overrides)
     validate(cfg)
-    return resolve(cfg)
+    return resolve(cfg) if resolved else cfg
 
 
 _ONE_FOLDER = "not empty, no '/' or '\\', not starting with '.', so that it stays inside the root"
@@ -630,19 +662,16 @@ def validate(cfg: Config) -> None:
         if not ok:
             raise UserInputError(f"Invalid value for `{key}`: expected {expected}. Received: {key}={value!r}")
 
-    from tfsim.losses import LOSSES
-    from tfsim.models.backbones import BACKBONES
-
     s, m, t = cfg.sampler, cfg.model, cfg.train
     for key in _SAMPLER_KEYS:
         need(getattr(s, key) is None or key in SAMPLER_OPTIONS[s.kind], f"sampler.{key}",
              f"null for sampler.kind={s.kind!r}, which takes {list(SAMPLER_OPTIONS[s.kind])}", getattr(s, key))
-    # The values of the sampler's options are checked by the samplers themselves.
+    # The values of the sampler's options are checked as the samplers check them (`samplers.check_options`).
     with config_keys(**{k: f"sampler.{k}" for k in _SAMPLER_KEYS}):
-        samplers.check_options(s.kind, **{k: getattr(s, k) for k in _SAMPLER_KEYS})
-    need(m.backbone in BACKBONES, "model.backbone", f"one of {sorted(BACKBONES)}", m.backbone)
-    from tfsim.models.backbones import backbone_arguments
-    takes = backbone_arguments(m.backbone)
+        options.check_sampler_options(s.kind, **{k: getattr(s, k) for k in _SAMPLER_KEYS})
+    need(m.backbone in options.BACKBONE_OPTIONS, "model.backbone", f"one of {sorted(options.BACKBONE_OPTIONS)}",
+         m.backbone)
+    takes = list(options.BACKBONE_OPTIONS[m.backbone])
     for key, value in backbone_args(m).items():
         need(key in takes, f"model.{key}", f"null for backbone {m.backbone!r}, which takes {takes}", value)
     need(m.image_size >= 8, "model.image_size", "an integer >= 8 (pixels)", m.image_size)
@@ -653,17 +682,17 @@ def validate(cfg: Config) -> None:
     need(m.width is None or m.width >= 4, "model.width", "an integer >= 4", m.width)
     need(m.blocks_per_stage is None or m.blocks_per_stage >= 1, "model.blocks_per_stage", "an integer >= 1",
          m.blocks_per_stage)
-    need(cfg.loss.name in LOSSES, "loss.name", f"one of {sorted(LOSSES)}", cfg.loss.name)
+    need(cfg.loss.name in options.LOSS_OPTIONS, "loss.name", f"one of {sorted(options.LOSS_OPTIONS)}", cfg.loss.name)
     lc = cfg.loss
-    from tfsim.losses import get_loss, loss_arguments
-    takes = loss_arguments(lc.name)
+    loss_options = options.LOSS_OPTIONS[lc.name]
+    takes = list(loss_options.arguments)
     for key in loss_args(lc):
         need(key in takes or key == "cross_replica", f"loss.{key}",
              f"null for loss {lc.name!r}, which takes {takes} (set it only with a loss that has it)",
              getattr(lc, key))
-    # The values of the loss's arguments are checked by the loss itself (its constructor).
-    with config_keys(catch=(ValueError,), **{k: f"loss.{k}" for k in takes}):
-        get_loss(lc.name, **{k: v for k, v in loss_args(lc).items() if k in takes})
+    # The values of the loss's arguments are checked as the loss itself checks them (its constructor).
+    with config_keys(**{k: f"loss.{k}" for k in takes}):
+        options.check_loss_arguments(lc.name, **{k: v for k, v in loss_args(lc).items() if k in takes})
     need(0 <= cfg.data.erase_prob <= 1, "data.erase_prob", "a probability in [0, 1]", cfg.data.erase_prob)
     need(cfg.data.max_pixels >= 1, "data.max_pixels", "an integer >= 1 (width x height of the largest image the "
          f"loaders decode; default {DEFAULT_MAX_PIXELS})", cfg.data.max_pixels)
@@ -685,11 +714,10 @@ def validate(cfg: Config) -> None:
          "false with model.head=hash (a whitening would rotate the codes; set whitening.enabled=false)",
          cfg.whitening.enabled)
     need(lc.proxy_lr_multiplier > 0, "loss.proxy_lr_multiplier", "a number > 0", lc.proxy_lr_multiplier)
-    from tfsim.losses import input_kind, supports_cross_replica
-    need(not lc.cross_replica or supports_cross_replica(lc.name), "loss.cross_replica",
+    need(not lc.cross_replica or loss_options.cross_replica, "loss.cross_replica",
          f"false for loss {lc.name!r}, which has no cross-replica mode (only tfsim's batch losses do)",
          lc.cross_replica)
-    kind = input_kind(lc.name)
+    kind = loss_options.input_kind
     need(kind != "triplets" or s.kind == "triplets", "sampler.kind",
          f"'triplets' for loss {lc.name!r}, which takes explicit (query, positive, negative) rows", s.kind)
     need(s.kind != "triplets" or kind == "triplets", "sampler.kind",

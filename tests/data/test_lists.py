@@ -96,6 +96,21 @@ def test_csv_with_header_split_column_missing_and_bad_files(tmp_path):
     with pytest.raises(UserInputError, match=r"2 listed image\(s\) of .*mine.csv' cannot be used: .*bad.png"):
         lists.load_list(str(listing), on_bad_file="error")
     assert lists.dataset_name(str(listing)) == "mine"
+    assert images.report["format"] == "csv"  # the format, not the file's name
+
+
+@pytest.mark.parametrize("name,fmt,dataset", [
+    ("mylist.csv", "csv", "mylist"),
+    ("LIST.CSV", "csv", "LIST"),
+    ("Ebay_test.txt", "stanford_online_products", "stanford_online_products"),
+    ("list_eval_partition.txt", "inshop", "inshop"),
+    ("images.txt", "cub200", "cub200"),
+    ("wnids.txt", "tiny_imagenet", "tiny_imagenet"),
+    ("files.txt", None, "files"),
+])
+def test_list_format_and_dataset_name_by_file_name(name, fmt, dataset):
+    assert lists.list_format(f"/data/{name}") == fmt
+    assert lists.dataset_name(f"/data/{name}") == dataset
 
 
 @pytest.mark.parametrize("text, message", [
@@ -126,6 +141,7 @@ def test_sop_layout_gives_the_published_class_split(sop):
     assert split.images.class_names == ("1", "2", "3", "4", "5")
     assert split.test_class_names == ["4", "5"] and np.unique(split.train.labels).tolist() == [0, 1, 2]
     assert split.images.report["images_per_split"] == {"test": 6, "train": 9}
+    assert split.images.report["format"] == "stanford_online_products"
     # Either file, or Ebay_info.txt, names the same dataset.
     assert len(lists.load_list(str(sop / "Ebay_test.txt"))) == 15
 

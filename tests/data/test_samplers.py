@@ -62,8 +62,10 @@ def test_small_class_sampled_with_replacement():
 @pytest.mark.parametrize("p,k,match", [
     (2, 1, "examples_per_class`: expected an integer >= 2"),
     (1, 2, "classes_per_batch`: expected an integer >= 2"),
-    (8, 2, "larger than the training set"),
-    (3, 30, "larger than the training set"),
+    (8, 2, r"`classes_per_batch`: a P x K batch holds P distinct classes, and the training set has only 7 "
+           r"classes. Expected 2..7. Received: classes_per_batch=8"),
+    (3, 30, r"\(3 classes x 30 images = 90 images\) holds more images than the training set \(65\). Lower "
+            r"`examples_per_class` to at most 21"),
 ])
 def test_bad_batch_shapes_are_clear_errors(p, k, match):
     with pytest.raises(UserInputError, match=match):

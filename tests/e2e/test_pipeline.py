@@ -214,7 +214,7 @@ def test_user_errors_exit_2_without_traceback(run, tmp_path):
         ("train", ["--set", "train.epocs=1"], "Unknown config key `train.epocs`"),
         ("train", ["--set", "train.epochs=x"], "expected an integer"),
         ("train", ["--set", "sampler.examples_per_class=1"], "expected an integer >= 2"),
-        ("train", ["--set", "sampler.classes_per_batch=7"], "Lower `sampler.classes_per_batch` to at most 6"),
+        ("train", ["--set", "sampler.classes_per_batch=7"], "the training set has only 6 classes. Expected 2..6."),
         ("train", ["--set", "data.source=folder", "--set", f"data.path={tmp_path / 'nothing'}"],
          "Invalid value for `data.path`: expected a folder laid out as <root>/<class>/<image>"),
         ("train", ["--set", "data.test_classes=2,40"], "Invalid value for `data.test_classes`: expected label indices"),

@@ -35,9 +35,11 @@ def test_preflight_checks_sampler_and_replicas_in_config_terms():
     preflight.check(cfg, labels, replicas=1)
     with pytest.raises(UserInputError, match=r"`sampler.classes_per_batch`: expected a multiple of the 2 replicas"):
         preflight.check(cfg, labels, replicas=2)
-    with pytest.raises(UserInputError, match=r"Lower `sampler.classes_per_batch` to at most 3"):
+    with pytest.raises(UserInputError, match=r"^Invalid value for `sampler.classes_per_batch`: a P x K batch holds P "
+                                             r"distinct classes, and the training set has only 3 classes. Expected "
+                                             r"2..3. Received: sampler.classes_per_batch=4$"):
         preflight.check(config.load("default", ["sampler.classes_per_batch=4"]), np.repeat(np.arange(3), 20), 1)
-    with pytest.raises(UserInputError, match=r"Lower `classes_per_batch` to at most 3"):
+    with pytest.raises(UserInputError, match=r"Invalid value for `classes_per_batch`: .* Expected 2..3. "):
         samplers.check_pk(np.repeat(np.arange(3), 20), 4, 2)  # the library's own words
 
 
@@ -115,3 +117,53 @@ def test_split_report_counts_small_and_single_image_classes():
         config.load("default", ["sampler.small_classes=drop"])
     with pytest.raises(UserInputError, match=r"`sampler.small_classes`: expected null for sampler.kind='random'"):
         config.load("default", ["sampler.kind=random", "sampler.small_classes=skip"])
+
+
+def _unresolved(*overrides):
+    return config.load("default", list(overrides), resolved=False)
+
+
+def test_pk_left_unset_is_lowered_to_what_the_training_classes_allow(caplog):
+    three = np.repeat(np.arange(3), 20)  # a 6-class folder with half the classes held out
+    cfg = _unresolved()
+    unset = preflight.unset_pk_keys(cfg)
+    assert unset == ("classes_per_batch", "examples_per_class")
+    resolved = config.resolve(cfg)
+    with pytest.raises(UserInputError):  # the preset's P = 6 cannot be drawn from 3 classes
+        preflight.check(resolved, three, replicas=1)
+    with caplog.at_level("INFO", logger="tfsim.training.preflight"):
+        chosen = preflight.choose_pk(resolved, three, 1, unset)
+    assert (chosen.sampler.classes_per_batch, chosen.sampler.examples_per_class) == (3, 10)
+    preflight.check(chosen, three, replicas=1)
+    assert [r.getMessage() for r in caplog.records] == [
+        "Chose sampler.classes_per_batch=3 (P, default 6): the training set has 3 classes. Set these keys to "
+        "choose yourself."]
+    # Enough classes: nothing changes and nothing is said.
+    caplog.clear()
+    with caplog.at_level("INFO", logger="tfsim.training.preflight"):
+        assert preflight.choose_pk(resolved, np.repeat(np.arange(8), 20), 1, unset) == resolved
+    assert not caplog.records
+
+
+def test_pk_choice_respects_replicas_small_sets_skip_and_explicit_keys():
+    five = np.repeat(np.arange(5), 3)  # 5 classes, 15 images
+    resolved = config.resolve(_unresolved())
+    both = ("classes_per_batch", "examples_per_class")
+    # P: 5 classes -> 4 on two replicas; K: 4 x 10 > 15 images -> 3
+    chosen = preflight.choose_pk(resolved, five, 2, both).sampler
+    assert (chosen.classes_per_batch, chosen.examples_per_class) == (4, 3)
+    preflight.check(preflight.choose_pk(resolved, five, 2, both), five, replicas=2)
+    # K set by the user: only P moves, and check still refuses the batch the user asked for
+    only_p = preflight.choose_pk(resolved, five, 1, ("classes_per_batch",))
+    assert (only_p.sampler.classes_per_batch, only_p.sampler.examples_per_class) == (5, 10)
+    with pytest.raises(UserInputError, match=r"Lower `sampler.examples_per_class` to at most 3"):
+        preflight.check(only_p, five, replicas=1)
+    # small_classes=skip: P counts only the classes with at least K images
+    skip = config.resolve(_unresolved("sampler.small_classes=skip"))
+    labels = np.concatenate([np.repeat(np.arange(3), 12), np.repeat(np.arange(3, 7), 4)])
+    assert preflight.choose_pk(skip, labels, 1, both).sampler.classes_per_batch == 3
+    # Set explicitly (CLI, preset or JSON file): never changed, refused with the key to lower.
+    explicit = _unresolved("sampler.classes_per_batch=6", "sampler.examples_per_class=10")
+    assert preflight.unset_pk_keys(explicit) == ()
+    assert preflight.choose_pk(config.resolve(explicit), five, 1, ()) == config.resolve(explicit)
+    assert preflight.unset_pk_keys(_unresolved("sampler.kind=random")) == ()

@@ -1,7 +1,8 @@
 """Image lists: a CSV of your own, or the list files the research datasets ship with.
 
 `load_list(path)` reads one list file and returns an `ImageSet` whose `splits` say which
-published split each image belongs to. The format is recognised by the file's name:
+published split each image belongs to. The format is recognised by the file's name
+(`tfsim.data.formats.list_format`; the `format` of the report):
 
 | file | dataset | rows | split |
 | --- | --- | --- | --- |
@@ -36,14 +37,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from tfsim.data.preprocess import DEFAULT_MAX_PIXELS
+from tfsim.data.formats import DEFAULT_MAX_PIXELS, FORMATS, dataset_name, list_format
 from tfsim.data.sources import ImageSet, check_images, escape_name, not_utf8_report
 from tfsim.errors import UserInputError
 
 log = logging.getLogger(__name__)
-
-FORMATS = ("*.csv (path,label[,split])", "Ebay_train.txt / Ebay_test.txt (Stanford Online Products)",
-           "list_eval_partition.txt (In-Shop)", "images.txt (CUB-200-2011)", "wnids.txt (Tiny ImageNet)")
 
 
 def _fail(path: Path, line: int, expected: str, got: str) -> UserInputError:
@@ -188,20 +186,6 @@ def _image_root(path: Path, first: str, image_root: Optional[str], candidates: S
         f"{[str(c) for c in candidates]}. Set `image_root` to the folder its paths are relative to.")
 
 
-def dataset_name(path: str) -> str:
-    """The name runs on this list are named after: the dataset, or a CSV's file name."""
-    name = Path(path).name
-    if name in ("Ebay_train.txt", "Ebay_test.txt", "Ebay_info.txt"):
-        return "stanford_online_products"
-    if name == "list_eval_partition.txt":
-        return "inshop"
-    if name == "images.txt":
-        return "cub200"
-    if name == "wnids.txt":
-        return "tiny_imagenet"
-    return Path(path).stem or "list"
-
-
 def load_list(path: str, image_root: Optional[str] = None, check_files: bool = True,
               on_bad_file: str = "skip", max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageSet:
     """The images of a list file (see the module doc for the formats).
@@ -232,20 +216,20 @@ def load_list(path: str, image_root: Optional[str] = None, check_files: bool = T
         raise UserInputError(f"Invalid value for `path`: expected a list file, one of {list(FORMATS)}. "
                              f"Received: path={path!r}, which is not a file.")
     names: dict[str, str] = {}
-    name, dataset = file.name, dataset_name(str(file))
-    if file.suffix.lower() == ".csv":
+    fmt, dataset = list_format(str(file)), dataset_name(str(file))
+    if fmt == "csv":
         paths, labels, split = _read_csv(file)
         candidates = [file.parent]
-    elif name in ("Ebay_train.txt", "Ebay_test.txt", "Ebay_info.txt"):
+    elif fmt == "stanford_online_products":
         paths, labels, split = _read_sop(file)
         candidates = [file.parent]
-    elif name == "list_eval_partition.txt":
+    elif fmt == "inshop":
         paths, labels, split = _read_inshop(file)
         candidates = [file.parent, file.parent.parent, file.parent.parent / "Img"]
-    elif name == "images.txt":
+    elif fmt == "cub200":
         paths, labels, split, names = _read_cub(file)
         candidates = [file.parent / "images", file.parent]
-    elif name == "wnids.txt":
+    elif fmt == "tiny_imagenet":
         paths, labels, split = _read_tiny_imagenet(file)
         candidates = [file.parent]
     else:
@@ -279,7 +263,7 @@ def load_list(path: str, image_root: Optional[str] = None, check_files: bool = T
     if len(present) < 2:
         raise UserInputError(f"List file {str(file)!r} has {len(present)} class(es) with usable images; "
                              "expected at least 2.")
-    report = {"list": escape_name(str(file)), "image_root": escape_name(str(root)), "format": dataset,
+    report = {"list": escape_name(str(file)), "image_root": escape_name(str(root)), "format": fmt,
               "images": int(len(rows)),
               "images_per_class": {class_names[c]: int(n) for c, n in zip(*np.unique(label_ids[rows], return_counts=True))},
               "skipped": problems, "checked": check_files, "max_pixels": max_pixels, **row_notes}

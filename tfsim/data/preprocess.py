@@ -21,13 +21,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-# The most pixels an image may have to be decoded (`data.max_pixels`, `export.max_pixels`).
-# Real photos: 12 MP (phones), 24-45 MP (DSLRs), 48-50 MP (the largest phone sensors at full
-# resolution). Decoding and resizing one image costs about 11 bytes per pixel at the peak (the
-# uint8 image, its float32 copy, the antialiased resize): 50 MP is about 0.5 GB for one image,
-# and the 144 MP that a 410 KB PNG can declare is 1.5 GB (bench/decode_memory.py). PIL's own
-# limit (89 MP, about 1 GB per image, several per batch) is too much for a 2 GB server.
-DEFAULT_MAX_PIXELS = 50_000_000
+from tfsim.data.formats import DEFAULT_MAX_PIXELS  # the decoders' default limit (readable without TensorFlow)
 
 _HEAD = 32  # header bytes the fixed-field formats need
 

@@ -98,11 +98,16 @@ def check_pk(labels: np.ndarray, classes_per_batch: int, examples_per_class: int
     _, counts = np.unique(labels, return_counts=True)
     num_classes = len(counts)
     batch = classes_per_batch * examples_per_class
-    if classes_per_batch > num_classes or batch > len(labels):
+    if classes_per_batch > num_classes:
         raise UserInputError(
-            f"The P x K batch ({classes_per_batch} classes x {examples_per_class} images = {batch}) is larger "
-            f"than the training set ({num_classes} classes, {len(labels)} images). Lower "
-            f"`classes_per_batch` to at most {num_classes} or `examples_per_class`.")
+            f"Invalid value for `classes_per_batch`: a P x K batch holds P distinct classes, and the training "
+            f"set has only {num_classes} classes. Expected 2..{num_classes}. Received: "
+            f"classes_per_batch={classes_per_batch}")
+    if batch > len(labels):
+        raise UserInputError(
+            f"The P x K batch ({classes_per_batch} classes x {examples_per_class} images = {batch} images) holds "
+            f"more images than the training set ({len(labels)}). Lower `examples_per_class` to at most "
+            f"{len(labels) // classes_per_batch}.")
     usable = int((counts >= examples_per_class).sum())
     if small_classes == "skip" and usable < classes_per_batch:
         raise UserInputError(

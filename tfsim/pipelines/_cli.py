@@ -8,10 +8,14 @@ with no file name) or TensorFlow (`ResourceExhaustedError` / `OutOfRangeError` w
 its message) raised it: one line naming the file or folder. Any other OS error on a path
 (permissions, a file where a folder should be) is one line naming the path, exit status 1;
 anything else is a bug and keeps its traceback.
+
+The commands parse their arguments and load their config before they import TensorFlow
+(about 6 s), so that a mistake in either is reported at once: nothing here imports it.
 """
 
 from __future__ import annotations
 
+import argparse
 import errno
 import logging
 import os
@@ -25,6 +29,24 @@ from tfsim.errors import UserInputError, disk_full_errno
 def quiet_tensorflow() -> None:
     """Silences TensorFlow's C++ log chatter, e.g. cuInit errors on CPU-only machines (override by setting TF_CPP_MIN_LOG_LEVEL)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+class ListConfigs(argparse.Action):
+    """`--list-configs`: prints each shipped preset with its one-line description, and exits (as `--help` does)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
+                 help="list the shipped presets (--config NAME) with what each is for, and exit"):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from tfsim import config
+
+        described = config.preset_descriptions()
+        width = max(map(len, described))
+        print("Presets (--config NAME; or the path of a JSON config file, e.g. {\"base\": NAME, ...}):")
+        for name, description in described.items():
+            print(f"  {name:<{width}}  {description}")
+        parser.exit()
 
 
 def run(main: Callable[[list[str]], int], argv: list[str] | None = None) -> None:

@@ -33,6 +33,7 @@ def format_table(metrics: dict, ks) -> str:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m tfsim.pipelines.train", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="default", help="a preset name (tfsim/presets/<name>.json) or the path of a JSON config file")
+    parser.add_argument("--list-configs", action=_cli.ListConfigs)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set train.epochs=3 (repeatable)")
     parser.add_argument("--run-dir", default=None, help="run folder (default: <run.root>/<run.name>)")
@@ -41,9 +42,10 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     from tfsim import config
+
+    cfg = config.load(args.config, args.overrides, resolved=False)  # before TensorFlow: a mistake is reported at once
     from tfsim.training import train
 
-    cfg = config.load(args.config, args.overrides)
     result = train(cfg, args.run_dir, resume=not args.no_resume, verbose=0 if args.quiet else 2)
     m = result.metrics
     if not m:  # a multi-worker task other than the chief: the chief reports

@@ -23,6 +23,7 @@ def main(argv: list[str]) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.splitlines()[2:]))
     parser.add_argument("--config", default="default", help="a preset name or the path of a JSON config file")
+    parser.add_argument("--list-configs", action=_cli.ListConfigs)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="set a config value for every trial (repeatable)")
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
@@ -37,13 +38,14 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     from tfsim import config
-    from tfsim.training import tuning
 
     overrides = list(args.overrides)
     for flag, key in (("objective", "objective"), ("tuner", "tuner"), ("max_trials", "max_trials"), ("name", "name")):
         if getattr(args, flag) is not None:
             overrides.append(f"tune.{key}={getattr(args, flag)}")
-    cfg = config.load(args.config, overrides)
+    cfg = config.load(args.config, overrides, resolved=False)  # before TensorFlow: a mistake is reported at once
+    from tfsim.training import tuning
+
     result = tuning.tune(cfg, args.grid, verbose=0 if args.quiet else 2, final=not args.no_final)
     if not result.rows:  # a worker of a distributed search
         print(f"worker finished: {result.new_trials} trials run here; the chief writes the report.")
@@ -56,7 +58,8 @@ def main(argv: list[str]) -> int:
     best = ok[0]
     keys = [k for k in best if k not in ("trial", "status", "seconds", "reason") and "@" not in k
             and k not in ("map@r", "r_precision")]
-    print("best: " + ", ".join(f"{k}={best[k]}" for k in keys) + f"  ({objective} {best[objective]:.4f})")
+    print(f"best: trial {best['trial']}: " + ", ".join(f"{k}={best[k]}" for k in keys)
+          + f"  ({objective} {best[objective]:.4f})")
     print(f"table:        {result.tune_dir / 'trials.md'} (and trials.csv, objective.png)")
     print(f"best config:  {result.tune_dir / 'best.json'}")
     if result.final is not None:

@@ -12,6 +12,8 @@ the checks that need the data or the replica count (what `config.validate` canno
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -30,6 +32,54 @@ SAMPLER_KEYS = {"classes_per_batch": "sampler.classes_per_batch", "examples_per_
                 "batch_size": "sampler.batch_size", "triplets_per_query": "sampler.triplets_per_query",
                 "num_triplets": "sampler.batch_size // 3", "small_classes": "sampler.small_classes"}
 MODEL_KEYS = {"weights": "model.weights", "backbone": "model.backbone"}
+PK_KEYS = ("classes_per_batch", "examples_per_class")
+
+log = logging.getLogger(__name__)
+
+
+def unset_pk_keys(cfg: Config) -> tuple[str, ...]:
+    """The P x K options a config leaves to tfsim: null before `config.resolve` fills in the defaults.
+
+    Call it on the config as the user wrote it (a preset or JSON file setting them counts as set).
+    """
+    if cfg.sampler.kind != "pk":
+        return ()
+    return tuple(k for k in PK_KEYS if getattr(cfg.sampler, k) is None)
+
+
+def choose_pk(cfg: Config, train_labels, replicas: int, unset: tuple[str, ...], say: bool = True) -> Config:
+    """The resolved `cfg` with the P x K options in `unset` lowered to what the training set allows.
+
+    A small folder (6 classes, half held out) has fewer training classes than the default P = 6:
+    P becomes the number of training classes (with `small_classes='skip'`, of those with at least
+    K images), rounded down to a multiple of the replicas; then K is lowered, if needed, so the
+    batch holds no more images than the training set. Options the user set are never changed:
+    `check` refuses them with what to set instead. One log line says what was chosen and why
+    (unless `say` is False).
+    """
+    s = cfg.sampler
+    if s.kind != "pk" or not unset:
+        return cfg
+    classes, counts = np.unique(np.asarray(train_labels), return_counts=True)
+    p, k = s.classes_per_batch, s.examples_per_class
+    why = []
+    if "classes_per_batch" in unset:
+        usable = int((counts >= k).sum()) if s.small_classes == "skip" else len(classes)
+        allowed = usable - usable % replicas
+        if 2 <= allowed < p:
+            p = allowed
+            why.append(f"sampler.classes_per_batch={p} (P, default {s.classes_per_batch}): the training set has "
+                       f"{usable} classes" + (f" with at least K={k} images" if s.small_classes == "skip" else "")
+                       + (f", rounded down to a multiple of the {replicas} replicas" if usable % replicas else ""))
+    if "examples_per_class" in unset and p * k > len(train_labels) and len(train_labels) // p >= 2:
+        k = len(train_labels) // p
+        why.append(f"sampler.examples_per_class={k} (K, default {s.examples_per_class}): a batch of P x K images "
+                   f"fits the {len(train_labels)} training images")
+    if not why:
+        return cfg
+    if say:
+            log.info("Chose %s. Set these keys to choose yourself.", "; ".join(why))
+    return dataclasses.replace(cfg, sampler=dataclasses.replace(s, classes_per_batch=p, examples_per_class=k))
 
 
 def check(cfg: Config, train_labels, replicas: int) -> None:

@@ -65,9 +65,11 @@ class TrainResult:
 _POST_TRAINING_SECTIONS = ("eval", "whitening", "export", "index", "tune")
 
 
-def _check_run_dir(cfg: Config, run_dir: Path, resume: bool, key: str = "run.root/run.name") -> None:
+def _check_run_dir(cfg: Config, run_dir: Path, resume: bool, key: str = "run.root/run.name",
+                   later: tuple[str, ...] = ()) -> None:
     """Refuses a non-empty folder that is not a tfsim run, and a run folder that holds a checkpoint of
-    another config (or any, without resume)."""
+    another config (or any, without resume). `later`: sampler keys chosen from the data
+    (`preflight.choose_pk`), compared once they are chosen."""
     runs.check_run_folder(run_dir, key)
     cfg_file = run_dir / "config.json"
     resolved = config_lib.to_dict(cfg)
@@ -89,7 +91,7 @@ def _check_run_dir(cfg: Config, run_dir: Path, resume: bool, key: str = "run.roo
         differ = [f"{section}.{key}" for section in sorted(set(previous) | set(current))
                   if section not in _POST_TRAINING_SECTIONS
                   for key in sorted(set(previous.get(section, {})) | set(current.get(section, {})))
-                  if not same(section, key)]
+                  if not same(section, key) and not (section == "sampler" and key in later)]
         if differ:
             shown = ", ".join(f"{k}={previous.get(k.split('.')[0], {}).get(k.split('.')[1])!r} there, "
                               f"{current.get(k.split('.')[0], {}).get(k.split('.')[1])!r} now" for k in differ[:3])
@@ -146,6 +148,7 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
     """
     start = time.time()
     config_lib.validate(cfg)
+    unset = preflight.unset_pk_keys(cfg)  # P x K left to tfsim: chosen once the training classes are known
     cfg = config_lib.resolve(cfg)
     run_dir_arg = run_dir
     run_dir = Path(run_dir) if run_dir is not None else Path(cfg.run.root) / cfg.run.name
@@ -155,8 +158,8 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
     chief = strategy is None or distributed.is_chief(strategy)
     key = "run.root/run.name" if run_dir_arg is None else "--run-dir"
     if not chief:  # (workers write their own folders; the chief holds the run folder's lock)
-        _check_run_dir(cfg, run_dir, resume, key)
-        return _train(cfg, run_dir, resume, verbose, split, start, strategy, chief)
+        _check_run_dir(cfg, run_dir, resume, key, later=unset)
+        return _train(cfg, run_dir, resume, verbose, split, start, strategy, chief, unset)
     # Outputs are checked before any work, so a bad path is not found after training; a folder that
     # is not a tfsim run is refused before anything (even a lock file) is written into it.
     runs.check_run_folder(run_dir, key)
@@ -169,14 +172,14 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
     created = not run_dir.exists()
     try:
         with locks.folder_lock(run_dir, "run folder"):
-            _check_run_dir(cfg, run_dir, resume, key)
+            _check_run_dir(cfg, run_dir, resume, key, later=unset)
             # Under the lock no live process writes here: temporary files are a killed one's.
             removed = (runs.remove_temporaries(run_dir, (".tmp-*", "config.json.tmp"))
                        + runs.remove_temporaries(run_dir / "checkpoints"))
             if removed:
                 log.info("Removed %d temporary files left in %s by an interrupted run: %s", len(removed), run_dir,
                          ", ".join(removed))
-            return _train(cfg, run_dir, resume, verbose, split, start, strategy, chief)
+            return _train(cfg, run_dir, resume, verbose, split, start, strategy, chief, unset, key)
     finally:
         if created:
             try:
@@ -186,10 +189,17 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
 
 
 def _train(cfg: Config, run_dir: Path, resume: bool, verbose: int, split: Optional[Split], start: float,
-           strategy, chief: bool) -> TrainResult:
+           strategy, chief: bool, unset: tuple[str, ...] = (), key: str = "run.root/run.name") -> TrainResult:
     """`train` once the run folder is checked (and locked, on the chief)."""
     if split is None:
         split = load_split(cfg)  # data errors stop the run before the run folder is written
+    strategy = strategy or get_strategy(cfg.train.strategy)
+    fit_split = selection_split(split, cfg) if cfg.train.select_best else split
+    if unset:  # P x K the user left unset: the largest the training classes allow (one log line)
+        cfg = preflight.choose_pk(cfg, fit_split.train.labels, strategy.num_replicas_in_sync, unset)
+        _check_run_dir(cfg, run_dir, resume, key)
+    # The sampler against the data, before the run folder is written (fit checks again, for callers of fit).
+    preflight.check(cfg, fit_split.train.labels, strategy.num_replicas_in_sync)
     if chief:
         _write_config(cfg, run_dir)
         # What the source found (counts, skipped files and why) and what the split and sampler do
@@ -198,7 +208,6 @@ def _train(cfg: Config, run_dir: Path, resume: bool, verbose: int, split: Option
             **(split.images.report or {"source": split.images.name, "images": len(split.images)}),
             "split": preflight.split_report(cfg, split.train.labels, split.test.labels, split.images.class_names)})
 
-    fit_split = selection_split(split, cfg) if cfg.train.select_best else split
     trained = fit(cfg, run_dir, fit_split, resume=resume, verbose=verbose, strategy=strategy)
     if chief and trained.fit_seconds > 0:
         # A checkpoint name was (re)written: a whitening fitted on an earlier file of that name (one
