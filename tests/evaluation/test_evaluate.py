@@ -1,6 +1,7 @@
 """The evaluate command's library: an export's metrics on any images, one set or query vs gallery."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ import tensorflow as tf
 from tfsim.data import pipeline, sources
 from tfsim.errors import UserInputError
 from tfsim.evaluation import retrieval_metrics
-from tfsim.evaluation.evaluate import evaluate, load_source
+from tfsim.evaluation.evaluate import evaluate, format_table, load_source
 from tfsim.export import export_embedder
 from tfsim.models import build_embedding_model
 
@@ -53,6 +54,35 @@ def test_one_set_matches_metrics_of_the_model_itself(export, tmp_path):
     maps = [float(line.split("|")[4]) for line in rows]
     assert maps == sorted(maps)  # worst first
     assert json.loads((tmp_path / "report" / "metrics.json").read_text())["num_queries"] == 20
+    head, _, values = report[2:5]  # the table: precision@K beside Recall@K, as in metrics.json
+    cells = dict(zip(head.strip("| ").split(" | "), values.strip("| ").split(" | ")))
+    assert list(cells)[:8] == [f"recall@{k}" for k in (1, 2, 4, 8)] + [f"precision@{k}" for k in (1, 2, 4, 8)]
+    assert all(float(cells[c]) == pytest.approx(m[c], abs=5e-5) for c in cells)
+
+
+def aligned(lines):
+    """Each line's fields end under its header's, column by column (the row label aside)."""
+    ends = lambda line: [f.end() for f in re.finditer(r"\S+", line)]  # noqa: E731
+    return all(ends(line)[1:] == ends(lines[0]) for line in lines[1:])
+
+
+def test_console_table_lines_up_under_its_headers():
+    ks = (1, 2, 4, 16)
+    m = {**{f"recall@{k}": 0.5 for k in ks}, **{f"precision@{k}": 0.25 for k in ks}, "map@r": 0.3,
+         "r_precision": 1.0, "map": 0.41, "nmi": 0.2, "ami": -0.05}
+    table = format_table(m, ks).splitlines()
+    assert table[0].split() == ["R@1", "R@2", "R@4", "R@16", "P@1", "P@2", "P@4", "P@16", "MAP@R", "R-prec", "mAP",
+                                "NMI", "AMI"]
+    assert table[1].split() == ["exact", "0.5000", "0.5000", "0.5000", "0.5000", "0.2500", "0.2500", "0.2500",
+                                "0.2500", "0.3000", "1.0000", "0.4100", "0.2000", "-0.0500"]
+    assert aligned(table) and len(table) == 2
+    # --ann: ScaNN's row and its gap to exact, under the same headers, "-" where ScaNN has no figure.
+    ann = {k: v for k, v in m.items() if k not in ("map", "nmi", "ami")}
+    m["ann"] = {**ann, "gap": {k: -0.0125 for k in ann}, "gap_sample": 12, "index": {"mode": "tree_ah"}}
+    table = format_table(m, ks).splitlines()
+    assert [line.split()[0] for line in table[1:4]] == ["exact", "ScaNN", "gap"] and aligned(table[:4])
+    assert table[2].split()[-3:] == ["-"] * 3 and table[3].split()[1] == "-0.0125"
+    assert table[4] == "ScaNN: a tree_ah index of the gallery; gap: ScaNN minus exact on 12 sampled queries"
 
 
 def test_query_set_against_gallery_set(export, tmp_path):
@@ -86,7 +116,12 @@ def test_cli_prints_metrics_and_worst_classes(export, tmp_path):
                          timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "12 queries (leave_one_out)" in out.stdout and "worst classes (MAP@R)" in out.stdout
-    assert "ScaNN (brute_force); gap to exact on 12 queries: recall@1 +0.0000" in out.stdout
+    table = out.stdout.split("12 queries (leave_one_out)")[1].splitlines()[1:5]
+    assert table[0].split()[:6] == ["R@1", "R@2", "P@1", "P@2", "MAP@R", "R-prec"] and aligned(table[:4])
+    assert table[3].split()[:2] == ["gap", "+0.0000"]
+    assert "ScaNN: a brute_force index of the gallery; gap: ScaNN minus exact on 12 sampled queries" in out.stdout
+    report = (tmp_path / "r" / "metrics.md").read_text()
+    assert "| search | recall@1 | recall@2 | precision@1 | precision@2 |" in report and "| ScaNN | " in report
     assert (tmp_path / "r" / "metrics.md").is_file()
     bad = subprocess.run([sys.executable, "-m", "tfsim.pipelines.evaluate", "--model", str(tmp_path), "--data",
                           str(data)], capture_output=True, text=True, timeout=300)

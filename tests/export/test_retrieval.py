@@ -45,6 +45,44 @@ print(json.dumps({"empty": list(empty["ids"].shape), "ids": out["ids"].numpy().a
                   "scann_loaded": "scann" in sys.modules}))
 '''
 
+# TF Serving as the README runs it (stock, `--model_config_file=ROOT/models.config`): every model
+# the config lists, its newest version loaded and asked for one image, with `scann` never importable.
+STOCK = r'''
+import importlib.abc, json, sys
+class NoScann(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "scann" or name.startswith("scann."):
+            raise ImportError("stock TF Serving has no ScaNN")
+sys.meta_path.insert(0, NoScann())
+from pathlib import Path
+import tensorflow as tf
+from google.protobuf import text_format
+from tensorflow_serving.config import model_server_config_pb2
+config = text_format.Parse(open(sys.argv[1]).read(), model_server_config_pb2.ModelServerConfig())
+image = open(sys.argv[2], "rb").read()
+answers = {}
+for model in config.model_config_list.config:
+    newest = max((v for v in Path(model.base_path).iterdir() if v.name.isdigit()), key=lambda v: int(v.name))
+    out = tf.saved_model.load(str(newest)).signatures["serving_default"](image_bytes=tf.constant([image]))
+    answers[model.name] = sorted(out)
+print(json.dumps({"answers": answers, "scann_loaded": any(m.split(".")[0] == "scann" for m in sys.modules)}))
+'''
+
+
+def stock_serving(config, image):
+    """{model name: its outputs} of every model `config` lists, served without ScaNN (see STOCK)."""
+    out = subprocess.run([sys.executable, "-c", STOCK, str(config), str(image)], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert not got["scann_loaded"]
+    return got["answers"]
+
+
+def listed(config):
+    """The model names a TF Serving model config lists."""
+    return sorted(line.split('"')[1] for line in Path(config).read_text().splitlines() if "name:" in line)
+
 
 def serve(path, use_scann, images):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -62,8 +100,13 @@ def test_exact_and_scann_retrieval_exports(tmp_path):
                                       {"brute_force_below": 10, "target_recall": 0.9}, progress=False)
     exports = export_retrieval(embedder, index_dir, tmp_path / "models", k=5)
     assert [p.parent.name for p in exports.values()] == ["shop_exact", "shop_scann"]
-    config = (tmp_path / "models" / "models.config").read_text()
-    assert all(f'name: "{n}"' in config for n in ("shop", "shop_exact", "shop_scann"))
+    # One config per kind of server: stock TF Serving loads and answers with every model of
+    # models.config (so no ScaNN model); models_scann.config adds the ScaNN one.
+    assert listed(tmp_path / "models" / "models.config") == ["shop", "shop_exact"]
+    assert listed(tmp_path / "models" / "models_scann.config") == ["shop", "shop_exact", "shop_scann"]
+    assert stock_serving(tmp_path / "models" / "models.config", data / "a" / "a_0.png") == {
+        "shop": ["embeddings"], "shop_exact": ["ids", "labels", "rows", "scores"]}
+    assert not [p for p in (tmp_path / "models").iterdir() if p.name.startswith(".")]  # no temporary left
 
     images = sources.load_folder(str(data))
     ids = catalogue.catalogue_ids(images)  # what the catalogue was indexed with: paths relative to its root
@@ -119,7 +162,8 @@ def test_hamming_retrieval_export_of_a_hashing_model(tmp_path):
     index_dir = catalogue.build_index(embedder, str(data), tmp_path / "idx", progress=False)
     exports = export_retrieval(embedder, index_dir, tmp_path / "models", k=7)  # the kinds that fit: hamming
     assert list(exports) == ["hamming"] and exports["hamming"].parent.name == "codes_hamming"
-    assert 'name: "codes_hamming"' in (tmp_path / "models" / "models.config").read_text()
+    assert listed(tmp_path / "models" / "models.config") == ["codes", "codes_hamming"]  # stock TF Serving's
+    assert listed(tmp_path / "models" / "models_scann.config") == ["codes", "codes_hamming"]
 
     images = sources.load_folder(str(data))
     rows_q = [0, 21, 45, 59]

@@ -55,6 +55,7 @@ def test_build_search_and_add(exports, tmp_path, tree):
         search_image(None, query, 3, path)
     result = search_image(model, query, 3, path)
     assert result.ids[0] == Path(query).relative_to(data.resolve()).as_posix() and result.labels[0] == "a"
+    assert result.same_as_query == [True, False, False]  # the query file is in the gallery: found, and marked
 
     new = class_folders(tmp_path / "more", ["c", "d"], 5, 1)
     for f in sorted(new.rglob("*.png")):  # new names: ids are relative to each data root, so "c/c_0.png" is taken
@@ -121,6 +122,9 @@ def test_index_and_search_commands(exports, tmp_path):
                 str(data / "b" / "b_3.png"), "--top-k", "2")
     assert found.returncode == 0, found.stderr[-2000:]
     assert "   1   1.0000  b" in found.stdout and (tmp_path / "search_b_3.png").is_file()
+    rows = found.stdout.splitlines()[2:4]
+    assert rows[0].endswith("b/b_3.png  (the query image itself: it is in the gallery)")
+    assert "query image" not in rows[1]
     wrong = run("tfsim.pipelines.search", "--index", "idx", "--model", str(exports[1]), "--image",
                 str(data / "b" / "b_3.png"))
     assert wrong.returncode == 2 and "was built by model" in wrong.stderr and "Traceback" not in wrong.stderr

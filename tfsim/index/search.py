@@ -6,7 +6,8 @@ export (or another index it built), so what it shows is what a served model woul
 The model is never one named inside the index (`catalogue.index_model`).
 `render_grid` draws the picture the image-similarity literature shows: the query on
 the left, the k nearest gallery images to its right, each labelled with its class
-and score.
+and score. A gallery image identical to the query (a query taken from the gallery finds
+itself first) is marked as such, in the printed list and in the grid.
 """
 
 from __future__ import annotations
@@ -37,6 +38,20 @@ class SearchResult:
     labels: list[str]
     images: list[np.ndarray]
     gallery_size: int = 0  # items in the index (fewer results than asked when it holds fewer)
+    # Per result: the same image as the query (identical pixels, e.g. the query file itself).
+    same_as_query: list[bool] = dataclasses.field(default_factory=list)
+
+
+def same_image(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two decoded images have identical RGB pixels (grey and RGB copies of one picture
+    compare equal)."""
+    def rgb(pixels: np.ndarray) -> np.ndarray:
+        pixels = np.asarray(pixels, np.uint8)
+        pixels = pixels[..., None] if pixels.ndim == 2 else pixels
+        return np.broadcast_to(pixels[..., :3], pixels.shape[:2] + (3,))
+
+    a, b = rgb(a), rgb(b)
+    return a.shape == b.shape and bool(np.array_equal(a, b))
 
 
 def read_query_image(path: os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[bytes, np.ndarray]:
@@ -137,7 +152,7 @@ def search_image(model_dir: Optional[os.PathLike], image_path: os.PathLike, k: i
     return SearchResult(query_path=Path(image_path), query_image=pixels, rows=rows, scores=scores,
                         ids=[str(index.ids[r]) for r in rows],
                         labels=[index.class_names[index.labels[r]] for r in rows], images=images,
-                        gallery_size=len(index))
+                        gallery_size=len(index), same_as_query=[same_image(pixels, img) for img in images])
 
 
 def _gallery_picture(path: str, max_pixels: int) -> np.ndarray:
@@ -151,14 +166,57 @@ def _gallery_picture(path: str, max_pixels: int) -> np.ndarray:
         return np.asarray(img.convert("RGB"))
 
 
+def fit_text(text: str, font, width: float, max_lines: int = 3) -> list[str]:
+    """`text` cut into lines of at most `width` pixels in `font` (at spaces where it can, else
+    anywhere, as a long file name), at most `max_lines` of them, the last ending in "..." when
+    the text is longer."""
+    def fits(line: str) -> bool:
+        return font.getlength(line) <= width
+
+    lines, rest = [], text
+    while rest and len(lines) < max_lines:
+        cut = len(rest)
+        while cut > 1 and not fits(rest[:cut]):
+            cut -= 1
+        space = rest.rfind(" ", 0, cut + 1)
+        if cut < len(rest) and space > 0:
+            cut = space
+        lines.append(rest[:cut].rstrip())
+        rest = rest[cut:].lstrip()
+    if rest:  # too long for max_lines: the end is dropped, visibly
+        last = lines[-1]
+        while last and not fits(last + "..."):
+            last = last[:-1]
+        lines[-1] = last + "..."
+    return lines
+
+
+QUERY_COLOR, SAME_COLOR, RESULT_COLOR = "blue", "orange", "gray"
+
+
+def legend(same_as_query: list[bool]) -> str:
+    """What the grid's frame colours mean (orange only when a result is the query's image)."""
+    same = "; orange, the query's own image, found in the gallery" if any(same_as_query) else ""
+    return f"Frames: blue, the query{same}; gray, the nearest gallery images, best first. Larger scores are closer."
+
+
 def render_grid(result: SearchResult, out: os.PathLike, tile: int = 128) -> Path:
-    """Writes a PNG: the query on the left, then the results, each labelled; returns its path."""
+    """Writes a PNG: the query on the left, then the results, each framed and labelled (a caption
+    wrapped to its tile's width, `fit_text`), and a legend of the frames below; returns its path."""
     from PIL import Image, ImageDraw, ImageFont
 
     font = ImageFont.load_default()
-    caption_h, gap = 34, 6
+    gap, line_h = 6, 14
+    same = list(result.same_as_query) or [False] * len(result.images)
+    captions = [["query"] + fit_text(result.query_path.name, font, tile - 4, 4)]
+    for i, (label, score, dup) in enumerate(zip(result.labels, result.scores, same), start=1):
+        captions.append(fit_text(f"{i}. {label}", font, tile - 4, 2) + [f"score {score:.3f}"]
+                        + (["= the query image"] if dup else []))
     n = len(result.images) + 1
-    canvas = Image.new("RGB", (n * tile + (n + 1) * gap + gap * 2, tile + caption_h + 2 * gap), "white")
+    width = n * tile + (n + 1) * gap + gap * 2
+    key = fit_text(legend(same), font, width - 2 * gap, 6)
+    caption_h = line_h * max(len(c) for c in captions) + 6
+    canvas = Image.new("RGB", (width, tile + caption_h + len(key) * line_h + 3 * gap), "white")
     draw = ImageDraw.Draw(canvas)
 
     def paste(i: int, pixels: np.ndarray, lines: list[str], color: str):
@@ -171,11 +229,13 @@ def render_grid(result: SearchResult, out: os.PathLike, tile: int = 128) -> Path
         canvas.paste(img, (x + (tile - img.width) // 2, gap + (tile - img.height) // 2))
         draw.rectangle([x - 1, gap - 1, x + tile, gap + tile], outline=color, width=2)
         for j, line in enumerate(lines):
-            draw.text((x + 2, gap + tile + 3 + 14 * j), line[:22], fill="black", font=font)
+            draw.text((x + 2, gap + tile + 3 + line_h * j), line, fill="black", font=font)
 
-    paste(0, result.query_image, ["query", result.query_path.name], "blue")
-    for i, (img, label, score) in enumerate(zip(result.images, result.labels, result.scores), start=1):
-        paste(i, img, [f"{i}. {label}", f"score {score:.3f}"], "gray")
+    paste(0, result.query_image, captions[0], QUERY_COLOR)
+    for i, (img, dup) in enumerate(zip(result.images, same), start=1):
+        paste(i, img, captions[i], SAME_COLOR if dup else RESULT_COLOR)
+    for j, line in enumerate(key):
+        draw.text((gap, 2 * gap + tile + caption_h + line_h * j), line, fill="black", font=font)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out)

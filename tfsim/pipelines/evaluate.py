@@ -39,8 +39,8 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     from tfsim.errors import UserInputError
-    from tfsim.evaluation.evaluate import evaluate
 
+    # The arguments are checked before TensorFlow is imported: a mistake is reported at once.
     try:
         ks = tuple(int(k) for k in args.ks.split(",") if k.strip())
     except ValueError:
@@ -49,6 +49,8 @@ def main(argv: list[str]) -> int:
         raise UserInputError(f"Invalid --ks {args.ks!r}: expected integers >= 1.")
     if args.max_pixels is not None and args.max_pixels < 1:
         raise UserInputError(f"Invalid --max-pixels {args.max_pixels}: expected an integer >= 1 (width x height).")
+    from tfsim.evaluation.evaluate import evaluate, format_table
+
     model = Path(args.model)
     if args.out:
         out = Path(args.out)
@@ -60,18 +62,11 @@ def main(argv: list[str]) -> int:
         out = Path("runs") / "eval" / f"{model.parent.name}_v{model.name}"
     m = evaluate(model, args.data, args.query, args.gallery, ks, out, args.batch_size, ann=args.ann,
                  max_pixels=args.max_pixels)
-    cols = [f"recall@{k}" for k in ks] + ["map@r", "r_precision"] + [c for c in ("map", "nmi", "ami") if c in m]
     if m["model_kind"] == "checkpoint":
         d = m["model_details"]
         print(f"\ncheckpoint {d['checkpoint']} of {d['run']} (whitening {d['whitening']})")
     print(f"\n{m['num_queries']} queries ({m['protocol']}) on {m['data'] or m['query'] + ' vs ' + m['gallery']}:")
-    print("".join(f"{c:>12}" for c in cols))
-    print("".join(f"{m[c]:>12.4f}" for c in cols))
-    if "ann" in m:
-        a = m["ann"]
-        print("".join(f"{a[c]:>12.4f}" for c in cols if c in a) + f"   ScaNN ({a['index']['mode']}); "
-              f"gap to exact on {a['gap_sample']} queries: "
-              + ", ".join(f"{c} {a['gap'][c]:+.4f}" for c in cols if c in a["gap"]))
+    print(format_table(m, ks))
     if "hamming" in m:
         h = m["hamming"]
         print(f"binary codes (Hamming): map {h['map']:.4f}, map@100 {h['map@100']:.4f}, "

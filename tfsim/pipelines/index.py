@@ -6,8 +6,10 @@ images into an existing index (with `--model`, the export that built it, unless 
 inside it); `--ids path` makes the index return absolute file paths as ids instead of paths
 relative to the data root; `--serve ROOT` also writes the retrieval SavedModels of the
 index (`tfsim.export.retrieval`: image bytes in, top-k ids/labels/scores out) to
-ROOT/<name>_exact/<version> and ROOT/<name>_scann/<version>, with TF Serving warm-up records
-and ROOT/models.config (with only --index DIR, the SavedModels of that index). DATA is a folder
+ROOT/<name>_exact/<version> and ROOT/<name>_scann/<version> (with only --index DIR, the
+SavedModels of that index), with TF Serving warm-up records, ROOT/models.config (what stock
+TF Serving loads: every model but ScaNN's) and ROOT/models_scann.config (all of them, for a
+TF Serving built with ScaNN's ops). DATA is a folder
 <dir>/<class>/<image>, a list file, tfds:NAME[:SPLIT] or default. Search an index with
 `python -m tfsim.pipelines.search --index DIR --model EXPORT`.
 """
@@ -45,24 +47,27 @@ def main(argv: list[str]) -> int:
 
     from tfsim import config as config_lib
     from tfsim.errors import UserInputError
-    from tfsim.index import catalogue, scann_index
 
-    added = None
-    if args.index and args.add is None and args.serve and not (args.data or args.out):
-        path = Path(args.index)  # only the retrieval SavedModels of an existing index
-    elif args.add is not None:
-        if not args.index or args.data or args.out or args.ids:
-            raise UserInputError("--add DATA needs --index DIR (and no --data / --out / --ids: added images get ids "
-                                 "of the kind the index was built with).")
-        path, added = catalogue.add_to_index(args.index, args.add, args.model, args.batch_size)
-    else:
+    # The arguments and the config are checked before TensorFlow is imported: a mistake is reported at once.
+    serve_only = args.index and args.add is None and args.serve and not (args.data or args.out)
+    if args.add is not None and (not args.index or args.data or args.out or args.ids):
+        raise UserInputError("--add DATA needs --index DIR (and no --data / --out / --ids: added images get ids "
+                             "of the kind the index was built with).")
+    if not serve_only and args.add is None:
         if not (args.model and args.data and args.out):
             raise UserInputError("Give --model EXPORT --data DATA --out DIR to build an index, or --add DATA "
                                  "--index DIR to add to one.")
         overrides = [f"index.{key}={value}" for key, value in
                      (("target_recall", args.target_recall), ("num_neighbors", args.num_neighbors)) if value is not None]
         cfg = config_lib.load("default", overrides)
-        config_lib.validate(cfg)
+    from tfsim.index import catalogue, scann_index
+
+    added = None
+    if serve_only:
+        path = Path(args.index)  # only the retrieval SavedModels of an existing index
+    elif args.add is not None:
+        path, added = catalogue.add_to_index(args.index, args.add, args.model, args.batch_size)
+    else:
         path = catalogue.build_index(args.model, args.data, args.out, scann_index.options(cfg.index), args.batch_size,
                                      ids=args.ids or "relative")
     meta = scann_index.read_meta(path)
@@ -78,12 +83,13 @@ def main(argv: list[str]) -> int:
     model_arg = f" --model {args.model}" if args.model else ""
     print(f"search it: python -m tfsim.pipelines.search --index {path}{model_arg} --image IMAGE")
     if args.serve:
-        from tfsim.export.retrieval import export_retrieval
+        from tfsim.export.retrieval import SCANN_CONFIG, STOCK_CONFIG, export_retrieval
 
         kinds = None if args.kinds is None else tuple(k.strip() for k in args.kinds.split(",") if k.strip())
         for kind, folder in export_retrieval(model, path, args.serve, args.top_k, kinds).items():
             print(f"retrieval SavedModel ({kind}): {folder}")
-        print(f"TF Serving config: {Path(args.serve) / 'models.config'}")
+        print(f"TF Serving configs: {Path(args.serve) / STOCK_CONFIG} (stock tensorflow/serving: every model but "
+              f"ScaNN's), {Path(args.serve) / SCANN_CONFIG} (a TF Serving built with ScaNN's ops: all of them)")
     return 0
 
 

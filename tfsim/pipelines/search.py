@@ -2,7 +2,8 @@
 
 Prints the k nearest gallery items of an image (from the export's own ScaNN index, or an
 index built by `python -m tfsim.pipelines.index`, searched with `--model`, the export that built
-it) and writes a PNG grid: the query on the left, the results to its right, labelled.
+it) and writes a PNG grid: the query on the left, the results to its right, labelled. A result
+with the query's own pixels (a query taken from the gallery finds itself first) is marked.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", default=None, help="PNG grid to write (default: search_<image name>.png)")
     args = parser.parse_args(argv)
 
+    from tfsim.errors import UserInputError
+
+    if args.top_k < 1:  # (search_image checks it too; here before TensorFlow is imported, to be reported at once)
+        raise UserInputError(f"Invalid value for `--top-k`: expected an integer >= 1. Received: {args.top_k}")
     from tfsim.index.search import check_output, render_grid, search_image
 
     out = check_output(args.out or f"search_{Path(args.image).stem}.png")
@@ -34,8 +39,10 @@ def main(argv: list[str]) -> int:
     note = f" (the index holds {result.gallery_size} images)" if found < args.top_k else ""
     print(f"{found} nearest gallery items of {args.image}{note}:")
     print(f"{'rank':>4}  {'score':>7}  {'label':<16} id")
-    for i, (score, label, id_) in enumerate(zip(result.scores, result.labels, result.ids), start=1):
-        print(f"{i:>4}  {score:>7.4f}  {label:<16} {id_}")
+    for i, (score, label, id_, same) in enumerate(zip(result.scores, result.labels, result.ids,
+                                                      result.same_as_query), start=1):
+        print(f"{i:>4}  {score:>7.4f}  {label:<16} {id_}" + ("  (the query image itself: it is in the gallery)"
+                                                             if same else ""))
     out = render_grid(result, out)
     print(f"grid written to {out}")
     return 0
