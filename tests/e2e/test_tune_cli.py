@@ -4,6 +4,7 @@ chief and two workers on 127.0.0.1 (keras-tuner's own distributed tuning)."""
 import csv
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -55,6 +56,18 @@ def test_killed_search_continues_without_rerunning_finished_trials(tmp_path):
     rows = table(tune_dir)
     assert sorted(r["trial"] for r in rows) == ["0", "1", "2", "3"] and {r["status"] for r in rows} == {"ok"}
     assert "4 trials (4 ok, 0 failed, 3 run now)" in again.stdout
+    # The console numbers trials as their folders and the tables do (keras-tuner's "Running Trial #2" is not
+    # printed), and says which score is which.
+    assert "Running Trial" not in again.stdout and "Trial 0:" not in again.stderr
+    for trial in ("1", "2", "3"):
+        assert re.search(rf"Trial {trial}: loss\.margin=\S+, train\.learning_rate=\S+ \(\S+/trial_{trial}\)", again.stderr)
+        assert re.search(rf"Trial {trial} done in \d+ s: map@r 0\.\d{{4}} on the validation classes \(its model with "
+                         rf"whitening, as exported; before whitening, as in the epoch lines: 0\.\d{{4}}\)", again.stderr)
+    md = (tune_dir / "trials.md").read_text()
+    assert "before whitening" in md
+    seconds = [line.split("|")[-3].strip() for line in md.splitlines() if line.startswith("| ") and "| ok |" in line]
+    assert len(seconds) == 4 and all(s.isdigit() for s in seconds), seconds  # whole seconds
+    assert not list(tune_dir.glob("events.out.tfevents.*"))  # TensorBoard: each trial's run, not the search folder
 
     rerun = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0 and "0 run now" in rerun.stdout and "Training on" not in rerun.stderr
@@ -89,5 +102,5 @@ def test_distributed_search_chief_and_two_workers(tmp_path):
     scores = [float(r["map@r"]) for r in rows]
     assert scores == sorted(scores, reverse=True)
     # The chief trained the best config on all training classes and scored it on the test classes.
-    assert "on the test classes ['Pullover', 'Coat', 'Sandal', 'Sneaker']" in outputs["chief"][0]
+    assert "on 4 test classes (Pullover, Coat, Sandal, Sneaker):" in outputs["chief"][0]
     assert (tmp_path / "runs" / "fashion_mnist_small_best" / "metrics.json").is_file()

@@ -128,7 +128,7 @@ def story(tmp_path_factory):
         ckpts = run / "r" / "checkpoints"
         s.after_pair = {"checkpoints": sorted(p.name for p in ckpts.iterdir()),
                         "valid": {p.name: checkpoint_problem(p) for p in ckpts.glob("*.keras")},
-                        "events": sorted(p.name for p in (run / "r" / "tensorboard" / "train").iterdir()),
+                        "events": sorted(p.name for p in (run / "r" / "tensorboard").glob("events.out.tfevents.*")),
                         "hidden": _hidden(run), "cwd": sorted(p.name for p in cwd.iterdir())}
 
         # 2. Space freed on the run root; the export root is full.

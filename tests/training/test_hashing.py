@@ -73,8 +73,8 @@ def test_a_proxy_loss_trains_the_hash_head(tmp_path):
                                   "eval.baselines=false", "export.enabled=false", "index.enabled=false",
                                   "loss.name=normalized_softmax", "sampler.kind=random", "sampler.batch_size=32"])
     result = train(cfg, tmp_path / "run", verbose=0)
-    losses = [float(tf.make_ndarray(v.tensor)) for f in (tmp_path / "run" / "tensorboard" / "train").iterdir()
-              for e in tf.compat.v1.train.summary_iterator(str(f)) for v in e.summary.value if v.tag == "epoch_loss"]
+    losses = [float(tf.make_ndarray(v.tensor)) for f in (tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*")
+              for e in tf.compat.v1.train.summary_iterator(str(f)) for v in e.summary.value if v.tag == "train/loss"]
     assert len(losses) == 1 and 0.5 < losses[0] < 20, losses  # (ln 6 ~ 1.8 at the start)
     assert 0 < result.metrics["hamming"]["map"] < 1
     import json

@@ -114,17 +114,18 @@ def test_search_checks_combinations_before_any_trial(base, split):
     assert tuning.check_search(base, ok, trial_split) == 4  # (random, 2) fails, but each value works somewhere
     bad = tuning.parse_grid(base, ["sampler.classes_per_batch=2,5"])
     with pytest.raises(UserInputError, match=r"--grid sampler.classes_per_batch=5 fails in every combination.*"
-                                             r"at most 4.*trials train on 4 classes"):
+                                             r"only 4 classes. Expected 2..4.*trials train on 4 classes"):
         tuning.check_search(base, bad, trial_split)
     none = tuning.parse_grid(config.load("default"), ["loss.margin=0.2,0.5"])
-    with pytest.raises(UserInputError, match="Every combination of the search fails before training: The P x K batch"):
+    with pytest.raises(UserInputError, match="Every combination of the search fails before training: Invalid value "
+                                             "for `sampler.classes_per_batch`: a P x K batch holds P distinct"):
         tuning.check_search(config.load("default"), none, trial_split)
 
 
 # --- report -----------------------------------------------------------------------------------------
 
 def test_report_is_sorted_best_first_with_failures_last(tmp_path):
-    rows = [{"trial": "0", "status": "ok", "m": 0.2, "map@r": 0.3, "seconds": 1.0},
+    rows = [{"trial": "0", "status": "ok", "m": 0.2, "map@r": 0.3, "seconds": 61.5078},
             {"trial": "1", "status": "failed", "m": 0.5, "reason": "boom | bad", "seconds": 0.1},
             {"trial": "2", "status": "ok", "m": 1.0, "map@r": 0.5, "seconds": 1.0},
             {"trial": "3", "status": "ok", "m": 2.0, "map@r": 0.3, "seconds": 1.0}]
@@ -132,11 +133,47 @@ def test_report_is_sorted_best_first_with_failures_last(tmp_path):
     table = list(csv.DictReader((tmp_path / "trials.csv").open()))
     assert [r["trial"] for r in table] == ["2", "0", "3", "1"]  # ties by trial id
     assert table[3]["status"] == "failed" and table[3]["reason"] == "boom | bad"
+    assert table[1]["seconds"] == "61.5078"  # full precision in the CSV
     md = (tmp_path / "trials.md").read_text().splitlines()
     assert md[0] == "H" and md[2].startswith("| trial | status | m | **map@r** |") and len(md) == 2 + 2 + 4
     assert "boom / bad" in md[-1]
+    assert md[5] == "| 0 | ok | 0.2000 | 0.3000 | 62 |  |"  # whole seconds in the table
+    assert md[-1].endswith("| 0 | boom / bad |")
     png = tuning_report.plot_objective(tmp_path / "objective.png", rows, ["m"], "map@r")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_a_trial_line_names_the_trial_by_its_folder_number_and_both_scores():
+    record = {"trial": "0", "status": "ok", "metrics": {"map@r": 0.325}, "unwhitened": {"map@r": 0.3033},
+              "seconds": 23.4}
+    assert tuning.trial_message(record, "map@r") == (
+        "Trial 0 done in 23 s: map@r 0.3250 on the validation classes (its model with whitening, as exported; "
+        "before whitening, as in the epoch lines: 0.3033).")
+    del record["unwhitened"]
+    assert tuning.trial_message(record, "map@r") == "Trial 0 done in 23 s: map@r 0.3250 on the validation classes."
+    assert tuning.trial_name("s", "07") == "s/trial_07"
+
+
+def test_hparams_trial_holds_the_experiment_session_and_metrics(tmp_path):
+    import tensorflow as tf
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    space = {"loss.margin": [0.1, 0.5], "loss.name": ["a", "b"]}
+    tuning_report.write_hparams_trial(tmp_path, "s/trial_1", {"loss.margin": 0.5, "loss.name": "a", "tuner/epochs": 2},
+                                      {"map@r": 0.25, "recall@1": 0.5}, space)
+    acc = event_accumulator.EventAccumulator(str(tmp_path), size_guidance={event_accumulator.TENSORS: 0})
+    acc.Reload()
+    content = {t: plugin_data_pb2.HParamsPluginData.FromString(c) for t, c in acc.PluginTagToContent("hparams").items()}
+    experiment = content["_hparams_/experiment"].experiment
+    infos = {h.name: h for h in experiment.hparam_infos}
+    assert set(infos) == {"loss.margin", "loss.name", "tuner/epochs"}
+    assert [v.number_value for v in infos["loss.margin"].domain_discrete.values] == [0.1, 0.5]
+    assert not infos["tuner/epochs"].HasField("domain_discrete")
+    assert [m.name.tag for m in experiment.metric_infos] == ["tune/map@r", "tune/recall@1"]
+    start = content["_hparams_/session_start_info"].session_start_info
+    assert start.group_name == "s/trial_1" and start.hparams["loss.name"].string_value == "a"
+    assert float(tf.make_ndarray(acc.Tensors("tune/map@r")[0].tensor_proto)) == pytest.approx(0.25)
 
 
 def test_plot_handles_categories_and_no_finished_trial(tmp_path):
@@ -228,7 +265,8 @@ def test_grid_search_end_to_end_and_resume(tmp_path, monkeypatch):
     assert best.run.name == "fashion_mnist_small_best" and best.train.epochs == 1 and best.eval.baselines
     assert result.best_config == best
 
-    # TensorBoard: the experiment at the top, one session per trial with its values and metrics.
+    # TensorBoard: in each trial's run, the search's experiment and one session named after the
+    # trial, with its values and metrics; nothing in the search's own folder (not a run).
     from tensorboard.backend.event_processing import event_accumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -238,12 +276,13 @@ def test_grid_search_end_to_end_and_resume(tmp_path, monkeypatch):
         content = acc.PluginTagToContent("hparams")
         return {tag: plugin_data_pb2.HParamsPluginData.FromString(raw) for tag, raw in content.items()}, acc
 
-    experiment, _ = hparams_content(d)
-    assert {h.name for h in experiment["_hparams_/experiment"].experiment.hparam_infos} == {
-        "loss.margin", "train.learning_rate"}
+    assert not list(d.glob("events.out.tfevents.*"))
     for row in result.rows:
         session, acc = hparams_content(d / f"trial_{row['trial']}" / "run" / "tensorboard")
+        assert {h.name for h in session["_hparams_/experiment"].experiment.hparam_infos} == {
+            "loss.margin", "train.learning_rate"}
         start = session["_hparams_/session_start_info"].session_start_info
+        assert start.group_name == f"fashion_mnist_small/trial_{row['trial']}"
         assert start.hparams["loss.margin"].number_value == pytest.approx(row["loss.margin"])
         import tensorflow as tf
         value = float(tf.make_ndarray(acc.Tensors("tune/map@r")[0].tensor_proto))
@@ -273,23 +312,24 @@ def test_failing_trials_are_recorded_and_the_search_goes_on(tmp_path, monkeypatc
         return real_train(cfg, *args, **kwargs)
 
     monkeypatch.setattr(tuning, "train", train_or_run_out_of_memory)
-    # Impossible combinations, found when their trial starts: (random, classes_per_batch=2) sets an
-    # option of another sampler; (pk, null) is P = 6 (the default), more than the 4 trial classes.
+    # An impossible combination, found when its trial starts: (random, classes_per_batch=2) sets an
+    # option of another sampler. (pk, null) leaves P to tfsim: the 4 classes the trials train on.
     result = tuning.tune(tiny(tmp_path), ["sampler.kind=pk,random", "sampler.classes_per_batch=null,2",
                                           "loss.margin=0.2,0.3"], final=False)
     assert len(result.rows) == 8
     failed = {(r["sampler.kind"], r["sampler.classes_per_batch"], r["loss.margin"]): r["reason"]
               for r in result.rows if r["status"] == "failed"}
-    assert set(failed) == {("random", 2, 0.2), ("pk", None, 0.2)} | {
+    assert set(failed) == {("random", 2, 0.2)} | {
         (k, p, 0.3) for k in ("pk", "random") for p in (None, 2)}
     assert failed[("random", 2, 0.2)].startswith("Invalid value for `sampler.classes_per_batch`: expected null for "
                                                  "sampler.kind='random'")
-    assert failed[("pk", None, 0.2)].startswith("The P x K batch (6 classes x 10 images = 60) is larger than the "
-                                                "training set (4 classes, 2400 images)")
     assert failed[("pk", 2, 0.3)] == "MemoryError: out of memory (simulated)"
-    assert [r["status"] for r in result.rows] == ["ok"] * 2 + ["failed"] * 6
+    assert [r["status"] for r in result.rows] == ["ok"] * 3 + ["failed"] * 5
+    auto = next(r for r in result.rows if (r["sampler.kind"], r["sampler.classes_per_batch"]) == ("pk", None))
+    chosen = json.loads((result.tune_dir / f"trial_{auto['trial']}" / "run" / "config.json").read_text())
+    assert chosen["sampler"]["classes_per_batch"] == 4
     md = (result.tune_dir / "trials.md").read_text()
-    assert md.count("| failed |") == 6 and "MemoryError: out of memory (simulated)" in md
+    assert md.count("| failed |") == 5 and "MemoryError: out of memory (simulated)" in md
 
 
 def test_grid_oracle_state_survives_a_reload(tmp_path, base):

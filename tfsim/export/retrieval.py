@@ -24,7 +24,7 @@ with `--ids path`; never the file layout of the machine that built it otherwise)
 `assets.extra/tf_serving_warmup_requests` (a gallery image, alone and as a batch) and
 `assets.extra/tfsim/export.json`.
 
-The export root gets one TF Serving model config per kind of server (`write_serving_configs`):
+Each publish rewrites the export root's TF Serving model configs (`saved_model.write_serving_configs`):
 `models.config` lists what stock TF Serving loads (embedders, exact, Hamming) and
 `models_scann.config` those plus the ScaNN models, for a TF Serving built with ScaNN's ops.
 
@@ -36,8 +36,6 @@ The Hamming export holds bits / 8 bytes per item (1M x 64-bit codes are 8 MB).
 from __future__ import annotations
 
 import os
-import re
-import uuid
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -51,7 +49,6 @@ from tfsim.export.saved_model import publish, read_export, warmup_image, write_w
 
 RETRIEVAL_FORMAT = "tfsim.retrieval.v1"
 # TF Serving model configs of an export root: for stock TF Serving, and for one with ScaNN's ops.
-STOCK_CONFIG, SCANN_CONFIG = "models.config", "models_scann.config"
 KINDS = ("exact", "scann", "hamming")
 EMBEDDING_KINDS, CODE_KINDS = ("exact", "scann"), ("hamming",)
 
@@ -239,49 +236,4 @@ def export_retrieval(model_dir: os.PathLike, index_dir: os.PathLike, root: os.Pa
                     "signatures": {"serving_default": "image_bytes -> ids, labels, scores, rows"}}
 
         out[kind] = publish(Path(root) / model_name, write)
-    write_serving_configs(root)  # (after `publish`, whose own models.config lists every model)
     return out
-
-
-def needs_scann(model_folder: os.PathLike) -> bool:
-    """Whether the newest version of `<root>/<name>` (the one TF Serving serves) holds ScaNN's
-    ops (the `Scann>` namespace its graph names them with), which stock TF Serving lacks."""
-    versions = [v for v in Path(model_folder).iterdir() if v.is_dir() and re.fullmatch(r"\d+", v.name)]
-    if not versions:
-        return False
-    graph = max(versions, key=lambda v: int(v.name)) / "saved_model.pb"
-    return graph.is_file() and b"Scann>" in graph.read_bytes()
-
-
-def write_serving_configs(root: os.PathLike) -> tuple[Path, Path]:
-    """Writes the export root's TF Serving model configs, each atomically (a temporary file renamed):
-    `<root>/models.config`, every model stock TF Serving loads (embedders, exact and Hamming
-    retrieval models), and `<root>/models_scann.config`, those plus the ScaNN ones (`needs_scann`),
-    for a TF Serving built with ScaNN's ops. Models are listed by absolute path.
-
-    Returns:
-        (the stock config, the ScaNN config).
-
-    Example:
-        docker run -p 8501:8501 -v $PWD/saved_models:$PWD/saved_models tensorflow/serving \\
-            --model_config_file=$PWD/saved_models/models.config
-    """
-    root = Path(root)
-    models = sorted(p for p in root.iterdir() if p.is_dir() and any(
-        v.is_dir() and re.fullmatch(r"\d+", v.name) for v in p.iterdir()))
-    scann = {p for p in models if needs_scann(p)}
-    written = []
-    for name, listed in ((STOCK_CONFIG, [p for p in models if p not in scann]), (SCANN_CONFIG, models)):
-        lines = ["model_config_list {"]
-        for model in listed:
-            lines += ["  config {", f'    name: "{model.name}"', f'    base_path: "{model.resolve()}"',
-                      '    model_platform: "tensorflow"', "  }"]
-        lines.append("}")
-        out, tmp = root / name, root / f".{name}.{uuid.uuid4().hex[:8]}"
-        try:
-            tmp.write_text("\n".join(lines) + "\n")
-            os.replace(tmp, out)
-        finally:
-            tmp.unlink(missing_ok=True)
-        written.append(out)
-    return written[0], written[1]

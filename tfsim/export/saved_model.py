@@ -46,6 +46,29 @@ EXPORT_FORMAT = "tfsim.export.v1"
 META_DIR = Path("assets.extra") / "tfsim"
 
 
+class _DropSaveChatter(logging.Filter):
+    """Drops two INFO lines TensorFlow logs as it writes: absl's "Sharding callback duration: N
+    microseconds" (a timing from its checkpoint writer, at every `tf.train.Checkpoint` save) and
+    "Assets written to: <folder>" (at every SavedModel: here an export's temporary folder, while
+    `export_embedder` logs the final one). Matched by their exact format strings and INFO level,
+    so any other record of those loggers, warnings included, passes."""
+
+    MESSAGES = ("Sharding callback duration: %s microseconds", "Assets written to: %s")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.INFO and record.msg in self.MESSAGES)
+
+
+def _quiet_save_chatter() -> None:
+    for name in ("absl", "tensorflow"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropSaveChatter) for f in logger.filters):
+            logger.addFilter(_DropSaveChatter())
+
+
+_quiet_save_chatter()  # process-wide: whatever writes a checkpoint or SavedModel once tfsim is training
+
+
 def next_version(base: Path) -> int:
     """One more than the largest integer-named sub-folder of `base` (1 if none)."""
     versions = [int(p.name) for p in base.iterdir() if p.is_dir() and re.fullmatch(r"\d+", p.name)] \
@@ -85,7 +108,7 @@ def publish(base: Path, write: Callable[[Path, int], dict],
             with writing(base, f"a new version of {base.name!r}", needs,
                          " (the earlier versions are untouched) and run the same command again."):
                 final = _publish_locked(base, write, write_extras, written)
-                write_models_config(base.parent)
+                write_serving_configs(base.parent)
         return final
     finally:
         if created:
@@ -156,25 +179,51 @@ def _publish_locked(base: Path, write: Callable[[Path, int], dict],
     return final
 
 
-def write_models_config(root: Path) -> Path:
-    """`<root>/models.config`: a TF Serving model config listing every model folder under
-    `root` that holds a version (serve them all with `--model_config_file`)."""
+STOCK_CONFIG, SCANN_CONFIG = "models.config", "models_scann.config"
+
+
+def needs_scann(model_folder: os.PathLike) -> bool:
+    """Whether the newest version of `<root>/<name>` (the one TF Serving serves) holds ScaNN's
+    ops (the `Scann>` namespace its graph names them with), which stock TF Serving lacks."""
+    versions = [v for v in Path(model_folder).iterdir() if v.is_dir() and re.fullmatch(r"\d+", v.name)]
+    if not versions:
+        return False
+    graph = max(versions, key=lambda v: int(v.name)) / "saved_model.pb"
+    return graph.is_file() and b"Scann>" in graph.read_bytes()
+
+
+def write_serving_configs(root: os.PathLike) -> tuple[Path, Path]:
+    """Writes the export root's TF Serving model configs, each atomically (a temporary file renamed):
+    `<root>/models.config`, every model stock TF Serving loads (embedders, exact and Hamming
+    retrieval models), and `<root>/models_scann.config`, those plus the ScaNN ones (`needs_scann`),
+    for a TF Serving built with ScaNN's ops. Models are listed by absolute path.
+
+    Returns:
+        (the stock config, the ScaNN config).
+
+    Example:
+        docker run -p 8501:8501 -v $PWD/saved_models:$PWD/saved_models tensorflow/serving \\
+            --model_config_file=$PWD/saved_models/models.config
+    """
     root = Path(root)
     models = sorted(p for p in root.iterdir() if p.is_dir() and any(
         v.is_dir() and re.fullmatch(r"\d+", v.name) for v in p.iterdir()))
-    lines = ["model_config_list {"]
-    for model in models:
-        lines += ["  config {", f'    name: "{model.name}"', f'    base_path: "{model.resolve()}"',
-                  '    model_platform: "tensorflow"', "  }"]
-    lines.append("}")
-    out = root / "models.config"
-    tmp = root / f".models.config.{uuid.uuid4().hex[:8]}"
-    try:
-        tmp.write_text("\n".join(lines) + "\n")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    scann = {p for p in models if needs_scann(p)}
+    written = []
+    for name, listed in ((STOCK_CONFIG, [p for p in models if p not in scann]), (SCANN_CONFIG, models)):
+        lines = ["model_config_list {"]
+        for model in listed:
+            lines += ["  config {", f'    name: "{model.name}"', f'    base_path: "{model.resolve()}"',
+                      '    model_platform: "tensorflow"', "  }"]
+        lines.append("}")
+        out, tmp = root / name, root / f".{name}.{uuid.uuid4().hex[:8]}"
+        try:
+            tmp.write_text("\n".join(lines) + "\n")
+            os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
+        written.append(out)
+    return written[0], written[1]
 
 
 def warmup_image(size: int) -> bytes:

@@ -23,8 +23,10 @@ training variance are not blown up by the inverse power.
 
 Data flow (`tfsim.training.train`): after `fit`, embed the training images (no augmentation,
 at most `whitening.max_images` of them), `fit_whitening` in float64 NumPy, and append a
-`Whitening` layer to the embedder (`with_whitening`). That model is what is evaluated,
-exported and indexed; its weights are constants (not trainable).
+`Whitening` layer to the embedder (`with_whitening`). That model is what is exported and
+indexed; its weights are constants (not trainable). Evaluation applies the layer's own ops to
+the embedder's embeddings (`apply_whitening`): one network pass gives the whitened and the
+unwhitened metrics.
 
 Example:
     >>> mean, projection = fit_whitening(train_embeddings, power=0.5)
@@ -123,8 +125,7 @@ class Whitening(keras.layers.Layer):
         self.projection.assign(projection)
 
     def call(self, x):
-        y = tf.matmul(tf.cast(x, tf.float32) - self.mean, self.projection)
-        return tf.math.l2_normalize(y, axis=-1)
+        return _whiten_tensor(x, self.mean, self.projection)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.output_dim)
@@ -146,6 +147,20 @@ def with_whitening(embedder: keras.Model, mean: np.ndarray, projection: np.ndarr
     outputs = layer(embedder(inputs))
     layer.set_whitening(mean, projection)
     return keras.Model(inputs, outputs, name="embedder")
+
+
+def _whiten_tensor(x, mean, projection) -> tf.Tensor:
+    """The layer's computation, in float32 (one definition for the layer and `apply_whitening`)."""
+    return tf.math.l2_normalize(tf.matmul(tf.cast(x, tf.float32) - mean, projection), axis=-1)
+
+
+def apply_whitening(embeddings: np.ndarray, mean: np.ndarray, projection: np.ndarray) -> np.ndarray:
+    """`[N, D]` embeddings -> `[N, d]` float32: what `with_whitening(embedder, mean, projection)`
+    outputs for images the embedder maps to `embeddings` (the `Whitening` layer's own ops), without
+    building and running that model.
+    """
+    return _whiten_tensor(tf.convert_to_tensor(embeddings), tf.constant(mean, tf.float32),
+                          tf.constant(projection, tf.float32)).numpy()
 
 
 def whiten(features: np.ndarray, mean: np.ndarray, projection: np.ndarray) -> np.ndarray:

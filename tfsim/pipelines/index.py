@@ -83,7 +83,8 @@ def main(argv: list[str]) -> int:
     model_arg = f" --model {args.model}" if args.model else ""
     print(f"search it: python -m tfsim.pipelines.search --index {path}{model_arg} --image IMAGE")
     if args.serve:
-        from tfsim.export.retrieval import SCANN_CONFIG, STOCK_CONFIG, export_retrieval
+        from tfsim.export.retrieval import export_retrieval
+        from tfsim.export.saved_model import SCANN_CONFIG, STOCK_CONFIG
 
         kinds = None if args.kinds is None else tuple(k.strip() for k in args.kinds.split(",") if k.strip())
         for kind, folder in export_retrieval(model, path, args.serve, args.top_k, kinds).items():

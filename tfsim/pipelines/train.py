@@ -46,14 +46,16 @@ def main(argv: list[str]) -> int:
     cfg = config.load(args.config, args.overrides, resolved=False)  # before TensorFlow: a mistake is reported at once
     from tfsim.training import train
 
-    result = train(cfg, args.run_dir, resume=not args.no_resume, verbose=0 if args.quiet else 2)
+    result = train(cfg, args.run_dir, resume=not args.no_resume, verbose=0 if args.quiet else "auto")
     m = result.metrics
     if not m:  # a multi-worker task other than the chief: the chief reports
         print(f"\nworker finished training in {result.seconds:.0f} s; the chief writes {result.run_dir}")
         return 0
-    print(f"\nRetrieval on held-out classes {result.test_classes} "
-          f"({m['num_queries']} queries, " + ("each against the gallery):" if m.get("protocol") == "query_gallery"
-                                              else "each against all other held-out images):"))
+    from tfsim.training.fit import summarize_names
+    classes = summarize_names(result.test_classes, full_list=f"{result.run_dir / 'metrics.json'}")
+    print(f"\nRetrieval on {len(result.test_classes)} held-out classes ({classes}; "
+          f"{m['num_queries']:,} queries, " + ("each against the gallery):" if m.get("protocol") == "query_gallery"
+                                                else "each against all other held-out images):"))
     print(format_table(m, cfg.eval.recall_ks))
     if "selected" in m:
         sel = m["selected"]

@@ -45,8 +45,9 @@ def main(argv: list[str]) -> int:
             overrides.append(f"tune.{key}={getattr(args, flag)}")
     cfg = config.load(args.config, overrides, resolved=False)  # before TensorFlow: a mistake is reported at once
     from tfsim.training import tuning
+    from tfsim.training.fit import summarize_names
 
-    result = tuning.tune(cfg, args.grid, verbose=0 if args.quiet else 2, final=not args.no_final)
+    result = tuning.tune(cfg, args.grid, verbose=0 if args.quiet else "auto", final=not args.no_final)
     if not result.rows:  # a worker of a distributed search
         print(f"worker finished: {result.new_trials} trials run here; the chief writes the report.")
         return 0
@@ -54,7 +55,8 @@ def main(argv: list[str]) -> int:
     ok = [r for r in result.rows if r["status"] == "ok"]
     failed = [r for r in result.rows if r["status"] == "failed"]
     print(f"\n{len(result.rows)} trials ({len(ok)} ok, {len(failed)} failed, {result.new_trials} run now); "
-          f"scored by {objective} on validation classes {result.val_classes}.")
+          f"scored by {objective} on {len(result.val_classes)} validation classes "
+          f"({summarize_names(result.val_classes, full_list=str(result.tune_dir / 'trials.md'))}).")
     best = ok[0]
     keys = [k for k in best if k not in ("trial", "status", "seconds", "reason") and "@" not in k
             and k not in ("map@r", "r_precision")]
@@ -65,7 +67,8 @@ def main(argv: list[str]) -> int:
     if result.final is not None:
         from tfsim.pipelines.train import format_table
         m = result.final.metrics
-        print(f"\nThe best config trained on all training classes, on the test classes {result.final.test_classes}:")
+        print(f"\nThe best config trained on all training classes, on {len(result.final.test_classes)} test classes "
+              f"({summarize_names(result.final.test_classes, full_list=str(result.final.run_dir / 'metrics.json'))}):")
         print(format_table(m, cfg.eval.recall_ks))
         print(f"run folder:   {result.final.run_dir}")
         if result.final.export_dir:

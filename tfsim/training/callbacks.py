@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from tfsim import runs
 from tfsim.errors import UserInputError
+from tfsim.evaluation.embed import embed_dataset
 from tfsim.evaluation.metrics import retrieval_metrics
 
 log = logging.getLogger(__name__)
@@ -89,8 +90,11 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
 class RetrievalEvaluation(keras.callbacks.Callback):
     """Embeds an evaluation set at each epoch end and writes `val_recall_at_K` / `val_map_at_r` to logs.
 
-    Place it *before* TensorBoard in the callback list: Keras hands the same `logs`
-    dict to the callbacks in order, so TensorBoard then records these values.
+    Place it *before* the TensorBoard callback (`tensorboard.EpochScalars`): Keras hands the same
+    `logs` dict to the callbacks in order, so that one then records these values. The embedding
+    is `tfsim.evaluation.embed.embed_dataset`'s, whose function is kept with its model: one trace per model,
+    whatever the last batch's size (Keras' `predict` traces again for a smaller last batch, and
+    TensorFlow warns of retracing once a tune process has embedded with a few models).
 
     Args:
         dataset: `tf.data.Dataset` of image batches over the whole evaluation set, in order.
@@ -116,7 +120,7 @@ class RetrievalEvaluation(keras.callbacks.Callback):
         if self.eager:  # (multi-worker: `predict` cannot run under that strategy; each task embeds alone)
             embeddings = np.concatenate([np.asarray(model(batch, training=False)) for batch in self.dataset])
         else:
-            embeddings = model.predict(self.dataset, verbose=0)
+            embeddings = embed_dataset(model, self.dataset)
         self.last_embeddings = embeddings
         metrics = retrieval_metrics(embeddings, self.labels, self.ks, self.similarity, self.query_mask)
         self.history.append(metrics)

@@ -8,7 +8,7 @@
          `train.head_lr_multiplier`); `model.freeze_batchnorm` freezes the backbone's BatchNorm
       -> `model.fit`, callbacks: StopOnNonFiniteLoss -> SyncReplicaStatistics -> TrainingRate
          (learning rate, images/s) -> RetrievalEvaluation (held-out Recall@K per epoch) ->
-         NeighbourPictures -> (BestCheckpoint) -> TensorBoard -> ResumableCheckpoint ->
+         NeighbourPictures -> (BestCheckpoint) -> EpochScalars -> ResumableCheckpoint ->
          (StepCheckpoint) (see `training.tensorboard`, `training.callbacks`)
       -> `<run_dir>/checkpoints/epoch-NNNN.keras` (+ partial-EEEE-SSSSSS.keras every
          `train.checkpoint_every_steps` steps, best.keras with `train.select_best`)
@@ -22,10 +22,12 @@ it (the rest of an interrupted epoch first), on the same batches an uninterrupte
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
+import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 import keras
 import numpy as np
@@ -46,9 +48,81 @@ from tfsim.training import distributed, preflight
 from tfsim.training.callbacks import (BestCheckpoint, ResumableCheckpoint, StepCheckpoint, RetrievalEvaluation, StopOnNonFiniteLoss,
                                      SyncReplicaStatistics)
 from tfsim.training.optimizers import build_optimizer
-from tfsim.training.tensorboard import NeighbourPictures, TrainingRate
+from tfsim.training.tensorboard import EpochScalars, NeighbourPictures, TrainingRate
 
 log = logging.getLogger(__name__)
+
+
+def _keras_variables_take_numpy_copy() -> None:
+    """Gives `keras.Variable.__array__` NumPy 2's `copy` keyword (Keras 3.15 lacks it).
+
+    Saving a checkpoint (`tfsim.runs.save_model` -> `model.save`) converts every layer variable
+    with `np.array(variable)`; without the keyword NumPy retries without it and raises a
+    DeprecationWarning each time: one per variable per checkpoint (1,471 in the resume tests).
+    A Keras that already takes `copy` is left as it is.
+    """
+    convert = keras.Variable.__array__
+    if "copy" in inspect.signature(convert).parameters:
+        return
+
+    def __array__(self, dtype=None, copy=None):
+        out = convert(self, dtype)
+        return np.array(out, copy=True) if copy else out
+
+    __array__.__doc__ = convert.__doc__
+    keras.Variable.__array__ = __array__
+
+
+_keras_variables_take_numpy_copy()
+
+
+def progress_verbosity(verbose: Union[int, str]) -> int:
+    """Keras `fit` verbosity for where stdout goes.
+
+    1 or "auto": a per-step progress bar when stdout is a terminal; otherwise (a file, a pipe,
+    a CI log) one line per epoch (2), since a bar written there is one long line of carriage
+    returns and escape codes. 0 (silent) and 2 (one line per epoch) are kept as they are.
+
+    Raises:
+        ValueError: any other value.
+    """
+    if verbose in (1, "auto"):
+        return 1 if _stdout_is_terminal() else 2
+    if verbose in (0, 2):
+        return int(verbose)
+    raise ValueError(f"Invalid value for `verbose`: expected 0, 1, 2 or 'auto'. Received: verbose={verbose!r}")
+
+
+def _stdout_is_terminal() -> bool:
+    try:
+        return bool(sys.stdout.isatty())
+    except (AttributeError, ValueError):  # replaced by an object without it, or closed
+        return False
+
+
+class EndProgressLine(keras.callbacks.Callback):
+    """Ends the progress bar's line at each epoch end, before the callbacks after it log (held-out
+    Recall@K): on a terminal the bar has no newline until Keras redraws it with the epoch's
+    metrics, so a log line would otherwise continue the bar's line. Place it first."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+
+
+def summarize_names(names: Sequence[str], limit: int = 8, full_list: Optional[str] = None) -> str:
+    """`names` for a log line: all of them up to `limit`, else the first `limit` and how many more
+    (`full_list`: where the reader finds them all, said only when some are left out).
+
+    Example:
+        >>> summarize_names(["a", "b", "c"], limit=2, full_list="data_report.json")
+        'a, b, ... and 1 more (all in data_report.json)'
+    """
+    names = [str(n) for n in names]
+    if len(names) <= limit:
+        return ", ".join(names)
+    where = f" (all in {full_list})" if full_list else ""
+    return f"{', '.join(names[:limit])}, ... and {len(names) - limit:,} more{where}"
 
 
 @dataclasses.dataclass
@@ -142,7 +216,7 @@ def build_embedder(cfg: Config) -> keras.Model:
                                      code_bits=m.code_bits, **config_lib.backbone_args(m))
 
 
-def fit(cfg: Config, run_dir: Path, split: Split, resume: bool = True, verbose: int = 2,
+def fit(cfg: Config, run_dir: Path, split: Split, resume: bool = True, verbose: Union[int, str] = "auto",
         strategy: Optional[tf.distribute.Strategy] = None) -> FitResult:
     """Trains the config's model on `split.train` and checkpoints it under `run_dir/checkpoints`.
 
@@ -151,7 +225,8 @@ def fit(cfg: Config, run_dir: Path, split: Split, resume: bool = True, verbose: 
         run_dir: the run folder (prepared by `train`).
         split: the run's data (`load_split(cfg)`).
         resume: continue from the run folder's checkpoint if there is one.
-        verbose: Keras `fit` verbosity.
+        verbose: Keras `fit` verbosity (`progress_verbosity`): "auto" or 1 = a progress bar on a
+            terminal, one line per epoch elsewhere; 2 = one line per epoch; 0 = silent.
         strategy: the tf.distribute strategy (default: `get_strategy(train.strategy)`); a
             multi-worker one is created by the caller, before any other TensorFlow work.
 
@@ -176,8 +251,9 @@ def fit(cfg: Config, run_dir: Path, split: Split, resume: bool = True, verbose: 
                                         .astype(np.int32).reshape(-1))
     strategy = strategy or get_strategy(t.strategy)
     preflight.check(cfg, train_set.labels, strategy.num_replicas_in_sync)  # before any model is built
-    log.info("Training on %d images of %d classes; evaluating on %d images of held-out classes %s.",
-             len(train_set), len(np.unique(train_set.labels)), len(split.test), split.test_class_names)
+    log.info("Training on %s images of %s classes; evaluating on %s images of %s held-out classes: %s.",
+             f"{len(train_set):,}", f"{len(np.unique(train_set.labels)):,}", f"{len(split.test):,}",
+             f"{len(split.test_class_names):,}", summarize_names(split.test_class_names, full_list="metrics.json"))
 
     initial_epoch = into = 0
     policy = keras.config.dtype_policy()
@@ -242,11 +318,13 @@ def freeze_batchnorm(model: keras.Model) -> int:
 
 
 def _fit_model(cfg: Config, t, run_dir: Path, split: Split, train_set: sources.ImageSet, model: keras.Model,
-               initial_epoch: int, into: int, verbose: int, strategy: tf.distribute.Strategy) -> FitResult:
+               initial_epoch: int, into: int, verbose: Union[int, str],
+               strategy: tf.distribute.Strategy) -> FitResult:
     """`model.fit` with the run's callbacks and batches, from step `into` of epoch `initial_epoch`
     (a partial checkpoint: the rest of that epoch is fitted first, as a shorter epoch); under a
     multi-worker strategy, `distributed.fit_loop`, each task writing to its `worker_dir`."""
     s, m = cfg.sampler, cfg.model
+    verbose = progress_verbosity(verbose)
     multi = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     out_dir = distributed.worker_dir(run_dir, strategy) if multi else run_dir
     ckpt_dir = out_dir / "checkpoints"
@@ -266,11 +344,12 @@ def _fit_model(cfg: Config, t, run_dir: Path, split: Split, train_set: sources.I
                                          embedder=embedder_of(model), query_mask=query_mask(split.test.splits),
                                          eager=multi)
         callbacks += [evaluation, NeighbourPictures(evaluation, split.test, out_dir / "tensorboard", cfg.eval.similarity)]
+        if verbose == 1:  # the evaluation's log line, on a line of its own below the bar
+            callbacks.insert(0, EndProgressLine())
     if t.select_best:  # split.test holds the validation classes here (see `selection_split`)
         callbacks.append(BestCheckpoint(ckpt_dir, evaluation, t.select_metric, t.patience, initial_epoch,
                                         state_from=run_dir / "checkpoints"))
-    callbacks += [keras.callbacks.TensorBoard(str(out_dir / "tensorboard"), write_graph=False),
-                  ResumableCheckpoint(ckpt_dir)]
+    callbacks += [EpochScalars(out_dir / "tensorboard"), ResumableCheckpoint(ckpt_dir)]
     spe = t.steps_per_epoch
     if t.checkpoint_every_steps:
         callbacks.append(StepCheckpoint(ckpt_dir, t.checkpoint_every_steps, spe, initial_epoch * spe + into))

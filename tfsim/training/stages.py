@@ -38,7 +38,7 @@ from tfsim.export import export_embedder
 from tfsim.export.saved_model import META_DIR, remove_leftovers
 from tfsim.index import catalogue, scann_index
 from tfsim.models.proxies import embedder_of
-from tfsim.models.whitening import fit_whitening, normalize_rows, whiten, with_whitening
+from tfsim.models.whitening import apply_whitening, fit_whitening, normalize_rows, whiten, with_whitening
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +108,11 @@ def _embed(model: keras.Model, images: sources.ImageSet, cfg: Config) -> np.ndar
     return embed(model, images, cfg.model.image_size, cfg.eval.batch_size, center_crop=cfg.model.center_crop)
 
 
-def _fit_or_explain(features: np.ndarray, w: config_lib.WhiteningConfig) -> tuple[np.ndarray, np.ndarray]:
-    """`fit_whitening` with the run's settings; a degenerate fit becomes a user-facing message."""
-    if len(features) < 4 * features.shape[1]:
+def _fit_or_explain(features: np.ndarray, w: config_lib.WhiteningConfig,
+                    warn: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """`fit_whitening` with the run's settings; a degenerate fit becomes a user-facing message
+    (`warn`: also warn of too few images per dimension)."""
+    if warn and len(features) < 4 * features.shape[1]:
         log.warning("Whitening is fitted on %d images for %d dimensions; with fewer than ~4 per dimension "
                     "the small-variance axes are noise and whitening can hurt (try whitening.power=0 or "
                     "whitening.dims smaller, or whitening.enabled=false).", len(features), features.shape[1])
@@ -123,18 +125,23 @@ def _fit_or_explain(features: np.ndarray, w: config_lib.WhiteningConfig) -> tupl
 
 
 def whitening_stage(cfg: Config, embedder: keras.Model, train_set: sources.ImageSet,
-                    run_dir: Optional[Path] = None,
-                    checkpoint: Optional[Path] = None) -> Optional[tuple[np.ndarray, np.ndarray]]:
+                    run_dir: Optional[Path] = None, checkpoint: Optional[Path] = None,
+                    quiet: bool = False) -> Optional[tuple[np.ndarray, np.ndarray]]:
     """Fits the configured whitening on the training images' embeddings; writes `whitening.npz`
     (with the name of the `checkpoint` it was fitted on, so that evaluating a run's checkpoint
     applies it only to that checkpoint).
+
+    `quiet`: log nothing (the baselines' untrained network: the trained one's fit on the same
+    images already said what it does and warned of too few images).
 
     Returns `(mean, projection)`, or None when `whitening.enabled` is false.
     """
     if not cfg.whitening.enabled:
         return None
-    mean, projection = _fit_or_explain(_embed(embedder, whitening_fit_set(cfg, train_set), cfg),
-                                       cfg.whitening)
+    fit_set = whitening_fit_set(cfg, train_set)
+    if not quiet:
+        log.info("Fitting the whitening on %s training embeddings...", f"{len(fit_set):,}")
+    mean, projection = _fit_or_explain(_embed(embedder, fit_set, cfg), cfg.whitening, warn=not quiet)
     if run_dir is not None:
         tmp = run_dir / ".tmp-whitening.npz"
         np.savez(tmp, mean=mean, projection=projection, checkpoint=np.array(Path(checkpoint or "").name))
@@ -165,15 +172,20 @@ def baselines_stage(cfg: Config, run_dir: Path, train_set: sources.ImageSet,
         if stored.get("key") == key:
             return stored["baselines"]
     ks, sim, m = cfg.eval.recall_ks, cfg.eval.similarity, cfg.model
+    raw_bytes = len(test_set) * m.image_size ** 2 * 3 * 4
+    log.info("Computing the baselines (the untrained network%s) on %s held-out images...",
+             "" if raw_bytes > MAX_RAW_PIXEL_BYTES else ", raw pixels", f"{len(test_set):,}")
     untrained = build_embedder(cfg)
-    whitening = whitening_stage(cfg, untrained, train_set)
+    whitening = whitening_stage(cfg, untrained, train_set, quiet=True)
     queries = query_mask(test_set.splits)
-    untrained_embeddings = _embed(final_model(untrained, whitening), test_set, cfg)
+    # The untrained network's embeddings, whitened as `final_model` would (one model traced, not two).
+    untrained_embeddings = _embed(untrained, test_set, cfg)
+    if whitening is not None:
+        untrained_embeddings = apply_whitening(untrained_embeddings, *whitening)
     baselines = {"untrained": retrieval_metrics(untrained_embeddings, test_set.labels, ks, sim, queries)}
     if cfg.model.head == "hash":
         baselines["untrained"]["hamming"] = hamming_metrics(untrained_embeddings, test_set.labels, queries)
     del untrained
-    raw_bytes = len(test_set) * m.image_size ** 2 * 3 * 4
     if raw_bytes > MAX_RAW_PIXEL_BYTES:
         log.info("Raw-pixel baselines skipped: %d held-out images at %d px would take %.1f GB.",
                  len(test_set), m.image_size, raw_bytes / 1e9)
@@ -202,24 +214,18 @@ def hamming_metrics(relaxed: np.ndarray, labels: np.ndarray, queries: Optional[n
     return hamming_map(codes, labels, codes, labels, top=100, exclude_self=True)
 
 
-def evaluation_model(embedder: keras.Model, final: keras.Model) -> keras.Model:
-    """One model giving the final embeddings and, if whitened, the embedder's own (one network pass)."""
-    if final is embedder:
-        return keras.Model(embedder.inputs, [embedder.outputs[0], embedder.outputs[0]])
-    inputs = keras.Input(embedder.input_shape[1:])
-    features = embedder(inputs)
-    return keras.Model(inputs, [final.layers[-1](features), features])
-
-
 def evaluate_stage(cfg: Config, run_dir: Path, embedder: keras.Model, final: keras.Model,
                    test_set: sources.ImageSet, baselines: Optional[dict], extra: Optional[dict] = None,
                    keep: Optional[dict] = None) -> dict:
     """Held-out retrieval metrics of `final` (and of the embedder alone, `unwhitened`); writes metrics.json.
-    `keep`: a dict that receives the held-out "embeddings" (for the TensorBoard projector)."""
+    `keep`: a dict that receives the held-out "embeddings" (for the TensorBoard projector).
+
+    `final` is `final_model(embedder, whitening)`: one pass of the embedder (the model the
+    whitening stage embedded with) gives both, its last layer (the whitening) applied after."""
     ks, sim = cfg.eval.recall_ks, cfg.eval.similarity
-    both = evaluation_model(embedder, final).predict(
-        pipeline.eval_dataset(test_set, cfg.model.image_size, cfg.eval.batch_size, cfg.model.center_crop), verbose=0)
-    embeddings, unwhitened = both
+    log.info("Evaluating on %s held-out images...", f"{len(test_set):,}")
+    unwhitened = _embed(embedder, test_set, cfg)
+    embeddings = unwhitened if final is embedder else np.asarray(final.layers[-1](unwhitened), np.float32)
     if keep is not None:
         keep["embeddings"] = embeddings
     queries = query_mask(test_set.splits)  # In-Shop: queries against the gallery; else leave-one-out
@@ -236,16 +242,36 @@ def evaluate_stage(cfg: Config, run_dir: Path, embedder: keras.Model, final: ker
     return metrics
 
 
+def _file_part(text: str) -> str:
+    return text.replace("/", "-").replace(" ", "_").lower()
+
+
+def sample_name(class_name: str, image_id: str) -> str:
+    """A sample's file name (no extension): the class, then the image's own name (its file stem, or
+    the row of a TFDS id), without saying the class twice when the file is already named after it
+    (`purple_text_A/purple_text_A_00.png` -> `purple_text_a_00`, not `purple_text_a_purple_text_a_00`).
+    """
+    label, stem = _file_part(class_name), _file_part(Path(str(image_id)).stem.rsplit(":", 1)[-1])
+    if stem == label or stem.startswith(label + "_") or stem.startswith(label + "-"):
+        return stem
+    return f"{label}_{stem}"
+
+
 def write_samples(test: sources.ImageSet, out: Path, per_class: int = 1) -> list[Path]:
-    """A few held-out images as PNG files, to try the search command on."""
+    """A few held-out images as PNG files named by `sample_name` (a name taken twice gets `_2`,
+    `_3`, ...), to try the search command on."""
     out.mkdir(parents=True, exist_ok=True)
-    written = []
+    written, taken = [], set()
     for label in np.unique(test.labels):
         for row in np.flatnonzero(test.labels == label)[:per_class]:
             img = test.load_images([row])[0]
-            name = test.class_names[label].replace("/", "-").replace(" ", "_").lower()
-            image_id = Path(str(test.ids[row])).stem.rsplit(":", 1)[-1]
-            path = out / f"{name}_{image_id}.png"
+            name = base = sample_name(test.class_names[label], str(test.ids[row]))
+            n = 1
+            while name in taken:
+                n += 1
+                name = f"{base}_{n}"
+            taken.add(name)
+            path = out / f"{name}.png"
             path.write_bytes(tf.io.encode_png(np.asarray(img, np.uint8)).numpy())
             written.append(path)
     return written
@@ -283,6 +309,7 @@ def retrieval_stage(cfg: Config, export_dir: Optional[Path]) -> list[Path]:
         else:
             missing.append(kind)
     if missing:
+        log.info("Exporting the retrieval SavedModels (%s)...", ", ".join(missing))
         out += list(export_retrieval(export_dir, export_dir / META_DIR / "index", cfg.export.root,
                                      cfg.index.num_neighbors, missing, name).values())
     return out
@@ -335,6 +362,8 @@ def export_stage(cfg: Config, run_dir: Path, final: keras.Model, metrics: dict,
     def write_index(export_dir: Path):
         if not cfg.index.enabled:
             return
+        log.info("Building the %s index of %s held-out images...",
+                 "Hamming" if cfg.model.head == "hash" else "ScaNN", f"{len(test):,}")
         ic = cfg.index
         gallery = embed_with_export(export_dir, test, cfg.model.image_size, cfg.eval.batch_size,
                                     cfg.model.center_crop)
@@ -350,6 +379,7 @@ def export_stage(cfg: Config, run_dir: Path, final: keras.Model, metrics: dict,
         scann_index.save(export_dir / index_dir, searcher, params, catalogue.catalogue_ids(test), test.labels,
                          split.images.class_names, sim, images=test.images, paths=paths, atomic=False, model=model)
 
+    log.info("Exporting the SavedModel to %s...", Path(cfg.export.root) / name)
     export_dir = export_embedder(
         final, cfg.export.root, name, cfg.model.image_size, center_crop=cfg.model.center_crop,
         binary_codes=cfg.model.head == "hash", max_pixels=cfg.export.max_pixels,

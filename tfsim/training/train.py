@@ -11,7 +11,7 @@
 
 TensorBoard (`tensorboard/`, see `tfsim.training.tensorboard`): loss, learning rate, images/s,
 held-out Recall@K and MAP@R per epoch, pictures of held-out neighbours, the projector of the
-final held-out embeddings, the config as hparams.
+final held-out embeddings, all in one TensorBoard run per run folder (hparams only for tune trials).
 
 Run folder: config.json, data_report.json (what the source found: images per class, files
 skipped and why; what the split and the sampler do with the classes), checkpoints/, tensorboard/, whitening.npz, baselines.json, metrics.json, samples/
@@ -34,7 +34,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 from tfsim import config as config_lib
 from tfsim import locks, runs
@@ -125,7 +125,7 @@ def _selection_report(trained, fit_split) -> dict:
                          "values": [v["value"] for v in chosen["values"]]}}
 
 
-def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = True, verbose: int = 2,
+def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = True, verbose: Union[int, str] = "auto",
           split: Optional[Split] = None) -> TrainResult:
     """Trains, evaluates on held-out classes, exports and indexes (see module doc).
 
@@ -133,7 +133,8 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
         cfg: the run's config (validated and resolved here).
         run_dir: overrides `<run.root>/<run.name>`.
         resume: continue from the run folder's checkpoint if there is one.
-        verbose: Keras `fit` verbosity (1 = progress bar, 2 = one line per epoch).
+        verbose: Keras `fit` verbosity: "auto" (or 1) a progress bar on a terminal and one line per
+            epoch elsewhere (a file, a pipe), 2 one line per epoch, 0 silent.
         split: the images to train and evaluate on, instead of `load_split(cfg)` (the tune
             command passes each trial its training classes minus validation classes, and the
             validation classes as the held-out set).
@@ -188,7 +189,7 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
                 pass
 
 
-def _train(cfg: Config, run_dir: Path, resume: bool, verbose: int, split: Optional[Split], start: float,
+def _train(cfg: Config, run_dir: Path, resume: bool, verbose: Union[int, str], split: Optional[Split], start: float,
            strategy, chief: bool, unset: tuple[str, ...] = (), key: str = "run.root/run.name") -> TrainResult:
     """`train` once the run folder is checked (and locked, on the chief)."""
     if split is None:
@@ -227,10 +228,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, verbose: int, split: Option
                                     extra={"test_classes": split.test_class_names,
                                            "num_train_images": len(fit_split.train),
                                            **_selection_report(trained, fit_split)}, keep=kept)
+    log.info("Writing the TensorBoard projector of %s held-out embeddings...", f"{len(split.test):,}")
     tensorboard.write_projector(run_dir / "tensorboard", kept["embeddings"], split.test, seed=cfg.train.seed)
-    if trained.fit_seconds > 0:  # once per training, not at every re-run of a finished run
-        tensorboard.write_hparams(run_dir / "tensorboard", config_lib.to_dict(cfg),
-                                  {k: v for k, v in metrics.items() if isinstance(v, float)})
     stages.write_samples(split.test, run_dir / "samples")
     export_dir, index_dir = stages.export_stage(cfg, run_dir, final, metrics, split)
     retrieval_dirs = stages.retrieval_stage(cfg, export_dir)

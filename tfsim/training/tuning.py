@@ -57,7 +57,7 @@ from tfsim.config import Config
 from tfsim.data import splits
 from tfsim.errors import UserInputError, config_keys
 from tfsim.training import preflight, tuning_report
-from tfsim.training.fit import Split, load_split
+from tfsim.training.fit import Split, load_split, summarize_names
 from tfsim.training.train import TrainResult, train
 
 log = logging.getLogger(__name__)
@@ -223,7 +223,9 @@ def check_search(base: Config, grid: dict[str, list], trial_split: Split) -> int
         try:
             cfg = trial_config(base, combo, "check")
             config_lib.validate(cfg)
-            preflight.check(config_lib.resolve(cfg), trial_split.train.labels, replicas=1)
+            labels = trial_split.train.labels
+            chosen = preflight.choose_pk(config_lib.resolve(cfg), labels, 1, preflight.unset_pk_keys(cfg), say=False)
+            preflight.check(chosen, labels, replicas=1)
         except UserInputError as err:
             for k, v in combo.items():
                 first_error.setdefault((k, _label(v)), str(err))
@@ -282,10 +284,31 @@ class _Search:
             log.warning("Trial %s failed: %s", trial_id, record["reason"])
             raise kt.errors.FailedTrialError(record["reason"]) from err
         record.update(status="ok", metrics=metrics, seconds=time.time() - start)
+        if isinstance(result.metrics.get("unwhitened"), dict):  # what the epoch lines show (see trial_message)
+            record["unwhitened"] = {m: float(result.metrics["unwhitened"][m]) for m in self.metrics}
         stages_write_json(trial_dir / "tfsim_trial.json", record)
-        tuning_report.write_hparams_session(trial_dir / "run" / "tensorboard", f"trial_{trial_id}",
-                                            _hparams_values(self.grid, hp_values, epochs), metrics)
+        tuning_report.write_hparams_trial(trial_dir / "run" / "tensorboard", trial_name(self.tune_dir.name, trial_id),
+                                          _hparams_values(self.grid, hp_values, epochs), metrics,
+                                          encode_space(self.grid))
         return metrics
+
+
+def trial_name(search: str, trial_id: str) -> str:
+    """How TensorBoard's HPARAMS tab names a trial: `<search>/trial_<id>`, as its folder
+    (`<run.root>/tune/<search>/trial_<id>/`) and trials.md's `trial` column; the search's name
+    keeps trials of different searches apart under one logdir."""
+    return f"{search}/trial_{trial_id}"
+
+
+def trial_message(record: dict, objective: str) -> str:
+    """The console line of a trial that finished (its `tfsim_trial.json` record, status "ok";
+    a failed trial's line is `_Search.run_trial`'s warning)."""
+    seconds = f" in {record['seconds']:.0f} s" if record.get("seconds") is not None else ""
+    text = f"Trial {record['trial']} done{seconds}: {objective} {record['metrics'][objective]:.4f} on the validation classes"
+    if "unwhitened" in record:
+        text += (f" (its model with whitening, as exported; before whitening, as in the epoch lines: "
+                 f"{record['unwhitened'][objective]:.4f})")
+    return text + "."
 
 
 def _jsonable(value: Any) -> Any:
@@ -375,11 +398,32 @@ def _tuner_class():
             return self.search_.run_trial(trial.trial_id, trial.hyperparameters.values,
                                           Path(self.get_trial_dir(trial.trial_id)))
 
+        # The console's trial lines are these (keras-tuner's own, "Running Trial #1", count from 1
+        # while trial ids, folders and trials.md count from 0).
+        def on_trial_begin(self, trial):
+            super().on_trial_begin(trial)
+            values = trial.hyperparameters.values
+            shown = ", ".join(f"{k}={v}" for k, v in decode_values(self.search_.grid, values).items())
+            if "tuner/epochs" in values:
+                shown += f", {values['tuner/epochs']} epochs"
+            log.log(self._level(), "Trial %s: %s (%s)", trial.trial_id, shown, self.get_trial_dir(trial.trial_id))
+
         def on_trial_end(self, trial):
             super().on_trial_end(trial)
             self.trials_run += 1
+            record_file = Path(self.get_trial_dir(trial.trial_id)) / "tfsim_trial.json"
+            record = json.loads(record_file.read_text()) if record_file.is_file() else {}
+            if record.get("status") == "ok":
+                objective = self.search_.base.tune.objective
+                best = self.oracle.get_best_trials(1)
+                best = (f" Best so far: trial {best[0].trial_id}, {objective} {best[0].score:.4f}."
+                        if best and best[0].score is not None else "")
+                log.log(self._level(), "%s%s", trial_message(record, objective), best)
             if self._report is not None and not self._is_worker():
                 self._report(self.oracle)
+
+        def _level(self) -> int:
+            return logging.INFO if self.search_.verbose else logging.DEBUG
 
     return RetrievalTuner
 
@@ -466,6 +510,7 @@ def tune(cfg: Config, grid_items: Sequence[str], verbose: int = 0, final: bool =
     from keras_tuner.src.distribute import utils as dist_utils
 
     config_lib.validate(cfg)
+    unset = preflight.unset_pk_keys(cfg)  # P x K left to tfsim: chosen for the trials' training classes
     cfg = config_lib.resolve(cfg)
     if cfg.data.protocol != "class_disjoint":
         raise UserInputError("Invalid value for `data.protocol`: the tune command scores trials on validation "
@@ -479,12 +524,15 @@ def tune(cfg: Config, grid_items: Sequence[str], verbose: int = 0, final: bool =
     if final and cfg.export.enabled:
         preflight.check_writable(cfg.export.root, "export.root")
     search = _Search(cfg, grid, tune_dir, verbose)
+    # Trials train on the fewest classes; the P x K chosen for them is kept by the final run too.
+    cfg = search.base = preflight.choose_pk(cfg, search.trial_split.train.labels, 1, unset)
     size = check_search(cfg, grid, search.trial_split)
     val_ids = np.unique(search.trial_split.test.labels).tolist()
     val_names = [search.split.images.class_names[c] for c in val_ids]
-    log.info("Searching %d combinations of %s; trials train on %d classes and are scored on validation "
-             "classes %s; the test classes are not used until the final run.",
-             size, list(grid), len(np.unique(search.trial_split.train.labels)), val_names)
+    log.info("Searching %d combinations of %s; trials train on %d classes and are scored on %d validation "
+             "classes (%s); the test classes are not used until the final run.",
+             size, list(grid), len(np.unique(search.trial_split.train.labels)), len(val_names),
+             summarize_names(val_names, full_list=str(tune_dir / "trials.md")))
     _check_tune_dir(tune_dir, _search_record(cfg, grid, val_ids))
 
     metrics = search.metrics
@@ -492,6 +540,10 @@ def tune(cfg: Config, grid_items: Sequence[str], verbose: int = 0, final: bool =
     is_worker = distributed and not dist_utils.is_chief_oracle()
     header = (f"Search `{name}`: {cfg.tune.tuner} over {list(grid)}, objective **{cfg.tune.objective}** on "
               f"validation classes {val_names} (carved from the training classes). Best first.")
+    if cfg.whitening.enabled:
+        header += ("\n\nMetrics are those of each trial's model with its whitening, as it is exported; the held-out "
+                   "metrics printed at each epoch of a trial (and in TensorBoard) are the network's before whitening "
+                   "(`unwhitened` in `trial_N/tfsim_trial.json`).")
 
     def report(oracle) -> list[dict]:
         rows = tuning_report.sort_rows(rows_from(oracle, tune_dir, grid, metrics), cfg.tune.objective)
@@ -499,11 +551,9 @@ def tune(cfg: Config, grid_items: Sequence[str], verbose: int = 0, final: bool =
         tuning_report.plot_objective(tune_dir / "objective.png", rows, list(grid), cfg.tune.objective)
         return rows
 
-    if not is_worker:
-        tuning_report.write_hparams_experiment(tune_dir, encode_space(grid), metrics)
     tuner = _tuner_class()(_make_oracle(cfg, grid, size), search, on_trial_end=report,
                            directory=str(root), project_name=name, overwrite=False)
-    tuner.search(verbose=1 if verbose else 0)
+    tuner.search(verbose=0)  # (the trial lines are RetrievalTuner's)
     if is_worker:
         log.info("Worker %s: the search is over (%d trials run here).", tuner.tuner_id, tuner.trials_run)
         return TuneResult(tune_dir, [], None, None, tuner.trials_run, val_names)

@@ -1,4 +1,5 @@
-"""What a search leaves for a person: trials.csv, trials.md, objective.png, TensorBoard hparams.
+"""What a search leaves for a person: trials.csv, trials.md, objective.png, TensorBoard hparams
+(each trial's, in its run's TensorBoard folder: `write_hparams_trial`).
 
 A trial is one row (`dict`): `trial` (keras-tuner's id), `status` ("ok", "failed" or
 "running"), one column per searched config key (its value), one per metric (`recall@1`,
@@ -32,9 +33,11 @@ def _columns(rows: list[dict], keys: Sequence[str], metrics: Sequence[str]) -> l
     return ["trial", "status", *keys, *extra, *metrics, "seconds", "reason"]
 
 
-def _text(value) -> str:
+def _text(value, column: str = "") -> str:
     if value is None:
         return ""
+    if column == "seconds":
+        return f"{value:.0f}"
     if isinstance(value, float):
         return f"{value:.4f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.3g}"
     if isinstance(value, (list, tuple)):
@@ -50,7 +53,8 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def write_tables(out: Path, rows: list[dict], keys: Sequence[str], metrics: Sequence[str], objective: str,
                  header: str = "") -> None:
-    """`trials.csv` (machine-readable, full precision) and `trials.md` (sorted, 4 decimals)."""
+    """`trials.csv` (machine-readable, full precision) and `trials.md` (sorted; metrics with 4
+    decimals, whole seconds)."""
     rows = sort_rows(rows, objective)
     cols = _columns(rows, keys, metrics)
     buffer = io.StringIO()
@@ -64,7 +68,7 @@ def write_tables(out: Path, rows: list[dict], keys: Sequence[str], metrics: Sequ
     lines += ["| " + " | ".join(f"**{c}**" if c == objective else c for c in cols) + " |",
               "| " + " | ".join("---" for _ in cols) + " |"]
     for row in rows:
-        cells = [_text(row.get(c)).replace("|", "/").replace("\n", " ") for c in cols]
+        cells = [_text(row.get(c), c).replace("|", "/").replace("\n", " ") for c in cols]
         lines.append("| " + " | ".join(cells) + " |")
     _atomic_write(out / "trials.md", "\n".join(lines) + "\n")
 
@@ -119,33 +123,30 @@ def plot_objective(path: Path, rows: list[dict], keys: Sequence[str], objective:
     return path
 
 
-def _hparam_domain(values: list):
-    from tensorboard.plugins.hparams import api as hp_api
-    return hp_api.Discrete(values)
+METRIC_DESCRIPTION = ("On the validation classes (carved from the training classes), by the trial's model with "
+                      "its whitening, as it is exported.")
 
 
-def write_hparams_experiment(logdir: Path, space: dict[str, list], metrics: Sequence[str]) -> None:
-    """The hparams dashboard's experiment: the searched keys with their values, and the metrics
-    (each trial's session, `write_hparams_session`, lives in its run folder below `logdir`)."""
+def write_hparams_trial(logdir: Path, trial: str, values: dict, metrics: dict, space: dict[str, list]) -> None:
+    """One trial in TensorBoard's HPARAMS tab, written into the trial's own TensorBoard run
+    (`logdir`: its `run/tensorboard/`, beside its training curves): the search's experiment
+    (the searched keys with their values, and the metrics), the trial's session named `trial`
+    (`tuning.trial_name`) with its `values`, and its `metrics` as scalars `tune/<metric>`.
+
+    The experiment is written with every trial rather than once in the search's folder, where
+    it would make that folder a TensorBoard run of its own with nothing else in it (TensorBoard
+    reads the first experiment it finds). `values` keys not in `space` (Hyperband's
+    `tuner/epochs`) are shown without a list of values.
+    """
     import tensorflow as tf
     from tensorboard.plugins.hparams import api as hp_api
 
-    hparams = [hp_api.HParam(key, _hparam_domain(values)) for key, values in space.items()]
+    hparams = [hp_api.HParam(key, hp_api.Discrete(space[key]) if key in space else None) for key in values]
     writer = tf.summary.create_file_writer(str(logdir))
     with writer.as_default():
-        hp_api.hparams_config(hparams=hparams,
-                              metrics=[hp_api.Metric(f"tune/{m}", display_name=m) for m in metrics])
-    writer.close()
-
-
-def write_hparams_session(logdir: Path, trial_id: str, values: dict, metrics: dict) -> None:
-    """One trial for the hparams dashboard: its values and its validation metrics."""
-    import tensorflow as tf
-    from tensorboard.plugins.hparams import api as hp_api
-
-    writer = tf.summary.create_file_writer(str(logdir))
-    with writer.as_default():
-        hp_api.hparams(values, trial_id=trial_id)
+        hp_api.hparams_config(hparams=hparams, metrics=[
+            hp_api.Metric(f"tune/{m}", display_name=m, description=METRIC_DESCRIPTION) for m in metrics])
+        hp_api.hparams(values, trial_id=trial)
         for name, value in metrics.items():
             tf.summary.scalar(f"tune/{name}", value, step=0)
     writer.close()
