@@ -121,7 +121,7 @@ def test_tensorboard_shows_neighbours_projector_and_no_hparams(run):
     grid = pictures[0][1]
     # A legend, then one row per held-out class (4): a query then 5 neighbours, 64 px pictures in
     # 3 px frames of green or red, each with its class name below.
-    assert grid.shape == (420, 384, 3)
+    assert grid.shape == (384, 420, 3)
     frames = {tuple(grid[32 + i * 88, j * 70]) for i in range(4) for j in range(1, 6)}
     assert frames <= {(0, 170, 0), (220, 0, 0)} and frames
     config = (board / "projector_config.pbtxt").read_text()  # found by `tensorboard --logdir runs`
@@ -188,10 +188,13 @@ def test_search_prints_neighbors_and_writes_grid(run):
     assert scores == sorted(scores, reverse=True)
     # The query is a gallery image: it finds itself, with cosine ~1 (first, up to float ties).
     source_row = query.stem.rsplit("_", 1)[1]
-    found = {r[-1]: float(r[1]) for r in rows}
+    found = {r[3]: float(r[1]) for r in rows}
     assert found.get(f"fashion_mnist_small:{source_row}", 0.0) == pytest.approx(1.0, abs=1e-4)
     assert scores[0] == pytest.approx(1.0, abs=1e-4)
     assert len(found) == 6
+    # ... and says so on that row only.
+    marked = [r[3] for r in rows if " ".join(r).endswith("(the query image itself: it is in the gallery)")]
+    assert marked == [f"fashion_mnist_small:{source_row}"]
     from PIL import Image
     grid = Image.open(cwd / "grid.png")
     assert grid.width > 7 * 128 and grid.height > 128

@@ -51,7 +51,7 @@ def test_killed_search_continues_without_rerunning_finished_trials(tmp_path):
     again = subprocess.run(cmd[:-1], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert (tune_dir / "trial_0" / "tfsim_trial.json").stat().st_mtime_ns == finished_at  # not run again
-    assert again.stderr.count("Training on 2400 images") == 3  # trials 1 (resumed), 2 and 3
+    assert again.stderr.count("Training on 2,400 images") == 3  # trials 1 (resumed), 2 and 3
     assert "Resuming" in again.stderr and "from epoch" in again.stderr  # trial 1 from its last epoch
     rows = table(tune_dir)
     assert sorted(r["trial"] for r in rows) == ["0", "1", "2", "3"] and {r["status"] for r in rows} == {"ok"}
@@ -93,7 +93,7 @@ def test_distributed_search_chief_and_two_workers(tmp_path):
     outputs = {k: p.communicate(timeout=600) for k, p in procs.items()}
     for tuner_id, p in procs.items():
         assert p.returncode == 0, f"{tuner_id}: {outputs[tuner_id][1][-3000:]}"
-    trained = {k: out[1].count("Training on 2400 images") for k, out in outputs.items()}
+    trained = {k: out[1].count("Training on 2,400 images") for k, out in outputs.items()}
     assert trained["tuner0"] + trained["tuner1"] == 4 and trained["chief"] == 0  # each trial ran exactly once
     assert "worker finished" in outputs["tuner0"][0] and "worker finished" in outputs["tuner1"][0]
     tune_dir = tmp_path / "runs" / "tune" / "fashion_mnist_small"

@@ -71,7 +71,8 @@ def test_fit_prints_a_bar_on_a_terminal_and_plain_epoch_lines_elsewhere(tmp_path
     fit_module.fit(cfg, tmp_path / "run", split, verbose="auto")
     text = out.getvalue()
     if terminal:  # every step drawn over the last, the bar's line ended before the epoch-end logs
-        assert all(f"\r\x1b[1m{step}/3\x1b[0m" in text for step in (1, 2, 3)), repr(text[:2000])
+        # (Keras skips redrawing a step that comes within 50 ms of the last drawing: step 2 may not show)
+        assert all(f"\r\x1b[1m{step}/3\x1b[0m" in text for step in (1, 3)), repr(text[:2000])
         assert len(re.findall(r"loss: [0-9.e+-]+\n", text)) == 2, repr(text)
     else:
         assert "\x1b" not in text and "\r" not in text and "\b" not in text, repr(text[:2000])
