@@ -31,7 +31,8 @@ def test_tree_ah_index_matches_brute_force(similarity):
     same_top = rows[:, 0] == want_rows[:, 0]
     assert same_top.mean() > 0.85, same_top.mean()
     np.testing.assert_allclose(scores[same_top, 0], want_scores[same_top, 0], rtol=1e-4, atol=1e-4)
-    assert np.all(np.diff(scores, axis=1) <= 1e-5)  # best first, larger = closer
+    # best first, larger = closer (up to float32 rounding of scores near 50 for dot: a few ulps)
+    assert np.all(np.diff(scores, axis=1) <= 1e-6 * np.maximum(1.0, np.abs(scores[:, :-1]))), np.diff(scores, axis=1).max()
 
 
 def test_small_gallery_is_exact_and_round_trips(tmp_path):

@@ -28,42 +28,17 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from tfsim.data import lists, sources
 from tfsim.data.preprocess import DEFAULT_MAX_PIXELS
 from tfsim.data.sources import ImageSet
 from tfsim.errors import UserInputError
 from tfsim.evaluation.metrics import ann_metrics, clustering_metrics, query_mask, retrieval_metrics
+from tfsim.data.specs import load_source  # noqa: F401  (used here; also this module's public name)
+from tfsim.export.embed import _embed_batches, embed_export, export_max_pixels  # noqa: F401
 
 # Above these sizes the costly metrics are skipped (and the report says so): mAP sorts every
 # gallery item for every query; k-means runs with one cluster per class.
 MAX_FULL_RANKING = 50_000
 MAX_CLUSTERS = 1_000
-
-
-def load_source(spec: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageSet:
-    """The images named by a data spec (see the module doc); a folder's or list's images above
-    `max_pixels` pixels (width x height, from their headers) are skipped undecoded, and listed
-    in the set's report with the other files that cannot be used."""
-    if spec == "default":
-        return sources.load_default()
-    if spec.startswith("tfds:"):
-        parts = spec.split(":")
-        return sources.load_tfds(parts[1], parts[2] if len(parts) > 2 else "train+test", max_pixels=max_pixels)
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return sources.load_folder(str(path), max_pixels=max_pixels)
-    if path.is_file():
-        return lists.load_list(str(path), max_pixels=max_pixels)
-    raise UserInputError(f"Invalid data {spec!r}: expected a folder <dir>/<class>/<image>, a list file, "
-                         "tfds:NAME[:SPLIT] or default.")
-
-
-def export_max_pixels(model_dir: os.PathLike) -> int:
-    """The largest image (width x height) an export decodes (its `max_pixels`, recorded in
-    export.json; the default for an export written before tfsim recorded it)."""
-    from tfsim.export import read_export
-
-    return int(read_export(model_dir).get("max_pixels") or DEFAULT_MAX_PIXELS)
 
 
 @dataclass
@@ -89,34 +64,6 @@ class ModelToEvaluate:
     # The largest image (width x height) its data is decoded at: the export's limit, or the
     # run's data.max_pixels.
     max_pixels: int = DEFAULT_MAX_PIXELS
-
-
-def _embed_batches(predict: Callable, images: ImageSet, image_size: int, center_crop: float,
-                   batch_size: int, progress: bool) -> np.ndarray:
-    """`predict(batch)` over the eval pipeline of `images`, in order, with a progress bar."""
-    import keras
-
-    from tfsim.data import pipeline
-
-    bar = keras.utils.Progbar(len(images), unit_name="image") if progress else None
-    out = []
-    for batch in pipeline.eval_dataset(images, image_size, batch_size, center_crop):
-        out.append(np.asarray(predict(batch), np.float32))
-        if bar is not None:
-            bar.add(len(out[-1]))
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
-
-
-def embed_export(model_dir: os.PathLike, images: ImageSet, batch_size: int = 256, progress: bool = True) -> np.ndarray:
-    """`[N, D]` embeddings of `images` by the export's `serve_images` (its preprocessing: size, crop)."""
-    import tensorflow as tf
-
-    from tfsim.export import read_export
-
-    meta = read_export(model_dir)
-    serve = tf.saved_model.load(str(model_dir)).signatures["serve_images"]
-    return _embed_batches(lambda batch: serve(images=batch)["embeddings"].numpy(), images, meta["image_size"],
-                          meta.get("center_crop", 1.0), batch_size, progress)
 
 
 def _run_of_checkpoint(path: Path) -> Optional[Path]:
@@ -297,7 +244,7 @@ def format_table(metrics: dict, ks: Sequence[int]) -> str:
     recall@K, P@K: precision@K), "-" where a row has no such figure; with `--ann`, a last line
     saying which index and how many queries the gap was measured on.
 
-    Example: `print(format_table(evaluate(export, data="default"), (1, 2)))` prints lines such as
+    Example: `format_table(evaluate(export, data="default"), (1, 2))` returns lines such as
 
                    R@1     R@2     P@1     P@2   MAP@R  R-prec     mAP     NMI     AMI
         exact   0.5000  0.7500  0.5000  0.4167  0.3819  0.3750  0.4102  0.2310  0.1504

@@ -3,7 +3,7 @@
     build_index(model, data, out, ids="relative")
       the export (`model_info`: name, version, embedding dim, similarity, fingerprint)
       -> the images of a data spec (a folder, a list file, tfds:NAME[:SPLIT], default)
-      -> embedded by the export's own `serve_images` (`evaluation.evaluate.embed_export`)
+      -> embedded by the export's own `serve_images` (`export.embed.embed_export`)
       -> `scann_index.build` (self-tuning; `options` as in `scann_index.options`)
       -> `scann_index.save(out)`: atomic, the ids (`catalogue_ids`: paths relative to the data
          root, e.g. "Coat/img_12.png", unless `ids="path"`), absolute image paths for `search`'s
@@ -202,7 +202,7 @@ def build_index(model_dir: os.PathLike, data: str, out: os.PathLike, options: Op
 
     Args:
         model_dir: an export version folder.
-        data: a data spec (`tfsim.evaluation.evaluate.load_source`).
+        data: a data spec (`tfsim.data.specs.load_source`).
         out: the index folder to create (refused if it exists).
         options: `scann_index.build` keyword arguments (default: `IndexConfig()`'s).
         ids: what the index returns as ids (`catalogue_ids`): "relative" (default) or "path".
@@ -213,7 +213,8 @@ def build_index(model_dir: os.PathLike, data: str, out: os.PathLike, options: Op
     """
     from tfsim import locks
     from tfsim.config import IndexConfig
-    from tfsim.evaluation.evaluate import embed_export, export_max_pixels, load_source
+    from tfsim.data.specs import load_source
+    from tfsim.export.embed import embed_export, export_max_pixels
 
     out = Path(out)
     if ids not in scann_index.ID_KINDS:
@@ -258,7 +259,8 @@ def add_to_index(index_dir: os.PathLike, data: str, model_dir: Optional[os.PathL
             another process updating the index.
     """
     from tfsim import locks
-    from tfsim.evaluation.evaluate import embed_export, export_max_pixels, load_source
+    from tfsim.data.specs import load_source
+    from tfsim.export.embed import embed_export, export_max_pixels
 
     index_dir = Path(index_dir)
     with locks.sibling_lock(index_dir, "index"):
