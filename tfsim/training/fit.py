@@ -22,7 +22,6 @@ it (the rest of an interrupted epoch first), on the same batches an uninterrupte
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 import sys
 import time
@@ -51,29 +50,6 @@ from tfsim.training.optimizers import build_optimizer
 from tfsim.training.tensorboard import EpochScalars, NeighbourPictures, TrainingRate
 
 log = logging.getLogger(__name__)
-
-
-def _keras_variables_take_numpy_copy() -> None:
-    """Gives `keras.Variable.__array__` NumPy 2's `copy` keyword (Keras 3.15 lacks it).
-
-    Saving a checkpoint (`tfsim.runs.save_model` -> `model.save`) converts every layer variable
-    with `np.array(variable)`; without the keyword NumPy retries without it and raises a
-    DeprecationWarning each time: one per variable per checkpoint (1,471 in the resume tests).
-    A Keras that already takes `copy` is left as it is.
-    """
-    convert = keras.Variable.__array__
-    if "copy" in inspect.signature(convert).parameters:
-        return
-
-    def __array__(self, dtype=None, copy=None):
-        out = convert(self, dtype)
-        return np.array(out, copy=True) if copy else out
-
-    __array__.__doc__ = convert.__doc__
-    keras.Variable.__array__ = __array__
-
-
-_keras_variables_take_numpy_copy()
 
 
 def progress_verbosity(verbose: Union[int, str]) -> int:
