@@ -5,7 +5,8 @@ of the loss w.r.t. the embeddings (compiled with tf.function, after a warm-up), 
 a plain softmax cross-entropy over 100 classes on the same batch (a linear layer on
 the embeddings). Proxy losses (normalized softmax, Proxy-NCA) include their
 `CosineProxies` layer over the same 100 classes (gradients to embeddings and proxies);
-the explicit-triplet loss takes the largest multiple of 3 rows <= B. Ratios are measured in the same run, interleaved, so machine noise
+the explicit-triplet loss takes the largest multiple of 3 rows <= B. Ratios are measured in the same run,
+interleaved, so machine noise
 affects both sides alike.
 
     python bench/bench_losses.py [--repeats 20]

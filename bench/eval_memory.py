@@ -59,7 +59,7 @@ def main() -> None:
         if out.returncode:
             raise RuntimeError(out.stderr[-2000:])
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print(f"| embeddings | classes | time | extra peak memory |\n| --- | --- | --- | --- |")
+    print("| embeddings | classes | time | extra peak memory |\n| --- | --- | --- | --- |")
     for r in rows:
         print(f"| {N:,} x {D} | {r['classes']:,} | {r['seconds']:.0f} s | {r['extra_peak_gb']:.2f} GB |")
 

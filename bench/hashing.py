@@ -106,7 +106,7 @@ def code_lengths(seeds: list[int], margin: float | None) -> list[str]:
     from tfsim import config
     from tfsim.evaluation import retrieval_metrics
     from tfsim.index.hamming import hamming_map, pack_codes
-    from tfsim.training.fit import load_split
+    from tfsim.training.task import load_split
 
     labels = load_split(config.load("default")).test.labels
     q = database_query(labels)
@@ -165,7 +165,7 @@ def papers_protocol(margin: float | None) -> list[str]:
     from tfsim import config
     from tfsim.evaluation import retrieval_metrics
     from tfsim.evaluation.metrics import query_mask
-    from tfsim.training.fit import load_split
+    from tfsim.training.task import load_split
 
     listing = fashion_database_query()
     root = Path(tempfile.mkdtemp(prefix="tfsim-hash-papers-"))
@@ -190,7 +190,7 @@ def papers_protocol(margin: float | None) -> list[str]:
 
 
 def search_speed() -> list[tuple[str, float, float]]:
-    from tfsim.index import scann_index
+    from tfsim.index import float_search
     from tfsim.index.hamming import hamming_topk, pack_codes
 
     rng = np.random.default_rng(0)
@@ -222,9 +222,9 @@ def search_speed() -> list[tuple[str, float, float]]:
     search(tf.constant(q_codes))
     out.append(("Hamming, TF ops (the `<name>_hamming` SavedModel's search)", 200 / (time.perf_counter() - start),
                 codes.nbytes / 1e6))
-    searcher, params = scann_index.build(x, "cosine", num_neighbors=10)
-    index = scann_index.GalleryIndex(searcher, np.arange(n).astype(str), np.zeros(n, np.int32), ("c",), "cosine",
-                                     params)
+    searcher, params = float_search.build(x, "cosine", num_neighbors=10)
+    index = float_search.GalleryIndex(searcher, np.arange(n).astype(str), np.zeros(n, np.int32), ("c",), "cosine",
+                                      params)
     best = float("inf")
     for _ in range(3):
         start = time.perf_counter()

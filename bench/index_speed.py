@@ -6,7 +6,7 @@ L2-normalised 128-d vectors around 2,000 cluster centres (noise 0.5 of the centr
 * numpy exact: matrix product + argpartition (timed on 200 queries; recall 1 by definition),
 * ScaNN by hand: 2 sqrt(G) leaves, 2 searched, AH 2 dims/block (threshold 0.2), reorder 50,
   trained on up to 250,000 vectors (ScaNN's README example),
-* tfsim: `tfsim.index.scann_index.build(target_recall=0.95)`: the same tree, with the leaves
+* tfsim: `tfsim.index.float_search.build(target_recall=0.95)`: the same tree, with the leaves
   searched and the reorder depth chosen by measuring recall on a sample of gallery vectors,
 * ScaNN brute force (what tfsim uses below `BRUTE_FORCE_BELOW` items), at 20,000 items only.
 
@@ -58,7 +58,7 @@ def qps(search, queries: np.ndarray) -> float:
 def run(n: int) -> list[dict]:
     from scann import scann_ops_pybind
 
-    from tfsim.index import scann_index
+    from tfsim.index import float_search
 
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(CLUSTERS, D))
@@ -79,10 +79,10 @@ def run(n: int) -> list[dict]:
                  "qps": qps(lambda q: hand.search_batched(q), queries), "build": hand_build})
 
     start = time.perf_counter()
-    searcher, params = scann_index.build(gallery, "cosine", num_neighbors=K, target_recall=0.95)
+    searcher, params = float_search.build(gallery, "cosine", num_neighbors=K, target_recall=0.95)
     ours_build = time.perf_counter() - start
-    index = scann_index.GalleryIndex(searcher, np.arange(n).astype(str), np.zeros(n, np.int32), ("c",),
-                                     "cosine", params)
+    index = float_search.GalleryIndex(searcher, np.arange(n).astype(str), np.zeros(n, np.int32), ("c",),
+                                      "cosine", params)
     rows.append({"index": f"tfsim self-tuned (target 0.95): {params.get('num_leaves')} leaves, "
                           f"{params.get('num_leaves_to_search')} searched, reorder {params.get('reorder')}; "
                           f"sample recall {params.get('measured_recall', 1.0):.3f}",

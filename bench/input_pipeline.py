@@ -129,9 +129,9 @@ def main() -> None:
                "pipeline_tenth": child(["--measure", "pipeline", "--fraction", "0.1"]),
                "pipeline_all": child(["--measure", "pipeline"]),
                "model": child(["--measure", "model"])}
-    s, l, a, t, m = (results[k] for k in ("scan", "list", "pipeline_all", "pipeline_tenth", "model"))
+    s, listed, a, t, m = (results[k] for k in ("scan", "list", "pipeline_all", "pipeline_tenth", "model"))
     print(f"scan (decode every file, {os.cpu_count()} cores): {s['files']} files in {s['seconds']:.1f} s = "
-          f"{s['per_10k_files']:.2f} s per 10,000 files; listing alone {l['per_10k_files']:.2f} s per 10,000")
+          f"{s['per_10k_files']:.2f} s per 10,000 files; listing alone {listed['per_10k_files']:.2f} s per 10,000")
     print(f"pipeline, 64-image P x K batches at 224 px with augmentation: {a['images_per_s']:.0f} images/s on "
           f"{a['rows']} rows, {t['images_per_s']:.0f} images/s on {t['rows']} rows")
     print(f"peak memory: {a['peak_mb']:.0f} MB with {a['rows']} rows, {t['peak_mb']:.0f} MB with {t['rows']} "

@@ -40,7 +40,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -167,7 +166,7 @@ def ensure_pml_python(path: str | None) -> str:
 def tfsim_config(base: str, folder: Path, train_classes, test_classes, args, seed: int, extra: list[str]):
     from tfsim import config
     test = ",".join(map(str, test_classes))
-    common = [f"data.source=folder", f"data.path={folder}", f"data.test_classes={test}",
+    common = ["data.source=folder", f"data.path={folder}", f"data.test_classes={test}",
               f"model.image_size={args.image_size}", f"sampler.classes_per_batch={args.classes_per_batch}",
               f"sampler.examples_per_class={args.examples_per_class}", f"train.seed={seed}",
               f"sampler.seed={seed}", "export.enabled=false", "index.enabled=false", "eval.every_epoch=false"]
@@ -269,8 +268,8 @@ def markdown(results: dict, compact: bool = False) -> str:
             cells = []
             for r in results.values():
                 runs = r["rows"].get(name)
-                cells.append("" if not runs else
-                             f"{np.mean([x['recall@1'] for x in runs]):.3f} / {np.mean([x['map@r'] for x in runs]):.3f}")
+                cells.append("" if not runs else f"{np.mean([x['recall@1'] for x in runs]):.3f} / "
+                                                 f"{np.mean([x['map@r'] for x in runs]):.3f}")
             out.append(f"| {name} | " + " | ".join(cells) + " |")
         for key in ("untrained", "raw_pixels"):
             cells = []

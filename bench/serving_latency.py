@@ -31,7 +31,8 @@ def main() -> None:
 
     from tfsim.export import export_embedder
     from tfsim.export.retrieval import export_retrieval
-    from tfsim.index import catalogue, scann_index
+    from tfsim.export import identity
+    from tfsim.index import float_search, storage
     from tfsim.models import build_embedding_model
 
     work = Path(tempfile.mkdtemp(prefix="tfsim-latency-"))
@@ -41,10 +42,10 @@ def main() -> None:
     centres = rng.normal(size=(1000, 64))
     gallery = centres[rng.integers(0, 1000, 100_000)] + 0.5 / 8 * rng.normal(size=(100_000, 64))
     gallery = (gallery / np.linalg.norm(gallery, axis=1, keepdims=True)).astype(np.float32)
-    searcher, params = scann_index.build(gallery, "cosine", num_neighbors=10)
-    index_dir = scann_index.save(work / "idx", searcher, params, np.arange(100_000).astype(str),
-                                 np.zeros(100_000, np.int32), ("item",), "cosine",
-                                 model=catalogue.model_info(embedder_dir))
+    searcher, params = float_search.build(gallery, "cosine", num_neighbors=10)
+    index_dir = storage.save(work / "idx", searcher, params, np.arange(100_000).astype(str),
+                             np.zeros(100_000, np.int32), ("item",), "cosine",
+                             model=identity.model_info(embedder_dir))
     exports = export_retrieval(embedder_dir, index_dir, work / "models", k=10)
     print(f"index: {params['mode']}, {params.get('num_leaves')} leaves, {params.get('num_leaves_to_search')} "
           f"searched, reorder {params.get('reorder')}, sample recall@10 {params.get('measured_recall', 1):.3f}")

@@ -92,7 +92,8 @@ def run(label, backbone, size, precision, jit, devices, workers, steps) -> dict:
                 ports.append(s.getsockname()[1])
         procs = []
         for index in range(workers):
-            config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}
+            config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                      "task": {"type": "worker", "index": index}}
             procs.append(subprocess.Popen(args, env={**env, "TF_CONFIG": json.dumps(config)}, text=True,
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE))
         outs = []

@@ -1,6 +1,6 @@
 """The tune command measured: its overhead per trial, and what a preset grid gains on the shipped data.
 
-Part 1, overhead (`--overhead`): a two-trial grid run by `tfsim.training.tuning.tune`, then
+Part 1, overhead (`--overhead`): a two-trial grid run by `tfsim.tuning.tune`, then
 each trial's config trained again by a plain `tfsim.training.train` call on the same images
 (the trial's training classes, scored on its validation classes). Prints the seconds of each
 and the ratio (target: the search costs <= 5% more than the plain runs it contains).
@@ -32,8 +32,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tfsim import config  # noqa: E402
-from tfsim.training import train, tuning  # noqa: E402
+from tfsim import config, tuning  # noqa: E402
+from tfsim.training import load_split, train  # noqa: E402
+from tfsim.tuning.space import apply_values, trial_config  # noqa: E402
+from tfsim.tuning.trial import validation_split  # noqa: E402
 
 ROOT = Path("runs/bench")
 BASE = ["sampler.classes_per_batch=4", "export.enabled=false", "index.enabled=false"]
@@ -47,12 +49,12 @@ def overhead(root: Path) -> dict:
     """Plain runs before and after the search (the machine's speed drifts), the search between."""
     cfg = config.load("default", BASE + OVERHEAD_BASE + [f"run.root={root / 'overhead'}", "tune.name=overhead"])
     grid = tuning.parse_grid(cfg, OVERHEAD_GRID)
-    split = tuning.validation_split(tuning.load_split(cfg), cfg.tune)
+    split = validation_split(load_split(cfg), cfg.tune)
 
     def plain_runs(tag: str) -> tuple[float, list]:
         seconds, metrics = 0.0, []
         for i, margin in enumerate(grid["loss.margin"]):
-            trial_cfg = tuning.trial_config(cfg, {"loss.margin": margin}, f"plain_{tag}_{i}")
+            trial_cfg = trial_config(cfg, {"loss.margin": margin}, f"plain_{tag}_{i}")
             keras.backend.clear_session()
             start = time.perf_counter()
             metrics.append(train(trial_cfg, root / "overhead_plain" / f"{tag}{i}", verbose=0, split=split).metrics)
@@ -61,7 +63,7 @@ def overhead(root: Path) -> dict:
 
     before, plain_metrics = plain_runs("before")
     start = time.perf_counter()
-    result = tuning.tune(cfg, OVERHEAD_GRID, final=False)
+    result = tuning.tune(cfg, OVERHEAD_GRID, train_best=False)
     search_seconds = time.perf_counter() - start
     after, _ = plain_runs("after")
     plain = (before + after) / 2
@@ -80,7 +82,7 @@ def overhead(root: Path) -> dict:
 def grid_search(root: Path, seeds: list[int]) -> dict:
     cfg = config.load("default", BASE + [f"run.root={root}", "tune.name=shipped_grid"])
     start = time.perf_counter()
-    result = tuning.tune(cfg, GRID, final=False)
+    result = tuning.tune(cfg, GRID, train_best=False)
     seconds = time.perf_counter() - start
     best = result.rows[0]
     values = {k: best[k] for k in ("train.learning_rate", "loss.margin", "model.embedding_dim")}
@@ -94,7 +96,7 @@ def grid_search(root: Path, seeds: list[int]) -> dict:
                      "eval.baselines=false", f"run.root={root / 'final'}"]
         for name, c in (("default preset", config.load("default", seeds_set + [f"run.name=default_s{seed}"])),
                         ("search base (P = 4)", config.load("default", BASE + seeds_set + [f"run.name=base_s{seed}"])),
-                        ("best of the search", tuning.apply_values(
+                        ("best of the search", apply_values(
                             config.load("default", BASE + seeds_set + [f"run.name=best_s{seed}"]), values))):
             keras.backend.clear_session()
             m = train(c, verbose=0).metrics

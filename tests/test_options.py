@@ -2,7 +2,6 @@
 sampler kind, backbone and loss, its options, defaults, input kind, and each check on the values
 a config can hold (same outcome, same message)."""
 
-import dataclasses
 import inspect
 import typing
 
@@ -15,17 +14,21 @@ from tfsim.losses import LOSSES, get_loss, input_kind, loss_arguments, supports_
 from tfsim.models.backbones import BACKBONES, backbone_arguments
 
 
-def test_sampler_kinds_and_their_defaults_are_the_samplers():
-    assert options.SAMPLER_OPTIONS == samplers.KIND_OPTIONS
-    assert [list(v) for v in options.SAMPLER_OPTIONS.values()] == [list(v) for v in samplers.KIND_OPTIONS.values()]
-    assert options.SMALL_CLASSES == samplers.SMALL_CLASSES
+def test_sampler_defaults_are_the_sampler_functions_defaults():
+    assert sorted(options.SAMPLER_OPTIONS) == ["epoch", "pk", "random", "triplets"]
+    pk = inspect.signature(samplers.pk_batches).parameters
+    assert options.SAMPLER_OPTIONS["pk"]["small_classes"] == pk["small_classes"].default
+    assert pk["small_classes"].default in options.SMALL_CLASSES
+    triplets = inspect.signature(samplers.triplet_batches).parameters
+    assert options.SAMPLER_OPTIONS["triplets"]["triplets_per_query"] == triplets["triplets_per_query"].default
 
 
 def test_backbones_and_their_defaults_are_the_builders_signatures():
     assert list(options.BACKBONE_OPTIONS) == list(BACKBONES)
     for name, builder in BACKBONES.items():
         params = inspect.signature(builder).parameters
-        assert list(options.BACKBONE_OPTIONS[name].items()) == [(k, params[k].default) for k in backbone_arguments(name)]
+        defaults = [(k, params[k].default) for k in backbone_arguments(name)]
+        assert list(options.BACKBONE_OPTIONS[name].items()) == defaults
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
@@ -75,24 +78,26 @@ def test_each_losss_checks_agree_with_its_constructor_on_every_config_value(name
 
 def test_the_checks_catch_what_the_constructors_refuse():
     # (the agreement above would also hold if neither side checked anything)
-    with pytest.raises(UserInputError, match=r"^Invalid value for `margin`: expected a number >= 0. Received: margin=-0.1$"):
+    with pytest.raises(UserInputError,
+                       match=r"^Invalid value for `margin`: expected a number >= 0. Received: margin=-0.1$"):
         options.check_loss_arguments("triplet_semihard", margin=-0.1)
     with pytest.raises(UserInputError, match=r"`distance_metric`: expected one of \['squared-L2', 'L2'\] for the "):
         options.check_loss_arguments("triplet_margin", distance_metric="angular")
     options.check_loss_arguments("binomial_deviance", beta=-1.0, alpha=None)  # beta: any value; None: not set
 
 
-@pytest.mark.parametrize("kind", sorted(samplers.KIND_OPTIONS))
-def test_sampler_checks_agree_with_the_samplers_on_every_value(kind):
-    keys = [f.name for f in dataclasses.fields(config.SamplerConfig)
-            if f.name in ("batch_size", "classes_per_batch", "examples_per_class", "triplets_per_query")]
-    failures = 0
-    for key in keys:
-        for value in (None, -1, 0, 1, 2, 3, 60):
-            expected = _outcome(lambda: samplers.check_options(kind, **{key: value}))
-            assert _outcome(lambda: options.check_sampler_options(kind, **{key: value})) == expected, (key, value)
-            failures += expected is not None
-    for value in ("replace", "skip", "nope"):
-        expected = _outcome(lambda: samplers.check_options(kind, small_classes=value))
-        assert _outcome(lambda: options.check_sampler_options(kind, small_classes=value)) == expected
-    assert failures >= 2  # every kind refuses some sizes
+def test_the_samplers_refuse_what_the_config_check_refuses():
+    import numpy as np
+
+    labels = np.repeat(np.arange(4), 5)
+    for p, k in ((1, 2), (2, 1), (2.5, 2)):
+        with pytest.raises(UserInputError) as raised:
+            samplers.check_pk(labels, p, k)
+        with pytest.raises(UserInputError) as config_check:
+            options.check_sampler_options("pk", classes_per_batch=p, examples_per_class=k)
+        assert str(raised.value) == str(config_check.value)
+    bad_option = r"Invalid value for `small_classes`: expected one of \['replace', 'skip'\]"
+    with pytest.raises(UserInputError, match=bad_option):
+        samplers.check_pk(labels, 2, 2, small_classes="nope")
+    samplers.check_pk(labels, 2, 2)  # valid sizes pass both
+    options.check_sampler_options("pk", classes_per_batch=2, examples_per_class=2)

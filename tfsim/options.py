@@ -2,16 +2,19 @@
 
 `tfsim.config` validates a config before any work starts, and the CLIs do that before they
 import TensorFlow (about 6 s), so a mistake in a config or an override is reported at once.
-The registries themselves (`tfsim.data.samplers.KIND_OPTIONS`, `tfsim.models.backbones.BACKBONES`,
+The sampler kinds are defined here once (the samplers check their options with
+`check_sampler_options`). The other registries (`tfsim.models.backbones.BACKBONES`,
 `tfsim.losses.LOSSES`) live in modules that import TensorFlow or Keras; these tables say the same
 without it: each variant's options with their defaults (in the order of the builder's signature),
-what a loss takes as `y_pred`, and the checks the builders make on values a config can hold,
-with the builders' own messages (naming the library argument; `tfsim.errors.config_keys` renames
-it to the config key).
+what a loss takes as `y_pred`, and the checks on values a config can hold, with the builders'
+own messages (naming the library argument; `tfsim.errors.config_keys` renames it to the config
+key). `check_sampler_options` is the samplers' own check (they call it); `check_loss_arguments`
+repeats each loss constructor's checks, since a loss is a Keras class that checks its arguments
+wherever it is built.
 
 The registries stay the truth: tests/test_options.py checks every entry against them (names,
-arguments, defaults, input kinds, and each check against the builder on probe values), so a loss
-added there and not here, or a check changed on one side only, fails the tests.
+arguments, defaults, input kinds, and each loss check against its constructor on probe values),
+so a loss added there and not here, or a check changed on one side only, fails the tests.
 
 Example:
     >>> LOSS_OPTIONS["nca"].arguments
@@ -21,18 +24,21 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+import numbers
+from typing import Any, Optional, Sequence
 
 from tfsim.errors import UserInputError
 
-# Sampler kinds and their options' defaults (`tfsim.data.samplers.KIND_OPTIONS`).
+# Sampler kinds (tfsim.data.samplers) and their options' defaults.
 SAMPLER_OPTIONS: dict[str, dict[str, Any]] = {
     "pk": {"classes_per_batch": 6, "examples_per_class": 10, "small_classes": "replace"},
     "random": {"batch_size": 60},
     "epoch": {"batch_size": 60},
     "triplets": {"batch_size": 60, "triplets_per_query": 4},
 }
-SMALL_CLASSES = ("replace", "skip")  # `tfsim.data.samplers.SMALL_CLASSES`
+# What P x K sampling does with a class of fewer than K images: draw K of its images with
+# replacement, or leave the class out of the batches.
+SMALL_CLASSES = ("replace", "skip")
 
 # Backbones and their options' defaults besides `image_size` and `weights`
 # (the signatures of `tfsim.models.backbones.BACKBONES`).
@@ -98,7 +104,8 @@ def check_loss_arguments(name: str, **kwargs: Any) -> None:
         if isinstance(check, str):
             number = float(value)
             if not (number >= 0 if check == ">= 0" else number > 0):
-                raise UserInputError(f"Invalid value for `{arg}`: expected a number {check}. Received: {arg}={number!r}")
+                raise UserInputError(f"Invalid value for `{arg}`: expected a number {check}. "
+                                     f"Received: {arg}={number!r}")
         elif value not in check[0]:
             raise UserInputError(f"Invalid value for `{arg}`: expected one of {list(check[0])}{check[1]}. "
                                  f"Received: {arg}={value!r}")
@@ -107,12 +114,17 @@ def check_loss_arguments(name: str, **kwargs: Any) -> None:
 def check_sampler_options(kind: str, batch_size: Optional[int] = None, classes_per_batch: Optional[int] = None,
                           examples_per_class: Optional[int] = None, triplets_per_query: Optional[int] = None,
                           small_classes: Optional[str] = None) -> None:
-    """The checks of `tfsim.data.samplers.check_options` (a sampler kind's options without the data;
-    None = not set), with its messages. Raises UserInputError."""
+    """Checks a sampler kind's options without the data (None = not set), naming the samplers'
+    arguments. The one definition: the config and the samplers both call it.
+
+    Raises:
+        UserInputError: e.g. "Invalid value for `examples_per_class`: expected an integer >= 2 so
+            every batch holds positive pairs. Received: examples_per_class=1".
+    """
     if kind == "pk":
         for key, value, why in (("examples_per_class", examples_per_class, "holds positive pairs"),
                                 ("classes_per_batch", classes_per_batch, "holds negatives")):
-            if value is not None and (not isinstance(value, int) or value < 2):
+            if value is not None and (not isinstance(value, numbers.Integral) or value < 2):
                 raise UserInputError(f"Invalid value for `{key}`: expected an integer >= 2 so every batch {why}. "
                                      f"Received: {key}={value!r}")
     if small_classes is not None and small_classes not in SMALL_CLASSES:
@@ -125,3 +137,14 @@ def check_sampler_options(kind: str, batch_size: Optional[int] = None, classes_p
     if triplets_per_query is not None and triplets_per_query < 1:
         raise UserInputError("Invalid value for `triplets_per_query`: expected an integer >= 1. "
                              f"Received: triplets_per_query={triplets_per_query!r}")
+
+
+def scalar_metrics(recall_ks: Sequence[int]) -> list[str]:
+    """The names of the retrieval metrics a run reports as one number each, with `eval.recall_ks`:
+    what `train.select_metric` and `tune.objective` may name.
+
+    Example:
+        >>> scalar_metrics((1, 2))
+        ['recall@1', 'recall@2', 'map@r', 'r_precision']
+    """
+    return [f"recall@{k}" for k in recall_ks] + ["map@r", "r_precision"]

@@ -8,7 +8,7 @@ import tensorflow as tf
 from tfsim import config
 from tfsim.data import lists, splits
 from tfsim.errors import UserInputError
-from tfsim.training.fit import load_split
+from tfsim.training.task import load_split
 
 
 def png(seed, size=(10, 10)):
@@ -138,10 +138,10 @@ def test_sop_layout_gives_the_published_class_split(sop):
     cfg = config.load("default", ["data.source=list", f"data.path={sop / 'Ebay_train.txt'}"])
     assert cfg.run.name == "stanford_online_products" and cfg.data.test_classes == ()
     split = load_split(cfg)
-    assert split.images.class_names == ("1", "2", "3", "4", "5")
+    assert split.dataset.class_names == ("1", "2", "3", "4", "5")
     assert split.test_class_names == ["4", "5"] and np.unique(split.train.labels).tolist() == [0, 1, 2]
-    assert split.images.report["images_per_split"] == {"test": 6, "train": 9}
-    assert split.images.report["format"] == "stanford_online_products"
+    assert split.dataset.report["images_per_split"] == {"test": 6, "train": 9}
+    assert split.dataset.report["format"] == "stanford_online_products"
     # Either file, or Ebay_info.txt, names the same dataset.
     assert len(lists.load_list(str(sop / "Ebay_test.txt"))) == 15
 
@@ -149,7 +149,7 @@ def test_sop_layout_gives_the_published_class_split(sop):
 def test_inshop_layout_holds_out_query_and_gallery_items(inshop):
     cfg = config.load("default", ["data.source=list", f"data.path={inshop / 'Eval' / 'list_eval_partition.txt'}"])
     split = load_split(cfg)
-    assert split.images.report["image_root"] == str((inshop / "Img").resolve())
+    assert split.dataset.report["image_root"] == str((inshop / "Img").resolve())
     assert split.test_class_names == ["id_00000004", "id_00000005", "id_00000006"]
     assert sorted(set(split.test.splits)) == ["gallery", "query"] and set(split.train.splits) == {"train"}
 
@@ -175,7 +175,8 @@ def test_list_presets_need_the_list_and_split_it_as_published(sop, inshop, cub):
     with pytest.raises(UserInputError, match=r"`data.path`: expected the list file when data.source=list"):
         config.load("sop_resnet50")
     cfg = config.load("sop_resnet50", [f"data.path={sop / 'Ebay_train.txt'}"])
-    assert (cfg.model.backbone, cfg.model.image_size, cfg.model.embedding_dim, cfg.data.flip) == ("resnet50", 224, 512, True)
+    model = cfg.model
+    assert (model.backbone, model.image_size, model.embedding_dim, cfg.data.flip) == ("resnet50", 224, 512, True)
     assert (cfg.sampler.classes_per_batch, cfg.sampler.examples_per_class, cfg.run.name) == (32, 2, "sop_resnet50")
     assert load_split(cfg).test_class_names == ["4", "5"]
     shop = config.load("inshop_resnet50", [f"data.path={inshop / 'Eval' / 'list_eval_partition.txt'}"])
@@ -207,7 +208,7 @@ def test_database_query_protocol_on_cub_layout(cub):
     assert set(split.train.splits) == {"train"} and len(split.train) == 8  # 2 training images x 4 classes
     assert len(split.test) == 16 and sorted(set(split.test.splits)) == ["gallery", "query"]
     queries = split.test.splits == "query"
-    assert set(split.test.ids[queries]) == set(split.images.ids[split.images.splits == "test"])
+    assert set(split.test.ids[queries]) == set(split.dataset.ids[split.dataset.splits == "test"])
     assert set(split.test.ids[~queries]) == set(split.train.ids)  # the database is the training images
     with pytest.raises(UserInputError, match=r"`data.protocol`: 'database_query' needs a source that says"):
         load_split(config.load("default", ["data.protocol=database_query", "data.test_classes="]))
@@ -244,9 +245,9 @@ def test_tiny_imagenet_layout_and_the_dogs_and_tiny_presets(tmp_path):
     cfg = config.load("tiny_imagenet", [f"data.path={root / 'wnids.txt'}"])
     assert (cfg.run.name, cfg.data.protocol, cfg.model.image_size) == ("tiny_imagenet", "database_query", 64)
     split = load_split(cfg)
-    assert split.images.class_names == tuple(wnids) and len(split.train) == 9
+    assert split.dataset.class_names == tuple(wnids) and len(split.train) == 9
     assert (split.test.splits == "query").sum() == 3  # the val images query the training images
-    assert split.images.report["images_per_split"] == {"train": 9, "val": 3}
+    assert split.dataset.report["images_per_split"] == {"train": 9, "val": 3}
     dogs = config.load("dogs_resnet50")
     assert (dogs.data.tfds_name, dogs.data.protocol, dogs.data.augmentation) == (
         "stanford_dogs", "database_query", "random_resized_crop")

@@ -14,7 +14,10 @@ def labels_of(n_classes=7, per_class=(5, 9, 12, 6, 20, 8, 5)):
 
 
 def take(ds, n):
-    return [b.numpy() for b in ds.take(n)]
+    """The first `n` batches, stacked `[n, batch]`; a stream that ends early fails (samplers never end)."""
+    batches = [b.numpy() for b in ds.take(n)]
+    assert len(batches) == n, f"the stream ended after {len(batches)} of {n} batches"
+    return np.stack(batches)
 
 
 def test_every_batch_has_p_classes_times_k_images_label_contiguous():
@@ -33,17 +36,17 @@ def test_same_seed_same_batches_different_seed_or_epoch_differs():
     a = take(pk_batches(labels, 3, 4, seed=5), 20)
     b = take(pk_batches(labels, 3, 4, seed=5), 20)
     c = take(pk_batches(labels, 3, 4, seed=6), 20)
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))
-    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == c.shape and not np.array_equal(a, c)
     epoch1, epoch2 = a[:10], a[10:]  # an "epoch" of 10 steps vs the next
-    assert not all(np.array_equal(x, y) for x, y in zip(epoch1, epoch2))
+    assert epoch1.shape == epoch2.shape and not np.array_equal(epoch1, epoch2)
 
 
 def test_resume_from_step_replays_the_same_stream():
     labels = labels_of()
     full = take(pk_batches(labels, 3, 4, seed=2), 12)
     resumed = take(pk_batches(labels, 3, 4, seed=2, start_step=7), 5)
-    assert all(np.array_equal(x, y) for x, y in zip(full[7:], resumed))
+    np.testing.assert_array_equal(resumed, full[7:])
 
 
 def test_all_classes_and_images_get_visited():
@@ -75,8 +78,8 @@ def test_bad_batch_shapes_are_clear_errors(p, k, match):
 def test_random_batches_are_distinct_rows_reproducible_and_fresh():
     a = take(random_batches(50, 20, seed=3), 5)
     assert all(r.shape == (20,) and len(set(r.tolist())) == 20 and r.min() >= 0 and r.max() < 50 for r in a)
-    np.testing.assert_array_equal(np.stack(a), np.stack(take(random_batches(50, 20, seed=3), 5)))
-    np.testing.assert_array_equal(np.stack(a[2:]), np.stack(take(random_batches(50, 20, seed=3, start_step=2), 3)))
+    np.testing.assert_array_equal(a, take(random_batches(50, 20, seed=3), 5))
+    np.testing.assert_array_equal(a[2:], take(random_batches(50, 20, seed=3, start_step=2), 3))
     assert not np.array_equal(a[0], a[1])
     with pytest.raises(UserInputError, match=r"Invalid value for `batch_size`: expected at most the 10 "):
         random_batches(10, 11)
@@ -119,9 +122,8 @@ def test_triplet_positives_and_negatives_are_uniform_per_image():
 def test_triplets_reproducible_resumable_and_errors():
     labels = labels_of()
     a = take(triplet_batches(labels, 6, 2, seed=9), 4)
-    np.testing.assert_array_equal(np.stack(a), np.stack(take(triplet_batches(labels, 6, 2, seed=9), 4)))
-    np.testing.assert_array_equal(np.stack(a[1:]),
-                                  np.stack(take(triplet_batches(labels, 6, 2, seed=9, start_step=1), 3)))
+    np.testing.assert_array_equal(a, take(triplet_batches(labels, 6, 2, seed=9), 4))
+    np.testing.assert_array_equal(a[1:], take(triplet_batches(labels, 6, 2, seed=9, start_step=1), 3))
     assert not np.array_equal(a[0], a[1])
     with pytest.raises(UserInputError, match="at least 2 classes"):
         triplet_batches(np.zeros(5, int), 2)
@@ -160,7 +162,7 @@ def test_grouped_index_gives_the_dense_tables_batches():
     for p, k, seed in ((4, 3, 1), (7, 4, 5)):
         got = take(pk_batches(labels, p, k, seed=seed), 25)
         want = dense_reference(labels, p, k, seed, 25)
-        assert all(np.array_equal(g, w) for g, w in zip(got, want))
+        np.testing.assert_array_equal(got, np.stack(want))
 
 
 def test_small_classes_skip_or_replace():
@@ -190,8 +192,8 @@ def test_epoch_batches_see_every_row_once_per_epoch():
     for rows in epochs:
         assert sorted(rows.tolist()) == list(range(60))  # every row exactly once
     assert not np.array_equal(epochs[0], epochs[1])  # a new permutation each epoch
-    assert all(np.array_equal(a, b) for a, b in zip(take(epoch_batches(60, 12, 5, seed=2, start_step=7), 8),
-                                                     batches[7:]))  # resume mid-epoch: the same stream
+    # Resumed mid-epoch: the same stream.
+    np.testing.assert_array_equal(take(epoch_batches(60, 12, 5, seed=2, start_step=7), 8), batches[7:])
     short = take(epoch_batches(65, 12, 5, seed=2), 5)  # 5 rows left over: no row twice within an epoch
     assert len(set(np.concatenate(short).tolist())) == 60
     with pytest.raises(UserInputError, match=r"`steps_per_epoch`: expected 1..5 \(one pass over 65 images"):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tfsim import config
-from tfsim.training.fit import load_split
+from tfsim.training.task import load_split
 
 
 @pytest.fixture
@@ -32,9 +32,9 @@ def mock_tfds(monkeypatch):
 @pytest.mark.parametrize("preset, classes", [("cars196_resnet50", 196), ("cub200_resnet50", 200)])
 def test_second_half_of_the_classes_is_held_out(mock_tfds, tmp_path, preset, classes):
     split = load_split(config.load(preset, [f"data.data_dir={tmp_path}"]))
-    assert len(split.images.class_names) == classes and len(split.images) == 24  # train + test parts
+    assert len(split.dataset.class_names) == classes and len(split.dataset) == 24  # train + test parts
     assert split.train.labels.max() < split.test.labels.min()  # held-out classes come after, in label order
-    assert split.images.paths[0].startswith(str(tmp_path))  # streamed from the encoded-bytes cache
+    assert split.dataset.paths[0].startswith(str(tmp_path))  # streamed from the encoded-bytes cache
 
 
 def test_dogs_database_query(mock_tfds, tmp_path):

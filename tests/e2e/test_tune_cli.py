@@ -23,8 +23,37 @@ TINY = ["--set", "train.steps_per_epoch=4", "--set", "model.width=8", "--set", "
         "--set", "index.enabled=false", "--grid", "loss.margin=0.1,0.5", "--grid", "train.learning_rate=0.0005,0.003"]
 
 
+# The tune command, standing still once the trial folder named by STOP_IN_TRIAL has written its checkpoint
+# of epoch 1 (after touching the file STOPPED) until it is killed: a kill at a known point, at any speed.
+STOPPING_TUNE = """
+import os, runpy, threading
+from pathlib import Path
+from tfsim.training.callbacks import ResumableCheckpoint
+save = ResumableCheckpoint.on_epoch_end
+def on_epoch_end(self, epoch, logs=None):
+    save(self, epoch, logs)
+    if epoch == 0 and Path(self.directory).parent.parent.name == os.environ["STOP_IN_TRIAL"]:
+        Path(os.environ["STOPPED"]).touch()
+        threading.Event().wait()
+ResumableCheckpoint.on_epoch_end = on_epoch_end
+runpy.run_module("tfsim.pipelines.tune", run_name="__main__", alter_sys=True)
+"""
+
+
 def tune_cmd(tmp_path, *extra):
     return [sys.executable, "-m", "tfsim.pipelines.tune", "--set", f"run.root={tmp_path / 'runs'}", *TINY, *extra]
+
+
+def wait_for(condition, proc, what, seconds=600):
+    """Waits until `condition()` holds; fails at once if `proc` exits first, or after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} after {seconds} s"
+        try:
+            proc.wait(timeout=0.2)  # the pause between looks, and a check that the process still runs
+        except subprocess.TimeoutExpired:
+            continue
+        raise AssertionError(f"the command exited ({proc.returncode}) before {what}")
 
 
 def table(tune_dir):
@@ -34,25 +63,25 @@ def table(tune_dir):
 def test_killed_search_continues_without_rerunning_finished_trials(tmp_path):
     tune_dir = tmp_path / "runs" / "tune" / "fashion_mnist_small"
     cmd = tune_cmd(tmp_path, "--set", "train.epochs=3", "--no-final", "--quiet")
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    try:  # kill -9 once trial 0 is finished and trial 1 has checkpointed an epoch
-        deadline = time.time() + 240
-        while not list((tune_dir / "trial_1" / "run" / "checkpoints").glob("epoch-*.keras")):
-            assert proc.poll() is None and time.time() < deadline, "the search ended or stalled before trial 1"
-            time.sleep(0.2)
+    stopped = tmp_path / "stopped"
+    proc = subprocess.Popen([sys.executable, "-c", STOPPING_TUNE, *cmd[3:]], cwd=tmp_path,
+                            env={**ENV, "STOP_IN_TRIAL": "trial_1", "STOPPED": str(stopped)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:  # kill -9 once trial 0 is finished and trial 1 has checkpointed its first epoch
+        wait_for(stopped.is_file, proc, "trial 1's first checkpoint")
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     first = json.loads((tune_dir / "trial_0" / "tfsim_trial.json").read_text())
     assert first["status"] == "ok" and not (tune_dir / "trial_1" / "tfsim_trial.json").exists()
+    assert sorted(p.name for p in (tune_dir / "trial_1" / "run" / "checkpoints").iterdir()) == ["epoch-0001.keras"]
     finished_at = (tune_dir / "trial_0" / "tfsim_trial.json").stat().st_mtime_ns
 
     again = subprocess.run(cmd[:-1], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert (tune_dir / "trial_0" / "tfsim_trial.json").stat().st_mtime_ns == finished_at  # not run again
     assert again.stderr.count("Training on 2,400 images") == 3  # trials 1 (resumed), 2 and 3
-    assert "Resuming" in again.stderr and "from epoch" in again.stderr  # trial 1 from its last epoch
+    assert re.search(r"Resuming \S*trial_1\S* from epoch 1\b", again.stderr)  # from the checkpoint at the kill
     rows = table(tune_dir)
     assert sorted(r["trial"] for r in rows) == ["0", "1", "2", "3"] and {r["status"] for r in rows} == {"ok"}
     assert "4 trials (4 ok, 0 failed, 3 run now)" in again.stdout
@@ -60,9 +89,11 @@ def test_killed_search_continues_without_rerunning_finished_trials(tmp_path):
     # printed), and says which score is which.
     assert "Running Trial" not in again.stdout and "Trial 0:" not in again.stderr
     for trial in ("1", "2", "3"):
-        assert re.search(rf"Trial {trial}: loss\.margin=\S+, train\.learning_rate=\S+ \(\S+/trial_{trial}\)", again.stderr)
+        assert re.search(rf"Trial {trial}: loss\.margin=\S+, train\.learning_rate=\S+ \(\S+/trial_{trial}\)",
+                         again.stderr)
         assert re.search(rf"Trial {trial} done in \d+ s: map@r 0\.\d{{4}} on the validation classes \(its model with "
-                         rf"whitening, as exported; before whitening, as in the epoch lines: 0\.\d{{4}}\)", again.stderr)
+                         rf"whitening, as exported; before whitening, as in the epoch lines: 0\.\d{{4}}\)",
+                         again.stderr)
     md = (tune_dir / "trials.md").read_text()
     assert "before whitening" in md
     seconds = [line.split("|")[-3].strip() for line in md.splitlines() if line.startswith("| ") and "| ok |" in line]
@@ -79,6 +110,14 @@ def free_port():
         return s.getsockname()[1]
 
 
+def accepts_connections(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    except OSError:
+        return False
+    return True
+
+
 def test_distributed_search_chief_and_two_workers(tmp_path):
     port = free_port()
     cmd = tune_cmd(tmp_path, "--set", "train.epochs=1", "--quiet")
@@ -88,8 +127,8 @@ def test_distributed_search_chief_and_two_workers(tmp_path):
                "KERASTUNER_ORACLE_PORT": str(port)}
         procs[tuner_id] = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                                            stderr=subprocess.PIPE, text=True)
-        if tuner_id == "chief":
-            time.sleep(8)  # the oracle server listens before the workers ask it for trials
+        if tuner_id == "chief":  # the oracle server listens before the workers ask it for trials
+            wait_for(lambda: accepts_connections(port), procs["chief"], f"oracle server on port {port}")
     outputs = {k: p.communicate(timeout=600) for k, p in procs.items()}
     for tuner_id, p in procs.items():
         assert p.returncode == 0, f"{tuner_id}: {outputs[tuner_id][1][-3000:]}"

@@ -12,7 +12,9 @@ import tensorflow as tf
 from tfsim.data import pipeline, sources
 from tfsim.errors import UserInputError
 from tfsim.evaluation import retrieval_metrics
-from tfsim.evaluation.evaluate import evaluate, format_table, load_source
+from tfsim.data.specs import load_source
+from tfsim.evaluation.report import format_table
+from tfsim.training.assessment import evaluate
 from tfsim.export import export_embedder
 from tfsim.models import build_embedding_model
 

@@ -179,7 +179,7 @@ def test_clustering_metrics():
 
 @pytest.mark.parametrize("n, exact_mode", [(300, True), (3000, False)])
 def test_ann_metrics_and_their_gap_to_exact(n, exact_mode):
-    from tfsim.evaluation.metrics import ann_metrics
+    from tfsim.index.quality import ann_metrics
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 30, n)
     x = rng.normal(size=(30, 16))[labels] + 0.8 * rng.normal(size=(n, 16))

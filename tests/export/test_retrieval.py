@@ -14,10 +14,11 @@ from tfsim.data import pipeline, sources
 from tests.images import class_folders
 from tfsim.errors import UserInputError
 from tfsim.evaluation import exact_knn
-from tfsim.evaluation.evaluate import embed_export
+from tfsim.export.embed import embed_export
 from tfsim.export import export_embedder
 from tfsim.export.retrieval import export_retrieval
-from tfsim.index import catalogue, scann_index
+from tfsim.export import catalogue
+from tfsim.index import storage
 from tfsim.models import build_embedding_model
 
 pytestmark = pytest.mark.slow  # fresh TF processes
@@ -126,7 +127,7 @@ def test_exact_and_scann_retrieval_exports(tmp_path):
     assert exact["empty"] == [0, 5]
 
     ann = serve(exports["scann"], True, queries)
-    index = scann_index.load(index_dir)
+    index = storage.load(index_dir)
     assert index.params["mode"] == "tree_ah"
     # The same searcher with the same tuned settings as the index itself.
     np.testing.assert_array_equal(ann["rows"], index.search(emb[[0, 31, 65, 119]], 5).indices)

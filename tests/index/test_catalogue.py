@@ -11,11 +11,12 @@ import pytest
 from tests.images import class_folders
 from tfsim.errors import UserInputError
 from tfsim.evaluation import exact_knn
-from tfsim.evaluation.evaluate import embed_export
+from tfsim.export.embed import embed_export
 from tfsim.data import sources
 from tfsim.export import export_embedder
-from tfsim.index import catalogue, scann_index
-from tfsim.index.search import search_image
+from tfsim.export import catalogue
+from tfsim.export.search import search_image
+from tfsim.index import storage
 from tfsim.models import build_embedding_model
 
 
@@ -37,7 +38,7 @@ def test_build_search_and_add(exports, tmp_path, tree):
     assert meta["params"]["mode"] == ("tree_ah" if tree else "brute_force") and meta["size"] == 60
     assert meta["model"]["name"] == "m0" and meta["model"]["embedding_dim"] == 8
     assert set(meta["files"]) >= {"gallery.npz", "scann/scann_assets.pbtxt"}
-    index = scann_index.load(path)
+    index = storage.load(path)
     assert all(p.startswith("/") for p in index.paths) and index.class_names == ("a", "b", "c")
     # Ids are what the catalogue was indexed with: paths relative to the data root.
     assert index.ids[:3].tolist() == ["a/a_0.png", "a/a_1.png", "a/a_10.png"] and meta["id_kind"] == "relative"
@@ -63,7 +64,7 @@ def test_build_search_and_add(exports, tmp_path, tree):
     with pytest.raises(UserInputError, match="pass --model EXPORT"):
         catalogue.add_to_index(path, str(new), progress=False)
     _, added = catalogue.add_to_index(path, str(new), model, progress=False)
-    grown = scann_index.load(path)
+    grown = storage.load(path)
     assert added == 10 and len(grown) == 70 and grown.class_names == ("a", "b", "c", "d")
     assert grown.params["added"] == 10 and grown.params["size"] == 70
     more = sources.load_folder(str(new))
@@ -107,7 +108,7 @@ def test_another_model_and_a_damaged_index_are_refused(exports, tmp_path):
                             (lambda p: (p / "gallery.npz").unlink(), "gallery.npz is missing"),
                             (lambda p: (p / "index.json").write_text("{"), "index.json is not valid JSON")):
         with pytest.raises(UserInputError, match=message):
-            scann_index.load(damaged(change))
+            storage.load(damaged(change))
 
 
 @pytest.mark.slow

@@ -6,7 +6,12 @@ import pytest
 import tensorflow as tf
 
 from tfsim.index.hamming import (code_words, hamming_distances, hamming_map, hamming_topk, pack_codes,
-                                 tf_code_words, tf_hamming_topk, unpack_codes)
+                                 tf_code_words, tf_hamming_topk)
+
+
+def unpack_codes(packed):
+    """Naive: each byte's bits, first code in the top bit, as -1 / +1."""
+    return np.array([[1.0 if (byte >> (7 - i)) & 1 else -1.0 for byte in row for i in range(8)] for row in packed])
 
 
 def codes(n, bits, seed):

@@ -5,7 +5,7 @@ import pytest
 
 from tfsim.errors import UserInputError
 from tfsim.evaluation import exact_knn
-from tfsim.index import scann_index
+from tfsim.index import float_search, storage, autotune
 
 
 def clustered(n, d=32, clusters=40, seed=0):
@@ -18,10 +18,10 @@ def clustered(n, d=32, clusters=40, seed=0):
 @pytest.mark.parametrize("similarity", ["cosine", "dot", "squared-L2", "L2"])
 def test_tree_ah_index_matches_brute_force(similarity):
     gallery, queries = clustered(4000), clustered(200, seed=1)
-    searcher, params = scann_index.build(gallery, similarity, num_neighbors=10, brute_force_below=1000)
+    searcher, params = float_search.build(gallery, similarity, num_neighbors=10, brute_force_below=1000)
     assert params["mode"] == "tree_ah"
     assert params["measured_recall"] >= 0.95 and params["tuning"]["target_met"]
-    index = scann_index.GalleryIndex(searcher, np.arange(4000).astype(str), np.zeros(4000, np.int32),
+    index = float_search.GalleryIndex(searcher, np.arange(4000).astype(str), np.zeros(4000, np.int32),
                                      ("c",), similarity, params)
     rows, scores = index.search(queries, 10)
     want_rows, want_scores = exact_knn(queries, gallery, 10, similarity)
@@ -39,14 +39,14 @@ def test_small_gallery_is_exact_and_round_trips(tmp_path):
     gallery = clustered(300)
     labels = np.arange(300) % 7
     images = np.random.default_rng(0).integers(0, 255, (300, 4, 4, 1), dtype=np.uint8)
-    searcher, params = scann_index.build(gallery, "cosine", num_neighbors=5)
+    searcher, params = float_search.build(gallery, "cosine", num_neighbors=5)
     assert params["mode"] == "brute_force"
-    path = scann_index.save(tmp_path / "idx", searcher, params, [f"id{i}" for i in range(300)], labels,
+    path = storage.save(tmp_path / "idx", searcher, params, [f"id{i}" for i in range(300)], labels,
                             [f"class{c}" for c in range(7)], "cosine", images=images,
                             model={"fingerprint": "sha256-files:test", "embedding_dim": gallery.shape[1]})
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
     moved = path.rename(tmp_path / "moved")  # an index must load from wherever it is copied
-    loaded = scann_index.load(moved)
+    loaded = storage.load(moved)
     # Queries that are not gallery rows (a gallery row would find itself in any index).
     queries = clustered(20, seed=5)
     rows, scores = loaded.search(queries, 5)
@@ -57,17 +57,17 @@ def test_small_gallery_is_exact_and_round_trips(tmp_path):
     assert loaded.class_names[loaded.labels[rows[3, 0]]] == f"class{labels[want[3, 0]]}"
     np.testing.assert_array_equal(loaded.images[5], images[5])
     with pytest.raises(UserInputError, match="already exists"):
-        scann_index.save(moved, searcher, params, ["x"] * 300, labels, ["c"] * 7, "cosine")
+        storage.save(moved, searcher, params, ["x"] * 300, labels, ["c"] * 7, "cosine")
 
 
 def test_load_rejects_non_index(tmp_path):
     with pytest.raises(UserInputError, match="is not a tfsim index"):
-        scann_index.load(tmp_path)
+        storage.load(tmp_path)
 
 
 def test_tuning_finds_the_fewest_leaves_per_depth_and_records_what_it_measured():
     gallery = clustered(6000, d=16, clusters=60)
-    searcher, params = scann_index.build(gallery, "cosine", num_neighbors=5, target_recall=0.9,
+    searcher, params = float_search.build(gallery, "cosine", num_neighbors=5, target_recall=0.9,
                                          brute_force_below=1000, tuning_sample=300)
     tried = {(t["num_leaves_to_search"], t["reorder"]): t["recall"] for t in params["tuning"]["tried"]}
     chosen = (params["num_leaves_to_search"], params["reorder"])
@@ -103,27 +103,27 @@ def test_tuning_logic_on_a_searcher_with_known_recall():
     db = clustered(500, d=8)
     db /= np.linalg.norm(db, axis=1, keepdims=True)
     fake = FakeSearcher(db)
-    tuned = scann_index.tune_search(fake, db, 5, 64, 0.95, "dot_product", sample=100)
+    tuned = autotune.tune_search(fake, db, 5, 64, 0.95, "dot_product", sample=100)
     # 0.95 needs >= 40 candidates re-scored and >= 8 leaves: the fewest leaves at a depth >= 40.
     assert tuned["target_met"] and tuned["num_leaves_to_search"] == 8 and tuned["reorder"] >= 40
     assert tuned["measured_recall"] == 1.0 and 0 < len(fake.calls) <= 2 * 30
     # Unreachable: the best recall is kept, and the result says the target was missed.
-    low = scann_index.tune_search(FakeSearcher(db, full=8, ceiling=0.5), db, 5, 64, 1.0, "dot_product",
+    low = autotune.tune_search(FakeSearcher(db, full=8, ceiling=0.5), db, 5, 64, 1.0, "dot_product",
                                   sample=100, reorder=20)
     assert not low["target_met"] and low["reorder"] == 20 and low["measured_recall"] == 0.5
     # Near-duplicate clusters: nothing up to k x 16 = 80 re-scored reaches the target; the tuner
     # goes deeper (k x 32 = 160, then k x 64 = 320 >= 300) and stops at the first depth that does.
     deep = FakeSearcher(db, full=8, ceiling=0.5, deep=300)
-    tuned = scann_index.tune_search(deep, db, 5, 64, 0.95, "dot_product", sample=100)
+    tuned = autotune.tune_search(deep, db, 5, 64, 0.95, "dot_product", sample=100)
     assert tuned["target_met"] and tuned["reorder"] == 320 and tuned["num_leaves_to_search"] == 8
     assert max(r for _, r in deep.calls) == 320
     # ... and last the whole gallery (500), which a cluster needing 450 re-scored reaches.
-    whole = scann_index.tune_search(FakeSearcher(db, full=8, ceiling=0.5, deep=450), db, 5, 64, 0.95,
+    whole = autotune.tune_search(FakeSearcher(db, full=8, ceiling=0.5, deep=450), db, 5, 64, 0.95,
                                     "dot_product", sample=100)
     assert whole["target_met"] and whole["reorder"] == 500
     # Unreachable even so: the highest recall found is kept, and the result says the target was missed.
-    never = scann_index.tune_search(FakeSearcher(db, full=8, ceiling=0.5, deep=10_000), db, 5, 64, 0.95,
+    never = autotune.tune_search(FakeSearcher(db, full=8, ceiling=0.5, deep=10_000), db, 5, 64, 0.95,
                                     "dot_product", sample=100)
     assert not never["target_met"] and never["measured_recall"] == 0.5
     with pytest.raises(ValueError, match="target_recall"):
-        scann_index.build(db, target_recall=1.5)
+        float_search.build(db, target_recall=1.5)

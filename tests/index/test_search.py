@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from tfsim.index.search import SearchResult, fit_text, render_grid, same_image
+from tfsim.export.search import SearchResult, fit_text, render_grid, same_image
 
 
 def drawn_text(monkeypatch):

@@ -56,7 +56,8 @@ def test_matches_pml(case):
         tape.watch(x)
         value = BatchAllTripletLoss(margin=case["margin"], triplets=case["triplets"])(labels, x)
     grad = tape.gradient(value, x).numpy()
-    np.testing.assert_allclose(float(value), float(ARRAYS[f"case{case['id']}_loss"]), rtol=1e-6, atol=1e-9)  # float64; both use the Gram-matrix distance
+    # float64; both use the Gram-matrix distance
+    np.testing.assert_allclose(float(value), float(ARRAYS[f"case{case['id']}_loss"]), rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(grad, ARRAYS[f"case{case['id']}_grad"], rtol=1e-5, atol=1e-7)
 
 

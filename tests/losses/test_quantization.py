@@ -56,7 +56,7 @@ def test_hash_head_config_rules():
     assert out.shape == (2, 24) and np.abs(out).max() < 1
 
 
-def test_code_bits_are_checked_and_old_checkpoints_keep_their_loss():
+def test_code_bits_are_checked():
     rng = np.random.default_rng(2)
     codes = np.tanh(2 * rng.normal(size=(12, 16))).astype(np.float32)
     labels = np.repeat(np.arange(4), 3)
@@ -66,14 +66,3 @@ def test_code_bits_are_checked_and_old_checkpoints_keep_their_loss():
         HashingLoss(inner, True)
     with pytest.raises(ValueError, match="expected 32 code bits"):
         HashingLoss(inner, 32)(labels, codes)
-    # A checkpoint written before HashingLoss names WithQuantization (inner, weight): it still
-    # loads, and computes its loss on the raw codes as it did.
-    from tfsim.losses.quantization import WithQuantization
-    old = {"module": None, "class_name": "WithQuantization", "registered_name": "tfsim>WithQuantization",
-           "config": {"name": "with_quantization", "reduction": "sum_over_batch_size",
-                      "inner": keras.losses.serialize(inner), "weight": 0.3}}
-    loaded = keras.losses.deserialize(old)
-    assert isinstance(loaded, WithQuantization)
-    want = float(inner(labels, codes)) + 0.3 * np.mean((np.abs(codes.astype(np.float64)) - 1) ** 2)
-    assert float(loaded(labels, codes)) == pytest.approx(want, rel=1e-5)
-    assert "code_bits" not in keras.losses.serialize(loaded)["config"]

@@ -34,12 +34,13 @@ def test_residual_branches_start_at_gamma_one_unless_zero_init_is_asked(zero_ini
     model = build_embedding_model("small_resnet", 28, 8, width=8, seed=0, blocks_per_stage=2,
                                   zero_init_residual=zero_init)
     backbone = model.get_layer("small_resnet")
-    last_bn = [l for l in backbone.layers if l.name.endswith("_bn2")]
+    last_bn = [layer for layer in backbone.layers if layer.name.endswith("_bn2")]
     assert len(last_bn) == 6
     for layer in last_bn:
         np.testing.assert_array_equal(layer.gamma.numpy(), 0.0 if zero_init else 1.0)
     # the first BatchNorm of each branch and the stem are never zeroed
-    assert all(np.all(l.gamma.numpy() == 1.0) for l in backbone.layers if l.name.endswith(("_bn1", "stem_bn")))
+    assert all(np.all(layer.gamma.numpy() == 1.0) for layer in backbone.layers
+               if layer.name.endswith(("_bn1", "stem_bn")))
     # zero-initialised branches make each block the identity on its shortcut at init
     x = np.random.default_rng(0).uniform(0, 255, (2, 28, 28, 3)).astype(np.float32)
     block = keras.Model(backbone.input, [backbone.get_layer("stage1_block2_add").input[0],
@@ -82,6 +83,6 @@ def test_resnet50_accepts_a_local_weights_file(tmp_path):
     path = tmp_path / "resnet50_notop.weights.h5"
     src.save_weights(path)
     model = build_embedding_model("resnet50", 32, 8, weights=str(path))
-    inner = [l for l in model.get_layer("resnet50").layers if isinstance(l, keras.Model)][0]
+    inner = [layer for layer in model.get_layer("resnet50").layers if isinstance(layer, keras.Model)][0]
     np.testing.assert_array_equal(inner.get_layer("conv1_conv").kernel.numpy(),
                                   src.get_layer("conv1_conv").kernel.numpy())

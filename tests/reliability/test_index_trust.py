@@ -21,7 +21,7 @@ import pytest
 
 from tests.images import class_folders
 from tests.reliability.helpers import Result, assert_clean_error, python, tiny_export, tree_snapshot
-from tfsim.index import scann_index
+from tfsim.index import storage
 
 pytestmark = pytest.mark.slow
 
@@ -59,11 +59,11 @@ print("RESULTS " + json.dumps(results))
 def seal(index_dir: Path) -> None:
     """Re-computes the file checksums and index.json's digest, as someone who knows the format
     would after changing the folder (so only the checks that do not rely on them are tested)."""
-    from tfsim.index import scann_index
+    from tfsim.index import storage
 
     meta = json.loads((index_dir / "index.json").read_text())
-    meta["files"] = scann_index._file_digests(index_dir)
-    meta["digest"] = scann_index.meta_digest(meta)
+    meta["files"] = storage._file_digests(index_dir)
+    meta["digest"] = storage.meta_digest(meta)
     (index_dir / "index.json").write_text(json.dumps(meta))
 
 
@@ -85,7 +85,7 @@ def copy(src: Path, dst: Path) -> Path:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     from tfsim import locks
-    from tfsim.index import catalogue
+    from tfsim.export import catalogue, identity
 
     root = tmp_path_factory.mktemp("trust")
     w = {"root": root}
@@ -109,7 +109,7 @@ def runs(tmp_path_factory):
     # index records evil's path and the fingerprint of evil's own files, re-sealed.
     evil = w["evil"] = copy(b, root / "evil" / "1")
     (evil / "saved_model.pb").write_bytes(b"a model that must never be loaded")
-    evil_fp = catalogue.model_fingerprint(evil)
+    evil_fp = identity.model_fingerprint(evil)
 
     def name_evil(meta):
         meta["model"].update(path=str(evil), name="b", fingerprint=evil_fp)
@@ -170,7 +170,7 @@ def runs(tmp_path_factory):
     # A list of files that leaves some out, re-sealed: the files left out would go unchecked.
     def leave_out_scann(meta):
         meta = {**meta, "files": {k: v for k, v in meta["files"].items() if not k.startswith("scann/")}}
-        return {**meta, "digest": scann_index.meta_digest(meta)}
+        return {**meta, "digest": storage.meta_digest(meta)}
 
     edit(copy(idx, root / "damaged" / "partial_files"), leave_out_scann)
     step("damaged_partial_files", "search", "--index", root / "damaged" / "partial_files", "--model", a,
@@ -256,9 +256,9 @@ def test_retrieval_savedmodel_returns_catalogue_ids_not_server_paths(runs):
         if f.is_file() and f.name != "export.json":
             assert str(shop).encode() not in f.read_bytes(), f
     assert r["build_paths"].returncode == 0, r["build_paths"].stderr[-2000:]
-    from tfsim.index import scann_index
+    from tfsim.index import storage
 
-    paths = scann_index.load(runs["root"] / "idx_paths")
+    paths = storage.load(runs["root"] / "idx_paths")
     assert paths.meta["id_kind"] == "path" and all(i.startswith(str(runs["root"])) for i in paths.ids)
 
 

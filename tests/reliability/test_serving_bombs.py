@@ -14,7 +14,7 @@ from PIL import Image
 from tests.images import class_folders
 from tests.reliability.helpers import python, tiny_export
 from tfsim.export.retrieval import export_retrieval
-from tfsim.index import catalogue
+from tfsim.export import catalogue
 
 pytestmark = pytest.mark.slow  # fresh TF processes
 

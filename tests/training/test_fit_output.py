@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from tfsim import config
+from tfsim.training.task import Task
 
 fit_module = importlib.import_module("tfsim.training.fit")  # (the package's `fit` is the function)
 
@@ -66,7 +67,7 @@ TINY = ["train.epochs=2", "train.steps_per_epoch=3", "model.width=8", "model.blo
 @pytest.mark.parametrize("terminal", [False, True])
 def test_fit_prints_a_bar_on_a_terminal_and_plain_epoch_lines_elsewhere(tmp_path, monkeypatch, terminal):
     cfg = config.resolve(config.load("default", TINY))
-    split = fit_module.load_split(cfg)
+    split = Task(cfg).build_inputs()
     out = Stdout(terminal)
     monkeypatch.setattr(sys, "stdout", out)
     fit_module.fit(cfg, tmp_path / "run", split, verbose="auto")

@@ -12,11 +12,19 @@ from tfsim.training import train
 pytestmark = pytest.mark.slow  # trains a model
 
 
-def test_32_bit_codes_retrieve_far_above_the_untrained_network(tmp_path):
+@pytest.fixture(scope="module")
+def hashed(tmp_path_factory):
+    """One trained 32-bit hashing run with its export, index and Hamming retrieval export, shared below."""
+    root = tmp_path_factory.mktemp("hashing")
     cfg = config.load("default", ["train.epochs=2", "train.steps_per_epoch=40", "model.width=16", "model.head=hash",
                                   "model.code_bits=32", "whitening.enabled=false", "eval.every_epoch=false",
-                                  "loss.quantization_weight=0.01", f"export.root={tmp_path / 'exports'}"])
-    result = train(cfg, tmp_path / "run", verbose=0)
+                                  "loss.quantization_weight=0.01", f"export.root={root / 'exports'}",
+                                  "export.retrieval=hamming"])
+    return root / "run", train(cfg, root / "run", verbose=0)
+
+
+def test_32_bit_codes_retrieve_far_above_the_untrained_network(hashed):
+    _, result = hashed
     trained, untrained = result.metrics["hamming"], result.metrics["baselines"]["untrained"]["hamming"]
     assert trained["num_queries"] == 2400
     assert trained["map"] > untrained["map"] + 0.12, (trained, untrained)  # measured: 0.57 vs 0.37
@@ -28,21 +36,19 @@ def test_32_bit_codes_retrieve_far_above_the_untrained_network(tmp_path):
     np.testing.assert_array_equal(codes, pack_codes(relaxed))
 
 
-def test_hashing_export_is_indexed_searched_and_evaluated_by_hamming_distance(tmp_path):
+def test_hashing_export_is_indexed_searched_and_evaluated_by_hamming_distance(hashed, tmp_path):
     from tfsim.data import sources
-    from tfsim.evaluation.evaluate import embed_export, evaluate
-    from tfsim.index import catalogue, scann_index
+    from tfsim.export import catalogue
+    from tfsim.export.embed import embed_export
+    from tfsim.index import storage
+    from tfsim.training.assessment import evaluate
     from tfsim.index.hamming import hamming_topk
-    cfg = config.load("default", ["train.epochs=1", "train.steps_per_epoch=5", "model.width=8", "model.head=hash",
-                                  "model.code_bits=16", "whitening.enabled=false", "eval.every_epoch=false",
-                                  "eval.baselines=false", f"export.root={tmp_path / 'exports'}",
-                                  "export.retrieval=hamming"])
-    result = train(cfg, tmp_path / "run", verbose=0)
+    run_dir, result = hashed
     assert [p.parent.name for p in result.retrieval_dirs] == ["fashion_mnist_small_hamming"]
-    inside = scann_index.load(result.index_dir)  # the export's own index: the held-out codes
-    assert inside.params["mode"] == "hamming" and inside.params["code_bits"] == 16
+    inside = storage.load(result.index_dir)  # the export's own index: the held-out codes
+    assert inside.params["mode"] == "hamming" and inside.params["code_bits"] == 32
     built = catalogue.build_index(result.export_dir, "default", tmp_path / "idx", progress=False)
-    index = scann_index.load(built)
+    index = storage.load(built)
     images = sources.load_default()
     relaxed = embed_export(result.export_dir, images, progress=False)
     found = index.search(relaxed[:20], 5)
@@ -62,7 +68,7 @@ def test_hashing_export_is_indexed_searched_and_evaluated_by_hamming_distance(tm
                        pack_codes(embed_export(result.export_dir, g_set, progress=False)), g_set.labels, top=100)
     assert m["protocol"] == "query_gallery" and m["hamming"]["num_queries"] == 12
     assert m["hamming"] == pytest.approx(want)
-    held_out = evaluate(tmp_path / "run", progress=False)  # the run's checkpoint on its held-out classes
+    held_out = evaluate(run_dir, progress=False)  # the run's checkpoint on its held-out classes
     assert held_out["hamming"]["map"] == pytest.approx(result.metrics["hamming"]["map"], abs=1e-6)
 
 

@@ -29,7 +29,8 @@ def spy(name):  # the strategy train() actually uses
 train_module.get_strategy = train_pipeline.get_strategy = spy
 root = sys.argv[1]
 cfg = config.load("default", ["train.epochs=1", "train.steps_per_epoch=3", "model.width=8", "model.embedding_dim=16",
-                              "train.strategy=mirrored", f"export.root={root}/exports", f"run.root={root}/runs"])
+                              "train.strategy=mirrored", f"export.root={root}/exports", f"run.root={root}/runs",
+                              "eval.baselines=false"])  # (baselines: single-device code, checked elsewhere)
 r = train(cfg, verbose=0)
 print(json.dumps({"replicas": replicas,
                   "export": str(r.export_dir), "metrics": r.metrics}))

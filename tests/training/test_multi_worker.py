@@ -24,15 +24,28 @@ pytestmark = pytest.mark.slow  # worker processes
 SETS = ["train.steps_per_epoch=3", "model.width=8", "model.embedding_dim=16", "sampler.classes_per_batch=4",
         "sampler.examples_per_class=4", "loss.cross_replica=true", "model.freeze_batchnorm=true",
         "eval.baselines=false"]
+# The worker records the epochs it trains; with STOP_AFTER_EPOCH=N it stands still once its
+# checkpoint of epoch N is written (after touching <root>/stopped-<task index>) until it is killed,
+# so a kill lands at a known point whatever the machine's speed.
 WORKER = """
-import json, os, sys
+import json, os, sys, threading
+from pathlib import Path
 from tfsim import config
 from tfsim.training import train
+from tfsim.training.callbacks import ResumableCheckpoint
 root, sets = sys.argv[1], json.loads(sys.argv[2])
+stop_after, ended, save = int(os.environ.get("STOP_AFTER_EPOCH", 0)), [], ResumableCheckpoint.on_epoch_end
+def on_epoch_end(self, epoch, logs=None):
+    save(self, epoch, logs)
+    ended.append(epoch + 1)
+    if epoch + 1 == stop_after:
+        Path(root, "stopped-%d" % json.loads(os.environ["TF_CONFIG"])["task"]["index"]).touch()
+        threading.Event().wait()
+ResumableCheckpoint.on_epoch_end = on_epoch_end
 r = train(config.load("default", sets + ["train.strategy=multi_worker", f"run.root={root}/runs",
                                          f"export.root={root}/exports"]), verbose=0)
 print("RESULT " + json.dumps({"metrics": {k: v for k, v in r.metrics.items() if isinstance(v, float)},
-                              "export": str(r.export_dir) if r.export_dir else None}))
+                              "export": str(r.export_dir) if r.export_dir else None, "epochs": ended}))
 """
 
 
@@ -46,13 +59,14 @@ def free_ports(n):
     return ports
 
 
-def start_workers(root, sets):
+def start_workers(root, sets, stop_after_epoch=0):
     ports = free_ports(2)
     procs = []
     for index in range(2):
-        tf_config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}
+        tf_config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                     "task": {"type": "worker", "index": index}}
         env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "TF_CPP_MIN_LOG_LEVEL": "3",
-               "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+               "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "STOP_AFTER_EPOCH": str(stop_after_epoch)}
         procs.append(subprocess.Popen([sys.executable, "-c", WORKER, str(root), json.dumps(sets)], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     return procs
@@ -60,25 +74,41 @@ def start_workers(root, sets):
 
 def finish(procs):
     outs = [p.communicate(timeout=600) for p in procs]
-    for p, (out, err) in zip(procs, outs):
+    for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
     return [json.loads(out.split("RESULT ", 1)[1]) for out, _ in outs]
 
 
-def weights(path):
-    return [w.numpy() for w in keras.models.load_model(path).weights]
+def assert_same_weights(path, other, atol):
+    mine, theirs = (keras.models.load_model(p).weights for p in (path, other))
+    assert [w.path for w in mine] == [w.path for w in theirs] and mine
+    for a, b in zip(mine, theirs):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=atol, err_msg=a.path)
+
+
+def wait_until_stopped(root, procs, seconds=600):
+    """Waits for every worker's stopped-<index> file; fails at once if a worker exits instead."""
+    deadline = time.monotonic() + seconds
+    while not all((root / f"stopped-{i}").is_file() for i in range(len(procs))):
+        assert time.monotonic() < deadline, f"the workers did not reach their stopping point in {seconds} s"
+        for p in procs:
+            try:
+                p.wait(timeout=0.2)  # the pause between looks, and a check that the worker still runs
+            except subprocess.TimeoutExpired:
+                continue
+            raise AssertionError(f"a worker exited ({p.returncode}) before stopping: {p.stderr.read()[-3000:]}")
 
 
 def test_two_workers_train_like_one_process_and_only_the_chief_writes(tmp_path):
     sets = SETS + ["train.epochs=2"]
     chief, worker = finish(start_workers(tmp_path / "mw", sets))
-    single = train(config.load("default", sets + [f"run.root={tmp_path}/one/runs", f"export.root={tmp_path}/one/exports",
+    single = train(config.load("default", sets + [f"run.root={tmp_path}/one/runs",
+                                                  f"export.root={tmp_path}/one/exports",
                                                   "train.strategy=default"]), verbose=0)
-    for a, b in zip(weights(tmp_path / "mw/runs/fashion_mnist_small/checkpoints/epoch-0002.keras"),
-                    weights(tmp_path / "one/runs/fashion_mnist_small/checkpoints/epoch-0002.keras")):
-        np.testing.assert_allclose(a, b, atol=1e-4)
+    assert_same_weights(tmp_path / "mw/runs/fashion_mnist_small/checkpoints/epoch-0002.keras",
+                        tmp_path / "one/runs/fashion_mnist_small/checkpoints/epoch-0002.keras", atol=1e-4)
     assert chief["metrics"]["recall@1"] == pytest.approx(single.metrics["recall@1"], abs=1e-3)
-    assert worker == {"metrics": {}, "export": None}
+    assert worker == {"metrics": {}, "export": None, "epochs": [1, 2]} and chief["epochs"] == [1, 2]
     # Only the chief's folders: one run, one export version, no worker folder left behind.
     assert sorted(p.name for p in (tmp_path / "mw" / "runs").iterdir()) == ["fashion_mnist_small"]
     assert sorted(p.name for p in (tmp_path / "mw" / "exports" / "fashion_mnist_small").iterdir()) == ["1"]
@@ -88,20 +118,20 @@ def test_two_workers_train_like_one_process_and_only_the_chief_writes(tmp_path):
 def test_killed_workers_resume_from_the_chiefs_checkpoint(tmp_path):
     sets = SETS + ["train.epochs=2", "train.steps_per_epoch=15", "export.enabled=false"]
     ckpts = tmp_path / "mw/runs/fashion_mnist_small/checkpoints"
-    procs = start_workers(tmp_path / "mw", sets)
-    deadline = time.time() + 300
-    while not (ckpts / "epoch-0001.keras").is_file() and time.time() < deadline:
-        time.sleep(0.05)
-    for p in procs:
-        p.send_signal(signal.SIGKILL)
-        p.wait()
-    assert (ckpts / "epoch-0001.keras").is_file() and not (ckpts / "epoch-0002.keras").exists()
-    finish(start_workers(tmp_path / "mw", sets))
+    procs = start_workers(tmp_path / "mw", sets, stop_after_epoch=1)
+    try:
+        wait_until_stopped(tmp_path / "mw", procs)
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGKILL)
+            p.communicate()
+    assert sorted(p.name for p in ckpts.iterdir()) == ["epoch-0001.keras"]  # killed standing at epoch 1's end
+    results = finish(start_workers(tmp_path / "mw", sets))
+    assert [r["epochs"] for r in results] == [[2], [2]]  # both resumed from epoch 1: only epoch 2 trained
     # Against an uninterrupted pair (over 30 steps float rounding drifts ~1e-3 from one process).
     finish(start_workers(tmp_path / "straight", sets))
-    for a, b in zip(weights(ckpts / "epoch-0002.keras"),
-                    weights(tmp_path / "straight/runs/fashion_mnist_small/checkpoints/epoch-0002.keras")):
-        np.testing.assert_allclose(a, b, atol=1e-4)
+    assert_same_weights(ckpts / "epoch-0002.keras",
+                        tmp_path / "straight/runs/fashion_mnist_small/checkpoints/epoch-0002.keras", atol=1e-4)
     assert not [p for p in (tmp_path / "mw" / "runs").iterdir() if p.name.startswith(".worker")]
 
 

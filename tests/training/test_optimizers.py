@@ -10,9 +10,13 @@ import pytest
 
 from tfsim import config
 from tfsim.errors import UserInputError
-from tfsim.training.fit import freeze_batchnorm
-from tfsim.training.optimizers import (InverseSqrtDecay, ScaledAdam, ScaledSGD, WarmUp, build_optimizer,
-                                       learning_rate, schedule_value)
+from tfsim.training.optimizers import InverseSqrtDecay, ScaledAdam, ScaledSGD, WarmUp, build_optimizer, learning_rate
+from tfsim.training.task import freeze_batchnorm
+
+
+def schedule_value(schedule, step: int) -> float:
+    """The learning rate at `step` of a float or a schedule."""
+    return float(schedule) if isinstance(schedule, (int, float)) else float(schedule(step))
 
 
 def test_inverse_sqrt_schedule_matches_the_formula():
@@ -112,14 +116,15 @@ def test_frozen_batchnorm_keeps_its_statistics():
 @pytest.mark.parametrize("precision, jit", [("mixed_bfloat16", False), ("mixed_float16", False),
                                             ("mixed_bfloat16", True)])
 def test_mixed_precision_run_trains_and_exports_float32(tmp_path, precision, jit):
-    from tfsim.training import stages, train
+    from tfsim.runs import load_embedder
+    from tfsim.training import train
     cfg = config.load("default", ["train.epochs=1", "train.steps_per_epoch=3", "model.width=8",
                                   "model.embedding_dim=16", "eval.every_epoch=false", "eval.baselines=false",
                                   f"train.precision={precision}", f"train.jit_compile={str(jit).lower()}",
                                   f"export.root={tmp_path / 'exports'}"])
     result = train(cfg, tmp_path / "run", verbose=0)
     assert keras.config.dtype_policy().name == "float32"  # restored after training
-    embedder = stages.load_embedder(next((tmp_path / "run" / "checkpoints").glob("*.keras")))
+    embedder = load_embedder(next((tmp_path / "run" / "checkpoints").glob("*.keras")))
     assert embedder.get_layer("projection").dtype_policy.name == precision
     out = embedder(np.zeros((2, 28, 28, 3), np.float32))
     assert out.dtype == "float32" and np.allclose(np.linalg.norm(np.asarray(out), axis=1), 1, atol=1e-3)
@@ -130,7 +135,8 @@ def test_mixed_precision_run_trains_and_exports_float32(tmp_path, precision, jit
 def test_select_best_keeps_the_best_validation_epoch_and_stops_early(tmp_path, monkeypatch):
     import json
 
-    from tfsim.training import callbacks, stages, train
+    from tfsim.runs import load_embedder
+    from tfsim.training import callbacks, train
     # Validation scores scripted by epoch: best at epoch 2, then no better for 2 epochs -> stop at 4.
     scripted = iter([0.30, 0.50, 0.45, 0.50, 0.90, 0.90])
     original = callbacks.RetrievalEvaluation.on_epoch_end
@@ -148,7 +154,7 @@ def test_select_best_keeps_the_best_validation_epoch_and_stops_early(tmp_path, m
 
     def spy(cfg, run_dir, split, **kw):
         seen["train"], seen["val"] = set(np.unique(split.train.labels)), set(np.unique(split.test.labels))
-        seen["names"] = split.images.class_names
+        seen["names"] = split.dataset.class_names
         return real_fit(cfg, run_dir, split, **kw)
     monkeypatch.setattr(train_module, "fit", spy)
     result = train(config.load("default", sets), tmp_path / "run", verbose=0)
@@ -162,8 +168,8 @@ def test_select_best_keeps_the_best_validation_epoch_and_stops_early(tmp_path, m
     state = json.loads((tmp_path / "run" / "checkpoints" / "best.json").read_text())
     assert state["epoch"] == 2 and state["stopped_early"] == 4
     # The stages used the best epoch's model, and a re-run neither trains nor changes the choice.
-    best = stages.load_embedder(tmp_path / "run" / "checkpoints" / "best.keras")
-    last = stages.load_embedder(next((tmp_path / "run" / "checkpoints").glob("epoch-*.keras")))
+    best = load_embedder(tmp_path / "run" / "checkpoints" / "best.keras")
+    last = load_embedder(next((tmp_path / "run" / "checkpoints").glob("epoch-*.keras")))
     assert not np.allclose(best.get_layer("projection").get_weights()[0], last.get_layer("projection").get_weights()[0])
     again = train(config.load("default", sets), tmp_path / "run", verbose=0)
     assert again.fit_seconds == 0 and again.metrics["selected"]["epoch"] == 2
@@ -175,6 +181,7 @@ def test_select_best_keeps_the_best_validation_epoch_and_stops_early(tmp_path, m
 def test_best_checkpoint_state_resumes_from_the_recorded_epochs(tmp_path):
     from types import SimpleNamespace
 
+    from tfsim.runs import read_best
     from tfsim.training.callbacks import BestCheckpoint
     model = two_layer_model()
     evaluation = SimpleNamespace(history=[])
@@ -187,13 +194,13 @@ def test_best_checkpoint_state_resumes_from_the_recorded_epochs(tmp_path):
     first.set_model(model)
     for epoch, value in enumerate([0.2, 0.6, 0.4]):
         run(first, epoch, value)
-    assert BestCheckpoint.read(tmp_path)["epoch"] == 2 and (tmp_path / "best.keras").is_file()
+    assert read_best(tmp_path)["epoch"] == 2 and (tmp_path / "best.keras").is_file()
     # Killed after epoch 3 was recorded but resumed from the epoch-1 checkpoint: epochs 2-3 replay.
     resumed = BestCheckpoint(tmp_path, evaluation, patience=3, initial_epoch=1)
     resumed.set_model(model)
     assert [v["epoch"] for v in resumed.values] == [1]
     for epoch, value in [(1, 0.6), (2, 0.4), (3, 0.5), (4, 0.55)]:
         run(resumed, epoch, value)
-    state = BestCheckpoint.read(tmp_path)
+    state = read_best(tmp_path)
     assert state["epoch"] == 2 and [v["epoch"] for v in state["values"]] == [1, 2, 3, 4, 5]
     assert state["stopped_early"] == 5 and model.stop_training

@@ -56,9 +56,8 @@ def test_unwritable_outputs_stop_the_run_before_any_work(tmp_path, monkeypatch):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     loaded = []
-    import importlib
-    train_module = importlib.import_module("tfsim.training.train")  # (the package's `train` is the function)
-    monkeypatch.setattr(train_module, "load_split", lambda cfg: loaded.append(1))
+    from tfsim.training import task
+    monkeypatch.setattr(task, "load_split", lambda cfg: loaded.append(1))
     with pytest.raises(UserInputError, match=r"Cannot write the folder .*a_file/fashion_mnist_small' \(run.root\): "
                                              r".*a_file' is a file, not a folder. Set run.root to a folder"):
         train(config.load("default", [f"run.root={blocker}"]))

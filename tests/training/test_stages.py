@@ -19,42 +19,25 @@ def versions(root):
     return sorted(p.name for p in (root / "fashion_mnist_small").iterdir())
 
 
-def test_rerun_reuses_baselines_and_export_until_something_changes(tmp_path, monkeypatch):
-    sets = TINY + [f"export.root={tmp_path / 'exports'}"]
-    first = train(config.load("default", sets), tmp_path / "run", verbose=0)
-    assert versions(tmp_path / "exports") == ["1"]
-
-    built = []
-    original = stages.export_embedder
-    monkeypatch.setattr(stages, "export_embedder", lambda *a, **k: built.append(1) or original(*a, **k))
-    fit_module = importlib.import_module("tfsim.training.fit")  # (the package's `fit` is the function)
-    untrained_builds = []
-    build = fit_module.build_embedder
-    monkeypatch.setattr(fit_module, "build_embedder", lambda cfg: untrained_builds.append(1) or build(cfg))
-
-    again = train(config.load("default", sets), tmp_path / "run", verbose=0)
-    assert built == [] and untrained_builds == []  # nothing trained, baselines from baselines.json
-    assert again.export_dir == first.export_dir and versions(tmp_path / "exports") == ["1"]
-    assert again.metrics == first.metrics
-
-    # Another whitening: a different exported function and different (whitened) untrained baseline.
-    other = train(config.load("default", sets + ["whitening.power=0"]), tmp_path / "run", verbose=0)
-    assert built == [1] and untrained_builds == [1]
-    assert versions(tmp_path / "exports") == ["1", "2"] and other.export_dir.name == "2"
-    assert other.metrics["unwhitened"] == first.metrics["unwhitened"]  # same trained network
-    meta = json.loads((other.export_dir / "assets.extra" / "tfsim" / "export.json").read_text())
-    assert meta["content_hash"] != json.loads(
-        (first.export_dir / "assets.extra" / "tfsim" / "export.json").read_text())["content_hash"]
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One tiny run with an export, its index and an exact retrieval export: the tests below read it,
+    and the re-run test (last in this file) re-enters it."""
+    root = tmp_path_factory.mktemp("stages")
+    sets = TINY + [f"export.root={root / 'exports'}", "export.retrieval=exact"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(stages, "MAX_RAW_PIXEL_BYTES", 0)  # (raw-pixel baselines: not read here, and slow)
+        return root, sets, train(config.load("default", sets), root / "run", verbose=0)
 
 
-def test_index_holds_the_exported_models_embeddings(tmp_path):
-    from tfsim.index import scann_index
-    result = train(config.load("default", TINY + [f"export.root={tmp_path / 'exports'}"]), tmp_path / "run",
-                   verbose=0)
-    from tfsim.training.fit import load_split
+def test_index_holds_the_exported_models_embeddings(run):
+    from tfsim.export.embed import embed_export
+    from tfsim.index import storage
+    _, _, result = run
+    from tfsim.training.task import load_split
     split = load_split(config.load("default", TINY))
-    served = stages.embed_with_export(result.export_dir, split.test, 28)
-    index = scann_index.load(result.index_dir)
+    served = embed_export(result.export_dir, split.test, progress=False)
+    index = storage.load(result.index_dir)
     rows, scores = index.search(served[:50], 1)
     # Every held-out image finds itself with similarity 1: the gallery is what the SavedModel computes.
     np.testing.assert_array_equal(rows[:, 0], np.arange(50))
@@ -75,11 +58,11 @@ def test_cropped_run_exports_the_crop_it_evaluated_with(tmp_path):
     import tensorflow as tf
     from tfsim.data import pipeline
     sets = TINY + [f"export.root={tmp_path / 'exports'}", "data.augmentation=random_resized_crop",
-                   "model.center_crop=0.75", "model.image_size=24"]
+                   "model.center_crop=0.75", "model.image_size=24", "eval.baselines=false"]
     result = train(config.load("default", sets), tmp_path / "run", verbose=0)
     meta = json.loads((result.export_dir / "assets.extra" / "tfsim" / "export.json").read_text())
     assert meta["center_crop"] == 0.75 and meta["image_size"] == 24
-    split = importlib.import_module("tfsim.training.fit").load_split(config.load("default", sets))
+    split = importlib.import_module("tfsim.training.task").load_split(config.load("default", sets))
     sample = split.test.subset(np.arange(4))
     served = tf.saved_model.load(str(result.export_dir)).signatures["serving_default"](
         image_bytes=tf.constant([tf.io.encode_png(im).numpy() for im in sample.load_images(range(4))]))
@@ -88,20 +71,46 @@ def test_cropped_run_exports_the_crop_it_evaluated_with(tmp_path):
     np.testing.assert_allclose(served["embeddings"].numpy(), direct["embeddings"].numpy(), atol=1e-5)
 
 
-def test_run_writes_retrieval_savedmodels_once(tmp_path):
+def test_run_writes_retrieval_savedmodels_once(run):
     import tensorflow as tf
 
     from tfsim.errors import UserInputError
-    sets = TINY + [f"export.root={tmp_path / 'exports'}", "export.retrieval=exact"]
-    first = train(config.load("default", sets), tmp_path / "run", verbose=0)
-    assert [str(p.relative_to(tmp_path)) for p in first.retrieval_dirs] == ["exports/fashion_mnist_small_exact/1"]
-    sample = sorted((tmp_path / "run" / "samples").glob("*.png"))[0]
+    root, _, first = run
+    assert [str(p.relative_to(root)) for p in first.retrieval_dirs] == ["exports/fashion_mnist_small_exact/1"]
+    sample = sorted((root / "run" / "samples").glob("*.png"))[0]
     out = tf.saved_model.load(str(first.retrieval_dirs[0])).signatures["serving_default"](
         image_bytes=tf.constant([sample.read_bytes()]))
     # The sample is a held-out image, so it is in the served gallery: it finds itself first.
     assert out["ids"].shape == (1, 10) and float(out["scores"][0, 0]) > 0.999
-    assert "fashion_mnist_small_exact" in (tmp_path / "exports" / "models.config").read_text()
-    again = train(config.load("default", sets), tmp_path / "run", verbose=0)
-    assert again.retrieval_dirs == first.retrieval_dirs  # the same export: nothing new for TF Serving
+    assert "fashion_mnist_small_exact" in (root / "exports" / "models.config").read_text()
     with pytest.raises(UserInputError, match="export.retrieval"):
         config.validate(config.load("default", ["export.retrieval=exact", "index.enabled=false"]))
+
+
+def test_rerun_reuses_baselines_and_export_until_something_changes(run, monkeypatch):
+    root, sets, first = run
+    assert versions(root / "exports") == ["1"]
+
+    monkeypatch.setattr(stages, "MAX_RAW_PIXEL_BYTES", 0)  # as in the fixture
+    built = []
+    original = stages.export_embedder
+    monkeypatch.setattr(stages, "export_embedder", lambda *a, **k: built.append(1) or original(*a, **k))
+    fit_module = importlib.import_module("tfsim.training.task")
+    untrained_builds = []
+    build = fit_module.build_embedder
+    monkeypatch.setattr(fit_module, "build_embedder", lambda cfg: untrained_builds.append(1) or build(cfg))
+
+    again = train(config.load("default", sets), root / "run", verbose=0)
+    assert built == [] and untrained_builds == []  # nothing trained, baselines from baselines.json
+    assert again.export_dir == first.export_dir and versions(root / "exports") == ["1"]
+    assert again.retrieval_dirs == first.retrieval_dirs  # the same export: nothing new for TF Serving
+    assert again.metrics == first.metrics
+
+    # Another whitening: a different exported function and different (whitened) untrained baseline.
+    other = train(config.load("default", sets + ["whitening.power=0"]), root / "run", verbose=0)
+    assert built == [1] and untrained_builds == [1]
+    assert versions(root / "exports") == ["1", "2"] and other.export_dir.name == "2"
+    assert other.metrics["unwhitened"] == first.metrics["unwhitened"]  # same trained network
+    meta = json.loads((other.export_dir / "assets.extra" / "tfsim" / "export.json").read_text())
+    assert meta["content_hash"] != json.loads(
+        (first.export_dir / "assets.extra" / "tfsim" / "export.json").read_text())["content_hash"]

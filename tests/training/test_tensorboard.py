@@ -16,8 +16,9 @@ import pytest
 import tensorflow as tf
 
 from tfsim.data.sources import ImageSet
-from tfsim.training import tensorboard, tuning_report
+from tfsim.training import tensorboard
 from tfsim.training.tensorboard import GREEN, RED
+from tfsim.tuning import report as tuning_report
 
 ROOT = Path(__file__).resolve().parents[2]
 CLASSES = ("Ankle boot", "Sneaker", "Bag")

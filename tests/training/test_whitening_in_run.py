@@ -1,5 +1,8 @@
 """Whitening inside a run: fitted on the training classes only, and what is evaluated."""
 
+import shutil
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -17,17 +20,32 @@ TINY = ["train.epochs=1", "train.steps_per_epoch=5", "model.width=8", "model.blo
         "model.embedding_dim=16", "export.enabled=false", "eval.every_epoch=false"]
 
 
+WHITENED = TINY + ["whitening.dims=12"]
+
+
+@pytest.fixture(scope="module")
+def whitened_run(tmp_path_factory):
+    """One trained run with a 12-dim whitening. A test that changes the whitening re-enters a copy
+    (whitening settings apply after training, so the copy is not retrained)."""
+    run_dir = tmp_path_factory.mktemp("whitening") / "run"
+    return run_dir, train(config.load("default", WHITENED), run_dir, verbose=0)
+
+
+def copy_of(run_dir, tmp_path):
+    return Path(shutil.copytree(run_dir, tmp_path / "run"))
+
+
 @pytest.fixture(scope="module")
 def default_split():
     return splits.class_disjoint_split(sources.load_default(), config.load("default").data.test_classes)
 
 
-def test_whitening_is_fitted_on_training_images_and_evaluated(tmp_path, default_split):
-    cfg = config.load("default", TINY + ["whitening.dims=12"])
-    result = train(cfg, tmp_path / "run", verbose=0)
+def test_whitening_is_fitted_on_training_images_and_evaluated(whitened_run, default_split):
+    cfg = config.load("default", WHITENED)
+    run_dir, result = whitened_run
     train_set, test_set = default_split
-    saved = dict(np.load(tmp_path / "run" / "whitening.npz"))
-    embedder = keras.models.load_model(tmp_path / "run" / "checkpoints" / "epoch-0001.keras")
+    saved = dict(np.load(run_dir / "whitening.npz"))
+    embedder = keras.models.load_model(run_dir / "checkpoints" / "epoch-0001.keras")
     # Refit from the checkpoint's embeddings of the 3,600 training images (never held-out ones).
     mean, projection = fit_whitening(embed(embedder, train_set, 28), power=0.5, dims=12)
     np.testing.assert_allclose(saved["mean"], mean, atol=1e-5)
@@ -41,8 +59,8 @@ def test_whitening_is_fitted_on_training_images_and_evaluated(tmp_path, default_
         retrieval_metrics(test, test_set.labels, (1,), "cosine")["recall@1"], abs=1e-6)
     assert set(m["baselines"]) == {"raw_pixels", "untrained", "raw_pixels_whitened"}
     # Re-entering the finished run (resume with no epoch left) refits the same whitening.
-    again = train(cfg, tmp_path / "run", verbose=0)
-    np.testing.assert_allclose(np.load(tmp_path / "run" / "whitening.npz")["projection"], saved["projection"],
+    again = train(cfg, run_dir, verbose=0)
+    np.testing.assert_allclose(np.load(run_dir / "whitening.npz")["projection"], saved["projection"],
                                atol=1e-6)
     assert again.metrics["recall@1"] == pytest.approx(m["recall@1"], abs=1e-6)
     assert again.metrics["map@r"] == pytest.approx(m["map@r"], abs=1e-6)
@@ -54,16 +72,19 @@ def test_whitening_off_evaluates_the_plain_embedder(tmp_path):
     assert "unwhitened" not in result.metrics and "raw_pixels_whitened" not in result.metrics["baselines"]
 
 
-def test_refit_whitening_on_a_finished_run_without_retraining(tmp_path):
+def test_refit_whitening_on_a_finished_run_without_retraining(whitened_run, tmp_path):
     """Post-training sections may change when a finished run is re-entered: the checkpoint is
     reused (no training step) and only the whitening is refitted with the new settings."""
-    first = train(config.load("default", TINY), tmp_path / "run", verbose=0)
-    before = (tmp_path / "run" / "checkpoints" / "epoch-0001.keras").stat().st_mtime_ns
-    pca_only = train(config.load("default", TINY + ["whitening.power=0"]), tmp_path / "run", verbose=0)
-    assert (tmp_path / "run" / "checkpoints" / "epoch-0001.keras").stat().st_mtime_ns == before  # not retrained
+    run_dir, first = whitened_run
+    run_dir = copy_of(run_dir, tmp_path)
+    before = (run_dir / "checkpoints" / "epoch-0001.keras").stat().st_mtime_ns
+    # (baselines off: they are not what this checks, and eval is a post-training section too)
+    pca_only = train(config.load("default", WHITENED + ["whitening.power=0", "eval.baselines=false"]), run_dir,
+                     verbose=0)
+    assert (run_dir / "checkpoints" / "epoch-0001.keras").stat().st_mtime_ns == before  # not retrained
     assert pca_only.metrics["unwhitened"] == first.metrics["unwhitened"]
-    projection = np.load(tmp_path / "run" / "whitening.npz")["projection"]
-    np.testing.assert_allclose(projection.T @ projection, np.eye(16), atol=1e-4)  # power 0: a rotation
+    projection = np.load(run_dir / "whitening.npz")["projection"]
+    np.testing.assert_allclose(projection.T @ projection, np.eye(12), atol=1e-4)  # power 0: a rotation
 
 
 def test_collapsed_embeddings_are_a_clear_user_error():
@@ -73,7 +94,7 @@ def test_collapsed_embeddings_are_a_clear_user_error():
         _fit_or_explain(np.ones((100, 4), np.float32), config.WhiteningConfig())
 
 
-def test_large_training_sets_fit_on_a_seeded_subset(tmp_path, default_split, monkeypatch):
+def test_large_training_sets_fit_on_a_seeded_subset(whitened_run, tmp_path, default_split, monkeypatch):
     # Whatever rows the implementation draws: the whitening is fitted on exactly 500 embeddings,
     # each the embedding of a distinct training image; the same seed draws the same rows, and
     # another seed other rows.
@@ -81,10 +102,12 @@ def test_large_training_sets_fit_on_a_seeded_subset(tmp_path, default_split, mon
     fitted = []
     original = stages.fit_whitening
     monkeypatch.setattr(stages, "fit_whitening", lambda x, *a, **k: fitted.append(np.asarray(x)) or original(x, *a, **k))
-    cfg = config.load("default", TINY + ["whitening.max_images=500", "whitening.enabled=true"])
-    train(cfg, tmp_path / "run", verbose=0)
+    # The shared run re-entered with another whitening: refitted (and its baselines recomputed), not retrained.
+    run_dir = copy_of(whitened_run[0], tmp_path)
+    cfg = config.load("default", WHITENED + ["whitening.max_images=500", "whitening.enabled=true"])
+    train(cfg, run_dir, verbose=0)
     train_set, _ = default_split
-    embedder = keras.models.load_model(tmp_path / "run" / "checkpoints" / "epoch-0001.keras")
+    embedder = keras.models.load_model(run_dir / "checkpoints" / "epoch-0001.keras")
     full = embed(embedder, train_set, 28)
     # Fits of this run: the trained model's, the untrained baseline's, the raw pixels'.
     assert sorted(f.shape for f in fitted) == [(500, 16), (500, 16), (500, 2352)]
@@ -94,7 +117,7 @@ def test_large_training_sets_fit_on_a_seeded_subset(tmp_path, default_split, mon
     trained_fit = matches[0]
     rows = ((trained_fit[:, None, :] - full[None, :, :]) ** 2).sum(-1).argmin(1)
     assert len(set(rows.tolist())) == 500
-    saved = np.load(tmp_path / "run" / "whitening.npz")["mean"]
+    saved = np.load(run_dir / "whitening.npz")["mean"]
     np.testing.assert_allclose(saved, trained_fit.mean(0), atol=1e-5)
     assert np.abs(saved - full.mean(0)).max() > 1e-4  # a subset, not all 3,600 images
     subset = stages.whitening_fit_set(cfg, train_set)

@@ -4,13 +4,16 @@
 published split each image belongs to. The format is recognised by the file's name
 (`tfsim.data.formats.list_format`; the `format` of the report):
 
-| file | dataset | rows | split |
-| --- | --- | --- | --- |
-| `*.csv` | yours | `path,label[,split]` (header optional) | the `split` column if any |
-| `Ebay_train.txt` / `Ebay_test.txt` / `Ebay_info.txt` | Stanford Online Products | `image_id class_id super_class_id path`; both `Ebay_train.txt` and `Ebay_test.txt` are read | train / test by file (11,318 / 11,316 classes) |
-| `list_eval_partition.txt` | In-Shop Clothes | `image_name item_id evaluation_status` after a count and a header line | train / query / gallery |
-| `images.txt` | CUB-200-2011 | `image_id path`, with `image_class_labels.txt`, `classes.txt`, `train_test_split.txt` beside it | train / test per image (the classification split) |
-| `wnids.txt` | Tiny ImageNet | the class ids; `train/<wnid>/images/*`, and `val/val_annotations.txt` for `val/images/*` | train / val per image |
+- `*.csv` (yours): rows `path,label[,split]` (header optional); split by the `split` column if any.
+- `Ebay_train.txt` / `Ebay_test.txt` / `Ebay_info.txt` (Stanford Online Products): rows
+  `image_id class_id super_class_id path`; both `Ebay_train.txt` and `Ebay_test.txt` are read;
+  train / test by file (11,318 / 11,316 classes).
+- `list_eval_partition.txt` (In-Shop Clothes): rows `image_name item_id evaluation_status` after a
+  count and a header line; train / query / gallery.
+- `images.txt` (CUB-200-2011): rows `image_id path`, with `image_class_labels.txt`, `classes.txt`,
+  `train_test_split.txt` beside it; train / test per image (the classification split).
+- `wnids.txt` (Tiny ImageNet): the class ids; `train/<wnid>/images/*`, and `val/val_annotations.txt`
+  for `val/images/*`; train / val per image.
 
 Paths in a list are relative to `image_root` if given, else to the first of the list's
 folder, its parent, `<parent>/Img` (In-Shop) and `<folder>/images` (CUB) where the first
@@ -265,7 +268,8 @@ def load_list(path: str, image_root: Optional[str] = None, check_files: bool = T
                              "expected at least 2.")
     report = {"list": escape_name(str(file)), "image_root": escape_name(str(root)), "format": fmt,
               "images": int(len(rows)),
-              "images_per_class": {class_names[c]: int(n) for c, n in zip(*np.unique(label_ids[rows], return_counts=True))},
+              "images_per_class": {class_names[c]: int(n)
+                                   for c, n in zip(*np.unique(label_ids[rows], return_counts=True))},
               "skipped": problems, "checked": check_files, "max_pixels": max_pixels, **row_notes}
     if split_arr is not None:
         report["images_per_split"] = {s: int(n) for s, n in zip(*np.unique(split_arr, return_counts=True))}
@@ -291,8 +295,8 @@ def _usable_rows(file: Path, files: list[Path], labels: list[str], split: Option
             continue
         key = os.path.normpath(str(f))
         if key in first:
-            duplicates.append({"path": escape_name(str(f)), "reason": f"listed again ({row(i)}; first row: "
-                                                                       f"{row(first[key])}): kept once, from its first row"})
+            reason = f"listed again ({row(i)}; first row: {row(first[key])}): kept once, from its first row"
+            duplicates.append({"path": escape_name(str(f)), "reason": reason})
             continue
         first[key] = i
         keep.append(i)

@@ -166,11 +166,12 @@ def check_size(data: tf.Tensor, max_pixels: int, name: tf.Tensor | str | None = 
     animated = tf.cond(frames > 1, lambda: tf.strings.format(" in {} frames ({} pixels to decode)", (frames, pixels)),
                        lambda: tf.constant(""))
     where = tf.constant("") if name is None else tf.strings.join([" (", name, ")"])
-    message = tf.strings.join([
-        "Image", where, tf.strings.format(" of {} x {} pixels (width x height)", (shape[1], shape[0])), animated, tf.strings.format(
+    size = tf.strings.format(" of {} x {} pixels (width x height)", (shape[1], shape[0]))
+    limit = tf.strings.format(
         " is above the limit of {} pixels: refused before decoding, so an image whose header declares a huge size "
         "cannot exhaust memory. Send a smaller image, or raise the limit (data.max_pixels when training, "
-        "export.max_pixels for an export).", [max_pixels])])
+        "export.max_pixels for an export).", [max_pixels])
+    message = tf.strings.join(["Image", where, size, animated, limit])
     with tf.control_dependencies([tf.debugging.Assert(pixels <= max_pixels, [message], summarize=1)]):
         return tf.identity(data)
 
@@ -221,9 +222,9 @@ def _resize(images: tf.Tensor, image_size: int) -> tf.Tensor:
     return tf.ensure_shape(out, images.shape[:-3].concatenate([image_size, image_size, 3]))
 
 
-def crop_box(height: tf.Tensor, width: tf.Tensor, u: tf.Tensor, scale=(0.08, 1.0),
+def crop_box(height: tf.Tensor, width: tf.Tensor, uniforms: tf.Tensor, scale=(0.08, 1.0),
              ratio=(3 / 4, 4 / 3)) -> tf.Tensor:
-    """The normalised `[y0, x0, y1, x1]` box of a random resized crop, from 4 uniforms `u`.
+    """The normalised `[y0, x0, y1, x1]` box of a random resized crop, from 4 uniforms in [0, 1).
 
     Area `scale[0]..scale[1]` of the image (uniform), aspect ratio (width / height)
     log-uniform in `ratio`, position uniform: torchvision's `RandomResizedCrop` defaults,
@@ -231,12 +232,12 @@ def crop_box(height: tf.Tensor, width: tf.Tensor, u: tf.Tensor, scale=(0.08, 1.0
     (torchvision retries instead; cutting keeps the op branch-free).
     """
     h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
-    area = h * w * (scale[0] + u[0] * (scale[1] - scale[0]))
+    area = h * w * (scale[0] + uniforms[0] * (scale[1] - scale[0]))
     log_lo, log_hi = tf.math.log(ratio[0]), tf.math.log(ratio[1])
-    aspect = tf.exp(log_lo + u[1] * (log_hi - log_lo))
+    aspect = tf.exp(log_lo + uniforms[1] * (log_hi - log_lo))
     crop_w = tf.minimum(tf.sqrt(area * aspect), w)
     crop_h = tf.minimum(tf.sqrt(area / aspect), h)
-    x0, y0 = u[2] * (w - crop_w), u[3] * (h - crop_h)
+    x0, y0 = uniforms[2] * (w - crop_w), uniforms[3] * (h - crop_h)
     return tf.stack([y0 / h, x0 / w, (y0 + crop_h) / h, (x0 + crop_w) / w])
 
 

@@ -26,22 +26,10 @@ import logging
 import numpy as np
 import tensorflow as tf
 
+from tfsim import options
 from tfsim.errors import UserInputError
 
 log = logging.getLogger(__name__)
-
-
-# The samplers by kind, with their options and defaults (the config's `sampler` section takes
-# these keys; `config.resolve` fills the chosen kind's defaults).
-KIND_OPTIONS = {"pk": {"classes_per_batch": 6, "examples_per_class": 10, "small_classes": "replace"},
-                "random": {"batch_size": 60},
-                "epoch": {"batch_size": 60},
-                "triplets": {"batch_size": 60, "triplets_per_query": 4}}
-
-
-# What P x K sampling does with a class of fewer than K images: draw K of its images with
-# replacement, or leave the class out of the batches.
-SMALL_CLASSES = ("replace", "skip")
 
 
 def class_index(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -59,32 +47,11 @@ def class_index(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
 
 def check_options(kind: str, batch_size=None, classes_per_batch=None, examples_per_class=None,
                   triplets_per_query=None, small_classes=None) -> None:
-    """Checks a sampler kind's options without the data (None = not set); raises UserInputError."""
-    if kind == "pk":
-        check_pk_sizes(classes_per_batch, examples_per_class)
-    if small_classes is not None and small_classes not in SMALL_CLASSES:
-        raise UserInputError(f"Invalid value for `small_classes`: expected one of {list(SMALL_CLASSES)}. "
-                             f"Received: small_classes={small_classes!r}")
-    if batch_size is not None and batch_size < (3 if kind == "triplets" else 2):
-        raise UserInputError(f"Invalid value for `batch_size`: expected an integer >= "
-                             f"{3 if kind == 'triplets' else 2}. Received: batch_size={batch_size!r}")
-    if triplets_per_query is not None and triplets_per_query < 1:
-        raise UserInputError("Invalid value for `triplets_per_query`: expected an integer >= 1. "
-                             f"Received: triplets_per_query={triplets_per_query!r}")
-
-
-def check_pk_sizes(classes_per_batch, examples_per_class) -> None:
-    """P >= 2 and K >= 2 (None = not set); raises UserInputError."""
-    if examples_per_class is not None and (not isinstance(examples_per_class, (int, np.integer))
-                                           or examples_per_class < 2):
-        raise UserInputError(
-            "Invalid value for `examples_per_class`: expected an integer >= 2 so every batch "
-            f"holds positive pairs. Received: examples_per_class={examples_per_class!r}")
-    if classes_per_batch is not None and (not isinstance(classes_per_batch, (int, np.integer))
-                                          or classes_per_batch < 2):
-        raise UserInputError(
-            "Invalid value for `classes_per_batch`: expected an integer >= 2 so every batch "
-            f"holds negatives. Received: classes_per_batch={classes_per_batch!r}")
+    """Checks a sampler kind's options without the data (None = not set); raises UserInputError.
+    The one definition is `tfsim.options.check_sampler_options`, which the config uses too."""
+    options.check_sampler_options(kind, batch_size=batch_size, classes_per_batch=classes_per_batch,
+                                  examples_per_class=examples_per_class, triplets_per_query=triplets_per_query,
+                                  small_classes=small_classes)
 
 
 def check_pk(labels: np.ndarray, classes_per_batch: int, examples_per_class: int,
@@ -94,7 +61,8 @@ def check_pk(labels: np.ndarray, classes_per_batch: int, examples_per_class: int
         raise UserInputError("Invalid P x K sampler: expected `classes_per_batch` and `examples_per_class`. "
                              f"Received: classes_per_batch={classes_per_batch!r}, "
                              f"examples_per_class={examples_per_class!r}")
-    check_pk_sizes(classes_per_batch, examples_per_class)
+    check_options("pk", classes_per_batch=classes_per_batch, examples_per_class=examples_per_class,
+                  small_classes=small_classes)
     _, counts = np.unique(labels, return_counts=True)
     num_classes = len(counts)
     batch = classes_per_batch * examples_per_class

@@ -14,13 +14,14 @@ import logging
 import errno
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
-from tfsim.data.preprocess import DEFAULT_MAX_PIXELS
+from tfsim.data.formats import DEFAULT_MAX_PIXELS
 from tfsim.errors import UserInputError
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ class ImageSet:
         and CMYK conversions differ by a few levels)."""
         if self.images is not None:
             return [self.images[r] for r in rows]
-        from tfsim.data.preprocess import decode_file
+        from tfsim.data.preprocess import decode_file  # lazy: preprocess imports TensorFlow (listing files does not)
         return [decode_file(os.fsencode(str(self.paths[r])), self.max_pixels).numpy() for r in rows]
 
 
@@ -120,7 +121,7 @@ def size_problem(path: os.PathLike, max_pixels: int, limit_name: str = "data.max
     """Why `path` is refused before decoding (its headers declare more than `max_pixels` pixels to
     decode: `tfsim.data.preprocess.header_size`, which counts every frame of a GIF), or None;
     `limit_name` names the setting in the reason. `data`: the file's bytes, if already read."""
-    from tfsim.data.preprocess import header_size
+    from tfsim.data.preprocess import header_size  # lazy: preprocess imports TensorFlow
 
     if not max_pixels:
         return None
@@ -140,9 +141,9 @@ def size_problem(path: os.PathLike, max_pixels: int, limit_name: str = "data.max
 def _decode_problem(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Optional[str]:
     """Why the pipeline could not decode `path` (None if it can). The size in the file's header
     is checked first: an image above `max_pixels` is never decoded."""
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: only decoding needs TensorFlow
 
-    from tfsim.data.preprocess import decode
+    from tfsim.data.preprocess import decode  # lazy: as above
     try:
         data = path.read_bytes()
     except OSError as err:
@@ -188,7 +189,6 @@ def check_images(files: Sequence[Path], check_files: bool = True,
 def decode_problems(files: Sequence[Path], max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Optional[str]]:
     """`_decode_problem` of every file, in order, decoded on all cores (TF's decoders release
     the GIL, so threads run them in parallel)."""
-    from concurrent.futures import ThreadPoolExecutor
 
     chunk = 64  # files per task: a task per file costs more than decoding a small image
     if len(files) <= chunk:
@@ -357,7 +357,7 @@ def load_tfds(name: str, split: str = "train+test", data_dir: Optional[str] = No
         UserInputError: the dataset cannot be prepared (unknown name, no archives), or has no
             `image` and `label` features.
     """
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # lazy: TFDS is imported only for TFDS sources (seconds)
 
     try:
         builder = tfds.builder(name, data_dir=data_dir)
@@ -395,7 +395,7 @@ def load_tfds(name: str, split: str = "train+test", data_dir: Optional[str] = No
 
 def _write_encoded(builder, name: str, part: str, label_key: str, target: Path) -> None:
     """One split's encoded images, one file each, and their labels, committed by one rename."""
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # lazy: TFDS is imported only for TFDS sources (seconds)
 
     try:
         ds = builder.as_dataset(split=part, decoders={"image": tfds.decode.SkipDecoding()})

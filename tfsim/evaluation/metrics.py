@@ -29,10 +29,16 @@ import numpy as np
 
 from tfsim.evaluation.knn import knn_blocks
 
+# Whole-set metrics computed only on request: mAP over the whole ranking, NMI and AMI of k-means.
+WHOLE_SET_METRICS = ("map", "nmi", "ami")
 
-def _metric_sums(neighbor_labels: np.ndarray, query_labels: np.ndarray, num_relevant: np.ndarray,
+
+def metric_sums(neighbor_labels: np.ndarray, query_labels: np.ndarray, num_relevant: np.ndarray,
                  ks: Sequence[int], per_class: Optional[dict] = None, full_ranking: bool = False) -> tuple[dict, int]:
-    """Per-metric sums over the queries with R_q > 0, and their count (see `metrics_from_neighbors`)."""
+    """Per-metric sums over the queries with R_q > 0, and their count (see `metrics_from_neighbors`):
+    summed over blocks of queries and divided by the total count, they give the whole-set metrics.
+
+    `per_class`: a dict that receives, per query label, `[queries, recall@1 hits, MAP@R sum]`."""
     if neighbor_labels.shape[1] < max(ks):
         raise ValueError(f"Need at least {max(ks)} neighbours per query for Recall@{max(ks)}; "
                          f"got {neighbor_labels.shape[1]}.")
@@ -73,7 +79,7 @@ def metrics_from_neighbors(neighbor_labels: np.ndarray, query_labels: np.ndarray
         dict with "recall@K" for each K, "r_precision", "map@r" (floats) and
         "num_queries" (queries with R_q > 0).
     """
-    sums, count = _metric_sums(neighbor_labels, query_labels, num_relevant, ks)
+    sums, count = metric_sums(neighbor_labels, query_labels, num_relevant, ks)
     out = {name: (value / count if count else float("nan")) for name, value in sums.items()}
     out["num_queries"] = count
     return out
@@ -130,11 +136,11 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[i
         block_size = max(8, min(block_size, (1 << 25) // max(whole, 1)))
     else:
         k_of = lambda a, b: int(max(max(ks), num_relevant[a:b].max()))  # noqa: E731
-    bar = _progress_bar(len(query_labels)) if progress else None
+    bar = progress_bar(len(query_labels)) if progress else None
     for start, block in knn_blocks(queries, gallery, k_of, similarity, exclude_self=query_mask is None,
                                    block_size=block_size):
         stop = start + len(block.indices)
-        sums, n = _metric_sums(gallery_labels[block.indices], query_labels[start:stop], num_relevant[start:stop], ks,
+        sums, n = metric_sums(gallery_labels[block.indices], query_labels[start:stop], num_relevant[start:stop], ks,
                                classes, full_ranking)
         for name, value in sums.items():
             totals[name] = totals.get(name, 0.0) + value
@@ -149,8 +155,9 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[i
     return out
 
 
-def _progress_bar(queries: int):
-    import keras
+def progress_bar(queries: int):
+    """A progress bar over `queries` queries searched."""
+    import keras  # lazy: the metrics themselves need only NumPy and the k-NN
 
     return keras.utils.Progbar(queries, unit_name="query")
 
@@ -173,7 +180,7 @@ def clustering_metrics(embeddings: np.ndarray, labels: np.ndarray, seed: int = 0
     `normalized_mutual_info_score` / `adjusted_mutual_info_score`. k-means costs
     O(N x classes x D) per iteration: the evaluate command skips it above 1,000 classes.
     """
-    from sklearn.cluster import KMeans
+    from sklearn.cluster import KMeans  # lazy: scikit-learn takes seconds to import, for two metrics
     from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
 
     x = np.asarray(embeddings, np.float64)
@@ -182,67 +189,3 @@ def clustering_metrics(embeddings: np.ndarray, labels: np.ndarray, seed: int = 0
     clusters = KMeans(n_clusters=classes, n_init=1, random_state=seed).fit_predict(x)
     return {"nmi": float(normalized_mutual_info_score(labels, clusters)),
             "ami": float(adjusted_mutual_info_score(labels, clusters))}
-
-
-def ann_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1, 2, 4, 8),
-                similarity: str = "cosine", query_mask: Optional[np.ndarray] = None, sample: int = 2000,
-                seed: int = 0, block_size: int = 4096, progress: bool = False, **index_options) -> dict:
-    """The metrics of `retrieval_metrics`, with neighbours from a ScaNN index of the gallery
-    (`tfsim.index.scann_index.build`; `index_options` go to it), and the gap to exact search.
-
-    Each query asks the index for `max(K, R_q)` neighbours (one more, minus itself, when it is
-    in the gallery). The gap is measured on a seeded sample of `sample` queries, searched both by
-    the index and exhaustively the same way: "gap" holds ANN minus exact for each metric.
-
-    Returns:
-        The ANN metrics (keys as `metrics_from_neighbors`), "gap" and "gap_sample".
-    """
-    from tfsim.evaluation.knn import exact_knn
-    from tfsim.index.scann_index import GalleryIndex, build
-
-    labels = np.asarray(labels)
-    if query_mask is None:
-        q_rows = np.arange(len(labels))
-        g_rows = q_rows
-    else:
-        query_mask = np.asarray(query_mask, bool)
-        q_rows, g_rows = np.flatnonzero(query_mask), np.flatnonzero(~query_mask)
-    gallery, gallery_labels = embeddings[g_rows], labels[g_rows]
-    self_in = query_mask is None
-    per_label = dict(zip(*np.unique(gallery_labels, return_counts=True)))
-    num_relevant = np.array([per_label.get(y, 0) - int(self_in) for y in labels[q_rows]])
-    k = int(min(max(max(ks), num_relevant.max(initial=0)) + int(self_in), len(g_rows)))
-    searcher, params = build(gallery, similarity, num_neighbors=k, **index_options)
-    index = GalleryIndex(searcher, np.asarray(g_rows).astype(str), gallery_labels, (), similarity, params)
-
-    def neighbours(rows: np.ndarray, exact: bool) -> np.ndarray:
-        """Gallery labels of each query's neighbours, itself removed when in the gallery."""
-        found = (exact_knn(embeddings[rows], gallery, k, similarity).indices if exact
-                 else index.search(embeddings[rows], k).indices)
-        if self_in:  # gallery row == embeddings row here: drop the query itself (or the last one)
-            keep = found != rows[:, None]
-            keep[keep.all(axis=1), -1] = False
-            found = found[keep].reshape(len(rows), k - 1)
-        return gallery_labels[found]
-
-    totals: dict = {}
-    count = 0
-    bar = _progress_bar(len(q_rows)) if progress else None
-    for start in range(0, len(q_rows), block_size):
-        rows = q_rows[start:start + block_size]
-        sums, n = _metric_sums(neighbours(rows, False), labels[rows], num_relevant[start:start + len(rows)], ks)
-        for name, value in sums.items():
-            totals[name] = totals.get(name, 0.0) + value
-        count += n
-        if bar is not None:
-            bar.add(len(rows))
-    out = {name: (value / count if count else float("nan")) for name, value in totals.items()}
-    out["num_queries"] = count
-    pick = np.sort(np.random.default_rng(seed).choice(len(q_rows), min(sample, len(q_rows)), replace=False))
-    rows = q_rows[pick]
-    approx = metrics_from_neighbors(neighbours(rows, False), labels[rows], num_relevant[pick], ks)
-    exact = metrics_from_neighbors(neighbours(rows, True), labels[rows], num_relevant[pick], ks)
-    out["gap"] = {name: approx[name] - exact[name] for name in approx if name != "num_queries"}
-    out["gap_sample"] = int(len(rows))
-    out["index"] = params
-    return out

@@ -20,9 +20,9 @@ Each has one signature, `serving_default`: `image_bytes` string `[N]` -> `ids` s
 (the ids the catalogue was indexed with: paths relative to its data root unless it was built
 with `--ids path`; never the file layout of the machine that built it otherwise),
 `labels` string `[N, k]` (class names), `scores` float32 `[N, k]` (larger is closer, as
-`GalleryIndex.search`; minus the Hamming distance for codes), `rows` int64 `[N, k]` (gallery rows). Each version folder also holds
-`assets.extra/tf_serving_warmup_requests` (a gallery image, alone and as a batch) and
-`assets.extra/tfsim/export.json`.
+`GalleryIndex.search`; minus the Hamming distance for codes), `rows` int64 `[N, k]` (gallery
+rows). Each version folder also holds `assets.extra/tf_serving_warmup_requests` (a gallery
+image, alone and as a batch) and `assets.extra/tfsim/export.json`.
 
 Each publish rewrites the export root's TF Serving model configs (`saved_model.write_serving_configs`):
 `models.config` lists what stock TF Serving loads (embedders, exact, Hamming) and
@@ -42,10 +42,15 @@ from typing import Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from absl import logging as absl_logging
+
 from tfsim import distances
-from tfsim.data.preprocess import DEFAULT_MAX_PIXELS
+from tfsim.data.preprocess import DEFAULT_MAX_PIXELS, decode, preprocess, to_uint8
 from tfsim.errors import UserInputError
+from tfsim.export.identity import index_model
 from tfsim.export.saved_model import publish, read_export, warmup_image, write_warmup
+from tfsim.index import storage
+from tfsim.index.hamming import code_words, tf_code_words, tf_hamming_topk
 
 RETRIEVAL_FORMAT = "tfsim.retrieval.v1"
 # TF Serving model configs of an export root: for stock TF Serving, and for one with ScaNN's ops.
@@ -55,7 +60,7 @@ EMBEDDING_KINDS, CODE_KINDS = ("exact", "scann"), ("hamming",)
 
 def _scann_state(scann_dir: Path):
     """The TF-op ScaNN searcher state (`scann_ops.ScannState`) of a serialised pybind searcher."""
-    from scann.scann_ops.py import scann_ops
+    from scann.scann_ops.py import scann_ops  # lazy: ScaNN's TF ops, loaded only for a ScaNN retrieval model
 
     def raw(name: str):
         path = scann_dir / name
@@ -87,8 +92,6 @@ class RetrievalModule(tf.Module):
         self.leaves = int(params.get("num_leaves_to_search", 0))
         self.reorder = int(max(params.get("reorder", 0), self.k))
         if kind == "hamming":  # `vectors`: the packed codes [G, bits / 8]
-            from tfsim.index.hamming import code_words
-
             self.code_bytes = int(vectors.shape[1])
             self.code_words = tf.Variable(code_words(vectors), trainable=False, name="code_words")
         elif kind == "exact":
@@ -109,7 +112,7 @@ class RetrievalModule(tf.Module):
             top = tf.math.top_k(scores, k=self.k)
             rows, scores = top.indices, top.values
         else:
-            from scann.scann_ops.py import scann_ops
+            from scann.scann_ops.py import scann_ops  # lazy: ScaNN's TF ops, loaded only for a ScaNN retrieval model
 
             searcher = scann_ops.searcher_from_module(self.scann)
             n = tf.shape(q)[0]  # ScaNN's op refuses a batch of 0: one unit query more, dropped after
@@ -129,8 +132,6 @@ class RetrievalModule(tf.Module):
     def serve(self, image_bytes):
         out = self.embedder.signatures["serving_default"](image_bytes=image_bytes)
         if self.kind == "hamming":
-            from tfsim.index.hamming import tf_code_words, tf_hamming_topk
-
             rows, dist = tf_hamming_topk(tf_code_words(out["codes"], self.code_bytes), self.code_words, self.k)
             rows, scores = tf.cast(rows, tf.int64), -tf.cast(dist, tf.float32)
         else:
@@ -144,8 +145,6 @@ def _warmup_images(index, image_size: int, max_pixels: int, count: int = 2) -> l
     """Gallery images for the warm-up records, at the model's input size (a grey picture if none
     can be read). A path is data written in the index: the file is decoded (within the export's
     pixel limit) and re-encoded at `image_size`, so no file's bytes are copied into the export."""
-    from tfsim.data.preprocess import decode, preprocess, to_uint8
-
     out = []
     for row in range(min(count, len(index))):
         path = None if index.paths is None else Path(index.paths[row])
@@ -182,16 +181,13 @@ def export_retrieval(model_dir: os.PathLike, index_dir: os.PathLike, root: os.Pa
     Raises:
         UserInputError: not an export or index, an index of another model, an unknown kind.
     """
-    from tfsim.index import scann_index
-    from tfsim.index.catalogue import index_model
-
     if kinds is not None and (not kinds or set(kinds) - set(KINDS)):
         raise UserInputError(f"Invalid retrieval kinds {list(kinds)}: expected some of {list(KINDS)}.")
     if k < 1:
         raise UserInputError(f"Invalid k {k}: expected an integer >= 1.")
     model_dir, index_dir = Path(model_dir), Path(index_dir)
     meta = read_export(model_dir)
-    index = scann_index.load(index_dir)
+    index = storage.load(index_dir)
     index_model(index_dir, model_dir, index.meta)  # the model that built it (its files' fingerprint), always
     codes = index.params.get("mode") == "hamming"
     fits = CODE_KINDS if codes else EMBEDDING_KINDS
@@ -215,8 +211,6 @@ def export_retrieval(model_dir: os.PathLike, index_dir: os.PathLike, root: os.Pa
 
         def write(work: Path, version: int, module=module, kind=kind, model_name=model_name) -> dict:
             options = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"]) if kind == "scann" else None
-            from absl import logging as absl_logging
-
             level = absl_logging.get_verbosity()
             absl_logging.set_verbosity(absl_logging.ERROR)  # (a warning about the embedder's captured names)
             try:

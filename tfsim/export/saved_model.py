@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import uuid
 from pathlib import Path
@@ -37,9 +36,10 @@ from typing import Callable, Optional
 import keras
 import tensorflow as tf
 
-from tfsim.data.preprocess import DEFAULT_MAX_PIXELS, decode, preprocess
 from tfsim import locks
+from tfsim.data.preprocess import DEFAULT_MAX_PIXELS, decode, preprocess
 from tfsim.errors import UserInputError, size_text, writing
+from tfsim.files import latest_version, version_folders, write_json, write_atomic
 
 log = logging.getLogger(__name__)
 EXPORT_FORMAT = "tfsim.export.v1"
@@ -71,9 +71,8 @@ _quiet_save_chatter()  # process-wide: whatever writes a checkpoint or SavedMode
 
 def next_version(base: Path) -> int:
     """One more than the largest integer-named sub-folder of `base` (1 if none)."""
-    versions = [int(p.name) for p in base.iterdir() if p.is_dir() and re.fullmatch(r"\d+", p.name)] \
-        if base.is_dir() else []
-    return max(versions, default=0) + 1
+    versions = version_folders(base)
+    return versions[-1][0] + 1 if versions else 1
 
 
 def publish(base: Path, write: Callable[[Path, int], dict],
@@ -107,9 +106,9 @@ def publish(base: Path, write: Callable[[Path, int], dict],
 
             with writing(base, f"a new version of {base.name!r}", needs,
                          " (the earlier versions are untouched) and run the same command again."):
-                final = _publish_locked(base, write, write_extras, written)
+                version_dir = _publish_locked(base, write, write_extras, written)
                 write_serving_configs(base.parent)
-        return final
+        return version_dir
     finally:
         if created:
             try:
@@ -145,8 +144,8 @@ def _tree_size(folder: Path) -> int:
 
 def _latest_size(base: Path) -> int:
     """The size of the newest version under `base` (0 if none): about what the next one needs."""
-    versions = [p for p in base.iterdir() if p.is_dir() and re.fullmatch(r"\d+", p.name)]
-    return _tree_size(max(versions, key=lambda p: int(p.name))) if versions else 0
+    latest = latest_version(base)
+    return _tree_size(latest) if latest is not None else 0
 
 
 def _publish_locked(base: Path, write: Callable[[Path, int], dict],
@@ -158,25 +157,25 @@ def _publish_locked(base: Path, write: Callable[[Path, int], dict],
         meta = write(work, version)
         meta_dir = work / META_DIR
         meta_dir.mkdir(parents=True, exist_ok=True)
-        (meta_dir / "export.json").write_text(json.dumps(meta, indent=2) + "\n")
+        write_json(meta_dir / "export.json", meta)
         if write_extras is not None:
             write_extras(work)
         while True:  # another process may have taken this version meanwhile
-            final = base / str(version)
+            version_dir = base / str(version)
             try:
-                os.rename(work, final)
+                os.rename(work, version_dir)
                 break
             except OSError:
-                if not final.exists():
+                if not version_dir.exists():
                     raise
                 version += 1
                 meta["version"] = version
-                (work / META_DIR / "export.json").write_text(json.dumps(meta, indent=2) + "\n")
+                write_json(work / META_DIR / "export.json", meta)
     except BaseException:
         written[0] = _tree_size(work)
         shutil.rmtree(work, ignore_errors=True)
         raise
-    return final
+    return version_dir
 
 
 STOCK_CONFIG, SCANN_CONFIG = "models.config", "models_scann.config"
@@ -185,10 +184,10 @@ STOCK_CONFIG, SCANN_CONFIG = "models.config", "models_scann.config"
 def needs_scann(model_folder: os.PathLike) -> bool:
     """Whether the newest version of `<root>/<name>` (the one TF Serving serves) holds ScaNN's
     ops (the `Scann>` namespace its graph names them with), which stock TF Serving lacks."""
-    versions = [v for v in Path(model_folder).iterdir() if v.is_dir() and re.fullmatch(r"\d+", v.name)]
-    if not versions:
+    latest = latest_version(model_folder)
+    if latest is None:
         return False
-    graph = max(versions, key=lambda v: int(v.name)) / "saved_model.pb"
+    graph = latest / "saved_model.pb"
     return graph.is_file() and b"Scann>" in graph.read_bytes()
 
 
@@ -206,8 +205,7 @@ def write_serving_configs(root: os.PathLike) -> tuple[Path, Path]:
             --model_config_file=$PWD/saved_models/models.config
     """
     root = Path(root)
-    models = sorted(p for p in root.iterdir() if p.is_dir() and any(
-        v.is_dir() and re.fullmatch(r"\d+", v.name) for v in p.iterdir()))
+    models = sorted(p for p in root.iterdir() if p.is_dir() and version_folders(p))
     scann = {p for p in models if needs_scann(p)}
     written = []
     for name, listed in ((STOCK_CONFIG, [p for p in models if p not in scann]), (SCANN_CONFIG, models)):
@@ -216,13 +214,8 @@ def write_serving_configs(root: os.PathLike) -> tuple[Path, Path]:
             lines += ["  config {", f'    name: "{model.name}"', f'    base_path: "{model.resolve()}"',
                       '    model_platform: "tensorflow"', "  }"]
         lines.append("}")
-        out, tmp = root / name, root / f".{name}.{uuid.uuid4().hex[:8]}"
-        try:
-            tmp.write_text("\n".join(lines) + "\n")
-            os.replace(tmp, out)
-        finally:
-            tmp.unlink(missing_ok=True)
-        written.append(out)
+        # (unique temporary names: exports under other names, other locks, may write them at once)
+        written.append(write_atomic(root / name, "\n".join(lines) + "\n", unique=True))
     return written[0], written[1]
 
 
@@ -236,6 +229,7 @@ def write_warmup(export_dir: Path, model_name: str, images: list[bytes], signatu
     """`assets.extra/tf_serving_warmup_requests`: PredictionLog records TF Serving replays when it
     loads the version, so the first user request pays no graph tracing or index start-up. One
     request per image, then one with all of them (a batch)."""
+    # lazy: tensorflow-serving-api's protos are needed only when warm-up records are written
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
     out = Path(export_dir) / "assets.extra" / "tf_serving_warmup_requests"
@@ -327,9 +321,9 @@ def export_embedder(model: keras.Model, root: os.PathLike, name: str, image_size
         write_warmup(work, name, [warmup_image(image_size)])
         return meta
 
-    final = publish(Path(root) / name, write, write_extras)
-    log.info("Exported SavedModel to %s", final)
-    return final
+    version_dir = publish(Path(root) / name, write, write_extras)
+    log.info("Exported SavedModel to %s", version_dir)
+    return version_dir
 
 
 def read_export(path: os.PathLike) -> dict:
@@ -343,7 +337,7 @@ def read_export(path: os.PathLike) -> dict:
     if not (path / "saved_model.pb").is_file() or not meta_file.is_file():
         hint = ""
         if path.is_dir():
-            versions = sorted((p.name for p in path.iterdir() if re.fullmatch(r"\d+", p.name)), key=int)
+            versions = [str(v) for v, _ in version_folders(path)]
             if versions:
                 hint = f" It holds versions {versions}: pass {str(path / versions[-1])!r}."
         raise UserInputError(

@@ -1,4 +1,4 @@
-"""Binary codes and exact Hamming search (learning to hash, issue 15's first part).
+"""Hamming search: binary codes of a hashing model (`model.head=hash`), searched exactly.
 
     relaxed codes [N, bits] in (-1, 1) (a tanh head)
       -> `pack_codes`: sign -> bits (1 for >= 0), packed 8 per byte, big-endian within a byte
@@ -7,8 +7,10 @@
       -> `hamming_topk`: exact top-k (bisection on counts), ties by the lower database row
       -> `tf_hamming_topk`: the same with TF ops on int64 words (`tf.bitwise.bitwise_xor`,
          `tf.raw_ops.PopulationCount`, `tf.math.top_k`), for the retrieval SavedModel
+      -> `HammingSearcher` / `build_hamming`: the index's searcher of a gallery's packed codes
       -> `hamming_map`: mAP over the whole Hamming ranking (ties by row, as the search ranks),
-         mAP@k and precision within Hamming radius r, with a database / query protocol
+         mAP@k and precision within Hamming radius r, with a database / query protocol;
+         `hamming_metrics`: the ones the train and evaluate commands report
 
 Memory of the search: about 256 MB for one block of `[block, G]` distances and the XOR and
 popcount temporaries of one 64-bit word column (the codes themselves are bits / 8 bytes
@@ -17,9 +19,12 @@ each: 1M x 64-bit codes are 8 MB).
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
+
 
 def pack_codes(relaxed: np.ndarray) -> np.ndarray:
     """`[N, bits]` real codes -> `[N, bits / 8]` uint8 (bit = code >= 0). `bits` must be a multiple of 8."""
@@ -27,12 +32,6 @@ def pack_codes(relaxed: np.ndarray) -> np.ndarray:
     if relaxed.ndim != 2 or relaxed.shape[1] % 8:
         raise ValueError(f"Expected codes [N, bits] with bits a multiple of 8; got shape {relaxed.shape}.")
     return np.packbits(relaxed >= 0, axis=1)
-
-
-def unpack_codes(packed: np.ndarray) -> np.ndarray:
-    """`[N, bytes]` uint8 -> `[N, 8 bytes]` of -1 / +1 (float32)."""
-    bits = np.unpackbits(np.asarray(packed, np.uint8), axis=1)
-    return bits.astype(np.float32) * 2 - 1
 
 
 def _words(codes: np.ndarray) -> np.ndarray:
@@ -115,7 +114,7 @@ def code_words(codes: np.ndarray) -> np.ndarray:
 def tf_code_words(codes, num_bytes: Optional[int] = None):
     """`code_words` with TF ops: uint8 `[N, B]` -> int64 `[N, ceil(B / 8)]` (`num_bytes`: B, when
     the tensor's static shape does not say it)."""
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: the NumPy search and metrics run without TensorFlow
 
     if num_bytes is not None:
         codes = tf.ensure_shape(codes, [None, num_bytes])
@@ -129,7 +128,7 @@ def tf_hamming_topk(query_words, database_words, k: int):
     a time (`[G, W]` memory): `(rows int32 [Q, k], distances int32 [Q, k])`, also for Q = 0.
     `tf.math.top_k` keeps the lower index first among equal values, so ties break as in NumPy.
     The database's size must be static (a variable or constant)."""
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: the NumPy search and metrics run without TensorFlow
 
     k = min(int(k), int(database_words.shape[0]))
 
@@ -141,6 +140,44 @@ def tf_hamming_topk(query_words, database_words, k: int):
 
     spec = tf.TensorSpec([k], tf.int32)
     return tf.map_fn(one, query_words, fn_output_signature=(spec, spec))
+
+
+class HammingSearcher:
+    """Exact Hamming search over packed binary codes (`tfsim.index.hamming`), with the parts of
+    ScaNN's searcher interface the index uses: `search_batched` (relaxed query codes in; rows
+    and negated Hamming distances out, nearest first, ties by row), `serialize`, `size`, and
+    `searcher.upsert` for additions."""
+
+    def __init__(self, codes: np.ndarray):
+        self.codes = np.asarray(codes, np.uint8)
+        self.searcher = self  # (`add_to_index` calls `searcher.searcher.upsert`, as for ScaNN)
+
+    def search_batched(self, queries, final_num_neighbors=10, **scann_only):
+        rows, dist = hamming_topk(pack_codes(np.asarray(queries)), self.codes, final_num_neighbors)
+        return rows, -dist.astype(np.float32)
+
+    def upsert(self, indices, vectors, batch_size=1):
+        """Appends the codes of `vectors` (relaxed codes) as new rows (ScaNN's signature; `indices`
+        and `batch_size` unused)."""
+        self.codes = np.concatenate([self.codes, pack_codes(np.asarray(vectors))])
+
+    def size(self) -> int:
+        return int(len(self.codes))
+
+    def serialize(self, directory: str) -> None:
+        np.save(Path(directory) / "codes.npy", self.codes)
+
+    @classmethod
+    def load(cls, directory: os.PathLike) -> "HammingSearcher":
+        return cls(np.load(Path(directory) / "codes.npy"))
+
+
+def build_hamming(relaxed: np.ndarray) -> tuple[HammingSearcher, dict]:
+    """A Hamming index of `[G, bits]` relaxed codes (a `model.head=hash` export's embeddings)."""
+    codes = pack_codes(relaxed)
+    return HammingSearcher(codes), {"mode": "hamming", "code_bits": int(codes.shape[1] * 8), "size": len(codes),
+                                    "dim": int(np.asarray(relaxed).shape[1]), "num_neighbors": 10,
+                                    "bytes_per_item": int(codes.shape[1])}
 
 
 def hamming_map(query_codes: np.ndarray, query_labels: np.ndarray, db_codes: np.ndarray, db_labels: np.ndarray,
@@ -198,3 +235,13 @@ def hamming_map(query_codes: np.ndarray, query_labels: np.ndarray, db_codes: np.
     if top:
         out[f"map@{top}"] = sums["top"] / count if count else float("nan")
     return out
+
+
+def hamming_metrics(relaxed: np.ndarray, labels: np.ndarray, queries: Optional[np.ndarray]) -> dict:
+    """mAP (whole ranking), mAP@100 and precision within radius 2 of the packed codes of `relaxed`
+    `[N, bits]`: the `queries` rows (bool `[N]`) against the others (query/gallery), or with
+    `queries=None` each row against all others (leave-one-out)."""
+    codes, labels = pack_codes(relaxed), np.asarray(labels)
+    if queries is not None:
+        return hamming_map(codes[queries], labels[queries], codes[~queries], labels[~queries], top=100)
+    return hamming_map(codes, labels, codes, labels, top=100, exclude_self=True)

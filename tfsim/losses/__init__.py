@@ -6,9 +6,9 @@ says what its `y_pred` is (`input_kind`), which the training pipeline uses to bu
 model and batches:
 
 * "embeddings": a labelled batch of embeddings (P x K or random batches). Mining losses
-  (tfa-compatible triplet and lifted losses, the PML-style batch-all triplet loss, multi-similarity, contrastive, binomial
-  deviance, NCA) and Keras's own `keras.losses.Circle`, registered as it is rather than
-  rewritten.
+  (tfa-compatible triplet and lifted losses, the PML-style batch-all triplet loss,
+  multi-similarity, contrastive, binomial deviance, NCA) and Keras's own
+  `keras.losses.Circle`, registered as it is rather than rewritten.
 * "proxy_similarities": cosine similarities to learned class proxies
   (`tfsim.models.proxies.CosineProxies`): normalized softmax, Proxy-NCA.
 * "triplets": explicit (query, positive, negative) rows from the triplet sampler:
@@ -87,9 +87,10 @@ def get_loss(name: str, **kwargs):
     return LOSSES[name](**kwargs)
 
 
-__all__ = ["LOSSES", "BatchAllTripletLoss", "BinomialDevianceLoss", "ContrastiveLoss", "LiftedStructLoss", "MultiSimilarityLoss",
-           "NCALoss", "NormalizedSoftmaxLoss", "ProxyNCALoss", "TripletHardLoss", "TripletMarginLoss",
-           "TripletSemiHardLoss", "batch_all_triplet_loss", "binomial_deviance_loss", "contrastive_loss", "get_loss", "input_kind", "loss_arguments",
+__all__ = ["LOSSES", "BatchAllTripletLoss", "BinomialDevianceLoss", "ContrastiveLoss", "LiftedStructLoss",
+           "MultiSimilarityLoss", "NCALoss", "NormalizedSoftmaxLoss", "ProxyNCALoss", "TripletHardLoss",
+           "TripletMarginLoss", "TripletSemiHardLoss", "batch_all_triplet_loss", "binomial_deviance_loss",
+           "contrastive_loss", "get_loss", "input_kind", "loss_arguments",
            "lifted_struct_loss", "multi_similarity_loss", "nca_loss", "normalized_softmax_loss",
            "proxy_nca_loss", "supports_cross_replica", "triplet_hard_loss", "triplet_margin_loss",
            "triplet_semihard_loss"]

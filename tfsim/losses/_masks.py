@@ -1,4 +1,4 @@
-"""Shared pieces of the metric losses: label masks, casting, safe reductions (masked max/min/logsumexp) and argument checks.
+"""Shared pieces of the metric losses: label masks, casting, safe reductions and argument checks.
 
 Every mining loss starts from the same three masks of a batch of labels `[B]`:
 `same` (y_i == y_j, diagonal included), `positive` (same class, i != j) and

@@ -37,7 +37,8 @@ class HashingLoss(keras.losses.Loss):
         if not weight >= 0:
             raise ValueError(f"Invalid value for `weight`: expected a number >= 0. Received: weight={weight!r}")
         if isinstance(code_bits, bool) or not isinstance(code_bits, numbers.Integral) or code_bits < 1:
-            raise ValueError(f"Invalid value for `code_bits`: expected an integer > 0. Received: code_bits={code_bits!r}")
+            raise ValueError(
+                f"Invalid value for `code_bits`: expected an integer > 0. Received: code_bits={code_bits!r}")
         self.weight, self.code_bits = float(weight), int(code_bits)
 
     def call(self, y_true, y_pred):
@@ -55,22 +56,3 @@ class HashingLoss(keras.losses.Loss):
         config.update(inner=keras.losses.serialize(self.inner), code_bits=self.code_bits, weight=self.weight)
         return config
 
-
-@keras.saving.register_keras_serializable(package="tfsim")
-class WithQuantization(HashingLoss):
-    """The hash head's loss before `HashingLoss` (kept so that checkpoints written with it load
-    and resume with the loss they started with): `inner(y_true, u) + weight * mean((|u| - 1)^2)`
-    on the raw, unscaled codes. New runs use `HashingLoss`."""
-
-    def __init__(self, inner, weight: float = 0.1, name: str = "with_quantization", **kwargs):
-        super().__init__(inner, 1, weight, name=name, **kwargs)
-
-    def call(self, y_true, y_pred):
-        codes = keras.ops.cast(y_pred, "float32")
-        loss = self.inner.call(y_true, codes)
-        return loss + self.weight * keras.ops.mean(keras.ops.square(keras.ops.abs(codes) - 1.0))
-
-    def get_config(self):
-        config = super().get_config()
-        del config["code_bits"]
-        return config

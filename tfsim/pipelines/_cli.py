@@ -23,11 +23,13 @@ import re
 import sys
 from typing import Callable
 
+from tfsim import config
 from tfsim.errors import UserInputError, disk_full_errno
 
 
 def quiet_tensorflow() -> None:
-    """Silences TensorFlow's C++ log chatter, e.g. cuInit errors on CPU-only machines (override by setting TF_CPP_MIN_LOG_LEVEL)."""
+    """Silences TensorFlow's C++ log chatter, e.g. cuInit errors on CPU-only machines (override by
+    setting TF_CPP_MIN_LOG_LEVEL)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
@@ -39,8 +41,6 @@ class ListConfigs(argparse.Action):
         super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        from tfsim import config
-
         described = config.preset_descriptions()
         width = max(map(len, described))
         print("Presets (--config NAME; or the path of a JSON config file, e.g. {\"base\": NAME, ...}):")

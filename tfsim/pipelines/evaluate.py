@@ -1,6 +1,6 @@
 """`python -m tfsim.pipelines.evaluate --model MODEL [--data DATA | --query DATA --gallery DATA]`
 
-Retrieval quality of a trained model on any images (`tfsim.evaluation.evaluate` does the
+Retrieval quality of a trained model on any images (`tfsim.training.assessment` does the
 work). MODEL is an export saved_models/<name>/<version>, a run folder runs/<name> (its latest
 checkpoint) or a checkpoint runs/<name>/checkpoints/epoch-NNNN.keras; a run's model is
 evaluated on the run's held-out classes when no data is given. DATA is a folder
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tfsim.errors import UserInputError
 from tfsim.pipelines import _cli
 
 _cli.quiet_tensorflow()
@@ -21,7 +22,8 @@ _cli.quiet_tensorflow()
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m tfsim.pipelines.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True,
-                        help="an export saved_models/<name>/<version>, a run folder runs/<name> (its latest checkpoint) "
+                        help="an export saved_models/<name>/<version>, a run folder runs/<name> (its latest "
+                             "checkpoint) "
                              "or a checkpoint runs/<name>/checkpoints/epoch-NNNN.keras")
     parser.add_argument("--data", help="one set: each image queries all the others (or its own query/gallery split); "
                                        "default for a run: its held-out classes")
@@ -38,18 +40,19 @@ def main(argv: list[str]) -> int:
                         help="also the metrics from a ScaNN index of the gallery, and their gap to exact on a sample")
     args = parser.parse_args(argv)
 
-    from tfsim.errors import UserInputError
 
     # The arguments are checked before TensorFlow is imported: a mistake is reported at once.
     try:
         ks = tuple(int(k) for k in args.ks.split(",") if k.strip())
     except ValueError:
-        raise UserInputError(f"Invalid --ks {args.ks!r}: expected integers separated by commas, e.g. 1,2,4,8.") from None
+        raise UserInputError(f"Invalid --ks {args.ks!r}: expected integers separated by commas, "
+                             "e.g. 1,2,4,8.") from None
     if not ks or min(ks) < 1:
         raise UserInputError(f"Invalid --ks {args.ks!r}: expected integers >= 1.")
     if args.max_pixels is not None and args.max_pixels < 1:
         raise UserInputError(f"Invalid --max-pixels {args.max_pixels}: expected an integer >= 1 (width x height).")
-    from tfsim.evaluation.evaluate import evaluate, format_table
+    from tfsim.evaluation.report import format_table  # lazy: TensorFlow, after the checks
+    from tfsim.training.assessment import evaluate  # lazy: TensorFlow, after the checks
 
     model = Path(args.model)
     if args.out:

@@ -1,7 +1,7 @@
 """`python -m tfsim.pipelines.index --model saved_models/<name>/<version> --data DATA --out DIR`
 
 Embeds a catalogue of images with an export and writes a ScaNN index that tunes itself to
---target-recall (`tfsim.index.catalogue` does the work); `--add DATA --index DIR` inserts new
+--target-recall (`tfsim.export.catalogue` does the work); `--add DATA --index DIR` inserts new
 images into an existing index (with `--model`, the export that built it, unless the index lies
 inside it); `--ids path` makes the index return absolute file paths as ids instead of paths
 relative to the data root; `--serve ROOT` also writes the retrieval SavedModels of the
@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tfsim import config as config_lib
+from tfsim.errors import UserInputError
 from tfsim.pipelines import _cli
 
 _cli.quiet_tensorflow()
@@ -41,12 +43,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--serve", metavar="ROOT", help="also write the retrieval SavedModels to this export root")
     parser.add_argument("--kinds", default=None, help="retrieval SavedModels to write (default: exact,scann for an "
                                                       "embedding index, hamming for binary codes)")
-    parser.add_argument("--top-k", type=int, default=10, help="neighbours each retrieval SavedModel returns (default 10)")
+    parser.add_argument("--top-k", type=int, default=10,
+                        help="neighbours each retrieval SavedModel returns (default 10)")
     parser.add_argument("--batch-size", type=int, default=256)
     args = parser.parse_args(argv)
 
-    from tfsim import config as config_lib
-    from tfsim.errors import UserInputError
 
     # The arguments and the config are checked before TensorFlow is imported: a mistake is reported at once.
     serve_only = args.index and args.add is None and args.serve and not (args.data or args.out)
@@ -58,9 +59,11 @@ def main(argv: list[str]) -> int:
             raise UserInputError("Give --model EXPORT --data DATA --out DIR to build an index, or --add DATA "
                                  "--index DIR to add to one.")
         overrides = [f"index.{key}={value}" for key, value in
-                     (("target_recall", args.target_recall), ("num_neighbors", args.num_neighbors)) if value is not None]
+                     (("target_recall", args.target_recall), ("num_neighbors", args.num_neighbors))
+                     if value is not None]
         cfg = config_lib.load("default", overrides)
-    from tfsim.index import catalogue, scann_index
+    from tfsim.export import catalogue, identity  # lazy: TensorFlow, after the checks
+    from tfsim.index import float_search, storage  # lazy: TensorFlow, after the checks
 
     added = None
     if serve_only:
@@ -68,10 +71,10 @@ def main(argv: list[str]) -> int:
     elif args.add is not None:
         path, added = catalogue.add_to_index(args.index, args.add, args.model, args.batch_size)
     else:
-        path = catalogue.build_index(args.model, args.data, args.out, scann_index.options(cfg.index), args.batch_size,
-                                     ids=args.ids or "relative")
-    meta = scann_index.read_meta(path)
-    model = catalogue.index_model(path, args.model, meta) if args.serve else None  # (before printing anything)
+        path = catalogue.build_index(args.model, args.data, args.out, float_search.build_options(cfg.index),
+                                     args.batch_size, ids=args.ids or "relative")
+    meta = storage.read_meta(path)
+    model = identity.index_model(path, args.model, meta) if args.serve else None  # (before printing anything)
     p = meta["params"]
     print(f"\nindex: {path} ({meta['size']} images, {len(meta['class_names'])} classes, {p['mode']})")
     if added is not None:
@@ -83,8 +86,8 @@ def main(argv: list[str]) -> int:
     model_arg = f" --model {args.model}" if args.model else ""
     print(f"search it: python -m tfsim.pipelines.search --index {path}{model_arg} --image IMAGE")
     if args.serve:
-        from tfsim.export.retrieval import export_retrieval
-        from tfsim.export.saved_model import SCANN_CONFIG, STOCK_CONFIG
+        from tfsim.export.retrieval import export_retrieval  # lazy: TensorFlow, after the checks
+        from tfsim.export.saved_model import SCANN_CONFIG, STOCK_CONFIG  # lazy: TensorFlow, after the checks
 
         kinds = None if args.kinds is None else tuple(k.strip() for k in args.kinds.split(",") if k.strip())
         for kind, folder in export_retrieval(model, path, args.serve, args.top_k, kinds).items():

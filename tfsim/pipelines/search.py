@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tfsim.errors import UserInputError
 from tfsim.pipelines import _cli
 
 _cli.quiet_tensorflow()
@@ -27,11 +28,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", default=None, help="PNG grid to write (default: search_<image name>.png)")
     args = parser.parse_args(argv)
 
-    from tfsim.errors import UserInputError
 
     if args.top_k < 1:  # (search_image checks it too; here before TensorFlow is imported, to be reported at once)
         raise UserInputError(f"Invalid value for `--top-k`: expected an integer >= 1. Received: {args.top_k}")
-    from tfsim.index.search import check_output, render_grid, search_image
+    from tfsim.export.search import check_output, render_grid, search_image  # lazy: TensorFlow, after the checks
 
     out = check_output(args.out or f"search_{Path(args.image).stem}.png")
     result = search_image(args.model, args.image, args.top_k, args.index)

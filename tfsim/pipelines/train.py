@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 
+from tfsim import config, options
 from tfsim.pipelines import _cli
 
 _cli.quiet_tensorflow()
@@ -25,14 +26,15 @@ def format_table(metrics: dict, ks) -> str:
     for name, m in rows:
         if m is None:
             continue
-        vals = [m[f"recall@{k}"] for k in ks] + [m["map@r"], m["r_precision"]]
+        vals = [m[name] for name in options.scalar_metrics(ks)]
         lines.append(f"{name:<20}" + "".join(f"{v:>8.4f}" for v in vals))
     return "\n".join(lines)
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m tfsim.pipelines.train", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="default", help="a preset name (tfsim/presets/<name>.json) or the path of a JSON config file")
+    parser.add_argument("--config", default="default",
+                        help="a preset name (tfsim/presets/<name>.json) or the path of a JSON config file")
     parser.add_argument("--list-configs", action=_cli.ListConfigs)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set train.epochs=3 (repeatable)")
@@ -41,17 +43,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--quiet", action="store_true", help="no per-epoch Keras output")
     args = parser.parse_args(argv)
 
-    from tfsim import config
-
     cfg = config.load(args.config, args.overrides, resolved=False)  # before TensorFlow: a mistake is reported at once
+    # lazy: TensorFlow (about 6 s) loads only once the config is known to be valid
     from tfsim.training import train
+    from tfsim.training.fit import summarize_names
 
     result = train(cfg, args.run_dir, resume=not args.no_resume, verbose=0 if args.quiet else "auto")
     m = result.metrics
     if not m:  # a multi-worker task other than the chief: the chief reports
         print(f"\nworker finished training in {result.seconds:.0f} s; the chief writes {result.run_dir}")
         return 0
-    from tfsim.training.fit import summarize_names
     classes = summarize_names(result.test_classes, full_list=f"{result.run_dir / 'metrics.json'}")
     print(f"\nRetrieval on {len(result.test_classes)} held-out classes ({classes}; "
           f"{m['num_queries']:,} queries, " + ("each against the gallery):" if m.get("protocol") == "query_gallery"
@@ -62,7 +63,8 @@ def main(argv: list[str]) -> int:
         print(f"\nselected epoch {sel['epoch']} of {sel['epochs_trained']} by {sel['metric']} {sel['value']:.4f} on "
               f"validation classes {sel['validation_classes']}"
               + (f" (stopped early at epoch {sel['stopped_early']})" if sel["stopped_early"] else ""))
-    print(f"\nrun folder:   {result.run_dir}  (metrics.json, baselines.json, config.json, tensorboard/, checkpoints/, whitening.npz, samples/)")
+    print(f"\nrun folder:   {result.run_dir}  (metrics.json, baselines.json, config.json, tensorboard/, "
+          "checkpoints/, whitening.npz, samples/)")
     if result.export_dir:
         print(f"SavedModel:   {result.export_dir}")
     if result.index_dir:

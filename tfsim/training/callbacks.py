@@ -3,7 +3,6 @@ evaluation per epoch, resumable checkpoints."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -15,6 +14,7 @@ import tensorflow as tf
 
 from tfsim import runs
 from tfsim.errors import UserInputError
+from tfsim.files import write_json
 from tfsim.evaluation.embed import embed_dataset
 from tfsim.evaluation.metrics import retrieval_metrics
 
@@ -78,7 +78,7 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
         loss = (logs or {}).get("loss")
         if loss is None or np.isfinite(float(loss)):
             return
-        last = ResumableCheckpoint.latest(self.checkpoints) if self.checkpoints is not None else None
+        last = runs.latest_checkpoint(self.checkpoints) if self.checkpoints is not None else None
         kept = (f"The last good checkpoint ({last[0].name}, epoch {last[1]}) is kept."
                 if last is not None else "No epoch had finished, so there is no checkpoint.")
         raise TrainingDiverged(
@@ -141,11 +141,8 @@ class ResumableCheckpoint(keras.callbacks.Callback):
     stay, so that a run whose last checkpoint was damaged on disk resumes from the one before
     (`tfsim.runs.choose_checkpoint`). A full disk stops training with one line naming the
     folder and the space needed; the previous checkpoints are kept and the temporary file
-    removed. `latest(dir)` reads the newest back (a run folder written before these names,
-    with `last.keras` + `last.json`, still resumes).
+    removed. `tfsim.runs.latest_checkpoint(dir)` reads the newest back.
     """
-
-    PATTERN = runs.EPOCH_PATTERN
 
     def __init__(self, directory: os.PathLike, keep: int = 2):
         super().__init__()
@@ -154,30 +151,18 @@ class ResumableCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.directory.mkdir(parents=True, exist_ok=True)
-        final = self.directory / f"epoch-{epoch + 1:04d}.keras"
-        runs.save_model(self.model, final, f"the checkpoint of epoch {epoch + 1}", _kept(self.directory))
-        for old in self.checkpoints(self.directory)[:-self.keep]:
-            old[0].unlink(missing_ok=True)
-        for partial, epochs, _ in StepCheckpoint.partials(self.directory):
+        path = self.directory / f"epoch-{epoch + 1:04d}.keras"
+        runs.save_model(self.model, path, f"the checkpoint of epoch {epoch + 1}", _kept(self.directory))
+        for old, _ in runs.epoch_checkpoints(self.directory)[:-self.keep]:
+            old.unlink(missing_ok=True)
+        for partial, epochs, _ in runs.partial_checkpoints(self.directory):
             if epochs <= epoch:  # within the epoch just committed
                 partial.unlink(missing_ok=True)
-
-    @classmethod
-    def checkpoints(cls, directory: os.PathLike) -> list[tuple[Path, int]]:
-        """`(path, completed epochs)` of every committed checkpoint, oldest first."""
-        return runs.epoch_checkpoints(directory)
-
-    @classmethod
-    def latest(cls, directory: os.PathLike):
-        """`(path, completed epochs)` of the newest checkpoint (not verified: see
-        `tfsim.runs.choose_checkpoint`), or None if there is none."""
-        found = cls.checkpoints(directory)
-        return found[-1] if found else runs.legacy_checkpoint(directory)
 
 
 def _kept(directory: Path) -> str:
     """The end of a disk-full line at a checkpoint: what is kept, and that the same command resumes."""
-    point = resume_point(directory)
+    point = runs.resume_point(directory)
     if point is None:
         return " and run the same command again."
     return (f" (the previous checkpoint {point[0].name} is kept) and run the same command again: it resumes from "
@@ -190,10 +175,8 @@ class StepCheckpoint(keras.callbacks.Callback):
 
     Writes `<dir>/partial-EEEE-SSSSSS.keras` (E completed epochs, then S steps of the next)
     atomically, deleting the previous partial one; the epoch checkpoint deletes the partial ones
-    of its epoch. `resume_point(dir)` returns the furthest checkpoint of either kind.
+    of its epoch. `tfsim.runs.resume_point(dir)` returns the furthest checkpoint of either kind.
     """
-
-    PATTERN = runs.PARTIAL_PATTERN
 
     def __init__(self, directory: os.PathLike, every: int, steps_per_epoch: int, initial_step: int = 0):
         super().__init__()
@@ -202,28 +185,16 @@ class StepCheckpoint(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.step += 1
-        epochs, into = divmod(self.step, self.steps_per_epoch)
-        if into == 0 or into % self.every:
+        epochs, steps_into_epoch = divmod(self.step, self.steps_per_epoch)
+        if steps_into_epoch == 0 or steps_into_epoch % self.every:
             return  # the epoch checkpoint covers epoch ends
         self.directory.mkdir(parents=True, exist_ok=True)
-        final = self.directory / f"partial-{epochs:04d}-{into:06d}.keras"
-        runs.save_model(self.model, final, f"the checkpoint of step {into} of epoch {epochs + 1}",
+        path = self.directory / f"partial-{epochs:04d}-{steps_into_epoch:06d}.keras"
+        runs.save_model(self.model, path, f"the checkpoint of step {steps_into_epoch} of epoch {epochs + 1}",
                         _kept(self.directory))
-        for old, e, i in self.partials(self.directory):
-            if (e, i) != (epochs, into):
+        for old, e, i in runs.partial_checkpoints(self.directory):
+            if (e, i) != (epochs, steps_into_epoch):
                 old.unlink(missing_ok=True)
-
-    @classmethod
-    def partials(cls, directory: os.PathLike) -> list[tuple[Path, int, int]]:
-        """`(path, completed epochs, steps into the next)` of every partial checkpoint, oldest first."""
-        return runs.partial_checkpoints(directory)
-
-
-def resume_point(directory: os.PathLike) -> Optional[tuple[Path, int, int]]:
-    """`(path, completed epochs, steps into the next epoch)` of the furthest checkpoint (epoch or
-    partial; not verified: see `tfsim.runs.choose_checkpoint`), or None."""
-    points = runs.resume_points(directory)
-    return points[0] if points else None
 
 
 class BestCheckpoint(keras.callbacks.Callback):
@@ -232,24 +203,20 @@ class BestCheckpoint(keras.callbacks.Callback):
 
     Reads the metric from a `RetrievalEvaluation` placed before it (on validation classes carved
     from the training classes, never the test classes). Writes `<dir>/best.keras` atomically,
-    then `<dir>/best.json`: the metric, the best epoch and value, every epoch's value, and
-    `stopped_early` (the epoch training stopped at, or null). An improvement must be strictly
-    greater, so ties keep the earlier epoch. On resume from `initial_epoch`, the state is rebuilt
-    from the recorded epochs up to it (later ones are replayed identically).
+    then `<dir>/best.json` (read back by `tfsim.runs.read_best`): the metric, the best epoch and
+    value, every epoch's value, and `stopped_early` (the epoch training stopped at, or null). An
+    improvement must be strictly greater, so ties keep the earlier epoch. On resume from
+    `initial_epoch`, the state is rebuilt from the recorded epochs up to it (later ones are
+    replayed identically).
     """
 
     def __init__(self, directory: os.PathLike, evaluation: "RetrievalEvaluation", metric: str = "map@r",
                  patience: int = 0, initial_epoch: int = 0, state_from: Optional[os.PathLike] = None):
         super().__init__()
         self.directory, self.evaluation, self.metric, self.patience = Path(directory), evaluation, metric, patience
-        state = self.read(state_from or self.directory) or {}  # (a multi-worker task: the chief's state)
+        state = runs.read_best(state_from or self.directory) or {}  # (a multi-worker task: the chief's state)
         self.values = [v for v in state.get("values", []) if v["epoch"] <= initial_epoch]
         self.stopped_early: Optional[int] = None
-
-    @staticmethod
-    def read(directory: os.PathLike) -> Optional[dict]:
-        path = Path(directory) / "best.json"
-        return json.loads(path.read_text()) if path.is_file() else None
 
     def best(self) -> Optional[dict]:
         """The best recorded epoch (the earliest among equals), or None."""
@@ -271,6 +238,4 @@ class BestCheckpoint(keras.callbacks.Callback):
                      self.metric, self.patience, epoch + 1, best["epoch"], best["value"])
         state = {"metric": self.metric, "epoch": best["epoch"], "value": best["value"], "values": self.values,
                  "stopped_early": self.stopped_early}
-        tmp = self.directory / ".tmp-best.json"
-        tmp.write_text(json.dumps(state, indent=2) + "\n")
-        os.replace(tmp, self.directory / "best.json")
+        write_json(self.directory / "best.json", state)

@@ -90,7 +90,8 @@ def worker_batches(strategy: tf.distribute.Strategy, make_dataset: Callable[[], 
     replicas = strategy.num_replicas_in_sync
     if global_batch % replicas:
         raise UserInputError(f"The batch of {global_batch} images cannot be split over {replicas} replicas: choose "
-                             f"sampler.classes_per_batch (or sampler.batch_size) so that it is a multiple of {replicas}.")
+                             "sampler.classes_per_batch (or sampler.batch_size) so that it is a multiple of "
+                             f"{replicas}.")
     per_replica = global_batch // replicas
 
     def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
@@ -142,8 +143,8 @@ class SyncAcrossWorkers(keras.callbacks.Callback):
 
 
 def fit_loop(model: keras.Model, strategy: tf.distribute.Strategy, batches, epochs: int, steps_per_epoch: int,
-             initial_epoch: int, into: int, callbacks: list, verbose: int = 0) -> None:
-    """`model.fit` for a multi-worker strategy (see module doc): from step `into` of epoch
+             initial_epoch: int, steps_into_epoch: int, callbacks: list, verbose: int = 0) -> None:
+    """`model.fit` for a multi-worker strategy (see module doc): from step `steps_into_epoch` of epoch
     `initial_epoch` to `epochs`, on the distributed `batches` (which start at that step)."""
     if not model.optimizer.built:  # (a resumed model's optimizer holds its restored state)
         with strategy.scope():
@@ -170,7 +171,7 @@ def fit_loop(model: keras.Model, strategy: tf.distribute.Strategy, batches, epoc
     hooks.on_train_begin()
     for epoch in range(initial_epoch, epochs):
         hooks.on_epoch_begin(epoch)
-        steps = steps_per_epoch - (into if epoch == initial_epoch else 0)
+        steps = steps_per_epoch - (steps_into_epoch if epoch == initial_epoch else 0)
         total = 0.0
         for step in range(steps):
             hooks.on_train_batch_begin(step)

@@ -142,10 +142,4 @@ def build_optimizer(train, total_steps: int, lr_multipliers: Optional[dict] = No
     return ScaledAdam(lr, lr_multipliers=lr_multipliers, **options)
 
 
-def schedule_value(schedule, step: int) -> float:
-    """The learning rate at `step` of a float or a schedule (for logs and tests)."""
-    return float(schedule) if isinstance(schedule, (int, float)) else float(schedule(step))
-
-
-__all__ = ["InverseSqrtDecay", "ScaledAdam", "ScaledSGD", "WarmUp", "build_optimizer", "learning_rate",
-           "schedule_value"]
+__all__ = ["InverseSqrtDecay", "ScaledAdam", "ScaledSGD", "WarmUp", "build_optimizer", "learning_rate"]

@@ -1,8 +1,8 @@
 """The stages after training, each reading the files the one before it wrote.
 
-    checkpoints/epoch-NNNN.keras --load_embedder--> the trained embedder (one device)
+    checkpoints/epoch-NNNN.keras --runs.load_embedder--> the trained embedder (one device)
       --whitening_stage--> whitening.npz (PCA whitening fitted on the training images)
-      --final_model--> `embedder -> Whitening`: THE model; it is evaluated, exported and indexed
+      --runs.final_model--> `embedder -> Whitening`: THE model; it is evaluated, exported and indexed
       --evaluate_stage--> metrics.json (+ baselines.json: computed once per data/model/eval
                           setting and reused, e.g. when a finished run is re-exported)
       --export_stage--> saved_models/<name>/<version>/ (a new version only when the exported
@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -34,11 +33,15 @@ from tfsim.data import pipeline, sources
 from tfsim.errors import UserInputError
 from tfsim.evaluation.embed import embed
 from tfsim.evaluation.metrics import query_mask, retrieval_metrics
-from tfsim.export import export_embedder
-from tfsim.export.saved_model import META_DIR, remove_leftovers
-from tfsim.index import catalogue, scann_index
-from tfsim.models.proxies import embedder_of
-from tfsim.models.whitening import apply_whitening, fit_whitening, normalize_rows, whiten, with_whitening
+from tfsim.export.catalogue import catalogue_ids
+from tfsim.export.embed import embed_export
+from tfsim.export.identity import model_fingerprint
+from tfsim.export.retrieval import export_retrieval
+from tfsim.export.saved_model import META_DIR, export_embedder, remove_leftovers
+from tfsim.files import latest_version, write_json
+from tfsim.index import float_search, storage
+from tfsim.index.hamming import build_hamming, hamming_metrics
+from tfsim.models.whitening import apply_whitening, fit_whitening, normalize_rows, whiten
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +52,6 @@ MAX_WHITENED_PIXELS = 4096
 # (8,000 Cars196 images at 224 px are ~4.8 GB as float32).
 MAX_RAW_PIXEL_BYTES = 1 << 30
 BASELINES_VERSION = 1
-
-
-def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def _hash(*parts) -> str:
@@ -68,33 +65,6 @@ def _hash(*parts) -> str:
     return digest.hexdigest()
 
 
-def read_whitening(run_dir: Path, checkpoint: Path) -> Optional[tuple[np.ndarray, np.ndarray]]:
-    """The run's `whitening.npz` if it was fitted on `checkpoint`, else None."""
-    path = Path(run_dir) / "whitening.npz"
-    if not path.is_file():
-        return None
-    with np.load(path) as stored:
-        if "checkpoint" not in stored or str(stored["checkpoint"]) != Path(checkpoint).name:
-            return None
-        return stored["mean"], stored["projection"]
-
-
-def load_embedder(checkpoint: Path) -> keras.Model:
-    """The trained embedder of a checkpoint, on one device (the proxies of a proxy trainer dropped).
-
-    Raises:
-        UserInputError: the checkpoint is damaged (`tfsim.runs.checkpoint_problem`) or does not load.
-    """
-    problem = runs.checkpoint_problem(checkpoint)
-    if problem is None:
-        try:
-            return embedder_of(keras.models.load_model(checkpoint, compile=False))
-        except (ValueError, TypeError, KeyError, OSError) as err:
-            problem = f"Keras cannot load it ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
-    raise UserInputError(f"Cannot load the checkpoint {str(checkpoint)!r}: {problem}. Pass another checkpoint, or "
-                         "run the same train command again: it resumes from the newest intact one.")
-
-
 def whitening_fit_set(cfg: Config, train_set: sources.ImageSet) -> sources.ImageSet:
     """The training images the whitening is fitted on: all, or a seeded subset of `whitening.max_images`."""
     w = cfg.whitening
@@ -102,10 +72,6 @@ def whitening_fit_set(cfg: Config, train_set: sources.ImageSet) -> sources.Image
         return train_set
     rows = np.sort(np.random.default_rng(cfg.train.seed).choice(len(train_set), w.max_images, replace=False))
     return train_set.subset(rows)
-
-
-def _embed(model: keras.Model, images: sources.ImageSet, cfg: Config) -> np.ndarray:
-    return embed(model, images, cfg.model.image_size, cfg.eval.batch_size, center_crop=cfg.model.center_crop)
 
 
 def _fit_or_explain(features: np.ndarray, w: config_lib.WhiteningConfig,
@@ -141,17 +107,12 @@ def whitening_stage(cfg: Config, embedder: keras.Model, train_set: sources.Image
     fit_set = whitening_fit_set(cfg, train_set)
     if not quiet:
         log.info("Fitting the whitening on %s training embeddings...", f"{len(fit_set):,}")
-    mean, projection = _fit_or_explain(_embed(embedder, fit_set, cfg), cfg.whitening, warn=not quiet)
+    m = cfg.model
+    features = embed(embedder, fit_set, m.image_size, cfg.eval.batch_size, center_crop=m.center_crop)
+    mean, projection = _fit_or_explain(features, cfg.whitening, warn=not quiet)
     if run_dir is not None:
-        tmp = run_dir / ".tmp-whitening.npz"
-        np.savez(tmp, mean=mean, projection=projection, checkpoint=np.array(Path(checkpoint or "").name))
-        os.replace(tmp, run_dir / "whitening.npz")
+        runs.write_whitening(run_dir, mean, projection, checkpoint)
     return mean, projection
-
-
-def final_model(embedder: keras.Model, whitening: Optional[tuple[np.ndarray, np.ndarray]]) -> keras.Model:
-    """The model that is evaluated, exported and indexed: the embedder, then the whitening if any."""
-    return embedder if whitening is None else with_whitening(embedder, *whitening)
 
 
 def baselines_stage(cfg: Config, run_dir: Path, train_set: sources.ImageSet,
@@ -159,7 +120,7 @@ def baselines_stage(cfg: Config, run_dir: Path, train_set: sources.ImageSet,
     """Held-out metrics of the untrained network (same pipeline, whitening included) and of raw
     pixels (whitened too when small enough), cached in `baselines.json` by what they depend on.
     None when `eval.baselines` is off."""
-    from tfsim.training.fit import build_embedder  # (fit imports nothing from here)
+    from tfsim.training.task import build_embedder
 
     if not cfg.eval.baselines:
         return None
@@ -178,8 +139,8 @@ def baselines_stage(cfg: Config, run_dir: Path, train_set: sources.ImageSet,
     untrained = build_embedder(cfg)
     whitening = whitening_stage(cfg, untrained, train_set, quiet=True)
     queries = query_mask(test_set.splits)
-    # The untrained network's embeddings, whitened as `final_model` would (one model traced, not two).
-    untrained_embeddings = _embed(untrained, test_set, cfg)
+    # The untrained network's embeddings, whitened as `runs.final_model` would (one model traced, not two).
+    untrained_embeddings = embed(untrained, test_set, m.image_size, cfg.eval.batch_size, center_crop=m.center_crop)
     if whitening is not None:
         untrained_embeddings = apply_whitening(untrained_embeddings, *whitening)
     baselines = {"untrained": retrieval_metrics(untrained_embeddings, test_set.labels, ks, sim, queries)}
@@ -203,29 +164,18 @@ def baselines_stage(cfg: Config, run_dir: Path, train_set: sources.ImageSet,
     return baselines
 
 
-def hamming_metrics(relaxed: np.ndarray, labels: np.ndarray, queries: Optional[np.ndarray]) -> dict:
-    """mAP (whole ranking), mAP@100 and precision within radius 2 of the packed codes: the
-    query rows against the others (query/gallery), or each row against all others."""
-    from tfsim.index.hamming import hamming_map, pack_codes
-
-    codes, labels = pack_codes(relaxed), np.asarray(labels)
-    if queries is not None:
-        return hamming_map(codes[queries], labels[queries], codes[~queries], labels[~queries], top=100)
-    return hamming_map(codes, labels, codes, labels, top=100, exclude_self=True)
-
-
-def evaluate_stage(cfg: Config, run_dir: Path, embedder: keras.Model, final: keras.Model,
+def evaluate_stage(cfg: Config, run_dir: Path, embedder: keras.Model, model: keras.Model,
                    test_set: sources.ImageSet, baselines: Optional[dict], extra: Optional[dict] = None,
                    keep: Optional[dict] = None) -> dict:
-    """Held-out retrieval metrics of `final` (and of the embedder alone, `unwhitened`); writes metrics.json.
+    """Held-out retrieval metrics of `model` (and of the embedder alone, `unwhitened`); writes metrics.json.
     `keep`: a dict that receives the held-out "embeddings" (for the TensorBoard projector).
 
-    `final` is `final_model(embedder, whitening)`: one pass of the embedder (the model the
+    `model` is `runs.final_model(embedder, whitening)`: one pass of the embedder (the model the
     whitening stage embedded with) gives both, its last layer (the whitening) applied after."""
-    ks, sim = cfg.eval.recall_ks, cfg.eval.similarity
+    ks, sim, m = cfg.eval.recall_ks, cfg.eval.similarity, cfg.model
     log.info("Evaluating on %s held-out images...", f"{len(test_set):,}")
-    unwhitened = _embed(embedder, test_set, cfg)
-    embeddings = unwhitened if final is embedder else np.asarray(final.layers[-1](unwhitened), np.float32)
+    unwhitened = embed(embedder, test_set, m.image_size, cfg.eval.batch_size, center_crop=m.center_crop)
+    embeddings = unwhitened if model is embedder else np.asarray(model.layers[-1](unwhitened), np.float32)
     if keep is not None:
         keep["embeddings"] = embeddings
     queries = query_mask(test_set.splits)  # In-Shop: queries against the gallery; else leave-one-out
@@ -233,7 +183,7 @@ def evaluate_stage(cfg: Config, run_dir: Path, embedder: keras.Model, final: ker
     metrics["protocol"] = "leave_one_out" if queries is None else "query_gallery"
     if cfg.model.head == "hash":  # the binary codes, searched by Hamming distance
         metrics["hamming"] = hamming_metrics(embeddings, test_set.labels, queries)
-    if final is not embedder:
+    if model is not embedder:
         metrics["unwhitened"] = retrieval_metrics(unwhitened, test_set.labels, ks, sim, queries)
     if baselines is not None:
         metrics["baselines"] = baselines
@@ -277,31 +227,15 @@ def write_samples(test: sources.ImageSet, out: Path, per_class: int = 1) -> list
     return written
 
 
-def _latest_export(base: Path) -> Optional[Path]:
-    versions = [p for p in base.iterdir() if p.is_dir() and p.name.isdigit()] if base.is_dir() else []
-    return max(versions, key=lambda p: int(p.name), default=None)
-
-
-def embed_with_export(export_dir: Path, images: sources.ImageSet, image_size: int,
-                      batch_size: int = 256, center_crop: float = 1.0) -> np.ndarray:
-    """`[N, D]` embeddings of `images` computed by an exported SavedModel's `serve_images` signature."""
-    serve = tf.saved_model.load(str(export_dir)).signatures["serve_images"]
-    out = [serve(images=batch)["embeddings"].numpy()
-           for batch in pipeline.eval_dataset(images, image_size, batch_size, center_crop)]
-    return np.concatenate(out).astype(np.float32)
-
-
 def retrieval_stage(cfg: Config, export_dir: Optional[Path]) -> list[Path]:
     """The retrieval SavedModels `export.retrieval` asks for, of the export and the index inside it
     (`tfsim.export.retrieval`); a kind whose latest version already serves this export is reused."""
-    from tfsim.export.retrieval import export_retrieval
-
     if export_dir is None or not cfg.export.retrieval:
         return []
     name = cfg.export.name or cfg.run.name
     out, missing = [], []
     for kind in cfg.export.retrieval:
-        latest = _latest_export(Path(cfg.export.root) / f"{name}_{kind}")
+        latest = latest_version(Path(cfg.export.root) / f"{name}_{kind}")
         meta_file = None if latest is None else latest / META_DIR / "export.json"
         if meta_file is not None and meta_file.is_file() and json.loads(meta_file.read_text()).get(
                 "embedder", {}).get("path") == str(export_dir.resolve()):
@@ -324,9 +258,10 @@ def _index_format(index_dir: Path) -> Optional[str]:
     return meta.get("format") if isinstance(meta, dict) else None
 
 
-def export_stage(cfg: Config, run_dir: Path, final: keras.Model, metrics: dict,
+def export_stage(cfg: Config, run_dir: Path, model: keras.Model, metrics: dict,
                  split) -> tuple[Optional[Path], Optional[Path]]:
-    """Exports `final` as a new SavedModel version with the ScaNN index of the held-out gallery inside.
+    """Exports `model` (`runs.final_model`) as a new SavedModel version with the index of the
+    held-out gallery inside.
 
     The index is built from the embeddings the SavedModel being exported computes (before
     it is published, in the same atomic step). If the latest version already holds the same
@@ -339,17 +274,19 @@ def export_stage(cfg: Config, run_dir: Path, final: keras.Model, metrics: dict,
     if not cfg.export.enabled:
         return None, None
     name = cfg.export.name or cfg.run.name
-    view = cfg.model.image_size if cfg.model.center_crop == 1 else (cfg.model.image_size, cfg.model.center_crop)
-    if cfg.export.max_pixels != config_lib.ExportConfig.max_pixels:  # (the default keeps older exports' hashes)
-        view = (view, cfg.export.max_pixels)
-    content = _hash([np.asarray(w) for w in final.get_weights()], final.name, view,
+    # The input side of the exported function; written so that the default settings hash as
+    # exports that did not have the later ones, and an unchanged model is not exported again.
+    inputs = cfg.model.image_size if cfg.model.center_crop == 1 else (cfg.model.image_size, cfg.model.center_crop)
+    if cfg.export.max_pixels != config_lib.ExportConfig.max_pixels:
+        inputs = (inputs, cfg.export.max_pixels)
+    content = _hash([np.asarray(w) for w in model.get_weights()], model.name, inputs,
                     config_lib.to_dict(cfg.index), cfg.eval.similarity)
     remove_leftovers(Path(cfg.export.root) / name)  # of killed exports, even when no new version follows
-    latest = _latest_export(Path(cfg.export.root) / name)
+    latest = latest_version(Path(cfg.export.root) / name)
     index_dir = META_DIR / "index"
     if latest is not None:
         meta_file = latest / META_DIR / "export.json"
-        current = not cfg.index.enabled or _index_format(latest / index_dir) == scann_index.FORMAT  # else export again
+        current = not cfg.index.enabled or _index_format(latest / index_dir) == storage.FORMAT  # else export again
         if current and meta_file.is_file() and json.loads(meta_file.read_text()).get("content_hash") == content:
             log.info("%s already holds this model and index; no new version exported.", latest)
             return latest, (latest / index_dir if cfg.index.enabled else None)
@@ -365,23 +302,22 @@ def export_stage(cfg: Config, run_dir: Path, final: keras.Model, metrics: dict,
         log.info("Building the %s index of %s held-out images...",
                  "Hamming" if cfg.model.head == "hash" else "ScaNN", f"{len(test):,}")
         ic = cfg.index
-        gallery = embed_with_export(export_dir, test, cfg.model.image_size, cfg.eval.batch_size,
-                                    cfg.model.center_crop)
+        gallery = embed_export(export_dir, test, cfg.eval.batch_size, progress=False)
         if cfg.model.head == "hash":  # the packed codes, searched by Hamming distance
-            searcher, params = scann_index.build_hamming(gallery)
+            searcher, params = build_hamming(gallery)
         else:
-            searcher, params = scann_index.build(gallery, sim, **scann_index.options(ic))
+            searcher, params = float_search.build(gallery, sim, **float_search.build_options(ic))
         params["built_size"] = len(test)
         paths = None if test.paths is None else np.array([str(Path(p).resolve()) for p in test.paths])
         # The export that holds it, identified by its files (`content` is only this stage's reuse key).
         model = {"path": None, "name": name, "version": None, "embedding_dim": int(gallery.shape[1]),
-                 "similarity": sim, "fingerprint": catalogue.model_fingerprint(export_dir)}
-        scann_index.save(export_dir / index_dir, searcher, params, catalogue.catalogue_ids(test), test.labels,
-                         split.images.class_names, sim, images=test.images, paths=paths, atomic=False, model=model)
+                 "similarity": sim, "fingerprint": model_fingerprint(export_dir)}
+        storage.save(export_dir / index_dir, searcher, params, catalogue_ids(test), test.labels,
+                         split.dataset.class_names, sim, images=test.images, paths=paths, atomic=False, model=model)
 
     log.info("Exporting the SavedModel to %s...", Path(cfg.export.root) / name)
     export_dir = export_embedder(
-        final, cfg.export.root, name, cfg.model.image_size, center_crop=cfg.model.center_crop,
+        model, cfg.export.root, name, cfg.model.image_size, center_crop=cfg.model.center_crop,
         binary_codes=cfg.model.head == "hash", max_pixels=cfg.export.max_pixels,
         metadata={"run_dir": str(run_dir), "similarity": sim, "config": config_lib.to_dict(cfg),
                   "content_hash": content,

@@ -18,7 +18,7 @@ training run, its `tensorboard/` folder, so that a logdir of many runs lists eac
 The scalars and the pictures go through one summary writer per folder (`run_writer`):
 TensorBoard keeps reading only the newest event file of a folder while it runs, so a second
 writer's file would hide the first one's new events until TensorBoard restarts. The HPARAMS
-tab is the tune command's (`tfsim.training.tuning_report.write_hparams_trial`).
+tab is the tune command's (`tfsim.tuning.report.write_hparams_trial`).
 """
 
 from __future__ import annotations
@@ -26,12 +26,13 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from tfsim.data.preprocess import preprocess, to_uint8
 from tfsim.data.sources import ImageSet
 from tfsim.evaluation.knn import exact_knn
 
@@ -111,9 +112,7 @@ class TrainingRate(keras.callbacks.Callback):
 
 def thumbnails(images: ImageSet, rows, size: int = 48) -> np.ndarray:
     """uint8 `[n, size, size, 3]` pictures of `rows` (decoded as the pipeline decodes them)."""
-    from tfsim.data.preprocess import preprocess
-    return np.stack([np.clip(np.round(preprocess(tf.constant(img), size).numpy()), 0, 255).astype(np.uint8)
-                     for img in images.load_images(list(rows))])
+    return np.stack([to_uint8(preprocess(tf.constant(img), size)).numpy() for img in images.load_images(list(rows))])
 
 
 def _fit_text(draw, text: str, font, width: int) -> str:
@@ -139,7 +138,7 @@ def neighbour_grid(pictures: np.ndarray, same_class: np.ndarray, names: Sequence
     Returns:
         uint8 `[H, (1 + k) * (S + 2 * border), 3]`.
     """
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw, ImageFont  # lazy: PIL only when pictures are drawn
 
     q, cols, s = pictures.shape[0], pictures.shape[1], pictures.shape[2]
     cell, line = s + 2 * border, 13
@@ -163,7 +162,8 @@ def neighbour_grid(pictures: np.ndarray, same_class: np.ndarray, names: Sequence
         for j in range(cols):
             left = j * cell
             if j > 0:
-                draw.rectangle([left, top, left + cell - 1, top + cell - 1], fill=GREEN if same_class[i, j - 1] else RED)
+                draw.rectangle([left, top, left + cell - 1, top + cell - 1],
+                               fill=GREEN if same_class[i, j - 1] else RED)
             canvas.paste(Image.fromarray(np.asarray(pictures[i, j], np.uint8)), (left + border, top + border))
             colour = black if j == 0 else (GREEN if same_class[i, j - 1] else RED)
             draw.text((left + 1, top + cell), _fit_text(draw, names[i][j], font, cell - 2), fill=colour, font=font)
@@ -234,13 +234,13 @@ def write_projector(logdir: Path, embeddings: np.ndarray, images: ImageSet, max_
     The plugin reads `projector_config.pbtxt` only in run folders (folders with event files):
     if `logdir` has none yet, an empty event file is written. Returns the `projector/` folder.
     """
-    from tensorboard.plugins import projector
+    from tensorboard.plugins import projector  # lazy: TensorBoard's plugin, only for the projector files
 
     logdir = Path(logdir)
     out = logdir / PROJECTOR_DIR
     out.mkdir(parents=True, exist_ok=True)
     for stale in [out / "projector_config.pbtxt", out / "checkpoint", *out.glob("embedding.ckpt-*")]:
-        stale.unlink(missing_ok=True)  # the layout before issue 22 (a checkpoint in projector/)
+        stale.unlink(missing_ok=True)  # a checkpoint here would be read instead of the text table below
     rows = np.arange(len(images))
     if len(rows) > max_points:
         rows = np.sort(np.random.default_rng(seed).choice(rows, max_points, replace=False))

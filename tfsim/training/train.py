@@ -1,10 +1,10 @@
 """`train(cfg)`: one run, from data to a served index, as a sequence of stages joined by files.
 
     config.validate / config.resolve -> the run folder (`<run.root>/<run.name>/`, config.json)
-      -> fit.load_split: images, training classes, held-out classes
-      -> fit.fit -> checkpoints/epoch-NNNN.keras
-      -> stages.load_embedder -> stages.whitening_stage -> whitening.npz
-      -> stages.final_model (embedder -> Whitening: evaluated, exported and indexed)
+      -> Task.build_inputs: images, training classes, held-out classes (`tfsim.training.task`)
+      -> fit -> checkpoints/epoch-NNNN.keras
+      -> runs.load_embedder -> stages.whitening_stage -> whitening.npz
+      -> runs.final_model (embedder -> Whitening: evaluated, exported and indexed)
       -> stages.baselines_stage -> baselines.json (cached)
       -> stages.evaluate_stage -> metrics.json, samples/
       -> stages.export_stage -> saved_models/<name>/<version>/ with the ScaNN index inside
@@ -14,8 +14,8 @@ held-out Recall@K and MAP@R per epoch, pictures of held-out neighbours, the proj
 final held-out embeddings, all in one TensorBoard run per run folder (hparams only for tune trials).
 
 Run folder: config.json, data_report.json (what the source found: images per class, files
-skipped and why; what the split and the sampler do with the classes), checkpoints/, tensorboard/, whitening.npz, baselines.json, metrics.json, samples/
-(a few held-out query images).
+skipped and why; what the split and the sampler do with the classes), checkpoints/, tensorboard/,
+whitening.npz, baselines.json, metrics.json, samples/ (a few held-out query images).
 
 While a run is being written, `.lock` in its folder names the process (`tfsim.locks`); a second
 process is refused. A non-empty folder that is not a tfsim run (no config.json that tfsim wrote)
@@ -38,11 +38,13 @@ from typing import Optional, Union
 
 from tfsim import config as config_lib
 from tfsim import locks, runs
+from tfsim.files import write_json
 from tfsim.config import Config
 from tfsim.errors import UserInputError
 from tfsim.training import distributed, preflight, stages, tensorboard
-from tfsim.training.callbacks import resume_point
-from tfsim.training.fit import Split, fit, get_strategy, load_split, selection_split
+from tfsim.runs import resume_point
+from tfsim.training.fit import fit, get_strategy
+from tfsim.training.task import Split, Task
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +109,7 @@ def _check_run_dir(cfg: Config, run_dir: Path, resume: bool, key: str = "run.roo
 
 def _write_config(cfg: Config, run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    cfg_file = run_dir / "config.json"
-    resolved = config_lib.to_dict(cfg)
-    tmp = cfg_file.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(resolved, indent=2) + "\n")
-    os.replace(tmp, cfg_file)
+    write_json(run_dir / "config.json", config_lib.to_dict(cfg))
 
 
 def _selection_report(trained, fit_split) -> dict:
@@ -135,7 +133,7 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
         resume: continue from the run folder's checkpoint if there is one.
         verbose: Keras `fit` verbosity: "auto" (or 1) a progress bar on a terminal and one line per
             epoch elsewhere (a file, a pipe), 2 one line per epoch, 0 silent.
-        split: the images to train and evaluate on, instead of `load_split(cfg)` (the tune
+        split: the images to train and evaluate on, instead of `Task(cfg).build_inputs()` (the tune
             command passes each trial its training classes minus validation classes, and the
             validation classes as the held-out set).
 
@@ -175,7 +173,7 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
         with locks.folder_lock(run_dir, "run folder"):
             _check_run_dir(cfg, run_dir, resume, key, later=unset)
             # Under the lock no live process writes here: temporary files are a killed one's.
-            removed = (runs.remove_temporaries(run_dir, (".tmp-*", "config.json.tmp"))
+            removed = (runs.remove_temporaries(run_dir)
                        + runs.remove_temporaries(run_dir / "checkpoints"))
             if removed:
                 log.info("Removed %d temporary files left in %s by an interrupted run: %s", len(removed), run_dir,
@@ -192,10 +190,11 @@ def train(cfg: Config, run_dir: Optional[os.PathLike] = None, resume: bool = Tru
 def _train(cfg: Config, run_dir: Path, resume: bool, verbose: Union[int, str], split: Optional[Split], start: float,
            strategy, chief: bool, unset: tuple[str, ...] = (), key: str = "run.root/run.name") -> TrainResult:
     """`train` once the run folder is checked (and locked, on the chief)."""
+    task = Task(cfg)
     if split is None:
-        split = load_split(cfg)  # data errors stop the run before the run folder is written
+        split = task.build_inputs()  # data errors stop the run before the run folder is written
     strategy = strategy or get_strategy(cfg.train.strategy)
-    fit_split = selection_split(split, cfg) if cfg.train.select_best else split
+    fit_split = task.fit_split(split)
     if unset:  # P x K the user left unset: the largest the training classes allow (one log line)
         cfg = preflight.choose_pk(cfg, fit_split.train.labels, strategy.num_replicas_in_sync, unset)
         _check_run_dir(cfg, run_dir, resume, key)
@@ -205,9 +204,9 @@ def _train(cfg: Config, run_dir: Path, resume: bool, verbose: Union[int, str], s
         _write_config(cfg, run_dir)
         # What the source found (counts, skipped files and why) and what the split and sampler do
         # with the classes.
-        stages.write_json(run_dir / "data_report.json", {
-            **(split.images.report or {"source": split.images.name, "images": len(split.images)}),
-            "split": preflight.split_report(cfg, split.train.labels, split.test.labels, split.images.class_names)})
+        write_json(run_dir / "data_report.json", {
+            **(split.dataset.report or {"source": split.dataset.name, "images": len(split.dataset)}),
+            "split": preflight.split_report(cfg, split.train.labels, split.test.labels, split.dataset.class_names)})
 
     trained = fit(cfg, run_dir, fit_split, resume=resume, verbose=verbose, strategy=strategy)
     if chief and trained.fit_seconds > 0:
@@ -219,9 +218,9 @@ def _train(cfg: Config, run_dir: Path, resume: bool, verbose: Union[int, str], s
         return TrainResult(run_dir=run_dir, metrics={}, export_dir=None, index_dir=None,
                            test_classes=split.test_class_names, seconds=time.time() - start,
                            fit_seconds=trained.fit_seconds, history=trained.history)
-    embedder = stages.load_embedder(trained.checkpoint)
+    embedder = runs.load_embedder(trained.checkpoint)
     whitening = stages.whitening_stage(cfg, embedder, split.train, run_dir, trained.checkpoint)
-    final = stages.final_model(embedder, whitening)
+    final = runs.final_model(embedder, whitening)
     baselines = stages.baselines_stage(cfg, run_dir, split.train, split.test)
     kept: dict = {}
     metrics = stages.evaluate_stage(cfg, run_dir, embedder, final, split.test, baselines,

@@ -3,7 +3,7 @@
 `search_image(model_dir, image_path, k)` uses only artifacts on disk: the exported
 SavedModel (`serving_default`, image bytes in) and the index stored inside the
 export (or another index it built), so what it shows is what a served model would return.
-The model is never one named inside the index (`catalogue.index_model`).
+The model is never one named inside the index (`tfsim.export.identity.index_model`).
 `render_grid` draws the picture the image-similarity literature shows: the query on
 the left, the k nearest gallery images to its right, each labelled with its class
 and score. A gallery image identical to the query (a query taken from the gallery finds
@@ -19,11 +19,15 @@ from typing import Optional
 
 import numpy as np
 
+import tensorflow as tf
+
 from tfsim.data.preprocess import DEFAULT_MAX_PIXELS
 from tfsim.data.sources import escape_name, size_problem
 from tfsim.errors import UserInputError
+from tfsim.export.embed import export_max_pixels
+from tfsim.export.identity import index_model
 from tfsim.export.saved_model import META_DIR, read_export
-from tfsim.index import scann_index
+from tfsim.index import storage
 
 
 @dataclasses.dataclass
@@ -57,7 +61,7 @@ def same_image(a: np.ndarray, b: np.ndarray) -> bool:
 def read_query_image(path: os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[bytes, np.ndarray]:
     """The file's bytes and its decoded RGB pixels; a clear error if it is not an image, or if its
     header declares more than `max_pixels` pixels (checked before anything is decoded)."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError  # lazy: PIL only for query images and grids
 
     path = Path(path)
     if not path.is_file():
@@ -77,7 +81,6 @@ def read_query_image(path: os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
                              "Expected a JPEG, PNG, BMP or GIF file.") from None
     if path.suffix.lower() not in (".jpg", ".jpeg", ".png", ".bmp", ".gif"):
         # Formats TF cannot decode in the serving graph (e.g. TIFF, WebP): re-encode as PNG.
-        import tensorflow as tf
         data = tf.io.encode_png(pixels).numpy()
     return data, pixels
 
@@ -113,8 +116,6 @@ def search_image(model_dir: Optional[os.PathLike], image_path: os.PathLike, k: i
         UserInputError: not a tfsim export, an export without index, an index outside an export
             and no `model_dir`, an index built by another model, a corrupt index, or not an image.
     """
-    from tfsim.index.catalogue import index_model
-
     if k < 1:
         raise UserInputError(f"Invalid value for `--top-k`: expected an integer >= 1. Received: {k}")
     if model_dir is None and index_dir is None:
@@ -123,16 +124,14 @@ def search_image(model_dir: Optional[os.PathLike], image_path: os.PathLike, k: i
     if index_dir is None:
         read_export(model_dir)
         index_dir = Path(model_dir) / META_DIR / "index"
-        if not index_dir.is_dir() and not scann_index.leftovers(index_dir):
+        if not index_dir.is_dir() and not storage.leftovers(index_dir):
             raise UserInputError(f"Export {str(model_dir)!r} has no ScaNN index ({index_dir} is missing); "
                                  "re-run training with index.enabled=true, or build one with "
                                  "`python -m tfsim.pipelines.index` and pass --index.")
-    meta = scann_index.read_meta(index_dir)
+    meta = storage.read_meta(index_dir)
     model_dir = index_model(index_dir, model_dir, meta)
-    max_pixels = int(read_export(model_dir).get("max_pixels") or DEFAULT_MAX_PIXELS)  # its serving graph's limit
+    max_pixels = export_max_pixels(model_dir)  # its serving graph's limit
     data, pixels = read_query_image(image_path, max_pixels)
-    import tensorflow as tf
-
     serving = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
     try:
         query = serving(image_bytes=tf.constant([data]))["embeddings"].numpy()
@@ -141,13 +140,12 @@ def search_image(model_dir: Optional[os.PathLike], image_path: os.PathLike, k: i
         message = message[message.find("Image of"):] if "Image of" in message else message
         raise UserInputError(f"Invalid value for `--image`: the export refused {escape_name(str(image_path))!r}: "
                              f"{message.splitlines()[0][:300]}") from None
-    index = scann_index.load(index_dir)
+    index = storage.load(index_dir)
     rows, scores = index.search(query, k)
     rows, scores = rows[0], scores[0]
     if index.images is not None:
         images = [index.images[r] for r in rows]
     else:
-        from PIL import Image
         images = [_gallery_picture(index.paths[r], max_pixels) for r in rows]
     return SearchResult(query_path=Path(image_path), query_image=pixels, rows=rows, scores=scores,
                         ids=[str(index.ids[r]) for r in rows],
@@ -158,7 +156,7 @@ def search_image(model_dir: Optional[os.PathLike], image_path: os.PathLike, k: i
 def _gallery_picture(path: str, max_pixels: int) -> np.ndarray:
     """A gallery image's RGB pixels for the grid; a grey tile for a file that now declares more
     than `max_pixels` pixels (replaced since it was indexed): never decoded."""
-    from PIL import Image
+    from PIL import Image  # lazy: PIL only for query images and grids
 
     if size_problem(path, max_pixels) is not None:
         return np.full((8, 8, 3), 128, np.uint8)
@@ -203,7 +201,7 @@ def legend(same_as_query: list[bool]) -> str:
 def render_grid(result: SearchResult, out: os.PathLike, tile: int = 128) -> Path:
     """Writes a PNG: the query on the left, then the results, each framed and labelled (a caption
     wrapped to its tile's width, `fit_text`), and a legend of the frames below; returns its path."""
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw, ImageFont  # lazy: PIL only for query images and grids
 
     font = ImageFont.load_default()
     gap, line_h = 6, 14

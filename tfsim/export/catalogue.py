@@ -1,11 +1,12 @@
 """Index any catalogue of images with an export, and add to it later.
 
     build_index(model, data, out, ids="relative")
-      the export (`model_info`: name, version, embedding dim, similarity, fingerprint)
+      the export (`identity.model_info`: name, version, embedding dim, similarity, fingerprint)
       -> the images of a data spec (a folder, a list file, tfds:NAME[:SPLIT], default)
       -> embedded by the export's own `serve_images` (`export.embed.embed_export`)
-      -> `scann_index.build` (self-tuning; `options` as in `scann_index.options`)
-      -> `scann_index.save(out)`: atomic, the ids (`catalogue_ids`: paths relative to the data
+      -> `float_search.build` (self-tuning; options from `float_search.build_options`), or
+         `hamming.build_hamming` for a hashing export's codes
+      -> `storage.save(out)`: atomic, the ids (`catalogue_ids`: paths relative to the data
          root, e.g. "Coat/img_12.png", unless `ids="path"`), absolute image paths for `search`'s
          grid (or the pixels, for images that only exist in memory), the model recorded
 
@@ -15,17 +16,12 @@
       atomically, under the index's lock. The tree and its tuned settings stay those of the first
       build: after the gallery has grown by half, rebuild (`build_index` again) for the tuned recall.
 
-An index never names the model that is run with it: a model is a program, and index.json is
-data anyone may have written. `index_model` picks the model: the export the index lives in
-(`<export>/assets.extra/tfsim/index/`), or the one the user names; `check_model` then refuses it
-unless the fingerprint of its files (`model_fingerprint`: saved_model.pb, variables/, assets/;
-never metadata the model carries about itself) is the one the index recorded: vectors of another
-model would not be comparable and the results would be silently wrong.
+The export that adds to an index is chosen and checked by `tfsim.export.identity.index_model`:
+a different model is refused.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from pathlib import Path
@@ -33,118 +29,19 @@ from typing import Optional
 
 import numpy as np
 
-from tfsim import distances
+from tfsim import distances, locks
+from tfsim.config import IndexConfig
 from tfsim.data.sources import escape_name
+from tfsim.data.specs import load_source
 from tfsim.errors import UserInputError
-from tfsim.index import scann_index
+from tfsim.export.embed import embed_export, export_max_pixels
+from tfsim.export.identity import index_model, model_info
+from tfsim.index import float_search, hamming, storage
 
 log = logging.getLogger(__name__)
 # Added items beyond this share of the built size: the tree's leaves and tuned settings no
 # longer describe the gallery well, so `add_to_index` advises a rebuild.
 REBUILD_AFTER_GROWTH = 0.5
-
-
-def model_fingerprint(export_dir: os.PathLike) -> str:
-    """SHA-256 of a SavedModel's own files: saved_model.pb and every file under variables/ and
-    assets/ (relative names, sizes and bytes). What identifies the function an export computes;
-    `assets.extra/` (tfsim's metadata, the index, warm-up records) is left out."""
-    export_dir = Path(export_dir)
-    files = [export_dir / "saved_model.pb"] + sorted(
-        f for sub in ("variables", "assets") for f in (export_dir / sub).rglob("*") if f.is_file())
-    digest = hashlib.sha256()
-    for f in files:
-        digest.update(f"{f.relative_to(export_dir).as_posix()}\0{f.stat().st_size}\0".encode())
-        with open(f, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(chunk)
-    return "sha256-files:" + digest.hexdigest()
-
-
-def model_info(export_dir: os.PathLike) -> dict:
-    """What identifies an export's embeddings: recorded in an index, compared by `check_model`.
-    The fingerprint comes from the model's files; the rest (name, version, path) is information."""
-    from tfsim.export import read_export
-
-    export_dir = Path(export_dir)
-    meta = read_export(export_dir)
-    return {"path": str(export_dir.resolve()), "name": meta.get("name"), "version": meta.get("version"),
-            "embedding_dim": int(meta["embedding_dim"]), "similarity": meta.get("similarity", "cosine"),
-            "fingerprint": model_fingerprint(export_dir),
-            "binary_codes": bool(meta.get("binary_codes", False))}
-
-
-def _built_by(built_by: dict) -> str:
-    where = f", recorded at {built_by['path']!r}" if built_by.get("path") else ""  # (as repr: data, shown)
-    return (f"model {built_by.get('name')!r} version {built_by.get('version')} ({built_by.get('embedding_dim')}-d"
-            f"{where})")
-
-
-def check_model(index_dir: os.PathLike, index_meta: dict, export_dir: os.PathLike,
-                info: Optional[dict] = None) -> dict:
-    """Refuses to use the index at `index_dir` with an export that did not build it.
-
-    `index_meta` is the index's validated index.json (`scann_index.read_meta`): its model
-    fingerprint is always there, and always compared.
-
-    Args:
-        info: `model_info(export_dir)` if already computed.
-
-    Returns:
-        `model_info(export_dir)`.
-
-    Raises:
-        UserInputError: the export's fingerprint or embedding dim differs from the index's model.
-    """
-    built_by = index_meta["model"]
-    mine = info or model_info(export_dir)
-    if mine["fingerprint"] != built_by["fingerprint"] or mine["embedding_dim"] != built_by["embedding_dim"]:
-        raise UserInputError(
-            f"Index {str(index_dir)!r} was built by {_built_by(built_by)}, not by {str(export_dir)!r} "
-            f"({mine['name']!r} version {mine['version']}, {mine['embedding_dim']}-d; the fingerprints of their "
-            "files differ): their embeddings are not comparable. Search with the model that built the index, or "
-            f"rebuild the index with `python -m tfsim.pipelines.index --model {export_dir} --data ... --out ...`.")
-    return mine
-
-
-def owning_export(index_dir: os.PathLike) -> Optional[Path]:
-    """The export an index lives in (`<export>/assets.extra/tfsim/index/`), or None."""
-    # The path as given, links not followed: a link named `idx` pointing into some export's
-    # folder does not make that export the model (pass --model to name it).
-    real = Path(os.path.abspath(index_dir))
-    if real.parts[-3:] != ("assets.extra", "tfsim", "index"):
-        return None
-    export = real.parents[2]
-    return export if (export / "saved_model.pb").is_file() else None
-
-
-def index_model(index_dir: os.PathLike, model_dir: Optional[os.PathLike] = None,
-                index_meta: Optional[dict] = None) -> Path:
-    """The export to embed with for the index at `index_dir`, checked against it (`check_model`).
-
-    It is the export the index lives in, or `model_dir` (the user's `--model`); with both, they
-    must be the same model (by the fingerprint of their files). A model path written in the
-    index is never used: it is only shown, as information, when neither is there.
-
-    Raises:
-        UserInputError: neither, two different models, or a model that did not build the index.
-    """
-    index_meta = index_meta if index_meta is not None else scann_index.read_meta(index_dir)
-    owner = owning_export(index_dir)
-    if model_dir is None and owner is None:
-        raise UserInputError(
-            f"Index {str(index_dir)!r} is not inside an export, so the model to embed the images with must be "
-            f"given: pass --model EXPORT (the index says it was built by {_built_by(index_meta['model'])}; tfsim "
-            "never runs a model named inside an index, since a model is a program and an index is data).")
-    model = Path(model_dir) if model_dir is not None else owner
-    info = model_info(model)
-    if owner is not None and model.resolve() != owner:
-        if info["fingerprint"] != model_fingerprint(owner):
-            raise UserInputError(
-                f"Index {str(index_dir)!r} belongs to the export {str(owner)!r}, but --model names {str(model)!r}, "
-                "a different model: drop --model to use the export's own, or pass the index built by "
-                f"{str(model)!r}.")
-    check_model(index_dir, index_meta, model, info)
-    return model
 
 
 def catalogue_ids(images, kind: str = "relative") -> np.ndarray:
@@ -161,8 +58,8 @@ def catalogue_ids(images, kind: str = "relative") -> np.ndarray:
     Raises:
         UserInputError: an unknown kind.
     """
-    if kind not in scann_index.ID_KINDS:
-        raise UserInputError(f"Invalid value for `ids`: expected one of {list(scann_index.ID_KINDS)}. "
+    if kind not in storage.ID_KINDS:
+        raise UserInputError(f"Invalid value for `ids`: expected one of {list(storage.ID_KINDS)}. "
                              f"Received: ids={kind!r}")
     if images.paths is None:
         return np.asarray(images.ids).astype(str)
@@ -204,24 +101,19 @@ def build_index(model_dir: os.PathLike, data: str, out: os.PathLike, options: Op
         model_dir: an export version folder.
         data: a data spec (`tfsim.data.specs.load_source`).
         out: the index folder to create (refused if it exists).
-        options: `scann_index.build` keyword arguments (default: `IndexConfig()`'s).
+        options: `float_search.build` keyword arguments (default: `IndexConfig()`'s).
         ids: what the index returns as ids (`catalogue_ids`): "relative" (default) or "path".
 
     Raises:
         UserInputError: not an export, unreadable data, an unknown `ids`, `out` exists, or
             another process is writing it.
     """
-    from tfsim import locks
-    from tfsim.config import IndexConfig
-    from tfsim.data.specs import load_source
-    from tfsim.export.embed import embed_export, export_max_pixels
-
     out = Path(out)
-    if ids not in scann_index.ID_KINDS:
-        raise UserInputError(f"Invalid value for `--ids`: expected one of {list(scann_index.ID_KINDS)}. "
+    if ids not in storage.ID_KINDS:
+        raise UserInputError(f"Invalid value for `--ids`: expected one of {list(storage.ID_KINDS)}. "
                              f"Received: {ids!r}")
     with locks.sibling_lock(out, "index"):
-        scann_index.recover(out)  # (a .tmp-* left by an earlier build that was killed)
+        storage.recover(out)  # (a .tmp-* left by an earlier build that was killed)
         if out.exists():
             raise UserInputError(f"Index folder {str(out)!r} already exists; choose another --out, remove it, or "
                                  "add images to it with --add.")
@@ -229,15 +121,15 @@ def build_index(model_dir: os.PathLike, data: str, out: os.PathLike, options: Op
         images = load_source(data, export_max_pixels(model_dir))  # (its images above the export's limit: skipped)
         embeddings = embed_export(model_dir, images, batch_size, progress)
         if info["binary_codes"]:  # a hashing model: its packed codes, searched by Hamming distance
-            searcher, params = scann_index.build_hamming(embeddings)
+            searcher, params = hamming.build_hamming(embeddings)
         else:
-            searcher, params = scann_index.build(embeddings, info["similarity"],
-                                                 **{**scann_index.options(IndexConfig()), **(options or {})})
+            searcher, params = float_search.build(embeddings, info["similarity"],
+                                                  **{**float_search.build_options(IndexConfig()), **(options or {})})
         params["built_size"] = len(images)
-        scann_index.save(out, searcher, params, catalogue_ids(images, ids), images.labels, images.class_names,
+        storage.save(out, searcher, params, catalogue_ids(images, ids), images.labels, images.class_names,
                          info["similarity"], images=images.images, paths=_absolute(images.paths), model=info,
                          id_kind=ids)
-        scann_index.recover(out)  # incomplete leftovers of a killed build are stale now
+        storage.recover(out)  # incomplete leftovers of a killed build are stale now
     return out
 
 
@@ -258,13 +150,9 @@ def add_to_index(index_dir: os.PathLike, data: str, model_dir: Optional[os.PathL
             source that does not match how the index stores its images (paths or pixels), or
             another process updating the index.
     """
-    from tfsim import locks
-    from tfsim.data.specs import load_source
-    from tfsim.export.embed import embed_export, export_max_pixels
-
     index_dir = Path(index_dir)
     with locks.sibling_lock(index_dir, "index"):
-        index = scann_index.load(index_dir)
+        index = storage.load(index_dir)
         meta = index.meta
         model_dir = index_model(index_dir, model_dir, meta)
         images = load_source(data, export_max_pixels(model_dir))
@@ -291,11 +179,11 @@ def add_to_index(index_dir: os.PathLike, data: str, model_dir: Optional[os.PathL
         params["added"] = int(params.get("added", 0)) + len(vectors)
         built = int(params.get("built_size", params["size"] - params["added"]))
         if params["added"] > REBUILD_AFTER_GROWTH * built or (
-                params["mode"] == "brute_force" and params["size"] >= scann_index.BRUTE_FORCE_BELOW):
+                params["mode"] == "brute_force" and params["size"] >= float_search.BRUTE_FORCE_BELOW):
             log.warning("The index has grown from %d to %d items since it was built: rebuild it (python -m "
                         "tfsim.pipelines.index --model ... --data ... --out ...) for a tree and search settings tuned "
                         "to its size.", built, params["size"])
-        scann_index.save(index_dir, index.searcher, params, np.concatenate([index.ids.astype(str), new_ids]),
+        storage.save(index_dir, index.searcher, params, np.concatenate([index.ids.astype(str), new_ids]),
                          np.concatenate([index.labels, labels]), names, index.similarity,
                          images=None if index.images is None else np.concatenate([index.images, images.images]),
                          paths=None if index.paths is None else np.concatenate([index.paths,

@@ -12,7 +12,11 @@ any images the data layer reads.
       -> `retrieval_metrics` (exact, blockwise, bounded memory, with a progress bar over the
          queries): Recall@K, precision@K, R-precision, MAP@R, mAP over the whole ranking, with a
          per-class breakdown; NMI and AMI of k-means clusters (`clustering_metrics`)
-      -> `<out>/metrics.json` and `<out>/metrics.md` (the table, then the classes worst first)
+      -> `<out>/metrics.json` and `<out>/metrics.md` (the table, then the classes worst first;
+         `tfsim.evaluation.report`)
+
+The evaluate command's library: it sits in `training` because it opens run folders
+(`tfsim.runs`), exports (`tfsim.export`) and a run's own split of its data.
 
 A data spec is a folder (`<dir>/<class>/<image>`), a list file (see `tfsim.data.lists`),
 `tfds:NAME[:SPLIT]`, or `default` (the shipped set).
@@ -20,7 +24,6 @@ A data spec is a folder (`<dir>/<class>/<image>`), a list file (see `tfsim.data.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,12 +31,20 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from tfsim import config as config_lib
+from tfsim import runs
 from tfsim.data.preprocess import DEFAULT_MAX_PIXELS
 from tfsim.data.sources import ImageSet
+from tfsim.data.specs import load_source
 from tfsim.errors import UserInputError
-from tfsim.evaluation.metrics import ann_metrics, clustering_metrics, query_mask, retrieval_metrics
-from tfsim.data.specs import load_source  # noqa: F401  (used here; also this module's public name)
-from tfsim.export.embed import _embed_batches, embed_export, export_max_pixels  # noqa: F401
+from tfsim.evaluation.embed import embed
+from tfsim.evaluation.metrics import clustering_metrics, query_mask, retrieval_metrics
+from tfsim.evaluation.report import write_report
+from tfsim.export.embed import embed_export, export_max_pixels
+from tfsim.export.saved_model import read_export
+from tfsim.index.hamming import hamming_metrics
+from tfsim.index.quality import ann_metrics
+from tfsim.training.task import load_split
 
 # Above these sizes the costly metrics are skipped (and the report says so): mAP sorts every
 # gallery item for every query; k-means runs with one cluster per class.
@@ -80,10 +91,6 @@ def open_model(path: os.PathLike) -> ModelToEvaluate:
     Raises:
         UserInputError: `path` is none of these, or a run folder without a checkpoint yet.
     """
-    from tfsim import config as config_lib
-    from tfsim import runs
-    from tfsim.export import read_export
-
     path = Path(path)
     if (path / "saved_model.pb").is_file() or not ((path / "config.json").is_file() or _run_of_checkpoint(path)):
         meta = read_export(path)  # raises the "not a tfsim export" error, with the versions it holds
@@ -106,11 +113,9 @@ def open_model(path: os.PathLike) -> ModelToEvaluate:
     else:
         run_dir, checkpoint = _run_of_checkpoint(path), path
     cfg = config_lib.load(str(run_dir / "config.json"))
-    from tfsim.training import stages
-
-    embedder = stages.load_embedder(checkpoint)
-    whitening = stages.read_whitening(run_dir, checkpoint) if cfg.whitening.enabled else None
-    model = stages.final_model(embedder, whitening)
+    embedder = runs.load_embedder(checkpoint)
+    whitening = runs.read_whitening(run_dir, checkpoint) if cfg.whitening.enabled else None
+    model = runs.final_model(embedder, whitening)
     if whitening is not None:
         note = "applied (fitted on this checkpoint)"
     elif cfg.whitening.enabled:
@@ -119,17 +124,14 @@ def open_model(path: os.PathLike) -> ModelToEvaluate:
         note = "off in the run's config"
     return ModelToEvaluate(
         "checkpoint", checkpoint, cfg.eval.similarity,
-        lambda images, batch_size, progress: _embed_batches(model.predict_on_batch, images, cfg.model.image_size,
-                                                            cfg.model.center_crop, batch_size, progress),
+        lambda images, batch_size, progress: embed(model, images, cfg.model.image_size, batch_size, int(progress),
+                                                   cfg.model.center_crop),
         {"run": str(run_dir.resolve()), "checkpoint": checkpoint.name, "whitening": note}, run_dir,
         binary_codes=cfg.model.head == "hash", max_pixels=cfg.data.max_pixels)
 
 
 def run_test_set(run_dir: Path) -> ImageSet:
     """The held-out classes of a run, as its config splits its data."""
-    from tfsim import config as config_lib
-    from tfsim.training.fit import load_split
-
     return load_split(config_lib.load(str(run_dir / "config.json"))).test
 
 
@@ -203,7 +205,6 @@ def evaluate(model_path: os.PathLike, data: Optional[str] = None, query: Optiona
     metrics["skipped"] = skipped
     metrics["skipped_files"] = [f for s in loaded for f in (s.report or {}).get("skipped", [])]
     if model.binary_codes:  # the packed codes ranked by Hamming distance (`tfsim.index.hamming`)
-        from tfsim.training.stages import hamming_metrics
         metrics["hamming"] = hamming_metrics(embeddings, labels, mask)
     if ann:  # the same metrics from a ScaNN index of the gallery, with the gap to exact on a sample
         metrics["ann"] = ann_metrics(embeddings, labels, ks, similarity, query_mask=mask, progress=progress)
@@ -215,78 +216,3 @@ def evaluate(model_path: os.PathLike, data: Optional[str] = None, query: Optiona
     if out is not None:
         write_report(Path(out), metrics, ks)
     return metrics
-
-
-# The table's columns: metrics.json key -> the console's short header (as the train command's table).
-_SHORT = {"recall": "R", "precision": "P", "map@r": "MAP@R", "r_precision": "R-prec", "map": "mAP", "nmi": "NMI",
-          "ami": "AMI"}
-
-
-def table_columns(metrics: dict, ks: Sequence[int]) -> list[str]:
-    """The metrics.json keys of the report's table, in order: Recall@K, precision@K, MAP@R,
-    R-precision, then mAP, NMI and AMI when they were computed."""
-    return ([f"recall@{k}" for k in ks] + [f"precision@{k}" for k in ks] + ["map@r", "r_precision"]
-            + [c for c in ("map", "nmi", "ami") if c in metrics])
-
-
-def _table_rows(metrics: dict) -> list[tuple[str, dict, str]]:
-    """(label, values by key, number format) of each row: exact search, then with `--ann` the
-    ScaNN figures and their gap to exact (ScaNN minus exact, on the sampled queries)."""
-    rows = [("exact", metrics, ".4f")]
-    if "ann" in metrics:
-        rows += [("ScaNN", metrics["ann"], ".4f"), ("gap", metrics["ann"]["gap"], "+.4f")]
-    return rows
-
-
-def format_table(metrics: dict, ks: Sequence[int]) -> str:
-    """The console table of `evaluate`'s metrics: one row per search (exact; with `--ann`, ScaNN
-    and its gap to exact), one right-aligned column per metric under its short header (R@K:
-    recall@K, P@K: precision@K), "-" where a row has no such figure; with `--ann`, a last line
-    saying which index and how many queries the gap was measured on.
-
-    Example: `format_table(evaluate(export, data="default"), (1, 2))` returns lines such as
-
-                   R@1     R@2     P@1     P@2   MAP@R  R-prec     mAP     NMI     AMI
-        exact   0.5000  0.7500  0.5000  0.4167  0.3819  0.3750  0.4102  0.2310  0.1504
-    """
-    cols = table_columns(metrics, ks)
-    heads = [_SHORT.get(c) or f"{_SHORT[c.split('@')[0]]}@{c.split('@')[1]}" for c in cols]
-    rows = _table_rows(metrics)
-    label = max(len(name) for name, _, _ in rows) + 1
-    widths = [max(len(h), 7) + 1 for h in heads]  # a value is 6 or 7 characters ("+0.0123")
-    lines = [" " * label + "".join(h.rjust(w) for h, w in zip(heads, widths))]
-    for name, values, spec in rows:
-        lines.append(name.ljust(label) + "".join(
-            (format(values[c], spec) if c in values else "-").rjust(w) for c, w in zip(cols, widths)))
-    if "ann" in metrics:
-        a = metrics["ann"]
-        lines.append(f"ScaNN: a {a['index']['mode']} index of the gallery; gap: ScaNN minus exact on "
-                     f"{a['gap_sample']} sampled queries")
-    return "\n".join(lines)
-
-
-def write_report(out: Path, metrics: dict, ks: Sequence[int]) -> None:
-    """`metrics.json` and `metrics.md` (the table, then every class, worst MAP@R first)."""
-    from tfsim.training.stages import write_json
-
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "metrics.json", metrics)
-    cols = table_columns(metrics, ks)
-    rows = _table_rows(metrics)
-    many = len(rows) > 1
-    lines = [f"Model `{metrics['model']}` on `{metrics['data'] or metrics['query'] + ' vs ' + metrics['gallery']}` "
-             f"({metrics['protocol']}, {metrics['num_queries']} queries, {metrics['similarity']}).", "",
-             "| " + " | ".join(["search"] * many + cols) + " |", "|" + " --- |" * (len(cols) + many)]
-    for name, values, spec in rows:
-        lines.append("| " + " | ".join([name] * many + [format(values[c], spec) if c in values else "-"
-                                                         for c in cols]) + " |")
-    if "ann" in metrics:
-        a = metrics["ann"]
-        lines += ["", f"ScaNN: a {a['index']['mode']} index of the gallery; gap: ScaNN minus exact on "
-                      f"{a['gap_sample']} sampled queries."]
-    lines += ["", "Per class, worst MAP@R first:", "", "| class | queries | recall@1 | map@r |", "| --- | --- | --- | --- |"]
-    for name, m in sorted(metrics["per_class"].items(), key=lambda item: (item[1]["map@r"], item[0])):
-        lines.append(f"| {name} | {m['queries']} | {m['recall@1']:.4f} | {m['map@r']:.4f} |")
-    tmp = out / ".metrics.md.tmp"
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, out / "metrics.md")

@@ -1,6 +1,4 @@
-"""A ScaNN index over a gallery of embeddings, with the row -> image id/label mapping.
-
-On disk (a folder, written atomically: built under a temporary name, then renamed):
+"""Storage of an index: one folder, written atomically, checked when read, repaired after a crash.
 
     <index>/
       index.json        format, similarity, ScaNN parameters (tuned settings and measured recall),
@@ -13,28 +11,18 @@ On disk (a folder, written atomically: built under a temporary name, then rename
                         images [G, H, W, C] uint8 (when they were in memory) or paths [G]
                         (absolute, or relative to the index folder, never to the current directory)
       scann/            ScaNN's own serialised searcher (`searcher.serialize`), or for a
-                        hashing model's Hamming index (`build_hamming`) the packed codes
-                        (codes.npy, uint8 [G, bits / 8])
+                        hashing model's Hamming index (`tfsim.index.hamming.build_hamming`) the
+                        packed codes (codes.npy, uint8 [G, bits / 8])
 
-Updates (`save(replace=True)`, under the caller's `sibling_lock`) swap folders by two renames; a
-crash between them leaves `.old-<name>-*` and `.tmp-<name>-*` beside the path and no index at it.
+A new index is built under a temporary name beside its path, then renamed. Updates
+(`save(replace=True)`, under the caller's `sibling_lock`) swap folders by two renames; a crash
+between them leaves `.old-<name>-*` and `.tmp-<name>-*` beside the path and no index at it.
 `recover` (run by `read_meta`, so by every command that opens the index) restores a complete,
 verified one to the name and removes the stale ones, and logs what it did.
-
-Search results are oriented so that larger scores are closer, whatever the
-similarity (`tfsim.distances.DISTANCES`), and returned as the same `Neighbors` as `evaluation.exact_knn`;
-that is what lets tests compare ScaNN to brute force by recall and by scores.
-
-Parameters: galleries under `BRUTE_FORCE_BELOW` items are scored exhaustively; larger ones use
-a k-means tree of ~2 sqrt(G) leaves, anisotropic quantisation (2 dims per block, threshold 0.2)
-and exact re-scoring, and the index tunes itself (`build` -> `tune_search`): it measures
-recall@k against exact search on a sample of gallery vectors and keeps the fastest number of
-leaves searched and re-scoring depth that reach `target_recall`; index.json records both.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -42,322 +30,28 @@ import math
 import os
 import re
 import shutil
-import time
 import uuid
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
-from tfsim import distances
+from tfsim import distances, locks
 from tfsim.errors import UserInputError
-from tfsim.evaluation.knn import Neighbors
+from tfsim.index.float_search import GalleryIndex, scann_ops
+from tfsim.index.hamming import HammingSearcher
 
 log = logging.getLogger(__name__)
-FORMAT = "tfsim.scann_index.v3"  # v3: index.json's own digest and schema, file fingerprints of the model, id kind
+# v3 checks index.json by its own digest and schema, and names the model by its files' fingerprint.
+FORMAT = "tfsim.scann_index.v3"
 READABLE_FORMATS = (FORMAT,)
-# Formats this tfsim no longer reads: their index.json was not covered by a checksum (v1 had no
+# Formats this tfsim refuses (rebuild): their index.json was not covered by a checksum (v1 had no
 # checksums at all) and their model fingerprint was metadata the model carried about itself.
 OLDER_FORMATS = ("tfsim.scann_index.v1", "tfsim.scann_index.v2")
 MODES = ("brute_force", "tree_ah", "hamming")
 # What a gallery id is: "relative" (the image's path relative to the data root, or "<dataset>:<row>"
 # for images that only exist in memory) or "path" (the absolute path, asked for explicitly).
 ID_KINDS = ("relative", "path")
-# Below this many items the index scores every item (exact, and about as fast at that size).
-BRUTE_FORCE_BELOW = 20_000
-# The k-means tree is trained on at most this many vectors (ScaNN's own examples use 250k).
-TRAINING_SAMPLE = 250_000
-
-
-def _scann():
-    try:
-        from scann import scann_ops_pybind
-    except ImportError as err:  # pragma: no cover - scann is a hard dependency
-        raise ImportError("tfsim's index needs `scann==1.4.2` (pip install scann==1.4.2).") from err
-    return scann_ops_pybind
-
-
-class HammingSearcher:
-    """Exact Hamming search over packed binary codes (`tfsim.index.hamming`), with the parts of
-    ScaNN's searcher interface the index uses: `search_batched` (relaxed query codes in; rows
-    and negated Hamming distances out, nearest first, ties by row), `serialize`, `size`, and
-    `searcher.upsert` for additions."""
-
-    def __init__(self, codes: np.ndarray):
-        self.codes = np.asarray(codes, np.uint8)
-        self.searcher = self  # (`add_to_index` calls `searcher.searcher.upsert`, as for ScaNN)
-
-    def search_batched(self, queries, final_num_neighbors=10, **unused):
-        from tfsim.index.hamming import hamming_topk, pack_codes
-
-        rows, dist = hamming_topk(pack_codes(np.asarray(queries)), self.codes, final_num_neighbors)
-        return rows, -dist.astype(np.float32)
-
-    def upsert(self, indices, vectors, batch_size=1):
-        from tfsim.index.hamming import pack_codes
-
-        self.codes = np.concatenate([self.codes, pack_codes(np.asarray(vectors))])
-
-    def size(self) -> int:
-        return int(len(self.codes))
-
-    def serialize(self, directory: str) -> None:
-        np.save(Path(directory) / "codes.npy", self.codes)
-
-    @classmethod
-    def load(cls, directory: os.PathLike) -> "HammingSearcher":
-        return cls(np.load(Path(directory) / "codes.npy"))
-
-
-def build_hamming(relaxed: np.ndarray) -> tuple[HammingSearcher, dict]:
-    """A Hamming index of `[G, bits]` relaxed codes (a `model.head=hash` export's embeddings)."""
-    from tfsim.index.hamming import pack_codes
-
-    codes = pack_codes(relaxed)
-    return HammingSearcher(codes), {"mode": "hamming", "code_bits": int(codes.shape[1] * 8), "size": len(codes),
-                                    "dim": int(np.asarray(relaxed).shape[1]), "num_neighbors": 10,
-                                    "bytes_per_item": int(codes.shape[1])}
-
-
-@dataclasses.dataclass
-class GalleryIndex:
-    """A loaded (or freshly built) index and its gallery metadata."""
-
-    searcher: object
-    ids: np.ndarray
-    labels: np.ndarray
-    class_names: tuple[str, ...]
-    similarity: str
-    params: dict
-    images: Optional[np.ndarray] = None
-    paths: Optional[np.ndarray] = None
-    meta: Optional[dict] = None
-
-    def __len__(self) -> int:
-        return int(self.ids.shape[0])
-
-    def search(self, queries: np.ndarray, k: int) -> Neighbors:
-        """Top-k gallery rows of each query.
-
-        Args:
-            queries: float `[Q, D]` (raw embeddings; normalised here if the similarity needs it).
-            k: neighbours, at most the gallery size.
-
-        Returns:
-            `Neighbors(indices [Q, k] gallery rows, scores [Q, k])`, best first, larger = closer.
-        """
-        k = min(int(k), len(self))
-        if self.params.get("mode") == "hamming":  # scores: minus the Hamming distance
-            rows, scores = self.searcher.search_batched(np.atleast_2d(queries), final_num_neighbors=k)
-            return Neighbors(rows.astype(np.int64), scores.astype(np.float32))
-        sim = distances.get_distance(self.similarity)
-        q = np.asarray(sim.prepare(np.atleast_2d(queries)).numpy(), np.float32)
-        if self.params.get("mode") == "tree_ah":  # the tuned settings (see `build`)
-            rows, raw = self.searcher.search_batched(
-                q, final_num_neighbors=k, leaves_to_search=int(self.params["num_leaves_to_search"]),
-                pre_reorder_num_neighbors=max(int(self.params["reorder"]), k))
-        else:
-            rows, raw = self.searcher.search_batched(q, final_num_neighbors=k)
-        scores = raw if sim.larger_is_closer else -raw
-        if sim.name == "L2":
-            scores = -np.sqrt(np.maximum(-scores, 0.0))
-        return Neighbors(rows.astype(np.int64), scores.astype(np.float32))
-
-
-def _exact_neighbours(db: np.ndarray, rows: np.ndarray, k: int, measure: str) -> np.ndarray:
-    """`[S, k]` exact nearest gallery rows of the gallery rows `rows`, each row itself excluded."""
-    from tfsim.evaluation.knn import exact_knn
-
-    similarity = "dot" if measure == "dot_product" else "squared-L2"  # db is already prepared
-    block = max(1, (1 << 26) // len(db))  # ~256 MB of scores at a time
-    found = exact_knn(db[rows], db, k + 1, similarity, block_size=block).indices
-    return _drop_self(found, rows, k)
-
-
-def _drop_self(found: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
-    """The first k of each row of `found` other than the query's own row, -1 where a row has fewer
-    (ScaNN pads a search that found fewer than asked with repeats of row 0)."""
-    out = np.full((len(rows), k), -1, np.int64)
-    for i, (row, own) in enumerate(zip(found, rows)):
-        kept = [r for r in dict.fromkeys(row.tolist()) if r != own][:k]
-        out[i, :len(kept)] = kept
-    return out
-
-
-MAX_REORDER_FACTOR = 1024  # the deepest re-scoring the tuner tries: k x this
-
-
-def _timed_search(searcher, queries: np.ndarray, k: int, leaves: int, reorder: int) -> tuple[np.ndarray, float]:
-    """Neighbour rows and the best-of-2 wall time of one batched search."""
-    best, rows = float("inf"), None
-    for _ in range(2):
-        start = time.perf_counter()
-        rows, _ = searcher.search_batched(queries, final_num_neighbors=k, leaves_to_search=leaves,
-                                          pre_reorder_num_neighbors=reorder)
-        best = min(best, time.perf_counter() - start)
-    return rows, best
-
-
-def tune_search(searcher, db: np.ndarray, k: int, num_leaves: int, target_recall: float,
-                measure: str, sample: int = 1000, seed: int = 0, leaves_to_search: int = 0,
-                reorder: int = 0) -> dict:
-    """The fastest search settings of a tree searcher that reach `target_recall` at k.
-
-    Recall@k is measured against exact search on a seeded sample of gallery vectors used as
-    queries, each with itself excluded (queries from the gallery's own distribution), and each
-    setting tried is timed on that sample. Re-scoring depths (`reorder` if given, else
-    k x {16, 8, 4, 2, 1}, then, if none reaches the target, k x {32, 64, ..., 1024} up to the
-    gallery's size until one does) are tried deepest first; for each, the fewest leaves to search that reach
-    the target (`leaves_to_search` if given) are found by doubling from the previous depth's
-    answer (a shallower re-scoring never needs fewer leaves), then bisecting. A depth is given up
-    when its settings get slower than the best one found, or its recall stops growing. The
-    fastest setting that reaches the target wins; if none does, the one with the highest recall
-    is kept and the result says so.
-
-    Returns:
-        {"num_leaves_to_search", "reorder", "measured_recall", "queries_per_second" (on the
-        sample, one thread), "target_recall", "target_met", "sample", "tried": [...]}.
-    """
-    rng = np.random.default_rng(seed)
-    rows = np.sort(rng.choice(len(db), min(sample, len(db)), replace=False))
-    queries = db[rows]
-    truth = _exact_neighbours(db, rows, k, measure)
-    k_search = min(k + 1, len(db))
-    tried: dict = {}
-
-    def probe(leaves: int, depth: int) -> tuple[float, float]:
-        """(recall, seconds) of one setting on the sample."""
-        if (leaves, depth) not in tried:
-            found, seconds = _timed_search(searcher, queries, k_search, leaves, max(depth, k_search))
-            found = _drop_self(found.astype(np.int64), rows, k)
-            hits = sum(len(set(a) & set(b)) for a, b in zip(found, truth))
-            tried[leaves, depth] = (hits / truth.size, seconds)
-        return tried[leaves, depth]
-
-    best: Optional[tuple[int, int]] = None  # the fastest setting reaching the target so far
-
-    def slower_than_best(setting: tuple[int, int]) -> bool:
-        return best is not None and tried[setting][1] > tried[best][1]
-
-    def fewest_leaves(depth: int, lower: int) -> Optional[int]:
-        """The fewest leaves (from `lower`) reaching the target at `depth`, or None."""
-        leaves, previous = lower, -1.0
-        while True:
-            got, _ = probe(leaves, depth)
-            if got >= target_recall or leaves_to_search or slower_than_best((leaves, depth)):
-                break
-            if leaves >= num_leaves or got - previous < 0.001:  # this depth's recall has stopped growing
-                break
-            previous, leaves = got, min(2 * leaves, num_leaves)
-        if probe(leaves, depth)[0] < target_recall:
-            return None
-        lo, hi = max(lower, leaves // 2), leaves  # bisect: fewest leaves in (lo, hi] reaching the target
-        if probe(lo, depth)[0] >= target_recall:
-            hi = lo
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if probe(mid, depth)[0] >= target_recall:
-                hi = mid
-            else:
-                lo = mid
-        return hi
-
-    depths = [reorder] if reorder else sorted({max(k, k * m) for m in (1, 2, 4, 8, 16)}, reverse=True)
-    lower = leaves_to_search or 1
-    for depth in depths:
-        leaves = fewest_leaves(depth, lower)
-        if leaves is None:
-            continue
-        if best is None or tried[leaves, depth][1] < tried[best][1]:
-            best = (leaves, depth)
-        lower = leaves
-    # Nothing reached the target: re-score deeper (near-duplicate clusters need the whole
-    # cluster re-scored), doubling up to k x 1024 or the gallery, until a depth does.
-    cap = min(len(db), k * MAX_REORDER_FACTOR)
-    deeper = [d for d in (k * 2 ** e for e in range(5, 11)) if d < cap] + [cap]
-    for depth in deeper if best is None and not reorder and cap > max(depths) else []:
-        leaves = fewest_leaves(depth, leaves_to_search or 1)
-        if leaves is not None:
-            best = (leaves, depth)
-            break
-    choice = best or max(tried, key=lambda c: (tried[c][0], -tried[c][1]))
-    measured, seconds = tried[choice]
-    return {"num_leaves_to_search": int(choice[0]), "reorder": int(max(choice[1], k_search)),
-            "measured_recall": float(measured), "queries_per_second": float(len(rows) / max(seconds, 1e-9)),
-            "target_recall": float(target_recall), "target_met": best is not None,
-            "sample": int(len(rows)),
-            "tried": [{"num_leaves_to_search": a, "reorder": b, "recall": r, "seconds": t}
-                      for (a, b), (r, t) in sorted(tried.items())]}
-
-
-def options(index_config) -> dict:
-    """`build`'s keyword arguments from an `IndexConfig`."""
-    keys = ("num_neighbors", "num_leaves", "num_leaves_to_search", "reorder", "dims_per_block",
-            "anisotropic_threshold", "target_recall", "brute_force_below")
-    return {key: getattr(index_config, key) for key in keys}
-
-
-def build(embeddings: np.ndarray, similarity: str = "cosine", num_neighbors: int = 10, num_leaves: int = 0,
-          num_leaves_to_search: int = 0, reorder: int = 0, dims_per_block: int = 2,
-          anisotropic_threshold: float = 0.2, target_recall: float = 0.95,
-          brute_force_below: int = BRUTE_FORCE_BELOW, tuning_sample: int = 1000, seed: int = 0):
-    """Builds a ScaNN searcher over `embeddings` `[G, D]` that tunes its own search settings.
-
-    Galleries under `brute_force_below` items (and no `num_leaves` asked for) are scored
-    exhaustively: exact, and fast enough at that size. Larger ones get a k-means tree of
-    `num_leaves` (0: 2 sqrt(G)) leaves trained on at most `TRAINING_SAMPLE` vectors,
-    anisotropic quantisation (`dims_per_block` dims per block) and exact re-scoring; the leaves
-    searched and the re-scoring depth are then chosen by `tune_search` to reach `target_recall`
-    at `num_neighbors` as fast as possible (or taken as given when non-zero; recall is measured
-    either way). `GalleryIndex.search` applies them.
-
-    Returns:
-        `(searcher, params)`: the ScaNN searcher and the parameters used, with what the tuning
-        measured ("measured_recall", "queries_per_second", "tuning").
-    """
-    embeddings = np.asarray(embeddings, np.float32)
-    if embeddings.ndim != 2 or len(embeddings) == 0:
-        raise ValueError(f"Expected a non-empty [G, D] gallery; got shape {embeddings.shape}.")
-    if not 0 < target_recall <= 1:
-        raise ValueError(f"Invalid target_recall {target_recall}: expected a recall in (0, 1], e.g. 0.95.")
-    sim = distances.get_distance(similarity)
-    db = np.asarray(sim.prepare(embeddings).numpy(), np.float32)
-    g = len(db)
-    k = min(num_neighbors, g)
-    start = time.perf_counter()
-    builder = _scann().builder(db, k, sim.scann_measure)
-    if g < brute_force_below and not num_leaves:
-        searcher = builder.score_brute_force().build()
-        params = {"mode": "brute_force"}
-    else:
-        leaves = min(num_leaves or max(2, int(round(2 * math.sqrt(g)))), g)
-        aq = sim.scann_measure == "dot_product"
-        builder = builder.tree(num_leaves=leaves, num_leaves_to_search=num_leaves_to_search or max(1, leaves // 10),
-                               training_sample_size=min(g, TRAINING_SAMPLE), spherical=aq and sim.normalize,
-                               quantize_centroids=False)
-        if aq:
-            builder = builder.score_ah(dims_per_block, anisotropic_quantization_threshold=anisotropic_threshold)
-        else:
-            builder = builder.score_ah(dims_per_block)
-        searcher = builder.reorder(max(reorder, k)).build()  # (search passes the tuned depth)
-        build_seconds = time.perf_counter() - start
-        tuned = tune_search(searcher, db, k, leaves, target_recall, sim.scann_measure, tuning_sample, seed,
-                            num_leaves_to_search, reorder)
-        params = {"mode": "tree_ah", "num_leaves": leaves, "num_leaves_to_search": tuned["num_leaves_to_search"],
-                  "dims_per_block": dims_per_block, "anisotropic_threshold": anisotropic_threshold,
-                  "reorder": tuned["reorder"], "training_sample_size": min(g, TRAINING_SAMPLE),
-                  "target_recall": target_recall, "measured_recall": tuned["measured_recall"],
-                  "queries_per_second": tuned["queries_per_second"], "build_seconds": build_seconds,
-                  "tuning_seconds": time.perf_counter() - start - build_seconds,
-                  "tuning": {key: tuned[key] for key in ("sample", "target_met", "tried")}}
-        if not tuned["target_met"]:
-            log.warning("The index reaches recall@%d %.3f at best, below index.target_recall %.3f: raise "
-                        "index.num_leaves or index.dims_per_block.", k, tuned["measured_recall"], target_recall)
-        log.info("ScaNN index over %d items: %d leaves, %d searched, reorder %d: recall@%d %.3f (target %.3f) on "
-                 "%d gallery queries, %.0f queries/s.", g, leaves, params["num_leaves_to_search"], params["reorder"],
-                 k, tuned["measured_recall"], target_recall, tuned["sample"], tuned["queries_per_second"])
-    params.update(num_neighbors=k, distance_measure=sim.scann_measure, size=g, dim=int(db.shape[1]))
-    return searcher, params
 
 
 def _make_relocatable(scann_dir: Path) -> None:
@@ -402,12 +96,12 @@ def save(path: os.PathLike, searcher, params: dict, ids: Sequence[str], labels: 
     between the renames is undone by `recover`). The caller holds `sibling_lock(path)` while
     replacing. index.json records each file's size and SHA-256, its own digest (checked by
     `load`), `id_kind` (`ID_KINDS`) and `model`: what embedded the gallery (name, version,
-    embedding_dim, fingerprint of its files; see `tfsim.index.catalogue.model_info`).
+    embedding_dim, fingerprint of its files; see `tfsim.export.identity.model_info`).
     """
-    final = Path(path)
-    if final.exists() and not replace:
-        raise UserInputError(f"Index folder {str(final)!r} already exists; choose another path or remove it.")
-    work = final.with_name(f".tmp-{final.name}-{uuid.uuid4().hex[:8]}") if atomic else final
+    target = Path(path)
+    if target.exists() and not replace:
+        raise UserInputError(f"Index folder {str(target)!r} already exists; choose another path or remove it.")
+    work = target.with_name(f".tmp-{target.name}-{uuid.uuid4().hex[:8]}") if atomic else target
     work.mkdir(parents=True)
     try:
         (work / "scann").mkdir()
@@ -426,17 +120,17 @@ def save(path: os.PathLike, searcher, params: dict, ids: Sequence[str], labels: 
         meta["digest"] = meta_digest(meta)
         _check_meta(work, meta)  # what is written is what `load` accepts
         (work / "index.json").write_text(json.dumps(meta, indent=2) + "\n")
-        if atomic and replace and final.exists():
-            old = final.with_name(f".old-{final.name}-{uuid.uuid4().hex[:8]}")
-            os.rename(final, old)
-            os.rename(work, final)
+        if atomic and replace and target.exists():
+            old = target.with_name(f".old-{target.name}-{uuid.uuid4().hex[:8]}")
+            os.rename(target, old)
+            os.rename(work, target)
             shutil.rmtree(old, ignore_errors=True)
         elif atomic:
-            os.rename(work, final)
+            os.rename(work, target)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    return final
+    return target
 
 
 def _corrupt(path: Path, problem: str) -> UserInputError:
@@ -560,8 +254,6 @@ def recover(path: os.PathLike) -> list[str]:
     Raises:
         LockHeld: no index at `path` while another process is updating it.
     """
-    from tfsim import locks
-
     path = Path(path)
     if not leftovers(path):
         return []
@@ -704,7 +396,7 @@ def load(path: os.PathLike, checksums: bool = True, recover_leftovers: bool = Tr
             raise _corrupt(path, "scann/scann_assets.pbtxt names files outside the index folder")
     try:
         searcher = (HammingSearcher.load(path / "scann") if meta["params"]["mode"] == "hamming"
-                    else _scann().load_searcher(str(path / "scann")))
+                    else scann_ops().load_searcher(str(path / "scann")))
         with np.load(path / "gallery.npz") as npz:  # (no pickles: allow_pickle stays False)
             index = GalleryIndex(searcher=searcher, ids=npz["ids"], labels=npz["labels"],
                                  class_names=tuple(meta["class_names"]), similarity=meta["similarity"],
