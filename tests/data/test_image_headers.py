@@ -127,6 +127,7 @@ def test_gif_frames_are_counted_block_by_block(frames):
     assert header_size(data) == (50, 30, frames, int(pixels))
 
 
+@pytest.mark.slow  # over a second and a half: kept out of the fast tier
 def test_an_animated_gif_is_refused_by_the_pixels_of_all_its_frames():
     """giflib decodes every frame whichever one is kept: 64 frames of 100 x 100 cost 640,000 pixels."""
     data = gif(64, (100, 100))

@@ -253,6 +253,7 @@ def test_tiny_imagenet_layout_and_the_dogs_and_tiny_presets(tmp_path):
         "stanford_dogs", "database_query", "random_resized_crop")
 
 
+@pytest.mark.slow  # over a second and a half: kept out of the fast tier
 def test_folder_split_by_seeded_fraction_and_csv_query_gallery(tmp_path):
     root = tmp_path / "photos"
     for c in range(10):

@@ -91,6 +91,7 @@ def test_a_run_on_a_messy_folder_trains_and_writes_the_report(messy, tmp_path):
         config.load("default", ["data.source=folder", f"data.path={root}", "data.on_bad_file=maybe"])
 
 
+@pytest.mark.slow  # over a second and a half: kept out of the fast tier
 def test_parallel_decode_check_keeps_the_files_order(tmp_path):
     rng = np.random.default_rng(1)
     files = []

@@ -1,6 +1,7 @@
 """The one preprocessing: channels, stretching to S x S, static and dynamic shapes alike."""
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tfsim.data.preprocess import decode, preprocess, to_uint8
@@ -71,6 +72,7 @@ def test_center_crop_keeps_the_middle():
     np.testing.assert_array_equal(preprocess(tf.constant(img), 8).numpy(), img)
 
 
+@pytest.mark.slow  # over a second and a half: kept out of the fast tier
 def test_unusual_image_files_decode_to_rgb_the_same_way_everywhere(tmp_path):
     """CMYK JPEG, 16-bit PNG, palette PNG, RGBA PNG, grey JPEG and an animated GIF: three RGB
     channels, the same pixels in the pipeline, the pictures and (via `decode`) the SavedModel."""

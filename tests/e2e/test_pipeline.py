@@ -231,7 +231,8 @@ def test_user_errors_exit_2_without_traceback(run, tmp_path):
                           cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
-    for (module, args, needle), (code, stderr) in zip(cases, results):
+    assert len(results) == len(cases)
+    for (_, args, needle), (code, stderr) in zip(cases, results):
         assert code == 2, (args, stderr[-2000:])
         assert needle in stderr, (needle, stderr[-2000:])
         assert "Traceback" not in stderr

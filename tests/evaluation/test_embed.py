@@ -39,10 +39,13 @@ def test_embed_traces_each_model_once_and_keeps_row_order():
     sets = [image_set(10, 0), image_set(7, 1), image_set(3, 2)]  # batches of 4: 4, 4, 2 / 4, 3 / 3
     out = [embed(model, s, 8, batch_size=4) for s in sets]
     assert model.traces == 1  # not once per batch size (Keras `predict`: 4, 2 and 3)
+    assert len(out) == len(sets)
     for s, got in zip(sets, out):
         want = np.asarray(model(s.images.astype(np.float32)))
         assert got.dtype == np.float32 and got.shape == (len(s), 4)
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        # float32 sums over different batch shapes differ in the last bits of values near 300; a
+        # row out of place differs by hundreds
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
 
     other = CountingEmbedder.built()  # another model: its own trace
     embed(other, sets[0], 8, batch_size=4)

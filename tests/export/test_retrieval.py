@@ -41,7 +41,8 @@ for record in tf.data.TFRecordDataset(path + "/assets.extra/tf_serving_warmup_re
         **{k: tf.constant(v) for k, v in inputs.items()})
     warm.append([request.model_spec.name, list(got["ids"].shape)])
 empty = serve(image_bytes=tf.constant([], tf.string))  # an empty request: empty answers, no error
-print(json.dumps({"empty": list(empty["ids"].shape), "ids": out["ids"].numpy().astype(str).tolist(), "labels": out["labels"].numpy().astype(str).tolist(),
+print(json.dumps({"empty": list(empty["ids"].shape), "ids": out["ids"].numpy().astype(str).tolist(),
+                  "labels": out["labels"].numpy().astype(str).tolist(),
                   "scores": out["scores"].numpy().tolist(), "rows": out["rows"].numpy().tolist(), "warm": warm,
                   "scann_loaded": "scann" in sys.modules}))
 '''

@@ -103,6 +103,7 @@ def test_cosine_proxies_layer():
     assert clone.num_classes == 3
 
 
+@pytest.mark.slow  # over a second and a half: kept out of the fast tier
 def test_proxy_trainer_saves_and_gives_back_its_embedder(tmp_path):
     embedder = build_embedding_model("small_resnet", 16, 8, width=4, blocks_per_stage=1, seed=0,
                                      layer_norm=True)

@@ -10,7 +10,8 @@ from tfsim.losses import TripletSemiHardLoss
 from tfsim.models import BACKBONES, build_embedding_model
 
 
-@pytest.mark.parametrize("backbone,size", [("small_resnet", 28), ("resnet50", 32)])
+@pytest.mark.parametrize("backbone,size", [("small_resnet", 28),
+                                           pytest.param("resnet50", 32, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("pooling", ["avg", "flatten"])
 def test_every_backbone_embeds_unit_vectors_and_gets_gradients(backbone, size, pooling):
     assert set(BACKBONES) == {"small_resnet", "resnet50"}
@@ -49,6 +50,7 @@ def test_residual_branches_start_at_gamma_one_unless_zero_init_is_asked(zero_ini
     assert np.allclose(shortcut, added) == zero_init
 
 
+@pytest.mark.slow  # over a second and a half: kept out of the fast tier
 def test_same_seed_same_untrained_model():
     a = build_embedding_model("small_resnet", 28, 8, width=8, seed=3)
     b = build_embedding_model("small_resnet", 28, 8, width=8, seed=3)
@@ -77,6 +79,7 @@ def test_weights_errors():
         build_embedding_model("vgg", 32)
 
 
+@pytest.mark.slow  # over a second and a half: kept out of the fast tier
 def test_resnet50_accepts_a_local_weights_file(tmp_path):
     # The offline stand-in for "imagenet": weights saved from one ResNet50 load into another.
     src = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 3))

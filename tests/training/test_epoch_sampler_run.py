@@ -4,12 +4,13 @@ import pytest
 
 from tfsim import config
 from tfsim.errors import UserInputError
-from tfsim.training import train
+from tfsim.training import stages, train
 
 pytestmark = pytest.mark.slow  # trains a model (see pyproject.toml)
 
 
-def test_normalized_softmax_on_one_pass_epochs(tmp_path):
+def test_normalized_softmax_on_one_pass_epochs(tmp_path, monkeypatch):
+    monkeypatch.setattr(stages, "MAX_RAW_PIXEL_BYTES", 0)  # raw-pixel baselines: not compared here, and slow
     cfg = config.load("default", ["loss.name=normalized_softmax", "sampler.kind=epoch", "sampler.batch_size=120",
                                   "train.steps_per_epoch=0", "train.epochs=2", "model.width=8",
                                   "model.embedding_dim=32", "export.enabled=false", "eval.every_epoch=false"])

@@ -1,7 +1,6 @@
 """What training prints: a progress bar on a terminal, one clean line per epoch elsewhere; short
 name lists; checkpoints saved without NumPy deprecation warnings."""
 
-import importlib
 import io
 import re
 import sys
@@ -14,7 +13,7 @@ import pytest
 from tfsim import config
 from tfsim.training.task import Task
 
-fit_module = importlib.import_module("tfsim.training.fit")  # (the package's `fit` is the function)
+from tfsim.training import loop as fit_module
 
 
 class Stdout(io.StringIO):

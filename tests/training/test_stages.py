@@ -1,13 +1,14 @@
 """The stages after training, joined by files: what a re-run reuses and what it redoes."""
 
-import importlib
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tfsim import config
-from tfsim.training import stages, train
+from tfsim.training import stages, task, train
 
 pytestmark = pytest.mark.slow  # trains models / runs CLIs (see pyproject.toml)
 
@@ -19,15 +20,11 @@ def versions(root):
     return sorted(p.name for p in (root / "fashion_mnist_small").iterdir())
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """One tiny run with an export, its index and an exact retrieval export: the tests below read it,
-    and the re-run test (last in this file) re-enters it."""
-    root = tmp_path_factory.mktemp("stages")
-    sets = TINY + [f"export.root={root / 'exports'}", "export.retrieval=exact"]
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(stages, "MAX_RAW_PIXEL_BYTES", 0)  # (raw-pixel baselines: not read here, and slow)
-        return root, sets, train(config.load("default", sets), root / "run", verbose=0)
+@pytest.fixture
+def run(tiny_run):
+    """The session's tiny run (tests/conftest.py: TINY here, an export with its index and an exact
+    retrieval export): its root, config values and TrainResult."""
+    return tiny_run.root, tiny_run.sets, tiny_run.result
 
 
 def test_index_holds_the_exported_models_embeddings(run):
@@ -62,7 +59,7 @@ def test_cropped_run_exports_the_crop_it_evaluated_with(tmp_path):
     result = train(config.load("default", sets), tmp_path / "run", verbose=0)
     meta = json.loads((result.export_dir / "assets.extra" / "tfsim" / "export.json").read_text())
     assert meta["center_crop"] == 0.75 and meta["image_size"] == 24
-    split = importlib.import_module("tfsim.training.task").load_split(config.load("default", sets))
+    split = task.load_split(config.load("default", sets))
     sample = split.test.subset(np.arange(4))
     served = tf.saved_model.load(str(result.export_dir)).signatures["serving_default"](
         image_bytes=tf.constant([tf.io.encode_png(im).numpy() for im in sample.load_images(range(4))]))
@@ -87,27 +84,30 @@ def test_run_writes_retrieval_savedmodels_once(run):
         config.validate(config.load("default", ["export.retrieval=exact", "index.enabled=false"]))
 
 
-def test_rerun_reuses_baselines_and_export_until_something_changes(run, monkeypatch):
+def test_rerun_reuses_baselines_and_export_until_something_changes(run, tmp_path, monkeypatch):
     root, sets, first = run
+    # A copy of the shared run folder, re-entered; the export root is the shared one, where the
+    # finished run's export is found again (and the changed one is added as version 2).
+    run_dir = Path(shutil.copytree(root / "run", tmp_path / "run"))
     assert versions(root / "exports") == ["1"]
 
-    monkeypatch.setattr(stages, "MAX_RAW_PIXEL_BYTES", 0)  # as in the fixture
+    monkeypatch.setattr(stages, "MAX_RAW_PIXEL_BYTES", 0)  # as in the shared run
     built = []
     original = stages.export_embedder
     monkeypatch.setattr(stages, "export_embedder", lambda *a, **k: built.append(1) or original(*a, **k))
-    fit_module = importlib.import_module("tfsim.training.task")
+    from tfsim.training import task as fit_module
     untrained_builds = []
     build = fit_module.build_embedder
     monkeypatch.setattr(fit_module, "build_embedder", lambda cfg: untrained_builds.append(1) or build(cfg))
 
-    again = train(config.load("default", sets), root / "run", verbose=0)
+    again = train(config.load("default", sets), run_dir, verbose=0)
     assert built == [] and untrained_builds == []  # nothing trained, baselines from baselines.json
     assert again.export_dir == first.export_dir and versions(root / "exports") == ["1"]
     assert again.retrieval_dirs == first.retrieval_dirs  # the same export: nothing new for TF Serving
     assert again.metrics == first.metrics
 
     # Another whitening: a different exported function and different (whitened) untrained baseline.
-    other = train(config.load("default", sets + ["whitening.power=0"]), root / "run", verbose=0)
+    other = train(config.load("default", sets + ["whitening.power=0"]), run_dir, verbose=0)
     assert built == [1] and untrained_builds == [1]
     assert versions(root / "exports") == ["1", "2"] and other.export_dir.name == "2"
     assert other.metrics["unwhitened"] == first.metrics["unwhitened"]  # same trained network

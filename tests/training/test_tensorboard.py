@@ -259,7 +259,7 @@ def test_tensorboard_lists_the_trials_of_a_search_by_their_names(runs):
 @pytest.mark.slow
 def test_a_short_training_run_as_tensorboard_serves_it(tmp_path):
     from tfsim import config
-    from tfsim.training.train import train
+    from tfsim.training.run import train
 
     cfg = config.load("default", ["train.epochs=2", "train.steps_per_epoch=2", "model.width=8",
                                   "model.blocks_per_stage=1", "model.embedding_dim=16", "eval.baselines=false",

@@ -101,7 +101,8 @@ def test_large_training_sets_fit_on_a_seeded_subset(whitened_run, tmp_path, defa
     from tfsim.training import stages
     fitted = []
     original = stages.fit_whitening
-    monkeypatch.setattr(stages, "fit_whitening", lambda x, *a, **k: fitted.append(np.asarray(x)) or original(x, *a, **k))
+    monkeypatch.setattr(stages, "fit_whitening",
+                        lambda x, *a, **k: fitted.append(np.asarray(x)) or original(x, *a, **k))
     # The shared run re-entered with another whitening: refitted (and its baselines recomputed), not retrained.
     run_dir = copy_of(whitened_run[0], tmp_path)
     cfg = config.load("default", WHITENED + ["whitening.max_images=500", "whitening.enabled=true"])

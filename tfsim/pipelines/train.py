@@ -46,7 +46,7 @@ def main(argv: list[str]) -> int:
     cfg = config.load(args.config, args.overrides, resolved=False)  # before TensorFlow: a mistake is reported at once
     # lazy: TensorFlow (about 6 s) loads only once the config is known to be valid
     from tfsim.training import train
-    from tfsim.training.fit import summarize_names
+    from tfsim.training.loop import summarize_names
 
     result = train(cfg, args.run_dir, resume=not args.no_resume, verbose=0 if args.quiet else "auto")
     m = result.metrics

@@ -9,7 +9,7 @@
                         function or its settings changed) with the ScaNN index inside, built
                         from embeddings computed by the exported SavedModel itself
 
-`tfsim.training.train.train` runs them in order after `fit`; each is a function of the
+`tfsim.training.run.train` runs them in order after `fit`; each is a function of the
 config, the run folder and the data, so a command that only evaluates or exports can call
 the ones it needs.
 """
@@ -42,6 +42,7 @@ from tfsim.files import latest_version, write_json
 from tfsim.index import float_search, storage
 from tfsim.index.hamming import build_hamming, hamming_metrics
 from tfsim.models.whitening import apply_whitening, fit_whitening, normalize_rows, whiten
+from tfsim.training import task
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +121,6 @@ def baselines_stage(cfg: Config, run_dir: Path, train_set: sources.ImageSet,
     """Held-out metrics of the untrained network (same pipeline, whitening included) and of raw
     pixels (whitened too when small enough), cached in `baselines.json` by what they depend on.
     None when `eval.baselines` is off."""
-    from tfsim.training.task import build_embedder
-
     if not cfg.eval.baselines:
         return None
 
@@ -136,7 +135,7 @@ def baselines_stage(cfg: Config, run_dir: Path, train_set: sources.ImageSet,
     raw_bytes = len(test_set) * m.image_size ** 2 * 3 * 4
     log.info("Computing the baselines (the untrained network%s) on %s held-out images...",
              "" if raw_bytes > MAX_RAW_PIXEL_BYTES else ", raw pixels", f"{len(test_set):,}")
-    untrained = build_embedder(cfg)
+    untrained = task.build_embedder(cfg)
     whitening = whitening_stage(cfg, untrained, train_set, quiet=True)
     queries = query_mask(test_set.splits)
     # The untrained network's embeddings, whitened as `runs.final_model` would (one model traced, not two).

@@ -17,7 +17,7 @@
       .build_callbacks(...)         -> the training callbacks, in the order they must run
 
 Train, tune, evaluate and the baselines build through it, so a config means the same objects
-everywhere; `fit` (`tfsim.training.fit`) is the loop that runs them. The pattern is
+everywhere; `fit` (`tfsim.training.loop`) is the loop that runs them. The pattern is
 tensorflow/models' `official/core/base_task.Task` (`build_inputs`, `build_model`, `build_losses`,
 `build_metrics`), without its training step: Keras's `model.fit` (or `distributed.fit_loop`)
 runs the step. `load_split(cfg)` and `build_embedder(cfg)` are also module functions, for callers

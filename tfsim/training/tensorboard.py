@@ -111,8 +111,17 @@ class TrainingRate(keras.callbacks.Callback):
 
 
 def thumbnails(images: ImageSet, rows, size: int = 48) -> np.ndarray:
-    """uint8 `[n, size, size, 3]` pictures of `rows` (decoded as the pipeline decodes them)."""
-    return np.stack([to_uint8(preprocess(tf.constant(img), size)).numpy() for img in images.load_images(list(rows))])
+    """uint8 `[n, size, size, 3]` pictures of `rows` (decoded as the pipeline decodes them). Images
+    of one shape are resized in one batch: one by one, the projector's 2,000 took ~8 s a run."""
+    pictures = images.load_images(list(rows))
+    out = np.empty((len(pictures), size, size, 3), np.uint8)
+    by_shape: dict[tuple, list[int]] = {}
+    for i, picture in enumerate(pictures):
+        by_shape.setdefault(np.shape(picture), []).append(i)
+    for same_shape in by_shape.values():
+        batch = tf.constant(np.stack([pictures[i] for i in same_shape]))
+        out[same_shape] = to_uint8(preprocess(batch, size)).numpy()
+    return out
 
 
 def _fit_text(draw, text: str, font, width: int) -> str:

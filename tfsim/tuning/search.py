@@ -19,8 +19,8 @@ from tfsim.config import Config
 from tfsim.errors import UserInputError
 from tfsim.files import write_json
 from tfsim.training import preflight
-from tfsim.training.fit import summarize_names
-from tfsim.training.train import TrainResult, train
+from tfsim.training.loop import summarize_names
+from tfsim.training.run import TrainResult, train
 from tfsim.tuning import keras_tuner_adapter, report
 from tfsim.tuning.space import best_config, check_search, decode_values, encode_space, json_value, parse_grid
 from tfsim.tuning.trial import TrialRunner

@@ -19,7 +19,7 @@ from tfsim.config import Config, TuneConfig
 from tfsim.data import splits
 from tfsim.errors import UserInputError, config_keys
 from tfsim.training.task import Split, load_split
-from tfsim.training.train import train
+from tfsim.training.run import train
 from tfsim.tuning import report
 from tfsim.tuning.space import decode_values, encode_space, json_value, trial_config
 

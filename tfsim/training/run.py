@@ -43,7 +43,7 @@ from tfsim.config import Config
 from tfsim.errors import UserInputError
 from tfsim.training import distributed, preflight, stages, tensorboard
 from tfsim.runs import resume_point
-from tfsim.training.fit import fit, get_strategy
+from tfsim.training.loop import fit, get_strategy
 from tfsim.training.task import Split, Task
 
 log = logging.getLogger(__name__)

@@ -32,7 +32,8 @@ def test_tree_ah_index_matches_brute_force(similarity):
     assert same_top.mean() > 0.85, same_top.mean()
     np.testing.assert_allclose(scores[same_top, 0], want_scores[same_top, 0], rtol=1e-4, atol=1e-4)
     # best first, larger = closer (up to float32 rounding of scores near 50 for dot: a few ulps)
-    assert np.all(np.diff(scores, axis=1) <= 1e-6 * np.maximum(1.0, np.abs(scores[:, :-1]))), np.diff(scores, axis=1).max()
+    steps = np.diff(scores, axis=1)
+    assert np.all(steps <= 1e-6 * np.maximum(1.0, np.abs(scores[:, :-1]))), steps.max()
 
 
 def test_small_gallery_is_exact_and_round_trips(tmp_path):
@@ -92,7 +93,8 @@ class FakeSearcher:
     def search_batched(self, queries, final_num_neighbors, leaves_to_search, pre_reorder_num_neighbors):
         self.calls.append((leaves_to_search, pre_reorder_num_neighbors))
         rows = exact_knn(queries, self.db, final_num_neighbors, "dot").indices
-        share = min(1.0, leaves_to_search / self.full) * (1.0 if pre_reorder_num_neighbors >= self.deep else self.ceiling)
+        deep_enough = pre_reorder_num_neighbors >= self.deep
+        share = min(1.0, leaves_to_search / self.full) * (1.0 if deep_enough else self.ceiling)
         wrong = np.arange(len(queries)) >= round(share * len(queries))
         if wrong.any():
             rows[wrong] = exact_knn(-queries[wrong], self.db, final_num_neighbors, "dot").indices  # farthest

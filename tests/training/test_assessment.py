@@ -131,13 +131,11 @@ def test_cli_prints_metrics_and_worst_classes(export, tmp_path):
 
 
 @pytest.mark.slow
-def test_run_folder_and_checkpoint_are_evaluated_like_the_run_itself(export, tmp_path):
-    from tfsim import config
-    from tfsim.training import train
+def test_run_folder_and_checkpoint_are_evaluated_like_the_run_itself(export, tiny_run, tmp_path):
+    import shutil
 
-    tiny = ["train.epochs=1", "train.steps_per_epoch=3", "model.width=8", "model.embedding_dim=16",
-            "eval.every_epoch=false", "export.enabled=false", "eval.baselines=false"]
-    result = train(config.load("default", tiny), tmp_path / "run", verbose=0)
+    result = tiny_run.result  # (the session's tiny run, copied: this test rewrites its whitening.npz)
+    shutil.copytree(tiny_run.run_dir, tmp_path / "run")
     checkpoint = next((tmp_path / "run" / "checkpoints").glob("*.keras"))
     keys = ("recall@1", "recall@8", "map@r", "r_precision", "num_queries")
     # No data: the run's own held-out classes, with the whitening fitted on its last checkpoint.
