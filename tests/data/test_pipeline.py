@@ -1,5 +1,7 @@
 """Input pipeline: sources, class-disjoint splits, model inputs, augmentation."""
 
+import json
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,7 @@ def test_default_dataset_is_real_balanced_and_attributed():
     assert ds.images.shape == (6000, 28, 28, 1) and ds.images.dtype == np.uint8
     assert np.all(np.bincount(ds.labels) == 600)
     assert ds.class_names[0] == "T-shirt/top" and len(ds.class_names) == 10
-    info = sources.default_dataset_info()
+    info = json.loads((resources.files("tfsim.data") / "assets" / "fashion_mnist_small.json").read_text())
     assert "Zalando" in info["license"] and "arXiv:1708.07747" in info["citation"]
     assert 0.2 < ds.images.mean() / 255 < 0.4  # real clothing images, not noise or zeros
 

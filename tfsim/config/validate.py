@@ -208,14 +208,15 @@ def validate_index(cfg: Config) -> None:
 
 def validate_tune(cfg: Config) -> None:
     """`tune.*`: validation classes to carve, an objective the evaluation reports, one folder name."""
-    u = cfg.tune
-    _need(0 < u.val_fraction < 1, "tune.val_fraction", "a fraction in (0, 1) of the training classes", u.val_fraction)
-    _need(u.max_trials >= 0, "tune.max_trials", "an integer >= 0 (0 = the whole grid)", u.max_trials)
+    tune = cfg.tune
+    _need(0 < tune.val_fraction < 1, "tune.val_fraction", "a fraction in (0, 1) of the training classes",
+          tune.val_fraction)
+    _need(tune.max_trials >= 0, "tune.max_trials", "an integer >= 0 (0 = the whole grid)", tune.max_trials)
     metrics = options.scalar_metrics(cfg.eval.recall_ks)
-    _need(u.objective in metrics, "tune.objective", f"one of {metrics} (recall@K needs K in eval.recall_ks)",
-          u.objective)
-    _need(u.name is None or folder_name_problem(u.name) is None, "tune.name",
-          f"one folder name under <run.root>/tune ({_ONE_FOLDER}), or null: named after run.name", u.name)
+    _need(tune.objective in metrics, "tune.objective", f"one of {metrics} (recall@K needs K in eval.recall_ks)",
+          tune.objective)
+    _need(tune.name is None or folder_name_problem(tune.name) is None, "tune.name",
+          f"one folder name under <run.root>/tune ({_ONE_FOLDER}), or null: named after run.name", tune.name)
 
 
 def validate_run(cfg: Config) -> None:

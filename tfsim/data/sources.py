@@ -9,7 +9,6 @@ samplers, pipelines) only sees `ImageSet`s.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import errno
 import os
@@ -99,11 +98,6 @@ def load_default() -> ImageSet:
                         ids=np.array([f"{DEFAULT_DATASET}:{i}" for i in npz["source_index"]]),
                         class_names=tuple(str(c) for c in npz["class_names"]),
                         images=npz["images"], name=DEFAULT_DATASET)
-
-
-def default_dataset_info() -> dict:
-    """Provenance, licence and citation of the embedded default dataset."""
-    return json.loads((resources.files("tfsim.data") / "assets" / f"{DEFAULT_DATASET}.json").read_text())
 
 
 def _hidden(path: Path, base: Path) -> bool:
