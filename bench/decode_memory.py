@@ -1,5 +1,5 @@
 """What decoding an image costs in memory, and what the pixel limit saves: the figures behind
-`tfsim.data.preprocess.DEFAULT_MAX_PIXELS` (data.max_pixels, export.max_pixels).
+`tfsim.data.formats.DEFAULT_MAX_PIXELS` (data.max_pixels, export.max_pixels).
 
 Each row is one fresh process that loads an export's `serving_default` (the graph TF Serving
 runs: header check, decode, resize, network) and sends it one black image of the given size,
@@ -40,7 +40,7 @@ print(json.dumps({"answer": answer, "grown_mb": (resource.getrusage(resource.RUS
 def main() -> None:
     from PIL import Image
 
-    from tfsim.data.preprocess import DEFAULT_MAX_PIXELS
+    from tfsim.data.formats import DEFAULT_MAX_PIXELS
     from tfsim.export import export_embedder
     from tfsim.models import build_embedding_model
 

@@ -1,6 +1,7 @@
 """The package's layers hold: every `tfsim` module imports only from its own layer or the layers
-below it (counting imports inside functions), no two sub-packages import each other, and an
-import inside a function says why it is lazy. The layers, bottom to top, are the ones the
+below it (counting imports inside functions), no two sub-packages import each other, no modules
+import each other in a circle, and an import inside a function says why it is lazy
+(`# lazy: <reason>`). The layers, bottom to top, are the ones the
 package docstring (`tfsim/__init__.py`) and the README's Layout describe."""
 
 import ast
@@ -44,7 +45,9 @@ def _imports(path: Path):
         names = []
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                raise AssertionError(f"{path}:{node.lineno}: a relative import; tfsim imports absolutely")
             names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
         for name in names:
             yield name, node.lineno, id(node) in nested, lines
@@ -84,7 +87,76 @@ def test_imports_inside_functions_say_why_they_are_lazy():
         for name, line, inside, lines in _imports(path):
             if not inside:
                 continue
-            here_and_above = " ".join(lines[max(0, line - 4):line])
-            if "lazy" not in here_and_above:
+            comments = [text.split("#", 1)[1] for text in lines[max(0, line - 4):line] if "#" in text]
+            if not any(c.strip().startswith("lazy:") or " lazy:" in c for c in comments):
                 unexplained.append(f"{module}:{line} {name}")
     assert not unexplained, f"function-level imports without a `# lazy: <reason>` comment: {sorted(set(unexplained))}"
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Module -> the tfsim modules it imports (a name imported from a module counts as the module)."""
+    modules = dict(_modules())
+    graph = {}
+    for module, path in modules.items():
+        targets = set()
+        for name, *_ in _imports(path):
+            while name and name not in modules:
+                name = name.rpartition(".")[0]
+            if name and name != module:
+                targets.add(name)
+        graph[module] = targets
+    return graph
+
+
+def test_no_import_cycles_among_modules():
+    graph = _module_graph()
+    index, low, stack, on_stack, cycles = {}, {}, [], set(), []
+
+    def visit(node):  # Tarjan's strongly connected components
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in graph[node]:
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    packages = {m for m in graph if any(other.startswith(m + ".") for other in graph)}
+    # a package's __init__ importing its own modules is how a package exports names, not a cycle
+    cycles = [c for c in cycles if not any(m in packages for m in c)] + [
+        c for c in cycles if any(m in packages for m in c) and not _only_through_init(c, packages, graph)]
+    assert not cycles, f"modules that import each other in a circle: {cycles}"
+
+
+def _only_through_init(component, packages, graph) -> bool:
+    """Whether a cycle exists only because a package's __init__ imports its own modules."""
+    members = set(component)
+    trimmed = {m: {t for t in graph[m] if t in members and not (t in packages and m.startswith(t + "."))}
+               for m in members}
+    seen, frontier = set(), [next(iter(members))]
+    # a cycle remains iff some member reaches itself without entering a package from inside it
+    for start in members:
+        seen, frontier = set(), list(trimmed[start])
+        while frontier:
+            node = frontier.pop()
+            if node == start:
+                return False
+            if node not in seen:
+                seen.add(node)
+                frontier.extend(trimmed[node])
+    return True

@@ -27,10 +27,11 @@ _VERSION = re.compile(r"\d+")
 
 
 def temporary_name(path: os.PathLike, unique: bool = False) -> Path:
-    """`.tmp-<name>` beside `path`; with `unique`, `.tmp-<name>-<8 hex>` (for a file that
-    processes holding different locks may write at once, e.g. an export root's model configs)."""
+    """`.tmp-<name>` beside `path`; with `unique`, `.tmp-<8 hex>-<name>` (for a file that processes
+    holding different locks may write at once, e.g. an export root's model configs; the name stays
+    last so writers that go by its suffix, such as `np.savez` or Keras, still see it)."""
     path = Path(path)
-    return path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex[:8]}" if unique else f".tmp-{path.name}")
+    return path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}" if unique else f".tmp-{path.name}")
 
 
 @contextlib.contextmanager

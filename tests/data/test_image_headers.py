@@ -10,7 +10,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tfsim.data.preprocess import DEFAULT_MAX_PIXELS, decode, encoded_shape
+from tfsim.data.formats import DEFAULT_MAX_PIXELS
+from tfsim.data.preprocess import decode, encoded_shape
 
 FORMATS = [("PNG", {}), ("JPEG", {}), ("GIF", {}), ("BMP", {}), ("WEBP", {}), ("WEBP", {"lossless": True})]
 

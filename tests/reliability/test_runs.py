@@ -1,4 +1,4 @@
-"""Run folders, export roots and config files under hostile conditions (issue 21): names that climb
+"""Run folders, export roots and config files under hostile conditions: names that climb
 out of the roots, a full disk, damaged checkpoints, two processes on one run folder, a folder that
 is not a tfsim run, what a killed export leaves, config files that name each other as `base`.
 

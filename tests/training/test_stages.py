@@ -95,10 +95,10 @@ def test_rerun_reuses_baselines_and_export_until_something_changes(run, tmp_path
     built = []
     original = stages.export_embedder
     monkeypatch.setattr(stages, "export_embedder", lambda *a, **k: built.append(1) or original(*a, **k))
-    from tfsim.training import task as fit_module
+    from tfsim.training import task as task_module
     untrained_builds = []
-    build = fit_module.build_embedder
-    monkeypatch.setattr(fit_module, "build_embedder", lambda cfg: untrained_builds.append(1) or build(cfg))
+    build = task_module.build_embedder
+    monkeypatch.setattr(task_module, "build_embedder", lambda cfg: untrained_builds.append(1) or build(cfg))
 
     again = train(config.load("default", sets), run_dir, verbose=0)
     assert built == [] and untrained_builds == []  # nothing trained, baselines from baselines.json

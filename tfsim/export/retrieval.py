@@ -45,7 +45,8 @@ import tensorflow as tf
 from absl import logging as absl_logging
 
 from tfsim import distances
-from tfsim.data.preprocess import DEFAULT_MAX_PIXELS, decode, preprocess, to_uint8
+from tfsim.data.formats import DEFAULT_MAX_PIXELS
+from tfsim.data.preprocess import decode, preprocess, to_uint8
 from tfsim.errors import UserInputError
 from tfsim.export.identity import index_model
 from tfsim.export.saved_model import publish, read_export, warmup_image, write_warmup

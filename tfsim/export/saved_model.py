@@ -37,7 +37,8 @@ import keras
 import tensorflow as tf
 
 from tfsim import locks
-from tfsim.data.preprocess import DEFAULT_MAX_PIXELS, decode, preprocess
+from tfsim.data.formats import DEFAULT_MAX_PIXELS
+from tfsim.data.preprocess import decode, preprocess
 from tfsim.errors import UserInputError, size_text, writing
 from tfsim.files import latest_version, version_folders, write_json, write_atomic
 

@@ -21,7 +21,7 @@ import numpy as np
 
 import tensorflow as tf
 
-from tfsim.data.preprocess import DEFAULT_MAX_PIXELS
+from tfsim.data.formats import DEFAULT_MAX_PIXELS
 from tfsim.data.sources import escape_name, size_problem
 from tfsim.errors import UserInputError
 from tfsim.export.embed import export_max_pixels

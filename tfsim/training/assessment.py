@@ -33,7 +33,7 @@ import numpy as np
 
 from tfsim import config as config_lib
 from tfsim import runs
-from tfsim.data.preprocess import DEFAULT_MAX_PIXELS
+from tfsim.data.formats import DEFAULT_MAX_PIXELS
 from tfsim.data.sources import ImageSet
 from tfsim.data.specs import load_source
 from tfsim.errors import UserInputError

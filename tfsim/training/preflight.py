@@ -3,7 +3,7 @@
 Library functions name their own arguments in their errors (`sources.load_folder` says
 `root`, `samplers.check_pk` says `classes_per_batch`); a user of the CLI set config keys.
 `config_keys(...)` rewrites a library's `UserInputError` raised inside it into the config
-key the value came from, and `check(cfg, split, replicas)` runs, before any model is built,
+key the value came from, and `check(cfg, train_labels, replicas)` runs, before any model is built,
 the checks that need the data or the replica count (what `config.validate` cannot know).
 
     with config_keys(root="data.path"):

@@ -135,7 +135,7 @@ def baselines_stage(cfg: Config, run_dir: Path, train_set: sources.ImageSet,
     raw_bytes = len(test_set) * m.image_size ** 2 * 3 * 4
     log.info("Computing the baselines (the untrained network%s) on %s held-out images...",
              "" if raw_bytes > MAX_RAW_PIXEL_BYTES else ", raw pixels", f"{len(test_set):,}")
-    untrained = task.build_embedder(cfg)
+    untrained = task.Task(cfg).build_embedder()
     whitening = whitening_stage(cfg, untrained, train_set, quiet=True)
     queries = query_mask(test_set.splits)
     # The untrained network's embeddings, whitened as `runs.final_model` would (one model traced, not two).

@@ -42,8 +42,8 @@ import tensorflow as tf
 
 from tfsim import config as config_lib
 from tfsim.config import Config
-from tfsim.data import lists, pipeline, sources, splits
-from tfsim.errors import UserInputError
+from tfsim.data import pipeline, sources, specs, splits
+from tfsim.errors import UserInputError, config_keys
 from tfsim.evaluation.metrics import query_mask
 from tfsim.losses import get_loss, input_kind
 from tfsim.losses.quantization import HashingLoss
@@ -78,14 +78,8 @@ class Split:
 
 def load_images(data: config_lib.DataConfig) -> sources.ImageSet:
     """The ImageSet named by the data config (errors name the library's arguments: see `load_split`)."""
-    if data.source == "default":
-        return sources.load_default()
-    if data.source == "folder":
-        return sources.load_folder(data.path, on_bad_file=data.on_bad_file, max_pixels=data.max_pixels)
-    if data.source == "list":
-        return lists.load_list(data.path, data.image_root, on_bad_file=data.on_bad_file, max_pixels=data.max_pixels)
-    return sources.load_tfds(data.tfds_name, data.tfds_split, data.data_dir, data.manual_dir,
-                             max_pixels=data.max_pixels)
+    return specs.load_images(data.source, data.path, data.image_root, data.tfds_name, data.tfds_split,
+                             data.data_dir, data.manual_dir, data.on_bad_file, data.max_pixels)
 
 
 def database_query_split(dataset: sources.ImageSet) -> Split:
@@ -125,13 +119,21 @@ def load_split(cfg: Config) -> Split:
     return Split(dataset, train_set, test_set)
 
 
+def validation_split(split: Split, fraction: float, seed: int, classes=(), keys: str = "train.val_fraction") -> Split:
+    """`split` with its test classes set aside: the training classes minus validation classes
+    (`classes`, else a `seed`-ed `fraction` of them) to train on, the validation classes held out.
+    What `train.select_best` picks its epoch on (`selection_split`) and what a tune trial is scored
+    on (`tfsim.tuning.trial`). `keys` names the config keys in errors."""
+    val = splits.validation_classes(split.train.labels, fraction, seed, classes, keys=keys)
+    with config_keys(test_classes=keys.split(" / ")[-1]):
+        train_set, val_set = splits.class_disjoint_split(split.train, val.tolist())
+    return Split(split.dataset, train_set, val_set)
+
+
 def selection_split(split: Split, cfg: Config) -> Split:
     """With `train.select_best`: train on the training classes minus a seeded `train.val_fraction`
     of them, which are evaluated each epoch to pick the best one (the test classes stay unseen)."""
-    val = splits.validation_classes(split.train.labels, cfg.train.val_fraction, cfg.train.seed,
-                                    keys="train.val_fraction")
-    train_set, val_set = splits.class_disjoint_split(split.train, val.tolist())
-    return Split(split.dataset, train_set, val_set)
+    return validation_split(split, cfg.train.val_fraction, cfg.train.seed)
 
 
 def build_embedder(cfg: Config) -> keras.Model:
@@ -145,8 +147,13 @@ def build_embedder(cfg: Config) -> keras.Model:
 
 def freeze_batchnorm(model: keras.Model) -> int:
     """Makes every BatchNormalization layer of `model` untrainable (inference mode); returns how many."""
-    frozen = 0
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    frozen, seen, pending = 0, set(), list(model.layers)
+    while pending:  # every layer of the model and of the models nested in it, once each
+        layer = pending.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        pending.extend(getattr(layer, "layers", ()))
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False
             frozen += 1

@@ -144,7 +144,7 @@ def _claim_search_folder(tune_dir: Path, record: dict) -> None:
                 f"Search folder {str(tune_dir)!r} holds a different search ({', '.join(differ[:4])} differ). "
                 "Choose another name with --name NEW, or delete that folder to start over.")
     tune_dir.mkdir(parents=True, exist_ok=True)
-    write_json(path, record)
+    write_json(path, record, unique=True)  # the chief and workers of a distributed search all write it
 
 
 def tune(cfg: Config, grid_items: Sequence[str], verbose=0, train_best: bool = True) -> TuneResult:

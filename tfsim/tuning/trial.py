@@ -16,8 +16,8 @@ import numpy as np
 
 from tfsim import options
 from tfsim.config import Config, TuneConfig
-from tfsim.data import splits
-from tfsim.errors import UserInputError, config_keys
+from tfsim.errors import UserInputError
+from tfsim.training import task
 from tfsim.training.task import Split, load_split
 from tfsim.training.run import train
 from tfsim.tuning import report
@@ -39,10 +39,8 @@ def validation_split(split: Split, tune: TuneConfig) -> Split:
         UserInputError: validation classes that are not training classes, or too few classes
             left to train on.
     """
-    val = splits.validation_classes(split.train.labels, tune.val_fraction, tune.seed, tune.val_classes)
-    with config_keys(test_classes="tune.val_classes"):
-        train_set, val_set = splits.class_disjoint_split(split.train, val.tolist())
-    return Split(split.train, train_set, val_set)
+    return task.validation_split(split, tune.val_fraction, tune.seed, tune.val_classes,
+                                 keys="tune.val_fraction / tune.val_classes")
 
 
 def _one_line(err: BaseException) -> str:
