@@ -37,14 +37,13 @@ from tfsim.data.formats import DEFAULT_MAX_PIXELS
 from tfsim.data.sources import ImageSet
 from tfsim.data.specs import load_source
 from tfsim.errors import UserInputError
-from tfsim.evaluation.embed import embed
 from tfsim.evaluation.metrics import clustering_metrics, query_mask, retrieval_metrics
 from tfsim.evaluation.report import write_report
 from tfsim.export.embed import embed_export, export_max_pixels
 from tfsim.export.saved_model import read_export
 from tfsim.index.hamming import hamming_metrics
 from tfsim.index.quality import ann_metrics
-from tfsim.training.task import load_split
+from tfsim.training.task import Task, load_split
 
 # Above these sizes the costly metrics are skipped (and the report says so): mAP sorts every
 # gallery item for every query; k-means runs with one cluster per class.
@@ -124,8 +123,7 @@ def open_model(path: os.PathLike) -> ModelToEvaluate:
         note = "off in the run's config"
     return ModelToEvaluate(
         "checkpoint", checkpoint, cfg.eval.similarity,
-        lambda images, batch_size, progress: embed(model, images, cfg.model.image_size, batch_size, int(progress),
-                                                   cfg.model.center_crop),
+        lambda images, batch_size, progress: Task(cfg).embed(model, images, int(progress), batch_size),
         {"run": str(run_dir.resolve()), "checkpoint": checkpoint.name, "whitening": note}, run_dir,
         binary_codes=cfg.model.head == "hash", max_pixels=cfg.data.max_pixels)
 

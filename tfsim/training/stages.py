@@ -31,7 +31,6 @@ from tfsim import runs
 from tfsim.config import Config
 from tfsim.data import pipeline, sources
 from tfsim.errors import UserInputError
-from tfsim.evaluation.embed import embed
 from tfsim.evaluation.metrics import query_mask, retrieval_metrics
 from tfsim.export.catalogue import catalogue_ids
 from tfsim.export.embed import embed_export
@@ -108,8 +107,7 @@ def whitening_stage(cfg: Config, embedder: keras.Model, train_set: sources.Image
     fit_set = whitening_fit_set(cfg, train_set)
     if not quiet:
         log.info("Fitting the whitening on %s training embeddings...", f"{len(fit_set):,}")
-    m = cfg.model
-    features = embed(embedder, fit_set, m.image_size, cfg.eval.batch_size, center_crop=m.center_crop)
+    features = task.Task(cfg).embed(embedder, fit_set)
     mean, projection = _fit_or_explain(features, cfg.whitening, warn=not quiet)
     if run_dir is not None:
         runs.write_whitening(run_dir, mean, projection, checkpoint)
@@ -139,7 +137,7 @@ def baselines_stage(cfg: Config, run_dir: Path, train_set: sources.ImageSet,
     whitening = whitening_stage(cfg, untrained, train_set, quiet=True)
     queries = query_mask(test_set.splits)
     # The untrained network's embeddings, whitened as `runs.final_model` would (one model traced, not two).
-    untrained_embeddings = embed(untrained, test_set, m.image_size, cfg.eval.batch_size, center_crop=m.center_crop)
+    untrained_embeddings = task.Task(cfg).embed(untrained, test_set)
     if whitening is not None:
         untrained_embeddings = apply_whitening(untrained_embeddings, *whitening)
     baselines = {"untrained": retrieval_metrics(untrained_embeddings, test_set.labels, ks, sim, queries)}
@@ -171,9 +169,9 @@ def evaluate_stage(cfg: Config, run_dir: Path, embedder: keras.Model, model: ker
 
     `model` is `runs.final_model(embedder, whitening)`: one pass of the embedder (the model the
     whitening stage embedded with) gives both, its last layer (the whitening) applied after."""
-    ks, sim, m = cfg.eval.recall_ks, cfg.eval.similarity, cfg.model
+    ks, sim = cfg.eval.recall_ks, cfg.eval.similarity
     log.info("Evaluating on %s held-out images...", f"{len(test_set):,}")
-    unwhitened = embed(embedder, test_set, m.image_size, cfg.eval.batch_size, center_crop=m.center_crop)
+    unwhitened = task.Task(cfg).embed(embedder, test_set)
     embeddings = unwhitened if model is embedder else np.asarray(model.layers[-1](unwhitened), np.float32)
     if keep is not None:
         keep["embeddings"] = embeddings

@@ -44,6 +44,7 @@ from tfsim import config as config_lib
 from tfsim.config import Config
 from tfsim.data import pipeline, sources, specs, splits
 from tfsim.errors import UserInputError, config_keys
+from tfsim.evaluation.embed import embed
 from tfsim.evaluation.metrics import query_mask
 from tfsim.losses import get_loss, input_kind
 from tfsim.losses.quantization import HashingLoss
@@ -252,7 +253,14 @@ class Task:
         return optimizers.build_optimizer(self.cfg.train, total_steps,
                                           {k: v for k, v in multipliers.items() if v != 1.0})
 
-    # Metrics and callbacks.
+    # Embedding, metrics and callbacks.
+
+    def embed(self, model: keras.Model, images: sources.ImageSet, verbose: int = 0,
+              batch_size: Optional[int] = None) -> np.ndarray:
+        """`[N, D]` embeddings of `images` by `model` as the config evaluates: its image size, centre
+        crop and `eval.batch_size` (unless `batch_size` is given)."""
+        m = self.cfg.model
+        return embed(model, images, m.image_size, batch_size or self.cfg.eval.batch_size, verbose, m.center_crop)
 
     def build_metrics(self, test: sources.ImageSet, model: keras.Model,
                       eager: bool = False) -> Optional[RetrievalEvaluation]:
