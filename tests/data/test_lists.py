@@ -171,6 +171,7 @@ def test_list_config_keys(sop):
         load_split(config.load("default", ["data.source=list", f"data.path={sop / 'missing.csv'}"]))
 
 
+@pytest.mark.slow  # over a second: kept out of the fast tier
 def test_list_presets_need_the_list_and_split_it_as_published(sop, inshop, cub):
     with pytest.raises(UserInputError, match=r"`data.path`: expected the list file when data.source=list"):
         config.load("sop_resnet50")

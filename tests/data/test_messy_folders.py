@@ -45,6 +45,7 @@ def messy(tmp_path):
     return root, {str(p) for p in bad} | {str(root / "e" / "broken.gif")}
 
 
+@pytest.mark.slow  # over a second: kept out of the fast tier
 def test_bad_files_are_skipped_and_reported(messy):
     root, bad = messy
     images = sources.load_folder(str(root))

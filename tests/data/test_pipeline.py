@@ -34,6 +34,7 @@ def test_class_disjoint_split():
         splits.class_disjoint_split(ds, (1, 12))
 
 
+@pytest.mark.slow  # over a second: kept out of the fast tier
 def test_folder_source_and_file_pipeline(tmp_path):
     rng = np.random.default_rng(0)
     for c in ("cat", "dog"):
@@ -96,6 +97,7 @@ def test_train_dataset_flips_only_with_flip():
     assert 6 <= right_bright(True) <= 26
 
 
+@pytest.mark.slow  # over a second: kept out of the fast tier
 def test_tfds_source_is_streamed_from_encoded_bytes(tmp_path, monkeypatch):
     """TFDS's own mock data through the real loading code (tf_flowers: image + label; cars196's
     mock cannot produce encoded examples: its random boxes fail TFDS's own bbox check)."""
@@ -158,6 +160,7 @@ def test_random_erasing_replaces_one_rectangle_by_the_mean():
         np.testing.assert_allclose(erased[i, rows[0], cols[0]], base[i].mean(axis=(0, 1)), rtol=1e-5)
 
 
+@pytest.mark.slow  # over a second: kept out of the fast tier
 def test_random_resized_crop_batches_are_seeded_resumable_and_differ_from_shifts():
     rng = np.random.default_rng(0)
     images = sources.ImageSet(labels=np.repeat(np.arange(4), 6).astype(np.int32),

@@ -40,6 +40,7 @@ def test_decode_and_uint8_round_trip():
     assert to_uint8(tf.constant([-3.0, 255.6, 12.4])).numpy().tolist() == [0, 255, 12]
 
 
+@pytest.mark.slow  # over a second: kept out of the fast tier
 def test_crop_box_follows_random_resized_crop_rules():
     from tfsim.data.preprocess import crop_box
     u = np.random.default_rng(0).uniform(size=(400, 4)).astype(np.float32)

@@ -177,6 +177,7 @@ def test_clustering_metrics():
     assert noise["ami"] < 0.1 and 0 <= noise["nmi"] < 0.2
 
 
+@pytest.mark.slow  # over a second: kept out of the fast tier
 @pytest.mark.parametrize("n, exact_mode", [(300, True), (3000, False)])
 def test_ann_metrics_and_their_gap_to_exact(n, exact_mode):
     from tfsim.index.quality import ann_metrics

@@ -28,6 +28,7 @@ def exports(tmp_path_factory):
     return made
 
 
+@pytest.mark.slow  # over a second: kept out of the fast tier
 @pytest.mark.parametrize("tree", [False, True])
 def test_build_search_and_add(exports, tmp_path, tree):
     model = exports[0]
@@ -77,6 +78,7 @@ def test_build_search_and_add(exports, tmp_path, tree):
         catalogue.add_to_index(path, str(new), model, progress=False)
 
 
+@pytest.mark.slow  # over a second: kept out of the fast tier
 def test_another_model_and_a_damaged_index_are_refused(exports, tmp_path):
     data = class_folders(tmp_path / "shop", ["a", "b"], 6, 2)
     path = catalogue.build_index(exports[0], str(data), tmp_path / "idx", progress=False)

@@ -22,6 +22,7 @@ def test_save_chatter_is_dropped_and_nothing_else(caplog, logger, level, msg, ar
     assert (len(caplog.records) == 1) is shown
 
 
+@pytest.mark.slow  # over a second: kept out of the fast tier
 def test_export_and_checkpoint_log_no_sharding_or_temporary_assets_line(tmp_path, caplog):
     import keras
     import tensorflow as tf

@@ -16,6 +16,7 @@ def model():
     return build_embedding_model("small_resnet", 16, 4, width=4, blocks_per_stage=1, seed=0)
 
 
+@pytest.mark.slow  # over a second: kept out of the fast tier
 def test_versions_increase_and_no_temp_left(tmp_path, model):
     (tmp_path / "m" / "7").mkdir(parents=True)  # an existing version, e.g. written by an older run
     (tmp_path / "m" / "notes").mkdir()
@@ -27,6 +28,7 @@ def test_versions_increase_and_no_temp_left(tmp_path, model):
     assert not [p for p in (tmp_path / "m").iterdir() if p.name.startswith(".tmp")]
 
 
+@pytest.mark.slow  # over a second: kept out of the fast tier
 def test_failed_export_leaves_nothing_visible(tmp_path, model):
     def boom(export_dir):
         assert (export_dir / "saved_model.pb").is_file()  # complete, not yet under its version number
@@ -38,6 +40,7 @@ def test_failed_export_leaves_nothing_visible(tmp_path, model):
     assert not (tmp_path / "m").exists()  # (nor the model's folder, which this export created)
 
 
+@pytest.mark.slow  # over a second: kept out of the fast tier
 def test_exported_png_path_equals_pixel_path(tmp_path, model):
     path = export_embedder(model, tmp_path, "m", 16)
     loaded = tf.saved_model.load(str(path))
@@ -53,6 +56,7 @@ def test_exported_png_path_equals_pixel_path(tmp_path, model):
     assert json.loads((path / "assets.extra" / "tfsim" / "export.json").read_text())["image_size"] == 16
 
 
+@pytest.mark.slow  # over a second: kept out of the fast tier
 def test_read_export_errors(tmp_path, model):
     with pytest.raises(UserInputError, match="is not a tfsim export"):
         read_export(tmp_path)
@@ -71,6 +75,7 @@ def one_file_set(tmp_path, img):
                          paths=np.array([str(png)]))
 
 
+@pytest.mark.slow  # over a second: kept out of the fast tier
 def test_served_query_reaches_the_network_as_a_training_image_does(tmp_path, model):
     # A non-square grey image file: the training pipeline (file-backed set) and the SavedModel's
     # bytes signature must give the network the same pixels, so the same embedding.
@@ -85,6 +90,7 @@ def test_served_query_reaches_the_network_as_a_training_image_does(tmp_path, mod
     np.testing.assert_allclose(served, model.predict(fed, verbose=0), atol=1e-5)
 
 
+@pytest.mark.slow  # over a second: kept out of the fast tier
 def test_served_query_is_centre_cropped_as_evaluation_images_are(tmp_path, model):
     """With model.center_crop (the natural-photo presets' "resize 256, centre crop 224"), the
     SavedModel crops a query as the evaluation pipeline crops a held-out image."""

@@ -58,6 +58,7 @@ def test_same_seed_same_untrained_model():
     np.testing.assert_array_equal(a.predict(x, verbose=0), b.predict(x, verbose=0))
 
 
+@pytest.mark.slow  # over a second: kept out of the fast tier
 def test_model_round_trips_through_keras_file(tmp_path):
     model = build_embedding_model("small_resnet", 28, 8, width=8, seed=0)
     model.compile(optimizer="adam", loss=TripletSemiHardLoss(margin=0.3, distance_metric="angular"))

@@ -103,6 +103,7 @@ def assert_report(report: dict, expected: dict, limit_name: str = "data.max_pixe
 
 # --- loaders, in this process ------------------------------------------------------------------
 
+@pytest.mark.slow  # over a second: kept out of the fast tier
 def test_bomb_is_refused_by_its_header_before_any_decode(tmp_path, bomb, monkeypatch):
     from tfsim import config
     from tfsim.data import lists, pipeline, preprocess, sources
@@ -148,6 +149,7 @@ def test_bomb_is_refused_by_its_header_before_any_decode(tmp_path, bomb, monkeyp
         list(pipeline.eval_dataset(lowered, 16))
 
 
+@pytest.mark.slow  # over a second: kept out of the fast tier
 def test_names_that_are_not_utf8_are_loaded_and_shown_escaped(tmp_path, bomb):
     from tfsim.data import pipeline, sources
 

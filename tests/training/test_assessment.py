@@ -38,6 +38,7 @@ def export(tmp_path_factory):
     return model, path
 
 
+@pytest.mark.slow  # over a second: kept out of the fast tier
 def test_one_set_matches_metrics_of_the_model_itself(export, tmp_path):
     model, path = export
     data = folder(tmp_path / "photos", ["a", "b", "c", "d"], 5, 0)
@@ -87,6 +88,7 @@ def test_console_table_lines_up_under_its_headers():
     assert table[4] == "ScaNN: a tree_ah index of the gallery; gap: ScaNN minus exact on 12 sampled queries"
 
 
+@pytest.mark.slow  # over a second: kept out of the fast tier
 def test_query_set_against_gallery_set(export, tmp_path):
     model, path = export
     queries = folder(tmp_path / "q", ["a", "b", "c"], 2, 1)

@@ -210,6 +210,7 @@ def runs(tmp_path_factory):
 RUNS = ["plain/tensorboard", "tune/s/trial_0/run/tensorboard", "tune/s/trial_1/run/tensorboard"]
 
 
+@pytest.mark.slow  # over a second: kept out of the fast tier
 def test_tensorboard_serves_one_run_per_training_run(runs):
     _, board = runs
     assert board.wait("/data/runs", lambda r: len(r) >= 3) == RUNS
@@ -221,6 +222,7 @@ def test_tensorboard_serves_one_run_per_training_run(runs):
     assert "held_out/neighbours" in images[RUNS[0]]
 
 
+@pytest.mark.slow  # over a second (starts TensorBoard): kept out of the fast tier
 def test_tensorboard_shows_the_projector_of_each_run(runs):
     root, board = runs
     board.wait("/data/runs", lambda r: len(r) >= 3)
@@ -238,6 +240,7 @@ def test_tensorboard_shows_the_projector_of_each_run(runs):
     assert sprite[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow  # over a second: kept out of the fast tier
 def test_tensorboard_lists_the_trials_of_a_search_by_their_names(runs):
     _, board = runs
     board.wait("/data/runs", lambda r: len(r) >= 3)
