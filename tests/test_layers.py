@@ -48,9 +48,16 @@ def _imports(path: Path):
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 raise AssertionError(f"{path}:{node.lineno}: a relative import; tfsim imports absolutely")
-            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            # `from package import module` imports the module; `from module import name`, the module
+            names = [f"{node.module}.{alias.name}" if _is_module(f"{node.module}.{alias.name}") else node.module
+                     for alias in node.names]
         for name in names:
             yield name, node.lineno, id(node) in nested, lines
+
+
+def _is_module(name: str) -> bool:
+    path = PACKAGE.parent.joinpath(*name.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
 
 
 def _modules():
@@ -94,18 +101,10 @@ def test_imports_inside_functions_say_why_they_are_lazy():
 
 
 def _module_graph() -> dict[str, set[str]]:
-    """Module -> the tfsim modules it imports (a name imported from a module counts as the module)."""
+    """Module -> the tfsim modules it imports (a package counts as its `__init__`)."""
     modules = dict(_modules())
-    graph = {}
-    for module, path in modules.items():
-        targets = set()
-        for name, *_ in _imports(path):
-            while name and name not in modules:
-                name = name.rpartition(".")[0]
-            if name and name != module:
-                targets.add(name)
-        graph[module] = targets
-    return graph
+    return {module: {name for name, *_ in _imports(path) if name in modules and name != module}
+            for module, path in modules.items()}
 
 
 def test_no_import_cycles_among_modules():
@@ -136,27 +135,4 @@ def test_no_import_cycles_among_modules():
     for node in sorted(graph):
         if node not in index:
             visit(node)
-    packages = {m for m in graph if any(other.startswith(m + ".") for other in graph)}
-    # a package's __init__ importing its own modules is how a package exports names, not a cycle
-    cycles = [c for c in cycles if not any(m in packages for m in c)] + [
-        c for c in cycles if any(m in packages for m in c) and not _only_through_init(c, packages, graph)]
     assert not cycles, f"modules that import each other in a circle: {cycles}"
-
-
-def _only_through_init(component, packages, graph) -> bool:
-    """Whether a cycle exists only because a package's __init__ imports its own modules."""
-    members = set(component)
-    trimmed = {m: {t for t in graph[m] if t in members and not (t in packages and m.startswith(t + "."))}
-               for m in members}
-    seen, frontier = set(), [next(iter(members))]
-    # a cycle remains iff some member reaches itself without entering a package from inside it
-    for start in members:
-        seen, frontier = set(), list(trimmed[start])
-        while frontier:
-            node = frontier.pop()
-            if node == start:
-                return False
-            if node not in seen:
-                seen.add(node)
-                frontier.extend(trimmed[node])
-    return True
