@@ -14,6 +14,8 @@ import shutil
 from pathlib import Path
 from typing import Callable, Optional, Union
 
+__all__ = ["DiskFull", "UserInputError", "disk_full_errno"]
+
 
 class UserInputError(ValueError):
     """Bad user input: the message says what was wrong, what was expected and how to fix it."""

@@ -42,6 +42,7 @@ for record in tf.data.TFRecordDataset(path + "/assets.extra/tf_serving_warmup_re
     warm.append([request.model_spec.name, list(got["ids"].shape)])
 empty = serve(image_bytes=tf.constant([], tf.string))  # an empty request: empty answers, no error
 print(json.dumps({"empty": list(empty["ids"].shape), "ids": out["ids"].numpy().astype(str).tolist(),
+                  "match": out["match"].numpy().tolist() if "match" in out else None,
                   "labels": out["labels"].numpy().astype(str).tolist(),
                   "scores": out["scores"].numpy().tolist(), "rows": out["rows"].numpy().tolist(), "warm": warm,
                   "scann_loaded": "scann" in sys.modules}))
@@ -96,8 +97,13 @@ def serve(path, use_scann, images):
 
 def test_exact_and_scann_retrieval_exports(tmp_path):
     model = build_embedding_model("small_resnet", 16, 8, width=4, blocks_per_stage=1, seed=0)
-    embedder = export_embedder(model, tmp_path / "models", "shop", 16, metadata={"similarity": "cosine"})
     data = class_folders(tmp_path / "catalogue", ["a", "b", "c", "d"], 30, 0, noise=50)
+    # A calibrated export (as the training pipeline writes it): a threshold among the queries' scores.
+    keras_emb = model.predict(pipeline.eval_dataset(sources.load_folder(str(data)), 16), verbose=0)
+    threshold = float(np.median(exact_knn(keras_emb[[0, 31, 65, 119]], keras_emb, 5, "cosine").scores))
+    calibration = {"threshold": threshold, "precision": 0.9, "recall": 0.5, "similarity": "cosine", "k": 5}
+    embedder = export_embedder(model, tmp_path / "models", "shop", 16,
+                               metadata={"similarity": "cosine", "calibration": calibration})
     index_dir = catalogue.build_index(embedder, str(data), tmp_path / "idx",
                                       {"brute_force_below": 10, "target_recall": 0.9}, progress=False)
     exports = export_retrieval(embedder, index_dir, tmp_path / "models", k=5)
@@ -107,7 +113,7 @@ def test_exact_and_scann_retrieval_exports(tmp_path):
     assert listed(tmp_path / "models" / "models.config") == ["shop", "shop_exact"]
     assert listed(tmp_path / "models" / "models_scann.config") == ["shop", "shop_exact", "shop_scann"]
     assert stock_serving(tmp_path / "models" / "models.config", data / "a" / "a_0.png") == {
-        "shop": ["embeddings"], "shop_exact": ["ids", "labels", "rows", "scores"]}
+        "shop": ["embeddings"], "shop_exact": ["ids", "labels", "match", "rows", "scores"]}
     assert not [p for p in (tmp_path / "models").iterdir() if p.name.startswith(".")]  # no temporary left
 
     images = sources.load_folder(str(data))
@@ -126,6 +132,9 @@ def test_exact_and_scann_retrieval_exports(tmp_path):
     assert exact["labels"] == np.asarray(images.class_names)[images.labels[want.indices]].tolist()
     assert exact["warm"] == [["shop_exact", [1, 5]], ["shop_exact", [1, 5]], ["shop_exact", [2, 5]]]
     assert exact["empty"] == [0, 5]
+    # The match flag beside each neighbour: its score against the export's calibrated threshold.
+    match = np.array(exact["scores"], np.float32) >= np.float32(threshold)
+    assert exact["match"] == match.tolist() and 0 < match.sum() < match.size
 
     ann = serve(exports["scann"], True, queries)
     index = storage.load(index_dir)
@@ -134,13 +143,17 @@ def test_exact_and_scann_retrieval_exports(tmp_path):
     np.testing.assert_array_equal(ann["rows"], index.search(emb[[0, 31, 65, 119]], 5).indices)
     assert [row[0] for row in ann["ids"]] == [ids[i] for i in (0, 31, 65, 119)]  # each finds itself
     assert ann["warm"][-1] == ["shop_scann", [2, 5]] and ann["empty"] == [0, 5]
+    assert ann["match"] == (np.array(ann["scores"], np.float32) >= np.float32(threshold)).tolist()
+    for path in exports.values():  # the threshold the flag applies, in the retrieval model's metadata
+        meta = json.loads((path / "assets.extra" / "tfsim" / "export.json").read_text())
+        assert meta["calibration"] == calibration and meta["signatures"]["serving_default"].endswith("rows, match")
 
     cli = Path(sys.executable).with_name("saved_model_cli")
     for kind, path in exports.items():
         shown = subprocess.run([str(cli), "show", "--dir", str(path), "--all"], capture_output=True, text=True,
                                timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
         assert shown.returncode == 0, shown.stderr[-2000:]
-        for word in ("serving_default", "image_bytes", "ids", "labels", "scores", "DT_STRING"):
+        for word in ("serving_default", "image_bytes", "ids", "labels", "scores", "match", "DT_BOOL", "DT_STRING"):
             assert word in shown.stdout, (kind, word)
         assert "shape: (-1, 5)" in shown.stdout and "unknown_rank" not in shown.stdout.split("serving_default")[-1]
         # Stock TF Serving has every op of the exact export; the ScaNN one needs ScaNN's.
@@ -177,6 +190,7 @@ def test_hamming_retrieval_export_of_a_hashing_model(tmp_path):
     np.testing.assert_array_equal(got["scores"], -want_dist)
     assert got["ids"] == catalogue.catalogue_ids(images)[want_rows].tolist()
     assert got["warm"][-1] == ["codes_hamming", [2, 7]] and got["empty"] == [0, 7]
+    assert got["match"] is None  # an uncalibrated export: no match flag
     shown = subprocess.run([str(Path(sys.executable).with_name("saved_model_cli")), "show", "--dir",
                             str(exports["hamming"]), "--all"], capture_output=True, text=True, timeout=300,
                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})

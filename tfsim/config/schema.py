@@ -291,6 +291,18 @@ class ExportConfig:
     its size and the limit, in bounded memory. Recorded in export.json. Decoding costs about 11
     bytes per pixel at its peak, one image of a request at a time: the default (50 MP, the
     largest photos phones and cameras take) bounds a request to about 0.5 GB.
+
+    `calibration`: a similarity threshold for "same class?" decisions, calibrated after training
+    on validation classes carved from the training classes (`train.val_fraction`, seeded by
+    `train.seed`: with `train.select_best` the classes it held out of training, otherwise classes
+    the model was trained on, which makes the precision optimistic; both are recorded), each
+    validation image paired with its `index.num_neighbors` nearest (`tfsim.calibration`):
+    "precision" (the lowest threshold reaching `calibration_precision` on those pairs), "f1"
+    (the best F1) or "off". The threshold and its validation precision and recall go to
+    export.json and metrics.json ("calibration"), and the exact and ScaNN retrieval SavedModels
+    then return `match` (score >= threshold) beside each neighbour. Fewer than 4 training
+    classes, a hashing model, or a target no threshold reaches: exported uncalibrated, with the
+    reason logged and recorded.
     """
 
     enabled: bool = True
@@ -298,6 +310,8 @@ class ExportConfig:
     name: Optional[str] = None
     retrieval: tuple[Literal["exact", "scann", "hamming"], ...] = ()
     max_pixels: int = DEFAULT_MAX_PIXELS
+    calibration: Literal["precision", "f1", "off"] = "precision"
+    calibration_precision: float = 0.9
 
 
 @dataclasses.dataclass(frozen=True)

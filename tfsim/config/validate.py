@@ -195,6 +195,8 @@ def validate_export(cfg: Config) -> None:
           "the export decodes; e.g. 50000000)", e.max_pixels)
     _need(e.name is None or folder_name_problem(e.name) is None, "export.name",
           f"one folder name under export.root ({_ONE_FOLDER}), or null: named after run.name", e.name)
+    _need(0 < e.calibration_precision <= 1, "export.calibration_precision",
+          "a target precision in (0, 1], e.g. 0.9 (with export.calibration=precision)", e.calibration_precision)
 
 
 def validate_index(cfg: Config) -> None:

@@ -24,16 +24,22 @@ from tfsim.data.sources import ImageSet
 _FUNCTIONS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
+def _open_batch(element_spec):
+    """`element_spec` (a TensorSpec, or a nest of them for a model of several inputs) with its batch
+    dimension left open."""
+    return tf.nest.map_structure(lambda s: tf.TensorSpec([None, *s.shape[1:]], s.dtype), element_spec)
+
+
 def embedding_function(model, element_spec: tf.TensorSpec):
     """`images [B, S, S, 3] -> model(images, training=False)` as a `tf.function` traced once for
     every batch size (one device; not split across replicas).
 
     Args:
         model: a Keras model (or any callable taking `training=`).
-        element_spec: the spec of the image batches (e.g. a dataset's `element_spec`); its batch
-            dimension is left open.
+        element_spec: the spec of the image batches (e.g. a dataset's `element_spec`; a nest of
+            specs for a model of several inputs); its batch dimension is left open.
     """
-    signature = [tf.TensorSpec([None, *element_spec.shape[1:]], element_spec.dtype)]
+    signature = [_open_batch(element_spec)]
     try:  # (a weak reference: the function, cached with its model as key, must not keep it alive)
         ref = weakref.ref(model)
     except TypeError:
@@ -49,7 +55,7 @@ def _cached(model):
 
 
 def _function_for(model, element_spec: tf.TensorSpec):
-    spec = tf.TensorSpec([None, *element_spec.shape[1:]], element_spec.dtype)
+    spec = _open_batch(element_spec)
     cached = _cached(model)
     if cached is None or cached[0] != spec:
         cached = (spec, embedding_function(model, spec))
@@ -60,17 +66,19 @@ def _function_for(model, element_spec: tf.TensorSpec):
     return cached[1]
 
 
-def embed_dataset(model, dataset: tf.data.Dataset, verbose: int = 0) -> np.ndarray:
+def embed_dataset(model, dataset: tf.data.Dataset, verbose: int = 0, eager: bool = False) -> np.ndarray:
     """`[N, D]` float32 embeddings of a dataset of image batches (`eval_dataset`), in order: with
     the model's embedding function (`embedding_function`, made once per model), or eagerly when
     the dataset is one batch and the model has none yet. `verbose`: a progress bar over the batches.
+    `eager`: call the model batch by batch outside any tf.function (under a multi-worker strategy,
+    where each task embeds alone).
 
     Example:
         >>> embed_dataset(embedder, eval_dataset(images, 224))
     """
     batches = int(dataset.cardinality())
     cached = _cached(model)
-    if batches == 1 and cached is None:
+    if eager or (batches == 1 and cached is None):
         run = lambda images: model(images, training=False)  # noqa: E731
     else:
         run = _function_for(model, dataset.element_spec)
@@ -83,6 +91,20 @@ def embed_dataset(model, dataset: tf.data.Dataset, verbose: int = 0) -> np.ndarr
     if not out:
         return np.zeros((0, int(model.output_shape[-1])), np.float32)
     return np.concatenate(out)
+
+
+def embed_pairs(model, dataset: tf.data.Dataset, eager: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """`(embeddings [N, D] float32, labels [N])` of a dataset of `(inputs, labels)` batches, each
+    batch's labels read with its inputs in the same pass (so a dataset that shuffles stays aligned);
+    the model's embedding function as `embed_dataset`'s (`eager`: as there)."""
+    run = (lambda x: model(x, training=False)) if eager else _function_for(model, dataset.element_spec[0])
+    out, labels = [], []
+    for inputs, batch_labels in dataset:
+        out.append(np.asarray(run(inputs), np.float32))
+        labels.append(np.asarray(batch_labels).reshape(-1))
+    if not out:
+        return np.zeros((0, int(model.output_shape[-1])), np.float32), np.zeros([0], np.int64)
+    return np.concatenate(out), np.concatenate(labels)
 
 
 def embed(model, images: ImageSet, image_size: int, batch_size: int = 256, verbose: int = 0,

@@ -88,15 +88,17 @@ def metrics_from_neighbors(neighbor_labels: np.ndarray, query_labels: np.ndarray
 def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1, 2, 4, 8),
                       similarity: str = "cosine", query_mask: Optional[np.ndarray] = None,
                       block_size: int = 1024, per_class: bool = False, full_ranking: bool = False,
-                      progress: bool = False) -> dict:
+                      progress: bool = False, gallery: Optional[tuple] = None) -> dict:
     """Retrieval metrics over a whole set, exactly.
 
     Leave-one-out (default): every item queries all the others. With `query_mask`, the
     rows where it is true query the rows where it is false (the gallery), as In-Shop's
-    query / gallery protocol does; a query is then never in its own gallery.
+    query / gallery protocol does; a query is then never in its own gallery. With
+    `gallery=(gallery_embeddings, gallery_labels)`, every row of `embeddings` queries that
+    separate gallery.
 
     Args:
-        embeddings: float `[N, D]`.
+        embeddings: float `[N, D]` (the queries, with `gallery`).
         labels: int `[N]`.
         ks: the K of Recall@K.
         similarity: a name in `tfsim.distances.DISTANCES`.
@@ -108,19 +110,41 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[i
             ranking (every gallery item sorted: costlier; blocks shrink to keep memory near
             1 GB).
         progress: show a progress bar over the queries searched.
+        gallery: `(embeddings [G, D], labels [G])` searched by every row of `embeddings`
+            (not with `query_mask`), or None.
 
     Returns:
         See `metrics_from_neighbors`.
+
+    Raises:
+        ValueError: mismatched lengths, `gallery` with `query_mask`, a gallery smaller than max(ks).
+
+    Example:
+        >>> retrieval_metrics(model.predict(x_test), y_test, ks=(1, 2))["recall@1"]
     """
-    labels = np.asarray(labels)
-    if query_mask is None:
+    labels = np.asarray(labels).reshape(-1)
+    _check_rows(embeddings, labels, "embeddings", "labels")
+    leave_one_out = query_mask is None and gallery is None
+    if gallery is not None:
+        if query_mask is not None:
+            raise ValueError("Invalid arguments: pass either `query_mask` (rows of one set query the others) or "
+                             "`gallery` (a separate gallery), not both.")
+        try:
+            gallery, gallery_labels = gallery
+        except (TypeError, ValueError):
+            raise ValueError("Invalid value for `gallery`: expected a pair (gallery_embeddings, gallery_labels). "
+                             f"Received: gallery of type {type(gallery).__name__}") from None
+        gallery_labels = np.asarray(gallery_labels).reshape(-1)
+        _check_rows(gallery, gallery_labels, "gallery embeddings", "gallery labels")
+        queries, query_labels = embeddings, labels
+    elif query_mask is None:
         queries, query_labels, gallery, gallery_labels = embeddings, labels, embeddings, labels
     else:
         query_mask = np.asarray(query_mask, bool)
         queries, query_labels = embeddings[query_mask], labels[query_mask]
         gallery, gallery_labels = embeddings[~query_mask], labels[~query_mask]
     per_label = dict(zip(*np.unique(gallery_labels, return_counts=True)))
-    self_in_gallery = 1 if query_mask is None else 0
+    self_in_gallery = 1 if leave_one_out else 0
     num_relevant = np.array([per_label.get(y, 0) - self_in_gallery for y in query_labels])
     if len(gallery_labels) - self_in_gallery < max(ks):
         raise ValueError(f"Need at least {max(ks)} gallery items per query for Recall@{max(ks)}; the gallery "
@@ -137,7 +161,7 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[i
     else:
         k_of = lambda a, b: int(max(max(ks), num_relevant[a:b].max()))  # noqa: E731
     bar = progress_bar(len(query_labels)) if progress else None
-    for start, block in knn_blocks(queries, gallery, k_of, similarity, exclude_self=query_mask is None,
+    for start, block in knn_blocks(queries, gallery, k_of, similarity, exclude_self=leave_one_out,
                                    block_size=block_size):
         stop = start + len(block.indices)
         sums, n = metric_sums(gallery_labels[block.indices], query_labels[start:stop], num_relevant[start:stop], ks,
@@ -153,6 +177,16 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[i
         out["per_class"] = {label: {"queries": n, "recall@1": hits / n, "map@r": ap / n}
                             for label, (n, hits, ap) in sorted(classes.items())}
     return out
+
+
+def _check_rows(embeddings, labels: np.ndarray, what: str, what_labels: str) -> None:
+    """Raises ValueError unless `embeddings` is `[N, D]` with one label per row."""
+    shape = np.shape(embeddings)
+    if len(shape) != 2:
+        raise ValueError(f"Invalid {what}: expected a float array [N, D] (one row per item). Received: shape {shape}")
+    if shape[0] != len(labels):
+        raise ValueError(f"Invalid {what_labels}: expected one per row of the {what} ({shape[0]}). Received: "
+                         f"{len(labels)} labels")
 
 
 def progress_bar(queries: int):

@@ -21,8 +21,13 @@ Each has one signature, `serving_default`: `image_bytes` string `[N]` -> `ids` s
 with `--ids path`; never the file layout of the machine that built it otherwise),
 `labels` string `[N, k]` (class names), `scores` float32 `[N, k]` (larger is closer, as
 `GalleryIndex.search`; minus the Hamming distance for codes), `rows` int64 `[N, k]` (gallery
-rows). Each version folder also holds `assets.extra/tf_serving_warmup_requests` (a gallery
-image, alone and as a batch) and `assets.extra/tfsim/export.json`.
+rows), and, when the embedding export is calibrated (its export.json's "calibration", written by
+the training pipeline's `export.calibration`, `tfsim.calibration`) or a `match_threshold` is
+given, `match` bool `[N, k]`: `scores >= threshold`, the "same class?" decision for each
+neighbour (the threshold and its validation precision and recall are in the retrieval model's
+export.json). Each version folder also holds
+`assets.extra/tf_serving_warmup_requests` (a gallery image, alone and as a batch) and
+`assets.extra/tfsim/export.json`.
 
 Each publish rewrites the export root's TF Serving model configs (`saved_model.write_serving_configs`):
 `models.config` lists what stock TF Serving loads (embedders, exact, Hamming) and
@@ -35,6 +40,7 @@ The Hamming export holds bits / 8 bytes per item (1M x 64-bit codes are 8 MB).
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Optional, Sequence
@@ -53,6 +59,7 @@ from tfsim.export.saved_model import publish, read_export, warmup_image, write_w
 from tfsim.index import storage
 from tfsim.index.hamming import code_words, tf_code_words, tf_hamming_topk
 
+log = logging.getLogger(__name__)
 RETRIEVAL_FORMAT = "tfsim.retrieval.v1"
 # TF Serving model configs of an export root: for stock TF Serving, and for one with ScaNN's ops.
 KINDS = ("exact", "scann", "hamming")
@@ -82,9 +89,13 @@ class RetrievalModule(tf.Module):
     """The embedder and the gallery in one servable graph (see module doc)."""
 
     def __init__(self, embedder, vectors: np.ndarray, ids: np.ndarray, labels: np.ndarray, similarity: str,
-                 k: int, kind: str, scann_dir: Optional[Path] = None, params: Optional[dict] = None):
+                 k: int, kind: str, scann_dir: Optional[Path] = None, params: Optional[dict] = None,
+                 threshold: Optional[float] = None):
         super().__init__()
         self.embedder = embedder
+        # The calibrated "same class?" threshold (score >= it), or None: no `match` output.
+        self.threshold = None if threshold is None else tf.Variable(np.float32(threshold), trainable=False,
+                                                                     name="match_threshold")
         self.ids = tf.Variable(np.asarray(ids).astype(str).astype(object), trainable=False, name="ids")
         self.labels = tf.Variable(np.asarray(labels).astype(str).astype(object), trainable=False, name="labels")
         self.k, self.kind, self.similarity = int(min(k, len(ids))), kind, similarity
@@ -138,8 +149,11 @@ class RetrievalModule(tf.Module):
         else:
             rows, scores = self._search(distances.get_distance(self.similarity).prepare(out["embeddings"]))
         rows, scores = tf.ensure_shape(rows, [None, self.k]), tf.ensure_shape(scores, [None, self.k])
-        return {"ids": tf.gather(self.ids, rows), "labels": tf.gather(self.labels, rows), "scores": scores,
-                "rows": rows}
+        out = {"ids": tf.gather(self.ids, rows), "labels": tf.gather(self.labels, rows), "scores": scores,
+               "rows": rows}
+        if self.threshold is not None:
+            out["match"] = scores >= self.threshold
+        return out
 
 
 def _warmup_images(index, image_size: int, max_pixels: int, count: int = 2) -> list[bytes]:
@@ -162,8 +176,33 @@ def _warmup_images(index, image_size: int, max_pixels: int, count: int = 2) -> l
     return out or [warmup_image(image_size)]
 
 
+def _match_calibration(meta: dict, index, match_threshold: Optional[float], codes: bool) -> Optional[dict]:
+    """The calibration the `match` output applies: `match_threshold` if given, else the export's
+    calibrated one when its score is the index's (never for `codes`, searched by Hamming
+    distance); None (no `match`) otherwise."""
+    if match_threshold is not None:
+        try:
+            finite = not isinstance(match_threshold, bool) and bool(np.isfinite(float(match_threshold)))
+        except (TypeError, ValueError):
+            finite = False
+        if not finite:
+            raise UserInputError(f"Invalid match_threshold {match_threshold!r}: expected a finite score (larger is "
+                                 "closer), e.g. a `tfsim.calibration.calibrate(...).threshold`.")
+        return {"threshold": float(np.float32(match_threshold)),
+                "similarity": "hamming" if codes else index.similarity, "source": "match_threshold"}
+    calibration = meta.get("calibration") or {}
+    if calibration.get("threshold") is None or codes:
+        return None
+    if calibration.get("similarity") != index.similarity:
+        log.warning("No match flag: the export's threshold was calibrated for %r scores, and the index searches by "
+                    "%r.", calibration.get("similarity"), index.similarity)
+        return None
+    return calibration
+
+
 def export_retrieval(model_dir: os.PathLike, index_dir: os.PathLike, root: os.PathLike, k: int = 10,
-                     kinds: Optional[Sequence[str]] = None, name: Optional[str] = None) -> dict[str, Path]:
+                     kinds: Optional[Sequence[str]] = None, name: Optional[str] = None,
+                     match_threshold: Optional[float] = None) -> dict[str, Path]:
     """Writes the retrieval SavedModels of an export and an index it built (see module doc).
 
     Args:
@@ -175,6 +214,10 @@ def export_retrieval(model_dir: os.PathLike, index_dir: os.PathLike, root: os.Pa
         kinds: "exact" and/or "scann" for an embedding index, "hamming" for a Hamming index
             of binary codes; None: all that fit the index.
         name: the model name prefix (default: the export's name).
+        match_threshold: a score threshold for the `match` output (any kind; minus a Hamming
+            distance for codes), e.g. one you calibrated with `tfsim.calibration.calibrate` on
+            the index's score; None: the export's calibrated threshold, if it has one and its
+            score is the index's (else no `match`).
 
     Returns:
         {kind: version folder}.
@@ -202,12 +245,14 @@ def export_retrieval(model_dir: os.PathLike, index_dir: os.PathLike, root: os.Pa
     # as searched: the packed codes, or the vectors (normalised for cosine)
     vectors = index.searcher.codes if codes else np.load(index_dir / "scann" / "dataset.npy")
     labels = np.asarray(index.class_names)[index.labels]
+    calibration = _match_calibration(meta, index, match_threshold, codes)
     embedder = tf.saved_model.load(str(model_dir))
     name = name or meta["name"]
     out = {}
     for kind in kinds:
+        threshold = None if calibration is None else calibration["threshold"]
         module = RetrievalModule(embedder, vectors, index.ids, labels, index.similarity, k, kind,
-                                 index_dir / "scann", index.params)
+                                 index_dir / "scann", index.params, threshold)
         model_name = f"{name}_{kind}"
 
         def write(work: Path, version: int, module=module, kind=kind, model_name=model_name) -> dict:
@@ -228,7 +273,9 @@ def export_retrieval(model_dir: os.PathLike, index_dir: os.PathLike, root: os.Pa
                     "index": {"path": str(index_dir.resolve()), "params": index.params},
                     "needs": "TF Serving with ScaNN's ops, or `import scann` before loading" if kind == "scann"
                     else "stock TF Serving",
-                    "signatures": {"serving_default": "image_bytes -> ids, labels, scores, rows"}}
+                    "calibration": calibration,  # `match` = scores >= its threshold (None: no `match`)
+                    "signatures": {"serving_default": "image_bytes -> ids, labels, scores, rows"
+                                   + (", match" if calibration is not None else "")}}
 
         out[kind] = publish(Path(root) / model_name, write)
     return out

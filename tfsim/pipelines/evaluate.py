@@ -51,8 +51,7 @@ def main(argv: list[str]) -> int:
         raise UserInputError(f"Invalid --ks {args.ks!r}: expected integers >= 1.")
     if args.max_pixels is not None and args.max_pixels < 1:
         raise UserInputError(f"Invalid --max-pixels {args.max_pixels}: expected an integer >= 1 (width x height).")
-    from tfsim.evaluation.report import format_table  # lazy: TensorFlow, after the checks
-    from tfsim.training.assessment import evaluate  # lazy: TensorFlow, after the checks
+    from tfsim.training import evaluate, format_table  # lazy: TensorFlow, after the checks
 
     model = Path(args.model)
     if args.out:

@@ -62,19 +62,19 @@ def main(argv: list[str]) -> int:
                      (("target_recall", args.target_recall), ("num_neighbors", args.num_neighbors))
                      if value is not None]
         cfg = config_lib.load("default", overrides)
-    from tfsim.export import catalogue, identity  # lazy: TensorFlow, after the checks
-    from tfsim.index import float_search, storage  # lazy: TensorFlow, after the checks
+    from tfsim.export import add_to_index, build_index, index_model  # lazy: TensorFlow, after the checks
+    from tfsim.index import build_options, read_meta  # lazy: TensorFlow, after the checks
 
     added = None
     if serve_only:
         path = Path(args.index)  # only the retrieval SavedModels of an existing index
     elif args.add is not None:
-        path, added = catalogue.add_to_index(args.index, args.add, args.model, args.batch_size)
+        path, added = add_to_index(args.index, args.add, args.model, args.batch_size)
     else:
-        path = catalogue.build_index(args.model, args.data, args.out, float_search.build_options(cfg.index),
-                                     args.batch_size, ids=args.ids or "relative")
-    meta = storage.read_meta(path)
-    model = identity.index_model(path, args.model, meta) if args.serve else None  # (before printing anything)
+        path = build_index(args.model, args.data, args.out, build_options(cfg.index), args.batch_size,
+                           ids=args.ids or "relative")
+    meta = read_meta(path)
+    model = index_model(path, args.model, meta) if args.serve else None  # (before printing anything)
     p = meta["params"]
     print(f"\nindex: {path} ({meta['size']} images, {len(meta['class_names'])} classes, {p['mode']})")
     if added is not None:
@@ -86,8 +86,7 @@ def main(argv: list[str]) -> int:
     model_arg = f" --model {args.model}" if args.model else ""
     print(f"search it: python -m tfsim.pipelines.search --index {path}{model_arg} --image IMAGE")
     if args.serve:
-        from tfsim.export.retrieval import export_retrieval  # lazy: TensorFlow, after the checks
-        from tfsim.export.saved_model import SCANN_CONFIG, STOCK_CONFIG  # lazy: TensorFlow, after the checks
+        from tfsim.export import SCANN_CONFIG, STOCK_CONFIG, export_retrieval  # lazy: TensorFlow, after the checks
 
         kinds = None if args.kinds is None else tuple(k.strip() for k in args.kinds.split(",") if k.strip())
         for kind, folder in export_retrieval(model, path, args.serve, args.top_k, kinds).items():

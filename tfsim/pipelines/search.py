@@ -31,7 +31,7 @@ def main(argv: list[str]) -> int:
 
     if args.top_k < 1:  # (search_image checks it too; here before TensorFlow is imported, to be reported at once)
         raise UserInputError(f"Invalid value for `--top-k`: expected an integer >= 1. Received: {args.top_k}")
-    from tfsim.export.search import check_output, render_grid, search_image  # lazy: TensorFlow, after the checks
+    from tfsim.export import check_output, render_grid, search_image  # lazy: TensorFlow, after the checks
 
     out = check_output(args.out or f"search_{Path(args.image).stem}.png")
     result = search_image(args.model, args.image, args.top_k, args.index)

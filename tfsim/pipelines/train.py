@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from tfsim import config, options
+from tfsim import config
 from tfsim.pipelines import _cli
 
 _cli.quiet_tensorflow()
@@ -26,7 +26,7 @@ def format_table(metrics: dict, ks) -> str:
     for name, m in rows:
         if m is None:
             continue
-        vals = [m[name] for name in options.scalar_metrics(ks)]
+        vals = [m[name] for name in config.scalar_metrics(ks)]
         lines.append(f"{name:<20}" + "".join(f"{v:>8.4f}" for v in vals))
     return "\n".join(lines)
 
@@ -45,8 +45,7 @@ def main(argv: list[str]) -> int:
 
     cfg = config.load(args.config, args.overrides, resolved=False)  # before TensorFlow: a mistake is reported at once
     # lazy: TensorFlow (about 6 s) loads only once the config is known to be valid
-    from tfsim.training import train
-    from tfsim.training.loop import summarize_names
+    from tfsim.training import summarize_names, train
 
     result = train(cfg, args.run_dir, resume=not args.no_resume, verbose=0 if args.quiet else "auto")
     m = result.metrics

@@ -47,7 +47,7 @@ def main(argv: list[str]) -> int:
     cfg = config.load(args.config, overrides, resolved=False)
     # lazy: TensorFlow takes seconds to import; a mistake in the arguments or config is reported first
     from tfsim import tuning
-    from tfsim.training.loop import summarize_names
+    from tfsim.training import summarize_names
 
     result = tuning.tune(cfg, args.grid, verbose=0 if args.quiet else "auto", train_best=not args.no_final)
     if not result.rows:  # a worker of a distributed search

@@ -1,5 +1,6 @@
 """Training callbacks: replica statistics sync, a stop on a non-finite loss, held-out retrieval
-evaluation per epoch, resumable checkpoints."""
+evaluation per epoch (the public `tfsim.callbacks.RetrievalEvaluation` with the run folders' log
+names), resumable checkpoints."""
 
 from __future__ import annotations
 
@@ -12,11 +13,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfsim import runs
+from tfsim import callbacks, runs
 from tfsim.errors import UserInputError
 from tfsim.files import write_json
-from tfsim.evaluation.embed import embed_dataset
-from tfsim.evaluation.metrics import retrieval_metrics
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +86,11 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
             "(--set run.name=NEW).")
 
 
-class RetrievalEvaluation(keras.callbacks.Callback):
-    """Embeds an evaluation set at each epoch end and writes `val_recall_at_K` / `val_map_at_r` to logs.
+class RetrievalEvaluation(callbacks.RetrievalEvaluation):
+    """The held-out evaluation of a run: `tfsim.callbacks.RetrievalEvaluation` (one implementation)
+    writing `val_recall_at_K` / `val_map_at_r` to the logs, the names the run folders' TensorBoard
+    scalars (`held_out/recall_at_K`, `held_out/map_at_r`) have always had, so runs from before and
+    after the public callback compare in one TensorBoard.
 
     Place it *before* the TensorBoard callback (`tensorboard.EpochScalars`): Keras hands the same
     `logs` dict to the callbacks in order, so that one then records these values. The embedding
@@ -109,26 +111,8 @@ class RetrievalEvaluation(keras.callbacks.Callback):
 
     def __init__(self, dataset, labels: np.ndarray, ks: Sequence[int] = (1, 2, 4, 8),
                  similarity: str = "cosine", embedder=None, query_mask=None, eager: bool = False):
-        super().__init__()
-        self.embedder, self.query_mask, self.eager = embedder, query_mask, eager
-        self.dataset, self.labels, self.ks, self.similarity = dataset, np.asarray(labels), tuple(ks), similarity
-        self.history: list[dict] = []
-        self.last_embeddings: Optional[np.ndarray] = None  # read by NeighbourPictures
-
-    def on_epoch_end(self, epoch, logs=None):
-        model = self.embedder if self.embedder is not None else self.model
-        if self.eager:  # (multi-worker: `predict` cannot run under that strategy; each task embeds alone)
-            embeddings = np.concatenate([np.asarray(model(batch, training=False)) for batch in self.dataset])
-        else:
-            embeddings = embed_dataset(model, self.dataset)
-        self.last_embeddings = embeddings
-        metrics = retrieval_metrics(embeddings, self.labels, self.ks, self.similarity, self.query_mask)
-        self.history.append(metrics)
-        if logs is not None:
-            for k in self.ks:
-                logs[f"val_recall_at_{k}"] = metrics[f"recall@{k}"]
-            logs["val_map_at_r"] = metrics["map@r"]
-        log.info("epoch %d: held-out recall@1 %.4f, map@r %.4f", epoch + 1, metrics["recall@1"], metrics["map@r"])
+        super().__init__(dataset, labels, ks, similarity, embedder=embedder, query_mask=query_mask, eager=eager,
+                         key_style="_at_")
 
 
 class ResumableCheckpoint(keras.callbacks.Callback):

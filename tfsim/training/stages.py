@@ -7,7 +7,9 @@
                           setting and reused, e.g. when a finished run is re-exported)
       --export_stage--> saved_models/<name>/<version>/ (a new version only when the exported
                         function or its settings changed) with the ScaNN index inside, built
-                        from embeddings computed by the exported SavedModel itself
+                        from embeddings computed by the exported SavedModel itself; first
+                        calibration_stage: the match threshold on validation classes
+                        (`export.calibration`), recorded in export.json and metrics.json
 
 `tfsim.training.run.train` runs them in order after `fit`; each is a function of the
 config, the run folder and the data, so a command that only evaluates or exports can call
@@ -28,6 +30,7 @@ import tensorflow as tf
 
 from tfsim import config as config_lib
 from tfsim import runs
+from tfsim.calibration import calibrate
 from tfsim.config import Config
 from tfsim.data import pipeline, sources
 from tfsim.errors import UserInputError
@@ -40,7 +43,7 @@ from tfsim.export.saved_model import META_DIR, export_embedder, remove_leftovers
 from tfsim.files import latest_version, write_json
 from tfsim.index import float_search, storage
 from tfsim.index.hamming import build_hamming, hamming_metrics
-from tfsim.models.whitening import apply_whitening, fit_whitening, normalize_rows, whiten
+from tfsim.models.whitening import Whitening, apply_whitening, fit_whitening, normalize_rows, whiten
 from tfsim.training import task
 
 log = logging.getLogger(__name__)
@@ -246,6 +249,66 @@ def retrieval_stage(cfg: Config, export_dir: Optional[Path]) -> list[Path]:
     return out
 
 
+def _embed_final(cfg: Config, model: keras.Model, images: sources.ImageSet) -> np.ndarray:
+    """`model`'s embeddings of `images`. For `runs.final_model`'s `embedder -> Whitening`: the
+    embedder's, by the embedding function the stages before already traced for it, then the
+    whitening layer (as `evaluate_stage`), so no other model is traced."""
+    layers = model.layers
+    if len(layers) == 3 and isinstance(layers[1], keras.Model) and isinstance(layers[-1], Whitening):
+        return np.asarray(layers[-1](task.Task(cfg).embed(layers[1], images)), np.float32)
+    return task.Task(cfg).embed(model, images)
+
+
+def calibration_stage(cfg: Config, model: keras.Model, split) -> Optional[dict]:
+    """The match threshold of `export.calibration`, calibrated on validation classes carved from the
+    training classes (`task.validation_split` with `train.val_fraction` and `train.seed`: the classes
+    `train.select_best` holds out of training, else classes the model was trained on), each
+    validation image paired with its `index.num_neighbors` nearest others by `model` (the final,
+    whitened one) under `eval.similarity` (`tfsim.calibration.calibrate`).
+
+    Returns:
+        None when `export.calibration` is "off"; else the record for export.json and metrics.json:
+        the threshold and its validation precision, recall and F1, the pairs and the classes it was
+        calibrated on, whether the model was trained on them; or `"threshold": None` with the
+        `"reason"` (logged) when it cannot be calibrated (fewer than 4 training classes, a
+        hashing model, a target precision no threshold reaches).
+    """
+    e = cfg.export
+    if e.calibration == "off":
+        return None
+    target = e.calibration_precision if e.calibration == "precision" else None
+    record: dict = {"mode": e.calibration, "target_precision": target, "threshold": None}
+
+    def uncalibrated(reason: str) -> dict:
+        log.warning("The export is not calibrated (no match flag): %s", reason)
+        return {**record, "reason": reason}
+
+    if cfg.model.head == "hash":
+        return uncalibrated("a hashing model's codes are searched by Hamming distance; calibration applies to "
+                            "float embeddings.")
+    try:
+        validation = task.validation_split(split, cfg.train.val_fraction, cfg.train.seed).test
+    except UserInputError as err:
+        return uncalibrated(f"too few training classes for validation classes: {err}")
+    trained_on = not cfg.train.select_best
+    log.info("Calibrating the match threshold on %s validation images (%d classes %s)...", f"{len(validation):,}",
+             len(np.unique(validation.labels)), "the model was trained on" if trained_on else "held out of training")
+    embeddings = _embed_final(cfg, model, validation)
+    try:
+        found = calibrate(embeddings, validation.labels, target, similarity=cfg.eval.similarity,
+                          k=cfg.index.num_neighbors)
+    except ValueError as err:
+        return uncalibrated(f"on the validation classes: {err}")
+    record.update(found.to_dict())
+    record.update(validation_classes=[split.dataset.class_names[c] for c in np.unique(validation.labels)],
+                  validation_images=len(validation), trained_on_validation_classes=trained_on)
+    log.info("Match threshold: score >= %.4f, with precision %.3f and recall %.3f on the validation pairs (%s "
+             "nearest of each image)%s.", found.threshold, found.precision, found.recall, found.k,
+             "; the model was trained on these classes, so expect a lower precision on new ones "
+             "(train.select_best=true holds them out)" if trained_on else "")
+    return record
+
+
 def _index_format(index_dir: Path) -> Optional[str]:
     """The format index.json declares, or None (missing or unreadable)."""
     try:
@@ -265,6 +328,9 @@ def export_stage(cfg: Config, run_dir: Path, model: keras.Model, metrics: dict,
     function with the same export and index settings, it is reused: re-running a finished
     run publishes no identical version for TF Serving to load.
 
+    With `export.calibration` on, `calibration_stage`'s record (the match threshold) goes to the
+    export's export.json and to `metrics` and metrics.json as "calibration" (a reused version's own).
+
     Returns:
         `(export_dir, index_dir)`; None for what is disabled.
     """
@@ -276,17 +342,32 @@ def export_stage(cfg: Config, run_dir: Path, model: keras.Model, metrics: dict,
     inputs = cfg.model.image_size if cfg.model.center_crop == 1 else (cfg.model.image_size, cfg.model.center_crop)
     if cfg.export.max_pixels != config_lib.ExportConfig.max_pixels:
         inputs = (inputs, cfg.export.max_pixels)
-    content = _hash([np.asarray(w) for w in model.get_weights()], model.name, inputs,
-                    config_lib.to_dict(cfg.index), cfg.eval.similarity)
+    settings = [config_lib.to_dict(cfg.index), cfg.eval.similarity]
+    e = cfg.export
+    if e.calibration != "off":  # what the threshold depends on besides the weights and the index's k
+        settings.append({"calibration": e.calibration, "val_fraction": cfg.train.val_fraction, "seed": cfg.train.seed,
+                         **({"precision": e.calibration_precision} if e.calibration == "precision" else {})})
+    content = _hash([np.asarray(w) for w in model.get_weights()], model.name, inputs, *settings)
+
+    def record(calibration: Optional[dict]) -> None:  # metrics.json's "calibration": the export's
+        if calibration is not None:
+            metrics["calibration"] = calibration
+            write_json(run_dir / "metrics.json", metrics)
+
     remove_leftovers(Path(cfg.export.root) / name)  # of killed exports, even when no new version follows
     latest = latest_version(Path(cfg.export.root) / name)
     index_dir = META_DIR / "index"
     if latest is not None:
         meta_file = latest / META_DIR / "export.json"
         current = not cfg.index.enabled or _index_format(latest / index_dir) == storage.FORMAT  # else export again
-        if current and meta_file.is_file() and json.loads(meta_file.read_text()).get("content_hash") == content:
+        meta = json.loads(meta_file.read_text()) if current and meta_file.is_file() else {}
+        if current and meta.get("content_hash") == content:
             log.info("%s already holds this model and index; no new version exported.", latest)
+            record(meta.get("calibration"))
             return latest, (latest / index_dir if cfg.index.enabled else None)
+
+    calibration = calibration_stage(cfg, model, split)
+    record(calibration)
 
     sim, test = cfg.eval.similarity, split.test
     queries = query_mask(test.splits)
@@ -317,7 +398,7 @@ def export_stage(cfg: Config, run_dir: Path, model: keras.Model, metrics: dict,
         model, cfg.export.root, name, cfg.model.image_size, center_crop=cfg.model.center_crop,
         binary_codes=cfg.model.head == "hash", max_pixels=cfg.export.max_pixels,
         metadata={"run_dir": str(run_dir), "similarity": sim, "config": config_lib.to_dict(cfg),
-                  "content_hash": content,
-                  "metrics": {k: v for k, v in metrics.items() if k not in ("baselines", "unwhitened")}},
+                  "content_hash": content, **({"calibration": calibration} if calibration is not None else {}),
+                  "metrics": {k: v for k, v in metrics.items() if k not in ("baselines", "unwhitened", "calibration")}},
         write_extras=write_index)
     return export_dir, (export_dir / index_dir if cfg.index.enabled else None)
