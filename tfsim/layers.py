@@ -64,6 +64,7 @@ import tensorflow as tf
 
 from tfsim import distances
 from tfsim.index import float_search
+from tfsim.index.api import int64_ids
 
 __all__ = ["Retrieval", "ScannRetrieval"]
 
@@ -99,7 +100,8 @@ def _as_ids(ids, size: int) -> tuple[np.ndarray, str]:
     """The ids as an int64 or bytes (object) array, and their kind ("int" or "str").
 
     Raises:
-        ValueError: ids that are not one per candidate, or neither integers nor strings.
+        ValueError: ids that are not one per candidate, integers above int64's largest value, or
+            neither integers nor strings.
     """
     if ids is None:
         return np.arange(size, dtype=np.int64), "int"
@@ -110,16 +112,31 @@ def _as_ids(ids, size: int) -> tuple[np.ndarray, str]:
         raise ValueError(f"Invalid `ids`: expected one id per candidate, a 1-D array of {size}. "
                          f"Received: ids with shape {ids.shape}")
     if ids.dtype.kind in "iu":
-        return ids.astype(np.int64), "int"
+        return int64_ids(ids), "int"
     if ids.dtype.kind in "US" or (ids.dtype.kind == "O" and all(isinstance(v, (str, bytes)) for v in ids.tolist())):
         return np.array([v if isinstance(v, bytes) else str(v).encode("utf-8") for v in ids.tolist()], object), "str"
-    raise ValueError(f"Invalid `ids`: expected integers or strings, one per candidate. Received: ids of dtype "
-                     f"{ids.dtype}, e.g. {ids[:1].tolist()!r}")
+    raise ValueError(f"Invalid `ids`: expected integers (an int or uint dtype, each at most 2**63 - 1: they come "
+                     f"back as int64) or strings (str or UTF-8 bytes), one per candidate. Received: ids of dtype "
+                     f"{ids.dtype}, e.g. {ids[:1].tolist()!r}. Convert whole-number floats with "
+                     "`ids.astype(np.int64)`.")
 
 
 @keras.saving.register_keras_serializable(package="tfsim")
 class Retrieval(keras.layers.Layer):
     """Exact top-k retrieval over a set of candidates held (and saved) by the layer.
+
+    Coming from keras-rs's `BruteForceRetrieval` (whose contract this follows):
+
+    * **The default score is cosine similarity**; keras-rs's is the dot product.
+      `similarity="dot"` gives keras-rs's ranking (and scores).
+    * **Integer ids come back as int64** (ids above 2**63 - 1 are refused; give them as
+      strings); string ids as UTF-8 bytes.
+    * `candidate_embeddings` and `candidate_ids` are read-only properties (NumPy arrays); change
+      the candidates with `update_candidates`.
+    * Memory: `call` builds the whole `[queries, candidates]` score matrix (float32) before its
+      top-k, so it grows with batch size x number of candidates (a batch of 1,024 queries
+      against 1,000,000 candidates: 4 GB). Batch the queries for a large gallery
+      (`model.predict(x, batch_size=...)`), or use `ScannRetrieval`.
 
     Args:
         candidate_embeddings: optional float `[G, D]`: the candidates (else give them with
@@ -176,6 +193,12 @@ class Retrieval(keras.layers.Layer):
     def num_candidates(self) -> int:
         """How many candidates the layer holds (0 before `update_candidates`)."""
         return 0 if self._ids is None else int(tf.size(self._ids))
+
+    @property
+    def candidate_embeddings(self) -> Optional[np.ndarray]:
+        """The candidates `[G, D]` float32 as given to `update_candidates` (keras-rs's attribute of
+        that name), or None before it. Read-only: change them with `update_candidates`."""
+        return None if self._candidates is None else self._candidates.numpy()
 
     @property
     def candidate_ids(self) -> Optional[np.ndarray]:
@@ -299,20 +322,66 @@ class Retrieval(keras.layers.Layer):
             store["ids"] = ids
 
     def load_own_variables(self, store) -> None:
-        """Recreates the candidates and ids `save_own_variables` wrote, whatever their number."""
+        """Recreates the candidates and ids `save_own_variables` wrote, whatever their number.
+
+        Raises:
+            ValueError: the weights were saved by the other kind of retrieval layer (`Retrieval`
+                and `ScannRetrieval` hold different state), or they do not fit this layer: fewer
+                candidates than its `k`, not one id per candidate, ids of another kind than its
+                own, damaged string ids. The layer is left as it was.
+        """
         keys = set(store.keys())
         if not keys:
             return
-        if "ids_utf8" in keys:
-            ids, kind = _decode_strings(store["ids_utf8"], store["ids_offsets"]), "str"
+        scann = any(key.startswith("scann") for key in keys)
+        if scann != isinstance(self, ScannRetrieval):
+            saved, this = ("ScannRetrieval", "Retrieval") if scann else ("Retrieval", "ScannRetrieval")
+            raise ValueError(f"Layer {self.name!r} is a {type(self).__name__} ({this}), but the weights it is given "
+                             f"were saved by a {saved} layer. Load them into a {saved} layer (same `k` and "
+                             "`similarity`), or rebuild the candidates with `update_candidates`.")
+        if "ids_utf8" in keys and "ids_offsets" in keys:
+            ids, kind = self._loaded_strings(np.asarray(store["ids_utf8"]), np.asarray(store["ids_offsets"])), "str"
         elif "ids" in keys:
-            ids, kind = np.asarray(store["ids"], np.int64), "int"
+            ids, kind = np.asarray(store["ids"]), "int"
+            if ids.ndim != 1 or ids.dtype.kind not in "iu":
+                raise self._load_error(f"its ids are {ids.dtype} of shape {ids.shape}, not a 1-D integer array")
+            ids = int64_ids(ids)
         else:
             raise ValueError(f"Layer {self.name!r}: the weights file holds {sorted(keys)}, not the candidates and ids "
                              "a tfsim retrieval layer saves.")
         self._check_kind(kind)
+        count = self._loaded_count(store, keys)
+        if count != len(ids):
+            raise self._load_error(f"it holds {count} candidates but {len(ids)} ids; expected one id per candidate")
+        if count < self.k:
+            raise self._load_error(f"it holds {count} candidates, fewer than this layer's k={self.k}; load it into a "
+                                   f"layer with k <= {count}")
         self._load_state(store, keys)
         self._set_ids(ids, kind)
+
+    def _load_error(self, problem: str) -> ValueError:
+        return ValueError(f"Layer {self.name!r} cannot load these weights: {problem}. (Were they saved by another "
+                          "layer, or altered?)")
+
+    def _loaded_strings(self, data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """String ids from their stored bytes and offsets, checked: offsets from 0 to the byte
+        count, never decreasing."""
+        if (data.ndim != 1 or offsets.ndim != 1 or len(offsets) < 1 or offsets.dtype.kind not in "iu"
+                or int(offsets[0]) != 0 or int(offsets[-1]) != len(data) or (np.diff(offsets) < 0).any()):
+            raise self._load_error(f"its string ids are damaged (offsets {offsets[:4].tolist()}... of "
+                                   f"shape {offsets.shape} for {data.size} bytes; expected offsets rising from 0 to "
+                                   f"the byte count)")
+        return _decode_strings(data, offsets)
+
+    def _loaded_count(self, store, keys: set) -> int:
+        """The number of candidates in `store` (checked: `[G, D]` finite numbers)."""
+        candidates = np.asarray(store["candidates"]) if "candidates" in keys else np.zeros([0])
+        if candidates.ndim != 2 or candidates.shape[1] == 0 or candidates.dtype.kind not in "fiu":
+            raise self._load_error(f"its candidates have shape {candidates.shape} and dtype {candidates.dtype}; "
+                                   "expected a float array [num_candidates, dim]")
+        if not np.isfinite(candidates).all():
+            raise self._load_error("its candidates hold NaN or infinite values")
+        return len(candidates)
 
     def _load_state(self, store, keys: set) -> None:
         self._set_candidates(np.asarray(store["candidates"], np.float32))
@@ -368,6 +437,15 @@ class ScannRetrieval(Retrieval):
             self.update_candidates(candidate_embeddings, candidate_ids)
         elif candidate_ids is not None:
             raise ValueError("Invalid arguments: `candidate_ids` were given without `candidate_embeddings`.")
+
+    @property
+    def candidate_embeddings(self) -> Optional[np.ndarray]:
+        """The candidates `[G, D]` float32 as the ScaNN searcher holds them (L2-normalised for
+        "cosine"), or None before `update_candidates`."""
+        if self._scann is None:
+            return None
+        dataset = self._scann[0].numpy()
+        return dataset if dataset.ndim == 2 else None
 
     def update_candidates(self, candidate_embeddings, ids=None, *, candidate_ids=None) -> None:
         """Builds (and tunes) a ScaNN index of the candidates; arguments and errors as
@@ -450,6 +528,16 @@ class ScannRetrieval(Retrieval):
         state = {f"scann:{name}": np.frombuffer(data, np.uint8).copy() for name, data in sorted(self._files.items())}
         state["scann_params"] = np.frombuffer(json.dumps(self.index_params).encode(), np.uint8).copy()
         return state
+
+    def _loaded_count(self, store, keys: set) -> int:
+        """The number of candidates the stored searcher holds (its `params["size"]`)."""
+        if "scann_params" not in keys or "scann:scann_config.pb" not in keys:
+            raise self._load_error(f"it holds {sorted(keys)}, without a complete ScaNN searcher")
+        try:
+            params = json.loads(np.asarray(store["scann_params"], np.uint8).tobytes().decode())
+            return int(params["size"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise self._load_error(f"its searcher's settings are unreadable ({e})") from None
 
     def _load_state(self, store, keys: set) -> None:
         files = {key.split(":", 1)[1]: np.asarray(store[key], np.uint8).tobytes()

@@ -110,10 +110,21 @@ def test_search_returns_at_most_the_index_size_and_accepts_one_query():
     assert found.shape == scores.shape == (1, 3) and found[0, 0] == "a"
 
 
+def test_unsigned_ids_up_to_int64_max_come_back_as_given():
+    ids = np.array([0, 2**40, 2**63 - 1], np.uint64)
+    index = Index.build(SMALL[:3], ids=ids)
+    _, found = index.search(SMALL[2], k=1)
+    assert found.dtype == np.int64 and found.tolist() == [[2**63 - 1]] and index.ids.tolist() == ids.tolist()
+
+
 @pytest.mark.parametrize("call,message", [
     (lambda: Index.build(SMALL, similarity="euclidean"), "Invalid value for `similarity`"),
     (lambda: Index.build(SMALL, ids=np.arange(4)), "one id per embedding"),
-    (lambda: Index.build(SMALL, ids=np.linspace(0, 1, 30)), "integers or strings"),
+    (lambda: Index.build(SMALL, ids=np.linspace(0, 1, 30)),
+     r"expected integers \(an int or uint dtype.*or strings.*dtype float64"),
+    (lambda: Index.build(SMALL, ids=np.arange(30) % 2 == 0), r"expected integers .*dtype bool"),
+    (lambda: Index.build(SMALL, ids=np.arange(30, dtype=np.uint64) + np.uint64(2**63 - 5)),
+     r"largest value is 2\*\*63 - 1.*Received: 25 larger ids .*e\.g\. 9223372036854775808"),
     (lambda: Index.build(SMALL, ids=[""] * 30), "empty string"),
     (lambda: Index.build(SMALL[0]), "non-empty numeric array"),
     (lambda: Index.build(np.full((3, 2), np.inf)), "NaN or infinite"),
@@ -122,6 +133,9 @@ def test_search_returns_at_most_the_index_size_and_accepts_one_query():
     (lambda: Index.build(SMALL[:, :4], similarity="hamming"), "multiple of 8"),
     (lambda: Index.build(SMALL).search(SMALL, k=0), "Invalid value for `k`"),
     (lambda: Index.build(SMALL).search(SMALL[:, :3], k=1), r"expected \[num_queries, 5\]"),
+    (lambda: Index.build(SMALL).search(np.where(np.eye(4, 5) > 0, np.nan, 0.5), k=1),
+     r"4 of the 4 queries hold NaN or infinite values \(rows \[0, 1, 2, 3\]\)"),
+    (lambda: Index.build(SMALL).search(np.r_[SMALL[:2], [[0, 0, np.inf, 0, 0]]], k=1), r"1 of the 3.*rows \[2\]"),
 ])
 def test_bad_arguments_are_refused_with_what_was_expected(call, message):
     with pytest.raises(ValueError, match=message):

@@ -93,7 +93,8 @@ def test_keras_rs_keywords_and_an_overridden_score():
     (lambda: Retrieval(return_scores="yes"), "Invalid value for `return_scores`"),
     (lambda: Retrieval(k=5).update_candidates(CANDIDATES[:3]), "3 candidates for k=5; expected at least k"),
     (lambda: Retrieval(k=1).update_candidates(CANDIDATES, ids=STRING_IDS[:4]), "one id per candidate"),
-    (lambda: Retrieval(k=1).update_candidates(CANDIDATES, ids=np.linspace(0, 1, 20)), "integers or strings"),
+    (lambda: Retrieval(k=1).update_candidates(CANDIDATES, ids=np.linspace(0, 1, 20)),
+     r"expected integers \(an int or uint dtype.*or strings.*dtype float64"),
     (lambda: Retrieval(k=1).update_candidates(CANDIDATES[0]), "non-empty float array"),
     (lambda: Retrieval(k=1).update_candidates(np.full((2, 2), np.nan)), "NaN or infinite"),
     (lambda: Retrieval(k=1).update_candidates(CANDIDATES, ids=STRING_IDS, candidate_ids=STRING_IDS), "once"),
@@ -150,6 +151,78 @@ def test_weights_file_loads_candidates_of_another_number(tmp_path):
     target.load_weights(tmp_path / "search.weights.h5")
     assert target_layer.candidate_ids.tolist() == STRING_IDS.tolist()
     assert ids_text(target.predict(QUERIES, verbose=0)[1]) == ids_text(source.predict(QUERIES, verbose=0)[1])
+
+
+def test_ids_above_int64_max_are_refused_not_wrapped():
+    ok = Retrieval(k=2, candidate_embeddings=CANDIDATES[:3], candidate_ids=np.array([0, 5, 2**63 - 1], np.uint64))
+    assert ok.candidate_ids.tolist() == [0, 5, 2**63 - 1] and ok.candidate_ids.dtype == np.int64
+    with pytest.raises(ValueError, match=r"largest value is 2\*\*63 - 1.*e\.g\. 9223372036854775813"):
+        Retrieval(k=1).update_candidates(CANDIDATES[:2], ids=np.array([1, 2**63 + 5], np.uint64))
+    with pytest.raises(ValueError, match=r"expected integers \(an int or uint dtype.*or strings.*dtype bool"):
+        Retrieval(k=1).update_candidates(CANDIDATES[:2], ids=np.array([True, False]))
+
+
+def test_candidate_embeddings_is_keras_rs_attribute():
+    layer = Retrieval(k=2)
+    assert layer.candidate_embeddings is None
+    layer.update_candidates(CANDIDATES.astype(np.float64), ids=STRING_IDS)
+    got = layer.candidate_embeddings
+    assert got.dtype == np.float32 and got.shape == (20, 6)
+    np.testing.assert_array_equal(got, CANDIDATES)
+    scann = ScannRetrieval(k=2, similarity="dot", candidate_embeddings=CANDIDATES)  # (dot: stored as given)
+    np.testing.assert_array_equal(scann.candidate_embeddings, CANDIDATES)
+
+
+@pytest.mark.parametrize("source,target,message", [
+    (lambda: Retrieval(k=2, candidate_embeddings=CANDIDATES[:2]), lambda: Retrieval(k=4),
+     "holds 2 candidates, fewer than this layer's k=4"),
+    (lambda: ScannRetrieval(k=2, candidate_embeddings=CANDIDATES[:3]), lambda: ScannRetrieval(k=5),
+     "holds 3 candidates, fewer than this layer's k=5"),
+])
+def test_loading_a_weights_file_with_too_few_candidates_for_k_says_so(tmp_path, source, target, message):
+    keras.Sequential([keras.Input((6,)), source()]).save_weights(tmp_path / "w.weights.h5")
+    layer = target()
+    model = keras.Sequential([keras.Input((6,)), layer])
+    with pytest.raises(ValueError, match=message):
+        model.load_weights(tmp_path / "w.weights.h5")
+    assert layer.num_candidates == 0  # left as it was
+
+
+@pytest.mark.parametrize("source,target,message", [
+    (lambda: Retrieval(k=2, candidate_embeddings=CANDIDATES[:3], candidate_ids=["a", "b", "c"]),
+     lambda: ScannRetrieval(k=2), "is a ScannRetrieval.*saved by a Retrieval layer"),
+    (lambda: ScannRetrieval(k=2, candidate_embeddings=CANDIDATES[:3]), lambda: Retrieval(k=2),
+     "is a Retrieval.*saved by a ScannRetrieval layer"),
+])
+def test_the_weights_of_one_kind_of_layer_are_refused_by_the_other(source, target, message):
+    # (what Keras does when both sit at the same path, e.g. the same attribute of a subclassed model)
+    store = {}
+    source().save_own_variables(store)
+    layer = target()
+    with pytest.raises(ValueError, match=message):
+        layer.load_own_variables(store)
+    assert layer.num_candidates == 0
+
+
+@pytest.mark.parametrize("store,message", [
+    ({"candidates": CANDIDATES[:5], "ids": np.arange(4)}, "5 candidates but 4 ids"),
+    ({"candidates": CANDIDATES[:5], "ids": np.arange(5.0)}, "not a 1-D integer array"),
+    ({"candidates": CANDIDATES[:5], "ids": np.array([0, 1, 2, 3, 2**63], np.uint64)}, r"2\*\*63 - 1"),
+    ({"candidates": CANDIDATES[:1], "ids": np.arange(1)}, "fewer than this layer's k=2"),
+    ({"candidates": CANDIDATES[0], "ids": np.arange(6)}, r"expected a float array \[num_candidates, dim\]"),
+    ({"candidates": np.full((3, 2), np.nan), "ids": np.arange(3)}, "NaN or infinite"),
+    ({"candidates": CANDIDATES[:2], "ids_utf8": np.frombuffer(b"abcd", np.uint8),
+      "ids_offsets": np.array([0, 2, 9])}, "string ids are damaged"),
+    ({"candidates": CANDIDATES[:2], "ids_utf8": np.frombuffer(b"abcd", np.uint8),
+      "ids_offsets": np.array([0, 3, 1, 4])}, "string ids are damaged"),
+    ({"candidates": CANDIDATES[:2], "ids_utf8": np.frombuffer(b"abcd", np.uint8),
+      "ids_offsets": np.array([0, 1, 4])}, "integers.*received strings"),
+])
+def test_load_own_variables_checks_what_update_candidates_checks(store, message):
+    layer = Retrieval(k=2, candidate_embeddings=CANDIDATES[:3], candidate_ids=[7, 8, 9])
+    with pytest.raises(ValueError, match=message):
+        layer.load_own_variables(store)
+    assert layer.candidate_ids.tolist() == [7, 8, 9]  # left as it was
 
 
 def test_a_layer_without_candidates_round_trips_its_config(tmp_path):

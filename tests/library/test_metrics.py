@@ -58,6 +58,7 @@ def test_public_names():
     (dict(gallery=(np.zeros((4, 3)), np.zeros(4)), query_mask=np.ones(10, bool)), "not both"),
     (dict(gallery=np.zeros((4, 3))), "a pair"),
     (dict(gallery=(np.zeros((4, 3)), np.zeros(3))), "gallery labels"),
+    (dict(gallery=(np.ones((12, 4)), np.zeros(12))), "gallery`: its embeddings have dimension 4, the queries' 3"),
     (dict(ks=(8,), gallery=(np.ones((4, 3)), np.zeros(4))), "at least 8 gallery items"),
 ])
 def test_clear_errors(kwargs, message):

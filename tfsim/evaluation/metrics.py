@@ -117,7 +117,8 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[i
         See `metrics_from_neighbors`.
 
     Raises:
-        ValueError: mismatched lengths, `gallery` with `query_mask`, a gallery smaller than max(ks).
+        ValueError: mismatched lengths, a gallery of another dimension than the queries, `gallery`
+            with `query_mask`, a gallery smaller than max(ks).
 
     Example:
         >>> retrieval_metrics(model.predict(x_test), y_test, ks=(1, 2))["recall@1"]
@@ -136,6 +137,10 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[i
                              f"Received: gallery of type {type(gallery).__name__}") from None
         gallery_labels = np.asarray(gallery_labels).reshape(-1)
         _check_rows(gallery, gallery_labels, "gallery embeddings", "gallery labels")
+        if np.shape(gallery)[1] != np.shape(embeddings)[1]:
+            raise ValueError(f"Invalid value for `gallery`: its embeddings have dimension {np.shape(gallery)[1]}, the "
+                             f"queries' {np.shape(embeddings)[1]}; expected the same dimension (embed both with the "
+                             "same model).")
         queries, query_labels = embeddings, labels
     elif query_mask is None:
         queries, query_labels, gallery, gallery_labels = embeddings, labels, embeddings, labels

@@ -37,6 +37,26 @@ UNLABELLED = "unlabelled"
 SIMILARITIES = ("cosine", "dot", "L2", "squared-L2", "hamming")
 
 
+INT64_MAX = int(np.iinfo(np.int64).max)
+
+
+def int64_ids(ids: np.ndarray) -> np.ndarray:
+    """Integer ids (any int or uint dtype) as int64, the dtype both the index and the retrieval
+    layers (`tfsim.layers`) store and return.
+
+    Raises:
+        ValueError: an unsigned id above int64's largest value, which the cast would wrap to a
+            negative number (2**63 + 5 -> -9223372036854775803).
+    """
+    if ids.dtype.kind == "u" and ids.size and int(ids.max()) > INT64_MAX:
+        big = ids > INT64_MAX
+        raise ValueError(f"Invalid `ids`: integer ids are stored as int64, whose largest value is 2**63 - 1 = "
+                         f"{INT64_MAX}. Received: {int(big.sum())} larger ids (dtype {ids.dtype}), e.g. "
+                         f"{int(ids[big][0])}. Give them as strings (`ids.astype(str)`) or map them to smaller "
+                         "integers.")
+    return ids.astype(np.int64)
+
+
 def _ids(ids, size: int) -> tuple[np.ndarray, str]:
     """The ids as int64 or str, and which ("int" or "str")."""
     if ids is None:
@@ -46,14 +66,15 @@ def _ids(ids, size: int) -> tuple[np.ndarray, str]:
         raise ValueError(f"Invalid `ids`: expected one id per embedding, a 1-D array of {size}. "
                          f"Received: ids with shape {ids.shape}")
     if ids.dtype.kind in "iu":
-        return ids.astype(np.int64), "int"
+        return int64_ids(ids), "int"
     if ids.dtype.kind in "US" or (ids.dtype.kind == "O" and all(isinstance(v, str) for v in ids.tolist())):
         ids = ids.astype(str)
         if any(not value for value in ids.tolist()):
             raise ValueError("Invalid `ids`: an empty string; give every item a non-empty id.")
         return ids, "str"
-    raise ValueError(f"Invalid `ids`: expected integers or strings, one per embedding. Received: ids of dtype "
-                     f"{ids.dtype}, e.g. {ids[:1].tolist()!r}")
+    raise ValueError(f"Invalid `ids`: expected integers (an int or uint dtype, each at most 2**63 - 1: stored as "
+                     f"int64) or strings (str), one per embedding. Received: ids of dtype {ids.dtype}, e.g. "
+                     f"{ids[:1].tolist()!r}. Convert whole-number floats with `ids.astype(np.int64)`.")
 
 
 class Index:
@@ -93,7 +114,8 @@ class Index:
         Args:
             embeddings: float `[G, D]` (for "hamming": `[G, bits]` codes, bits a multiple of 8,
                 each bit the sign of a code, e.g. a tanh hashing head's output).
-            ids: optional `[G]` integers or non-empty strings (default: the rows 0..G-1).
+            ids: optional `[G]` integers (returned as int64, so at most 2**63 - 1) or non-empty
+                strings (default: the rows 0..G-1).
             similarity: "cosine" (default), "dot", "L2", "squared-L2" or "hamming".
             num_neighbors: the k the tuning measures recall at.
             target_recall: the recall@k against exact search a tree tunes itself to reach.
@@ -103,7 +125,8 @@ class Index:
 
         Raises:
             ValueError: not a non-empty `[G, D]` array of finite numbers, ids that are not one per
-                item, an unknown similarity or a bad setting.
+                item (or integers above 2**63 - 1, or neither integers nor strings), an unknown
+                similarity or a bad setting.
 
         Example:
             >>> index = Index.build(np.eye(4, dtype="float32"), ids=["a", "b", "c", "d"])
@@ -153,7 +176,8 @@ class Index:
             closer (distances negated; minus the Hamming distance for "hamming").
 
         Raises:
-            ValueError: a bad `k`, or queries of another dimension than the index's.
+            ValueError: a bad `k`, queries of another dimension than the index's, or NaN or
+                infinite values in them.
         """
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"Invalid value for `k`: expected an integer >= 1. Received: k={k!r}")
@@ -162,6 +186,11 @@ class Index:
         if queries.ndim != 2 or (dim is not None and queries.shape[1] != dim):
             raise ValueError(f"Invalid `queries`: expected [num_queries, {dim}] like the index's embeddings. "
                              f"Received: shape {queries.shape}")
+        if not np.isfinite(queries).all():
+            bad = np.flatnonzero(~np.isfinite(queries).all(axis=1))
+            raise ValueError(f"Invalid `queries`: {len(bad)} of the {len(queries)} queries hold NaN or infinite "
+                             f"values (rows {bad[:5].tolist()}); expected finite numbers. Embed them again "
+                             "(a diverged model?).")
         found = self._gallery.search(queries, int(k))
         return found.scores, self.ids[found.indices]
 
