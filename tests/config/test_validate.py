@@ -121,3 +121,18 @@ def test_a_metric_to_select_or_tune_by_must_be_one_the_evaluation_reports():
     with pytest.raises(UserInputError, match=r"`tune.objective`: expected one of \['recall@1', 'recall@8', 'map@r'"):
         config.load("default", ["eval.recall_ks=1,8", "tune.objective=recall@2"])
     assert config.load("default", ["eval.recall_ks=1,8", "tune.objective=recall@8"]).tune.objective == "recall@8"
+
+
+def test_a_forced_calibration_needs_validation_classes_held_out_of_training():
+    assert config.load("default").export.calibration == "auto"  # calibrated only when classes are held out
+    with pytest.raises(UserInputError, match=r"`export.calibration`: expected 'auto' or 'off' unless "
+                                             r"train.select_best=true.*Received: export.calibration='precision'"):
+        config.load("default", ["export.calibration=precision"])
+    with pytest.raises(UserInputError, match=r"`export.calibration`: expected 'auto' or 'off' with model.head=hash"):
+        config.load("default", ["export.calibration=f1", "train.select_best=true", "model.head=hash",
+                                "whitening.enabled=false"])
+    with pytest.raises(UserInputError, match=r"`export.calibration_precision`: expected a target precision in"):
+        config.load("default", ["export.calibration_precision=0"])
+    for ok in (["export.calibration=precision", "train.select_best=true"], ["export.calibration=off"],
+               ["export.calibration=auto", "model.head=hash", "whitening.enabled=false"]):
+        config.load("default", ok)

@@ -293,16 +293,21 @@ class ExportConfig:
     largest photos phones and cameras take) bounds a request to about 0.5 GB.
 
     `calibration`: a similarity threshold for "same class?" decisions, calibrated after training
-    on validation classes carved from the training classes (`train.val_fraction`, seeded by
-    `train.seed`: with `train.select_best` the classes it held out of training, otherwise classes
-    the model was trained on, which makes the precision optimistic; both are recorded), each
-    validation image paired with its `index.num_neighbors` nearest (`tfsim.calibration`):
-    "precision" (the lowest threshold reaching `calibration_precision` on those pairs), "f1"
-    (the best F1) or "off". The threshold and its validation precision and recall go to
-    export.json and metrics.json ("calibration"), and the exact and ScaNN retrieval SavedModels
-    then return `match` (score >= threshold) beside each neighbour. Fewer than 4 training
-    classes, a hashing model, or a target no threshold reaches: exported uncalibrated, with the
-    reason logged and recorded.
+    on validation classes held out of training (those `train.select_best=true` carves from the
+    training classes: `train.val_fraction`, seeded by `train.seed`), each validation image paired
+    with its `index.num_neighbors` nearest (`tfsim.calibration`). "auto" (default): the
+    "precision" threshold when `train.select_best` holds validation classes out, else none (a
+    threshold fitted on classes the model trained on overstates its precision on new ones);
+    "precision": the lowest threshold reaching `calibration_precision` on those pairs; "f1": the
+    best F1 ("precision" and "f1" need `train.select_best=true`, and refuse to train with fewer
+    than 3 validation classes); "off": none, nothing recorded. The threshold, its validation
+    precision and recall, the share of validation pairs already of one class, and the flag's
+    precision and recall on the test classes' pairs go to export.json and metrics.json
+    ("calibration"); the exact and ScaNN retrieval SavedModels then return `match` (score >=
+    threshold) beside each neighbour. Exported uncalibrated, with the reason logged and recorded
+    (`"threshold": null`): no held-out validation classes, fewer than 3, a hashing model, a
+    target no threshold reaches, or pairs already of one class as often as the target (every
+    pair would match).
     """
 
     enabled: bool = True
@@ -310,7 +315,7 @@ class ExportConfig:
     name: Optional[str] = None
     retrieval: tuple[Literal["exact", "scann", "hamming"], ...] = ()
     max_pixels: int = DEFAULT_MAX_PIXELS
-    calibration: Literal["precision", "f1", "off"] = "precision"
+    calibration: Literal["auto", "precision", "f1", "off"] = "auto"
     calibration_precision: float = 0.9
 
 

@@ -182,7 +182,8 @@ def validate_whitening(cfg: Config) -> None:
 
 
 def validate_export(cfg: Config) -> None:
-    """`export.*`: retrieval exports that serve the model's kind of embedding, of an exported index."""
+    """`export.*`: retrieval exports that serve the model's kind of embedding, of an exported index; a
+    forced calibration ("precision", "f1") only of float embeddings on classes held out of training."""
     e = cfg.export
     fits = ("hamming",) if cfg.model.head == "hash" else ("exact", "scann")
     _need(set(e.retrieval) <= set(fits), "export.retrieval",
@@ -196,7 +197,16 @@ def validate_export(cfg: Config) -> None:
     _need(e.name is None or folder_name_problem(e.name) is None, "export.name",
           f"one folder name under export.root ({_ONE_FOLDER}), or null: named after run.name", e.name)
     _need(0 < e.calibration_precision <= 1, "export.calibration_precision",
-          "a target precision in (0, 1], e.g. 0.9 (with export.calibration=precision)", e.calibration_precision)
+          "a target precision in (0, 1], e.g. 0.9 (with export.calibration=auto or precision)",
+          e.calibration_precision)
+    # Forced calibration: refused here when it could only be fitted on classes the model trained on.
+    _need(e.calibration in ("auto", "off") or cfg.train.select_best, "export.calibration",
+          "'auto' or 'off' unless train.select_best=true: a threshold is calibrated on the validation classes it "
+          "holds out of training (add --set train.select_best=true; a threshold fitted on classes the model trained "
+          "on would overstate its precision on new ones)", e.calibration)
+    _need(e.calibration in ("auto", "off") or cfg.model.head != "hash", "export.calibration",
+          "'auto' or 'off' with model.head=hash (binary codes are searched by Hamming distance; calibration applies "
+          "to float embeddings)", e.calibration)
 
 
 def validate_index(cfg: Config) -> None:

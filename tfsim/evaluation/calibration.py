@@ -16,7 +16,8 @@ The candidate thresholds are the pairs' distinct scores. With a target precision
 the lowest candidate whose precision reaches it (the largest recall among those that do, as TF
 Similarity took the largest distance meeting a target); without one, the candidate of best F1
 (the highest threshold among equal F1). The precision reported is the one reached on the pairs
-calibrated on, so it is >= the target there; on other data it is an estimate.
+calibrated on, so it is >= the target there; on other data it is an estimate, which
+`evaluate_threshold` measures on other labelled pairs (the training pipeline: on its test classes).
 
 Cost: the exact k-NN, blockwise over queries (bounded memory, `tfsim.evaluation.knn`), then one
 sort of the Q x k pairs. Unlike TF Similarity: scores, not distances (no rounding of them); `k`
@@ -149,6 +150,39 @@ def calibrate_pairs(scores, same_class, precision: Optional[float] = None) -> Ca
                        recall=float(curve.recall[best]), f1=float(curve.f1[best]), target_precision=target,
                        similarity=None, k=None, num_queries=None, num_pairs=int(len(same)),
                        num_positive_pairs=positives, curve=curve)
+
+
+def evaluate_threshold(scores, same_class, threshold: float) -> dict:
+    """What the decision `score >= threshold` does on labelled pairs it was not calibrated on
+    (e.g. the k-NN pairs of classes held out of calibration): how a threshold transfers.
+
+    Args:
+        scores: float `[P]` pair scores, larger = closer (compared in float32, as `Calibration.matches`).
+        same_class: bool `[P]`: whether each pair is of one class.
+        threshold: the score at or above which a pair is decided "same class".
+
+    Returns:
+        `{"precision", "recall", "accepted_share", "positive_pair_share", "num_pairs",
+        "num_positive_pairs"}`: precision = positive accepted pairs / accepted pairs (None when
+        no pair is accepted), recall = positive accepted pairs / positive pairs (None without a
+        positive pair); `accepted_share` the share of pairs accepted, `positive_pair_share` the
+        share of one class (the precision of accepting every pair).
+
+    Example:
+        >>> evaluate_threshold([0.9, 0.8, 0.3], [True, False, True], 0.5)["precision"]
+        0.5
+    """
+    scores = np.asarray(scores, np.float32).reshape(-1)
+    same = np.asarray(same_class, bool).reshape(-1)
+    if len(scores) != len(same):
+        raise ValueError(f"Invalid value for `same_class`: expected one flag per score ({len(scores)}). Received: "
+                         f"{len(same)} flags")
+    accepted = scores >= np.float32(threshold)
+    tp, n_accepted, positives = int((accepted & same).sum()), int(accepted.sum()), int(same.sum())
+    return {"precision": tp / n_accepted if n_accepted else None, "recall": tp / positives if positives else None,
+            "accepted_share": n_accepted / len(same) if len(same) else None,
+            "positive_pair_share": positives / len(same) if len(same) else None,
+            "num_pairs": int(len(same)), "num_positive_pairs": positives}
 
 
 def neighbour_pairs(embeddings, labels, k: int = 1, similarity: str = "cosine", gallery: Optional[tuple] = None,

@@ -31,6 +31,24 @@ def format_table(metrics: dict, ks) -> str:
     return "\n".join(lines)
 
 
+def format_calibration(calibration) -> str:
+    """The match flag's summary: its threshold with precision and recall on the validation classes it
+    was calibrated on and on the test classes, or why the export has none (metrics.json's "calibration")."""
+    c = calibration
+    if c.get("threshold") is None:
+        return f"match flag: none. {c.get('reason', '')}"
+
+    def figure(value) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+    line = (f"match flag: score >= {c['threshold']:.4f}, precision {c['precision']:.3f} and recall {c['recall']:.3f} "
+            f"on the {len(c['validation_classes'])} validation classes held out of training")
+    if c.get("test_pairs"):
+        line += (f"; on the test classes precision {figure(c['test_precision'])} and recall {figure(c['test_recall'])} "
+                 f"({c['test_accepted_share']:.0%} of their {c['k']} nearest flagged, "
+                 f"{c['test_positive_pair_share']:.0%} of one class)")
+    return line
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m tfsim.pipelines.train", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="default",
@@ -62,6 +80,8 @@ def main(argv: list[str]) -> int:
         print(f"\nselected epoch {sel['epoch']} of {sel['epochs_trained']} by {sel['metric']} {sel['value']:.4f} on "
               f"validation classes {sel['validation_classes']}"
               + (f" (stopped early at epoch {sel['stopped_early']})" if sel["stopped_early"] else ""))
+    if m.get("calibration"):
+        print("\n" + format_calibration(m["calibration"]))
     print(f"\nrun folder:   {result.run_dir}  (metrics.json, baselines.json, config.json, tensorboard/, "
           "checkpoints/, whitening.npz, samples/)")
     if result.export_dir:

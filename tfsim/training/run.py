@@ -7,7 +7,9 @@
       -> runs.final_model (embedder -> Whitening: evaluated, exported and indexed)
       -> stages.baselines_stage -> baselines.json (cached)
       -> stages.evaluate_stage -> metrics.json, samples/
-      -> stages.export_stage -> saved_models/<name>/<version>/ with the ScaNN index inside
+      -> stages.export_stage -> saved_models/<name>/<version>/ with the ScaNN index inside (and,
+         with validation classes held out by train.select_best, the match threshold calibrated on
+         them and measured on the test classes: metrics.json's "calibration")
 
 TensorBoard (`tensorboard/`, see `tfsim.training.tensorboard`): loss, learning rate, images/s,
 held-out Recall@K and MAP@R per epoch, pictures of held-out neighbours, the projector of the
@@ -200,6 +202,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, verbose: Union[int, str], s
         _check_run_dir(cfg, run_dir, resume, key)
     # The sampler against the data, before the run folder is written (fit checks again, for callers of fit).
     preflight.check(cfg, fit_split.train.labels, strategy.num_replicas_in_sync)
+    stages.check_calibration(cfg, fit_split)  # a forced calibration's validation classes, before training
     if chief:
         _write_config(cfg, run_dir)
         # What the source found (counts, skipped files and why) and what the split and sampler do
@@ -230,7 +233,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, verbose: Union[int, str], s
     log.info("Writing the TensorBoard projector of %s held-out embeddings...", f"{len(split.test):,}")
     tensorboard.write_projector(run_dir / "tensorboard", kept["embeddings"], split.test, seed=cfg.train.seed)
     stages.write_samples(split.test, run_dir / "samples")
-    export_dir, index_dir = stages.export_stage(cfg, run_dir, final, metrics, split)
+    export_dir, index_dir = stages.export_stage(cfg, run_dir, final, metrics, split, kept["embeddings"])
     retrieval_dirs = stages.retrieval_stage(cfg, export_dir)
     return TrainResult(run_dir=run_dir, metrics=metrics, export_dir=export_dir, index_dir=index_dir,
                        test_classes=split.test_class_names, seconds=time.time() - start,

@@ -8,8 +8,10 @@
       --export_stage--> saved_models/<name>/<version>/ (a new version only when the exported
                         function or its settings changed) with the ScaNN index inside, built
                         from embeddings computed by the exported SavedModel itself; first
-                        calibration_stage: the match threshold on validation classes
-                        (`export.calibration`), recorded in export.json and metrics.json
+                        calibration_stage: the match threshold on the validation classes
+                        `train.select_best` held out of training (`export.calibration`), and
+                        its flag measured on the test classes, recorded in export.json and
+                        metrics.json
 
 `tfsim.training.run.train` runs them in order after `fit`; each is a function of the
 config, the run folder and the data, so a command that only evaluates or exports can call
@@ -18,6 +20,7 @@ the ones it needs.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -30,10 +33,10 @@ import tensorflow as tf
 
 from tfsim import config as config_lib
 from tfsim import runs
-from tfsim.calibration import calibrate
 from tfsim.config import Config
 from tfsim.data import pipeline, sources
 from tfsim.errors import UserInputError
+from tfsim.evaluation.calibration import calibrate_pairs, evaluate_threshold, neighbour_pairs
 from tfsim.evaluation.metrics import query_mask, retrieval_metrics
 from tfsim.export.catalogue import catalogue_ids
 from tfsim.export.embed import embed_export
@@ -259,53 +262,148 @@ def _embed_final(cfg: Config, model: keras.Model, images: sources.ImageSet) -> n
     return task.Task(cfg).embed(model, images)
 
 
-def calibration_stage(cfg: Config, model: keras.Model, split) -> Optional[dict]:
-    """The match threshold of `export.calibration`, calibrated on validation classes carved from the
-    training classes (`task.validation_split` with `train.val_fraction` and `train.seed`: the classes
-    `train.select_best` holds out of training, else classes the model was trained on), each
-    validation image paired with its `index.num_neighbors` nearest others by `model` (the final,
-    whitened one) under `eval.similarity` (`tfsim.calibration.calibrate`).
+# A threshold needs this many validation classes held out of training to say something about new ones.
+MIN_CALIBRATION_CLASSES = 3
+# Part of an export's reuse key: 1 calibrated on classes the model had trained on too; 2 only on held-out ones.
+CALIBRATION_VERSION = 2
+
+
+def _val_fraction_hint(cfg: Config, num_training_classes: int) -> str:
+    """How to hold out enough validation classes from `num_training_classes` (the "Hint" of a message)."""
+    n, need = num_training_classes, MIN_CALIBRATION_CLASSES
+    if n < need + 2:  # (`splits.validation_classes` leaves at least 2 classes to train on)
+        return (f"{n} training classes cannot hold out {need} validation classes and keep 2 to train on; "
+                f"at least {need + 2} are needed (data.test_classes / data.test_fraction)")
+    count = max(2, int(round(cfg.train.val_fraction * n)))
+    if count >= need:
+        return "train.val_fraction=" + f"{cfg.train.val_fraction:g}"
+    return f"train.val_fraction={need / n:.2g} ({cfg.train.val_fraction:g} of {n} training classes holds out {count})"
+
+
+def check_calibration(cfg: Config, fit_split) -> None:
+    """Before training: a forced `export.calibration` ("precision", "f1"; config validation has
+    required `train.select_best`) with fewer than `MIN_CALIBRATION_CLASSES` validation classes in
+    `fit_split.test` is refused now, not found uncalibrated after training. ("auto" exports
+    uncalibrated instead, with the reason.)
+
+    Raises:
+        UserInputError: too few validation classes, with the `train.val_fraction` that gives enough.
+    """
+    e = cfg.export
+    if not e.enabled or e.calibration not in ("precision", "f1") or not cfg.train.select_best:
+        return
+    held_out = len(np.unique(fit_split.test.labels))
+    if held_out >= MIN_CALIBRATION_CLASSES:
+        return
+    n = held_out + len(np.unique(fit_split.train.labels))
+    raise UserInputError(
+        f"Invalid value for `train.val_fraction`: export.calibration={e.calibration!r} calibrates on the validation "
+        f"classes train.select_best holds out of training, and needs at least {MIN_CALIBRATION_CLASSES}; "
+        f"train.val_fraction={cfg.train.val_fraction:g} of the {n} training classes holds out {held_out}. Hint: "
+        f"{_val_fraction_hint(cfg, n)}; or export.calibration=auto to export uncalibrated.")
+
+
+def calibration_stage(cfg: Config, model: keras.Model, split,
+                      test_embeddings: Optional[np.ndarray] = None) -> Optional[dict]:
+    """The match threshold of `export.calibration`, calibrated on the validation classes
+    `train.select_best` held out of training (`task.validation_split` with `train.val_fraction`
+    and `train.seed`: the classes it carved), each validation image paired with its
+    `index.num_neighbors` nearest others by `model` (the final, whitened one) under
+    `eval.similarity` (`tfsim.calibration`). Then the flag is measured on the test classes'
+    pairs (each test image with its `index.num_neighbors` nearest, leave-one-out or query against
+    gallery as `evaluate_stage` searches): how the validation threshold transfers to new classes.
+
+    Never on classes the model trained on: there the k nearest are mostly of one class already
+    (83-90% of the pairs of the default run's validation classes when it trained on them), so a
+    precision target is reached by almost any threshold and overstates the precision on new classes.
+
+    Args:
+        cfg: the run's config.
+        model: the final model (`runs.final_model`).
+        split: the run's split (`split.train`: every training class, validation ones included).
+        test_embeddings: `model`'s embeddings of `split.test` (`evaluate_stage` keeps them), or
+            None to embed them here.
 
     Returns:
-        None when `export.calibration` is "off"; else the record for export.json and metrics.json:
-        the threshold and its validation precision, recall and F1, the pairs and the classes it was
-        calibrated on, whether the model was trained on them; or `"threshold": None` with the
-        `"reason"` (logged) when it cannot be calibrated (fewer than 4 training classes, a
-        hashing model, a target precision no threshold reaches).
+        None when `export.calibration` is "off"; else the record for export.json and
+        metrics.json: the threshold and its validation precision, recall and F1, the pairs and
+        the classes it was calibrated on, `positive_pair_share` (the validation pairs of one class:
+        the precision of accepting every pair), and on the test classes `test_precision`,
+        `test_recall`, `test_accepted_share` and `test_positive_pair_share`; or `"threshold":
+        None` with the `"reason"` (logged) when it is not calibrated: no validation classes held
+        out (`train.select_best` off), fewer than `MIN_CALIBRATION_CLASSES` of them, a hashing
+        model, a target precision no threshold reaches, or one every pair already reaches.
     """
     e = cfg.export
     if e.calibration == "off":
         return None
-    target = e.calibration_precision if e.calibration == "precision" else None
+    target = e.calibration_precision if e.calibration in ("auto", "precision") else None
     record: dict = {"mode": e.calibration, "target_precision": target, "threshold": None}
 
-    def uncalibrated(reason: str) -> dict:
-        log.warning("The export is not calibrated (no match flag): %s", reason)
-        return {**record, "reason": reason}
+    def uncalibrated(reason: str, level: int = logging.WARNING, **figures) -> dict:
+        log.log(level, "The export is not calibrated (no match flag): %s", reason)
+        return {**record, **figures, "reason": reason}
 
     if cfg.model.head == "hash":
         return uncalibrated("a hashing model's codes are searched by Hamming distance; calibration applies to "
                             "float embeddings.")
+    num_training = len(np.unique(split.train.labels))
+    if not cfg.train.select_best:
+        return uncalibrated(
+            "the model trained on every training class, so no classes are held out to calibrate a threshold on (one "
+            "fitted on classes the model trained on overstates its precision on new ones). For a calibrated export, "
+            + (f"hold validation classes out: --set train.select_best=true {_val_fraction_hint(cfg, num_training)}."
+               if num_training >= MIN_CALIBRATION_CLASSES + 2 else
+               f"hold validation classes out with train.select_best=true; {_val_fraction_hint(cfg, num_training)}."),
+            logging.INFO)
     try:
         validation = task.validation_split(split, cfg.train.val_fraction, cfg.train.seed).test
     except UserInputError as err:
-        return uncalibrated(f"too few training classes for validation classes: {err}")
-    trained_on = not cfg.train.select_best
-    log.info("Calibrating the match threshold on %s validation images (%d classes %s)...", f"{len(validation):,}",
-             len(np.unique(validation.labels)), "the model was trained on" if trained_on else "held out of training")
-    embeddings = _embed_final(cfg, model, validation)
+        return uncalibrated(f"no validation classes to calibrate on: {err}")
+    names = [split.dataset.class_names[c] for c in np.unique(validation.labels)]
+    if len(names) < MIN_CALIBRATION_CLASSES:
+        return uncalibrated(
+            f"only {len(names)} validation classes are held out ({', '.join(names)}); a threshold calibrated on fewer "
+            f"than {MIN_CALIBRATION_CLASSES} says little about new classes. Hint: "
+            f"{_val_fraction_hint(cfg, num_training)}.", validation_classes=names)
+    log.info("Calibrating the match threshold on %s images of %d validation classes held out of training (%s)...",
+             f"{len(validation):,}", len(names), ", ".join(names))
+    k, sim = cfg.index.num_neighbors, cfg.eval.similarity
+    scores, same, queries = neighbour_pairs(_embed_final(cfg, model, validation), validation.labels, k, sim)
+    share = float(same.mean())
+    seen = {"positive_pair_share": share, "validation_classes": names, "validation_images": len(validation)}
     try:
-        found = calibrate(embeddings, validation.labels, target, similarity=cfg.eval.similarity,
-                          k=cfg.index.num_neighbors)
+        found = calibrate_pairs(scores, same, target)
     except ValueError as err:
-        return uncalibrated(f"on the validation classes: {err}")
-    record.update(found.to_dict())
-    record.update(validation_classes=[split.dataset.class_names[c] for c in np.unique(validation.labels)],
-                  validation_images=len(validation), trained_on_validation_classes=trained_on)
-    log.info("Match threshold: score >= %.4f, with precision %.3f and recall %.3f on the validation pairs (%s "
-             "nearest of each image)%s.", found.threshold, found.precision, found.recall, found.k,
-             "; the model was trained on these classes, so expect a lower precision on new ones "
-             "(train.select_best=true holds them out)" if trained_on else "")
+        return uncalibrated(f"on the validation classes: {err}", **seen)
+    if found.threshold <= float(scores.min()):  # it accepts every validation pair
+        return uncalibrated(
+            f"{share:.1%} of the validation pairs (each image with its {k} nearest) are of one class already, so "
+            + (f"the target precision {target:g} is reached by accepting every pair" if target is not None else
+               "the best F1 accepts every pair")
+            + ": every neighbour would match and the flag would say nothing. Ask for a precision above that share, "
+            f"e.g. export.calibration_precision={(1 + share) / 2:.3g} (expect a lower one on new classes: "
+            "the test figures of a calibrated run show how much).", **seen)
+    found = dataclasses.replace(found, similarity=sim, k=int(len(scores) // queries), num_queries=queries)
+    record = {"mode": e.calibration, **found.to_dict(), **seen}
+
+    test = split.test
+    try:
+        embeddings = _embed_final(cfg, model, test) if test_embeddings is None else test_embeddings
+        t_scores, t_same, _ = neighbour_pairs(embeddings, test.labels, k, sim, query_mask=query_mask(test.splits))
+    except ValueError as err:  # (e.g. one test class: no negative pair to decide on)
+        log.warning("The match flag is not measured on the test classes: %s", err)
+    else:
+        on_test = evaluate_threshold(t_scores, t_same, found.threshold)
+        record.update(test_precision=on_test["precision"], test_recall=on_test["recall"],
+                      test_accepted_share=on_test["accepted_share"],
+                      test_positive_pair_share=on_test["positive_pair_share"], test_pairs=on_test["num_pairs"])
+    log.info("Match threshold: score >= %.4f, with precision %.3f and recall %.3f on the validation pairs (%s nearest "
+             "of each image; %.1f%% of them of one class)%s.", found.threshold, found.precision, found.recall, found.k,
+             100 * share, "" if "test_pairs" not in record else
+             ", precision {} and recall {} on the test classes' pairs ({:.1%} of them of one class)".format(
+                 *(f"{v:.3f}" if v is not None else "n/a" for v in (record["test_precision"], record["test_recall"])),
+                 record["test_positive_pair_share"]))
     return record
 
 
@@ -318,8 +416,8 @@ def _index_format(index_dir: Path) -> Optional[str]:
     return meta.get("format") if isinstance(meta, dict) else None
 
 
-def export_stage(cfg: Config, run_dir: Path, model: keras.Model, metrics: dict,
-                 split) -> tuple[Optional[Path], Optional[Path]]:
+def export_stage(cfg: Config, run_dir: Path, model: keras.Model, metrics: dict, split,
+                 test_embeddings: Optional[np.ndarray] = None) -> tuple[Optional[Path], Optional[Path]]:
     """Exports `model` (`runs.final_model`) as a new SavedModel version with the index of the
     held-out gallery inside.
 
@@ -328,8 +426,10 @@ def export_stage(cfg: Config, run_dir: Path, model: keras.Model, metrics: dict,
     function with the same export and index settings, it is reused: re-running a finished
     run publishes no identical version for TF Serving to load.
 
-    With `export.calibration` on, `calibration_stage`'s record (the match threshold) goes to the
-    export's export.json and to `metrics` and metrics.json as "calibration" (a reused version's own).
+    With `export.calibration` on, `calibration_stage`'s record (the match threshold, or why there
+    is none) goes to the export's export.json and to `metrics` and metrics.json as "calibration" (a
+    reused version's own). `test_embeddings`: `model`'s embeddings of `split.test`, which the
+    calibration measures its flag on (None: embedded again).
 
     Returns:
         `(export_dir, index_dir)`; None for what is disabled.
@@ -346,7 +446,8 @@ def export_stage(cfg: Config, run_dir: Path, model: keras.Model, metrics: dict,
     e = cfg.export
     if e.calibration != "off":  # what the threshold depends on besides the weights and the index's k
         settings.append({"calibration": e.calibration, "val_fraction": cfg.train.val_fraction, "seed": cfg.train.seed,
-                         **({"precision": e.calibration_precision} if e.calibration == "precision" else {})})
+                         "version": CALIBRATION_VERSION,
+                         **({"precision": e.calibration_precision} if e.calibration != "f1" else {})})
     content = _hash([np.asarray(w) for w in model.get_weights()], model.name, inputs, *settings)
 
     def record(calibration: Optional[dict]) -> None:  # metrics.json's "calibration": the export's
@@ -366,7 +467,7 @@ def export_stage(cfg: Config, run_dir: Path, model: keras.Model, metrics: dict,
             record(meta.get("calibration"))
             return latest, (latest / index_dir if cfg.index.enabled else None)
 
-    calibration = calibration_stage(cfg, model, split)
+    calibration = calibration_stage(cfg, model, split, test_embeddings)
     record(calibration)
 
     sim, test = cfg.eval.similarity, split.test
