@@ -247,7 +247,7 @@ def test_the_stage_refuses_thresholds_that_would_say_nothing(caplog):
     with caplog.at_level("INFO"):  # the default: trained on every training class, nothing held out
         default = stages.calibration_stage(config.load("default"), final, split)
     assert default == {"mode": "auto", "target_precision": 0.9, "threshold": None, "reason": default["reason"]}
-    assert "--set train.select_best=true train.val_fraction=0.5 " in default["reason"]  # (6 training classes)
+    assert "--set train.select_best=true --set train.val_fraction=0.5 " in default["reason"]  # (6 training classes)
     assert "not calibrated" in caplog.text and "train.select_best=true" in caplog.text
 
     two = stages.calibration_stage(held_out_config("train.val_fraction=0.25"), final, split)  # 2 of 6 held out
@@ -301,7 +301,7 @@ def test_a_default_run_is_exported_uncalibrated_with_the_reason(tiny_run):
     record = json.loads((tiny_run.run_dir / "metrics.json").read_text())["calibration"]
     assert record == result.metrics["calibration"] == read_export(result.export_dir)["calibration"]
     assert (record["mode"], record["threshold"]) == ("auto", None) and "train.select_best=true" in record["reason"]
-    assert format_calibration(record).startswith("match flag: none. the model trained on every training class")
+    assert format_calibration(record).startswith("match flag: none, the model trained on every training class")
     (exact,) = result.retrieval_dirs
     assert json.loads((exact / "assets.extra" / "tfsim" / "export.json").read_text())["calibration"] is None
     test = load_split(config.load("default", tiny_run.sets)).test

@@ -36,7 +36,7 @@ def format_calibration(calibration) -> str:
     was calibrated on and on the test classes, or why the export has none (metrics.json's "calibration")."""
     c = calibration
     if c.get("threshold") is None:
-        return f"match flag: none. {c.get('reason', '')}"
+        return f"match flag: none, {c.get('reason', '')}"
 
     def figure(value) -> str:
         return "n/a" if value is None else f"{value:.3f}"
