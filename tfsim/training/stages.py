@@ -352,7 +352,8 @@ def calibration_stage(cfg: Config, model: keras.Model, split,
         return uncalibrated(
             "the model trained on every training class, so no classes are held out to calibrate a threshold on (one "
             "fitted on classes the model trained on overstates its precision on new ones). For a calibrated export, "
-            + (f"hold validation classes out: --set train.select_best=true --set {_val_fraction_hint(cfg, num_training)}."
+            + ("hold validation classes out: --set train.select_best=true "
+               f"--set {_val_fraction_hint(cfg, num_training)}."
                if num_training >= MIN_CALIBRATION_CLASSES + 2 else
                f"hold validation classes out with train.select_best=true; {_val_fraction_hint(cfg, num_training)}."),
             logging.INFO)
