@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 DURATIONS = Path(__file__).with_name("durations.json")
+SLOW = "slow:"  # the xdist group of a slow unit: `slow:<unit>` (test ids may hold "@" themselves, e.g. recall@1)
 
 
 def _slow(item) -> bool:
@@ -56,15 +57,15 @@ def pytest_collection_modifyitems(config, items):
         return (1, -seconds.get(unit, 0.0), position[units[unit][0].nodeid], position[item.nodeid])
 
     items.sort(key=order)
-    for item in items:  # (xdist then names each slow test `<nodeid>@<unit>`: what the scheduler below reads)
+    for item in items:  # (xdist then names each slow test `<nodeid>@slow:<unit>`: what the scheduler below reads)
         if _slow(item):
-            item.add_marker(pytest.mark.xdist_group(_unit(item)))
+            item.add_marker(pytest.mark.xdist_group(SLOW + _unit(item)))
 
 
 def pytest_collection_finish(session):
     """A worker refuses to run when xdist ignored the groups (module fixtures would be built in every worker)."""
     if os.environ.get("PYTEST_XDIST_WORKER") and session.config.getvalue("loadgroup"):
-        ungrouped = [item.nodeid for item in session.items if _slow(item) and "@" not in item.nodeid]
+        ungrouped = [item.nodeid for item in session.items if _slow(item) and "@" + SLOW not in item.nodeid]
         if ungrouped:
             raise pytest.UsageError(f"pytest-xdist did not group {ungrouped[0]} (and {len(ungrouped) - 1} more): "
                                     "this pytest and pytest-xdist do not work together; see setup.cfg's test extra")
@@ -108,8 +109,8 @@ _fast_failures: list[str] = []
 def pytest_runtest_logreport(report):
     if report.failed and "slow" not in report.keywords:
         _fast_failures.append(report.nodeid)
-    if "@" in report.nodeid:  # xdist's controller sees each slow test as `<nodeid>@<unit>`
-        unit = report.nodeid.split("@", 1)[1]
+    if "@" + SLOW in report.nodeid:  # xdist's controller sees each slow test as `<nodeid>@slow:<unit>`
+        unit = report.nodeid.split("@" + SLOW, 1)[1]
         _unit_seconds[unit] = _unit_seconds.get(unit, 0.0) + report.duration
 
 
@@ -127,7 +128,9 @@ def pytest_xdist_make_scheduler(config, log):
     class FastTierFirst(LoadGroupScheduling):
         def _assign_work_unit(self, node):
             scope = next(iter(self.workqueue))
-            if _fast_failures and "@" in scope:  # the next unit is slow (only slow tests have an xdist group)
+            # the next unit is slow: a group `slow:<module>`, or one test `<nodeid>@slow:<nodeid>` (xdist keeps
+            # the whole node id as the scope when the id ends in "]")
+            if _fast_failures and (scope.startswith(SLOW) or "@" + SLOW in scope):
                 _skipped_slow_units.update(self.workqueue)
                 self.workqueue.clear()
                 node.shutdown()
