@@ -221,6 +221,12 @@ class Retrieval(keras.layers.Layer):
             ValueError: not a non-empty `[G, D]` array of finite numbers, fewer than `k` candidates,
                 ids not one per candidate or of another kind than before.
         """
+        vectors, ids, kind = self._checked(candidate_embeddings, ids, candidate_ids)
+        self._set_candidates(vectors)
+        self._set_ids(ids, kind)
+
+    def _checked(self, candidate_embeddings, ids, candidate_ids) -> tuple[np.ndarray, np.ndarray, str]:
+        """`update_candidates`' arguments checked: the candidates, the ids and their kind."""
         if candidate_ids is not None:
             if ids is not None:
                 raise ValueError("Invalid arguments: give the ids once, as `ids` or as `candidate_ids`.")
@@ -228,8 +234,7 @@ class Retrieval(keras.layers.Layer):
         vectors = self._check_candidates(candidate_embeddings)
         ids, kind = _as_ids(ids, len(vectors))
         self._check_kind(kind)
-        self._set_candidates(vectors)
-        self._set_ids(ids, kind)
+        return vectors, ids, kind
 
     def _check_candidates(self, candidate_embeddings) -> np.ndarray:
         if isinstance(candidate_embeddings, (tf.Tensor, tf.Variable)):
@@ -450,13 +455,7 @@ class ScannRetrieval(Retrieval):
     def update_candidates(self, candidate_embeddings, ids=None, *, candidate_ids=None) -> None:
         """Builds (and tunes) a ScaNN index of the candidates; arguments and errors as
         `Retrieval.update_candidates`."""
-        if candidate_ids is not None:
-            if ids is not None:
-                raise ValueError("Invalid arguments: give the ids once, as `ids` or as `candidate_ids`.")
-            ids = candidate_ids
-        vectors = self._check_candidates(candidate_embeddings)
-        ids, kind = _as_ids(ids, len(vectors))
-        self._check_kind(kind)
+        vectors, ids, kind = self._checked(candidate_embeddings, ids, candidate_ids)
         searcher, params = float_search.build(vectors, self.similarity, num_neighbors=self.k,
                                               target_recall=self.target_recall,
                                               brute_force_below=self.brute_force_below, num_leaves=self.num_leaves,
