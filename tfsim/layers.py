@@ -433,7 +433,7 @@ class ScannRetrieval(Retrieval):
         self.seed = int(seed)
         self.index_params: Optional[dict] = None
         self._scann: Optional[list] = None  # the dataset, then `_SCANN_FILES`' tensors (`tensors_to_scann`)
-        self._search_settings: Optional[tf.Variable] = None  # int32 [leaves to search, re-scoring depth]
+        self._search_settings: Optional[tf.Variable] = None  # int32 [leaves to search, re-scoring depth, all leaves]
         self._resource_name = ""
         self._generation = 0  # updates so far; a traced search checks it against `_generation_variable`
         self._generation_variable: Optional[tf.Variable] = None
@@ -487,7 +487,8 @@ class ScannRetrieval(Retrieval):
                 variable.assign(t)
         tree = params.get("mode") == "tree_ah"
         settings = np.array([int(params["num_leaves_to_search"]) if tree else -1,
-                             max(int(params["reorder"]), self.k) if tree else -1], np.int32)
+                             max(int(params["reorder"]), self.k) if tree else -1,
+                             int(params["num_leaves"]) if tree else -1], np.int32)
         self._search_settings = self._assign(self._search_settings, settings, "scann_settings")
         self.index_params = dict(params)
         self._files = files
@@ -509,9 +510,14 @@ class ScannRetrieval(Retrieval):
                     "`model.make_predict_function(force=True)`) or call the model eagerly.")
         with tf.control_dependencies([current]):
             handle = ops.tensors_to_scann(*self._scann, shared_name=self._resource_name)
-        rows, raw = ops.scann_search_batched(handle, q, self.k, self._search_settings[1], self._search_settings[0],
-                                             False)
-        rows, raw = rows[:n], raw[:n]
+
+        def search(queries, leaves):
+            rows, raw = ops.scann_search_batched(handle, queries, self.k, self._search_settings[1], leaves, False)
+            return rows, raw
+
+        rows, raw = search(q, self._search_settings[0])
+        rows, raw = float_search.tf_complete_short(rows[:n], raw[:n], q[:n],
+                                                   lambda short: search(short, self._search_settings[2]))
         scores = raw if self._distance.larger_is_closer else -raw
         if self._distance.name == "L2":
             scores = -tf.sqrt(tf.maximum(-scores, 0.0))

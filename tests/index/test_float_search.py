@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tfsim.errors import UserInputError
 from tfsim.evaluation import exact_knn
@@ -48,6 +49,32 @@ def test_tree_ah_index_matches_brute_force(similarity, work_not_wall_time):
     # best first, larger = closer (up to float32 rounding of scores near 50 for dot: a few ulps)
     steps = np.diff(scores, axis=1)
     assert np.all(steps <= 1e-6 * np.maximum(1.0, np.abs(scores[:, :-1]))), steps.max()
+
+
+def test_queries_whose_searched_leaves_hold_fewer_than_k_get_k_real_neighbours(tmp_path):
+    """ScaNN pads a query's results with row 0 and a NaN score when the leaves it searched hold fewer
+    than k vectors; the index and its ScaNN retrieval export search those queries over every leaf."""
+    from tfsim.export.retrieval import RetrievalModule
+
+    gallery, queries, k = clustered(2000), clustered(100, seed=1), 20
+    searcher, params = float_search.build(gallery, "squared-L2", num_neighbors=k, num_leaves=400,
+                                          num_leaves_to_search=1, brute_force_below=0)
+    assert params["mode"] == "tree_ah" and params["num_leaves_to_search"] == 1
+    _, raw = searcher.search_batched(queries, final_num_neighbors=k, leaves_to_search=1)
+    assert np.isnan(raw).any(axis=1).mean() > 0.5  # the case under test: most queries come back short
+    want_rows, _ = exact_knn(queries, gallery, k, "squared-L2")
+    path = storage.save(tmp_path / "idx", searcher, params, [f"id{i}" for i in range(2000)], np.zeros(2000, int),
+                        ["c"], "squared-L2", paths=[f"/g/{i}.png" for i in range(2000)],
+                        model={"fingerprint": "sha256-files:test", "embedding_dim": 32})
+    index = storage.load(path)
+    module = RetrievalModule(None, None, index.ids, index.labels, "squared-L2", k, "scann", path / "scann", params)
+    # (traced, as the served graph runs it)
+    module_rows, module_scores = (t.numpy() for t in tf.function(module._search)(tf.constant(queries)))
+    for rows, scores in [index.search(queries, k), (module_rows, -module_scores)]:
+        assert np.isfinite(scores).all()
+        assert all(len(set(row)) == k for row in rows.tolist())  # k distinct rows, none padded
+        recall = np.mean([len(set(rows[i]) & set(want_rows[i])) / k for i in range(len(queries))])
+        assert recall >= 0.6, recall  # (one leaf a query: about 0.2)
 
 
 def test_small_gallery_is_exact_and_round_trips(tmp_path):

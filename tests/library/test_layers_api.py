@@ -2,6 +2,8 @@
 naive float64 brute force (ties included), and the candidates saved with the model: `.keras`,
 weights files and SavedModel give back the same ids, after the candidates changed in number."""
 
+import functools
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -276,6 +278,23 @@ def test_scann_tree_reaches_its_recall_against_brute_force(scann_tree):
     truth = np.take_along_axis(naive_scores(GALLERY_QUERIES, GALLERY, "cosine"), named, 1)
     np.testing.assert_allclose(scores.numpy(), truth, atol=1e-4)
     assert (np.diff(scores.numpy(), axis=1) <= 1e-6).all()
+
+
+def test_scann_queries_whose_searched_leaves_hold_fewer_than_k_get_k_real_candidates(monkeypatch):
+    """ScaNN pads with row 0 and a NaN score when the leaves searched hold fewer than k candidates:
+    the layer then searches over every leaf (here one leaf of 200, about 2 candidates each, for k=5)."""
+    from tfsim.index import float_search
+
+    monkeypatch.setattr(float_search, "build", functools.partial(float_search.build, num_leaves_to_search=1))
+    layer = ScannRetrieval(k=5, brute_force_below=0, num_leaves=200)
+    layer.update_candidates(GALLERY, ids=[f"g{i}" for i in range(400)])
+    assert layer.index_params["num_leaves_to_search"] == 1
+    scores, ids = layer(GALLERY_QUERIES)
+    assert np.isfinite(scores.numpy()).all()
+    named = [[int(v[1:]) for v in row] for row in ids_text(ids)]
+    assert all(len(set(row)) == 5 for row in named)  # 5 distinct candidates, none padded
+    truth = np.take_along_axis(naive_scores(GALLERY_QUERIES, GALLERY, "cosine"), np.array(named), 1)
+    np.testing.assert_allclose(scores.numpy(), truth, atol=1e-4)  # each score is its candidate's
 
 
 def test_scann_brute_force_is_exact_and_updates_eagerly():

@@ -56,7 +56,7 @@ from tfsim.data.preprocess import decode, preprocess, to_uint8
 from tfsim.errors import UserInputError
 from tfsim.export.identity import index_model
 from tfsim.export.saved_model import publish, read_export, warmup_image, write_warmup
-from tfsim.index import storage
+from tfsim.index import float_search, storage
 from tfsim.index.hamming import code_words, tf_code_words, tf_hamming_topk
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,7 @@ class RetrievalModule(tf.Module):
         params = params or {}
         self.tree = params.get("mode") == "tree_ah"
         self.leaves = int(params.get("num_leaves_to_search", 0))
+        self.all_leaves = int(params.get("num_leaves", 0))
         self.reorder = int(max(params.get("reorder", 0), self.k))
         if kind == "hamming":  # `vectors`: the packed codes [G, bits / 8]
             self.code_bytes = int(vectors.shape[1])
@@ -130,8 +131,14 @@ class RetrievalModule(tf.Module):
             n = tf.shape(q)[0]  # ScaNN's op refuses a batch of 0: one unit query more, dropped after
             q = tf.concat([q, tf.fill([1, tf.shape(q)[1]], tf.math.rsqrt(tf.cast(tf.shape(q)[1], q.dtype)))], 0)
             if self.tree:
-                rows, raw = searcher.search_batched(q, final_num_neighbors=self.k, leaves_to_search=self.leaves,
-                                                    pre_reorder_num_neighbors=self.reorder)
+                def tree_search(queries, leaves):
+                    rows, raw = searcher.search_batched(queries, final_num_neighbors=self.k, leaves_to_search=leaves,
+                                                        pre_reorder_num_neighbors=self.reorder)
+                    return rows, raw
+
+                rows, raw = tree_search(q, self.leaves)
+                rows, raw = float_search.tf_complete_short(rows[:n], raw[:n], q[:n],
+                                                           lambda short: tree_search(short, self.all_leaves))
             else:
                 rows, raw = searcher.search_batched(q, final_num_neighbors=self.k)
             rows, raw = rows[:n], raw[:n]

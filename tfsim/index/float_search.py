@@ -24,6 +24,7 @@ import time
 from typing import Optional
 
 import numpy as np
+import tensorflow as tf
 
 from tfsim import distances
 from tfsim.evaluation.knn import Neighbors
@@ -79,15 +80,41 @@ class GalleryIndex:
         sim = distances.get_distance(self.similarity)
         q = np.asarray(sim.prepare(np.atleast_2d(queries)).numpy(), np.float32)
         if self.params.get("mode") == "tree_ah":  # the tuned settings (see `build`)
-            rows, raw = self.searcher.search_batched(
-                q, final_num_neighbors=k, leaves_to_search=int(self.params["num_leaves_to_search"]),
-                pre_reorder_num_neighbors=max(int(self.params["reorder"]), k))
+            def tree_search(vectors, leaves):
+                rows, raw = self.searcher.search_batched(vectors, final_num_neighbors=k, leaves_to_search=int(leaves),
+                                                         pre_reorder_num_neighbors=max(int(self.params["reorder"]), k))
+                return np.array(rows), np.array(raw)
+
+            rows, raw = tree_search(q, self.params["num_leaves_to_search"])
+            # ScaNN pads a query's results with row 0 and a NaN score when the leaves it searched hold
+            # fewer than k vectors: those queries are searched again over every leaf.
+            short = ~np.isfinite(raw).all(axis=1)
+            if short.any():
+                rows[short], raw[short] = tree_search(q[short], self.params["num_leaves"])
         else:
             rows, raw = self.searcher.search_batched(q, final_num_neighbors=k)
         scores = raw if sim.larger_is_closer else -raw
         if sim.name == "L2":
             scores = -np.sqrt(np.maximum(-scores, 0.0))
         return Neighbors(rows.astype(np.int64), scores.astype(np.float32))
+
+
+def tf_complete_short(rows: tf.Tensor, raw: tf.Tensor, queries: tf.Tensor, search_every_leaf):
+    """ScaNN's TF-op results `rows, raw [N, k]` with each short query searched again over every leaf.
+
+    ScaNN pads a query's results with row 0 and a NaN distance when the leaves it searched hold
+    fewer than k vectors. `search_every_leaf(queries)` returns `(rows, raw)` of those queries
+    searched over every leaf; only the short queries are searched again (as `GalleryIndex.search`
+    does), so a served model answers each query as the index does.
+    """
+    short = tf.where(tf.logical_not(tf.reduce_all(tf.math.is_finite(raw), axis=1)))
+
+    def redo():
+        again_rows, again_raw = search_every_leaf(tf.gather_nd(queries, short))
+        return (tf.tensor_scatter_nd_update(rows, short, tf.cast(again_rows, rows.dtype)),
+                tf.tensor_scatter_nd_update(raw, short, tf.cast(again_raw, raw.dtype)))
+
+    return tf.cond(tf.size(short) > 0, redo, lambda: (rows, raw))
 
 
 def build_options(index_config) -> dict:
