@@ -516,7 +516,7 @@ class ScannRetrieval(Retrieval):
             return rows, raw
 
         rows, raw = search(q, self._search_settings[0])
-        rows, raw = float_search.tf_complete_short(rows[:n], raw[:n], q[:n],
+        rows, raw = float_search.tf_complete_short(rows[:n], raw[:n], q[:n], self.k,
                                                    lambda short: search(short, self._search_settings[2]))
         scores = raw if self._distance.larger_is_closer else -raw
         if self._distance.name == "L2":

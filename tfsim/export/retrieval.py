@@ -137,7 +137,7 @@ class RetrievalModule(tf.Module):
                     return rows, raw
 
                 rows, raw = tree_search(q, self.leaves)
-                rows, raw = float_search.tf_complete_short(rows[:n], raw[:n], q[:n],
+                rows, raw = float_search.tf_complete_short(rows[:n], raw[:n], q[:n], self.k,
                                                            lambda short: tree_search(short, self.all_leaves))
             else:
                 rows, raw = searcher.search_batched(q, final_num_neighbors=self.k)

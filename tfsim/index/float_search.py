@@ -86,6 +86,9 @@ class GalleryIndex:
                 return np.array(rows), np.array(raw)
 
             rows, raw = tree_search(q, self.params["num_leaves_to_search"])
+            if raw.shape[1] < k:  # (as wide as the longest result)
+                rows = np.pad(rows, [(0, 0), (0, k - raw.shape[1])])
+                raw = np.pad(raw, [(0, 0), (0, k - raw.shape[1])], constant_values=np.nan)
             # ScaNN pads a query's results with row 0 and a NaN score when the leaves it searched hold
             # fewer than k vectors: those queries are searched again over every leaf.
             short = ~np.isfinite(raw).all(axis=1)
@@ -99,14 +102,18 @@ class GalleryIndex:
         return Neighbors(rows.astype(np.int64), scores.astype(np.float32))
 
 
-def tf_complete_short(rows: tf.Tensor, raw: tf.Tensor, queries: tf.Tensor, search_every_leaf):
-    """ScaNN's TF-op results `rows, raw [N, k]` with each short query searched again over every leaf.
+def tf_complete_short(rows: tf.Tensor, raw: tf.Tensor, queries: tf.Tensor, k: int, search_every_leaf):
+    """ScaNN's TF-op results `rows, raw [N, <= k]` with each short query searched again over every leaf.
 
     ScaNN pads a query's results with row 0 and a NaN distance when the leaves it searched hold
-    fewer than k vectors. `search_every_leaf(queries)` returns `(rows, raw)` of those queries
-    searched over every leaf; only the short queries are searched again (as `GalleryIndex.search`
-    does), so a served model answers each query as the index does.
+    fewer than k vectors (and its TF op returns only as many columns as the longest result).
+    `search_every_leaf(queries)` returns `(rows, raw)` of those queries searched over every leaf;
+    only the short queries are searched again (as `GalleryIndex.search` does), so a served model
+    answers each query as the index does.
     """
+    missing = k - tf.shape(raw)[1]  # (the op's results are only as wide as the longest query's)
+    rows = tf.pad(rows, [[0, 0], [0, missing]])
+    raw = tf.pad(raw, [[0, 0], [0, missing]], constant_values=float("nan"))
     short = tf.where(tf.logical_not(tf.reduce_all(tf.math.is_finite(raw), axis=1)))
 
     def redo():
