@@ -16,8 +16,11 @@ pytestmark = pytest.mark.slow  # trains a model
 def hashed(tmp_path_factory):
     """One trained 32-bit hashing run with its export, index and Hamming retrieval export, shared below."""
     root = tmp_path_factory.mktemp("hashing")
-    cfg = config.load("default", ["train.epochs=2", "train.steps_per_epoch=40", "model.width=16", "model.head=hash",
-                                  "model.code_bits=32", "whitening.enabled=false", "eval.every_epoch=false",
+    # (40 steps at 3x the default learning rate: about as far above the untrained network as 80 at the
+    # default, 0.19 Hamming mAP; the test below asks 0.12)
+    cfg = config.load("default", ["train.epochs=1", "train.steps_per_epoch=40", "train.learning_rate=0.003",
+                                  "model.width=16", "model.head=hash", "model.code_bits=32",
+                                  "whitening.enabled=false", "eval.every_epoch=false",
                                   "loss.quantization_weight=0.01", f"export.root={root / 'exports'}",
                                   "export.retrieval=hamming"])
     return root / "run", train(cfg, root / "run", verbose=0)
@@ -27,7 +30,7 @@ def test_32_bit_codes_retrieve_far_above_the_untrained_network(hashed):
     _, result = hashed
     trained, untrained = result.metrics["hamming"], result.metrics["baselines"]["untrained"]["hamming"]
     assert trained["num_queries"] == 2400
-    assert trained["map"] > untrained["map"] + 0.12, (trained, untrained)  # measured: 0.57 vs 0.37
+    assert trained["map"] > untrained["map"] + 0.12, (trained, untrained)  # measured: 0.56 vs 0.37
     # The export returns the relaxed codes and the same codes packed, 4 bytes per image.
     serve = tf.saved_model.load(str(result.export_dir)).signatures["serve_images"]
     out = serve(images=tf.constant(np.random.default_rng(0).uniform(0, 255, (5, 28, 28, 3)).astype(np.float32)))
@@ -37,37 +40,39 @@ def test_32_bit_codes_retrieve_far_above_the_untrained_network(hashed):
 
 
 def test_hashing_export_is_indexed_searched_and_evaluated_by_hamming_distance(hashed, tmp_path):
+    from tests.images import class_folders
     from tfsim.data import sources
     from tfsim.export import catalogue
     from tfsim.export.embed import embed_export
     from tfsim.index import storage
+    from tfsim.index.hamming import hamming_map, hamming_topk
     from tfsim.training.assessment import evaluate
-    from tfsim.index.hamming import hamming_topk
     run_dir, result = hashed
     assert [p.parent.name for p in result.retrieval_dirs] == ["fashion_mnist_small_hamming"]
     inside = storage.load(result.index_dir)  # the export's own index: the held-out codes
     assert inside.params["mode"] == "hamming" and inside.params["code_bits"] == 32
-    built = catalogue.build_index(result.export_dir, "default", tmp_path / "idx", progress=False)
-    index = storage.load(built)
-    images = sources.load_default()
-    relaxed = embed_export(result.export_dir, images, progress=False)
+    # Image folders (a few noisy colours) stand in for a catalogue and a data set: what is checked is
+    # the search and the evaluation by Hamming distance, which embedding 6,000 images would only slow.
+    query = class_folders(tmp_path / "query", ["a", "b", "c"], 4, 0, size=28)
+    gallery = class_folders(tmp_path / "gallery", ["a", "b", "c"], 10, 0, size=28)  # same colours, more images
+    q_set, g_set = sources.load_folder(str(query)), sources.load_folder(str(gallery))
+    relaxed = embed_export(result.export_dir, g_set, progress=False)
+    index = storage.load(catalogue.build_index(result.export_dir, str(gallery), tmp_path / "idx", progress=False))
     found = index.search(relaxed[:20], 5)
     rows, dist = hamming_topk(pack_codes(relaxed[:20]), pack_codes(relaxed), 5)
     np.testing.assert_array_equal(found.indices, rows)
     np.testing.assert_array_equal(found.scores, -dist)
-    m = evaluate(result.export_dir, data="default", progress=False)
-    assert 0 < m["hamming"]["map"] < 1 and m["hamming"]["num_queries"] == 6000
     # Database / query protocol: the query folder's images rank the gallery folder's by Hamming distance.
-    from tests.images import class_folders
-    from tfsim.index.hamming import hamming_map
-    query = class_folders(tmp_path / "query", ["a", "b", "c"], 4, 0, size=28)
-    gallery = class_folders(tmp_path / "gallery", ["a", "b", "c"], 10, 0, size=28)  # same colours, more images
     m = evaluate(result.export_dir, query=str(query), gallery=str(gallery), progress=False)
-    q_set, g_set = sources.load_folder(str(query)), sources.load_folder(str(gallery))
     want = hamming_map(pack_codes(embed_export(result.export_dir, q_set, progress=False)), q_set.labels,
-                       pack_codes(embed_export(result.export_dir, g_set, progress=False)), g_set.labels, top=100)
+                       pack_codes(relaxed), g_set.labels, top=100)
     assert m["protocol"] == "query_gallery" and m["hamming"]["num_queries"] == 12
     assert m["hamming"] == pytest.approx(want)
+    # One set: each image against all the others (leave-one-out).
+    m = evaluate(result.export_dir, data=str(gallery), progress=False)
+    assert m["protocol"] == "leave_one_out" and m["hamming"]["num_queries"] == 30
+    assert m["hamming"] == pytest.approx(hamming_map(pack_codes(relaxed), g_set.labels, pack_codes(relaxed),
+                                                     g_set.labels, top=100, exclude_self=True))
     held_out = evaluate(run_dir, progress=False)  # the run's checkpoint on its held-out classes
     assert held_out["hamming"]["map"] == pytest.approx(result.metrics["hamming"]["map"], abs=1e-6)
 

@@ -114,8 +114,9 @@ def test_frozen_batchnorm_keeps_its_statistics():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("precision, jit", [("mixed_bfloat16", False), ("mixed_float16", False),
-                                            ("mixed_bfloat16", True)])
+# Each precision once, the bfloat16 run XLA-compiled: the claims are the same for every combination,
+# and each combination is a whole training run.
+@pytest.mark.parametrize("precision, jit", [("mixed_float16", False), ("mixed_bfloat16", True)])
 def test_mixed_precision_run_trains_and_exports_float32(tmp_path, precision, jit):
     from tfsim.runs import load_embedder
     from tfsim.training import train
@@ -147,8 +148,8 @@ def test_select_best_keeps_the_best_validation_epoch_and_stops_early(tmp_path, m
         self.history[-1]["map@r"] = next(scripted)
     monkeypatch.setattr(callbacks.RetrievalEvaluation, "on_epoch_end", scored)
     sets = ["train.epochs=6", "train.steps_per_epoch=2", "model.width=8", "model.embedding_dim=16",
-            "eval.baselines=false", "export.enabled=false", "train.select_best=true", "train.patience=2",
-            "sampler.classes_per_batch=4"]
+            "eval.baselines=false", "export.enabled=false", "whitening.enabled=false", "train.select_best=true",
+            "train.patience=2", "sampler.classes_per_batch=4"]
     seen = {}
     from tfsim.training import run as train_module
     real_fit = train_module.fit

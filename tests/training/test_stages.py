@@ -41,11 +41,17 @@ def test_index_holds_the_exported_models_embeddings(run):
     np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-4)
 
 
-def test_raw_pixel_baselines_are_skipped_above_the_memory_cap(tmp_path, monkeypatch):
+def test_raw_pixel_baselines_are_skipped_above_the_memory_cap(run, tmp_path, monkeypatch):
     from tfsim.pipelines.train import format_table
+    root, sets, _ = run
+    # A copy of the shared run re-entered without its cached baselines: they are computed again
+    # (nothing is retrained), under a 1,000-byte cap. Export off: its root is the shared run's.
+    run_dir = Path(shutil.copytree(root / "run", tmp_path / "run"))
+    (run_dir / "baselines.json").unlink()
     monkeypatch.setattr(stages, "MAX_RAW_PIXEL_BYTES", 1000)
-    m = train(config.load("default", TINY + ["export.enabled=false"]), tmp_path / "run", verbose=0).metrics
+    m = train(config.load("default", sets + ["export.enabled=false", "export.retrieval="]), run_dir, verbose=0).metrics
     assert set(m["baselines"]) == {"untrained"}
+    assert set(json.loads((run_dir / "baselines.json").read_text())["baselines"]) == {"untrained"}
     table = format_table(m, (1, 2, 4, 8))
     assert "untrained network" in table and "raw pixels" not in table
 

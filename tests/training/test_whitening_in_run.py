@@ -1,6 +1,7 @@
 """Whitening inside a run: fitted on the training classes only, and what is evaluated."""
 
 import shutil
+import types
 from pathlib import Path
 
 import keras
@@ -21,6 +22,7 @@ TINY = ["train.epochs=1", "train.steps_per_epoch=5", "model.width=8", "model.blo
 
 
 WHITENED = TINY + ["whitening.dims=12"]
+REFITTED = WHITENED + ["whitening.power=0", "whitening.max_images=500"]  # the shared run re-entered (`refitted`)
 
 
 @pytest.fixture(scope="module")
@@ -66,23 +68,42 @@ def test_whitening_is_fitted_on_training_images_and_evaluated(whitened_run, defa
     assert again.metrics["map@r"] == pytest.approx(m["map@r"], abs=1e-6)
 
 
-def test_whitening_off_evaluates_the_plain_embedder(tmp_path):
-    result = train(config.load("default", TINY + ["whitening.enabled=false"]), tmp_path / "run", verbose=0)
-    assert not (tmp_path / "run" / "whitening.npz").exists()
+def test_whitening_off_evaluates_the_plain_embedder(whitened_run, tmp_path):
+    # The shared run re-entered with the whitening off (it applies after training: nothing is retrained).
+    first = whitened_run[1]
+    run_dir = copy_of(whitened_run[0], tmp_path)
+    (run_dir / "whitening.npz").unlink()
+    result = train(config.load("default", TINY + ["whitening.enabled=false"]), run_dir, verbose=0)
+    assert not (run_dir / "whitening.npz").exists()
     assert "unwhitened" not in result.metrics and "raw_pixels_whitened" not in result.metrics["baselines"]
+    assert set(result.metrics["baselines"]) == {"raw_pixels", "untrained"}  # recomputed, not the cached ones
+    assert result.metrics["recall@1"] == pytest.approx(first.metrics["unwhitened"]["recall@1"], abs=1e-6)
+    assert result.metrics["map@r"] == pytest.approx(first.metrics["unwhitened"]["map@r"], abs=1e-6)
 
 
-def test_refit_whitening_on_a_finished_run_without_retraining(whitened_run, tmp_path):
+@pytest.fixture(scope="module")
+def refitted(whitened_run, tmp_path_factory):
+    """A copy of the shared run re-entered with another whitening (power 0, fitted on at most 500
+    images): `.run_dir`, `.result`, `.fitted` (the arrays `fit_whitening` was given: the trained
+    model's, the untrained baseline's, the raw pixels') and `.checkpoint_mtime` (before the re-entry)."""
+    from tfsim.training import stages
+    run_dir = copy_of(whitened_run[0], tmp_path_factory.mktemp("refitted"))
+    checkpoint_mtime = (run_dir / "checkpoints" / "epoch-0001.keras").stat().st_mtime_ns
+    fitted = []
+    original = stages.fit_whitening
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(stages, "fit_whitening", lambda x, *a, **k: fitted.append(np.asarray(x)) or original(x, *a, **k))
+        result = train(config.load("default", REFITTED), run_dir, verbose=0)
+    return types.SimpleNamespace(run_dir=run_dir, result=result, fitted=fitted, checkpoint_mtime=checkpoint_mtime)
+
+
+def test_refit_whitening_on_a_finished_run_without_retraining(whitened_run, refitted):
     """Post-training sections may change when a finished run is re-entered: the checkpoint is
     reused (no training step) and only the whitening is refitted with the new settings."""
-    run_dir, first = whitened_run
-    run_dir = copy_of(run_dir, tmp_path)
-    before = (run_dir / "checkpoints" / "epoch-0001.keras").stat().st_mtime_ns
-    # (baselines off: they are not what this checks, and eval is a post-training section too)
-    pca_only = train(config.load("default", WHITENED + ["whitening.power=0", "eval.baselines=false"]), run_dir,
-                     verbose=0)
-    assert (run_dir / "checkpoints" / "epoch-0001.keras").stat().st_mtime_ns == before  # not retrained
-    assert pca_only.metrics["unwhitened"] == first.metrics["unwhitened"]
+    run_dir, first = refitted.run_dir, whitened_run[1]
+    assert (run_dir / "checkpoints" / "epoch-0001.keras").stat().st_mtime_ns == refitted.checkpoint_mtime
+    assert refitted.result.fit_seconds == 0  # not retrained
+    assert refitted.result.metrics["unwhitened"] == first.metrics["unwhitened"]
     projection = np.load(run_dir / "whitening.npz")["projection"]
     np.testing.assert_allclose(projection.T @ projection, np.eye(12), atol=1e-4)  # power 0: a rotation
 
@@ -94,19 +115,13 @@ def test_collapsed_embeddings_are_a_clear_user_error():
         _fit_or_explain(np.ones((100, 4), np.float32), config.WhiteningConfig())
 
 
-def test_large_training_sets_fit_on_a_seeded_subset(whitened_run, tmp_path, default_split, monkeypatch):
+def test_large_training_sets_fit_on_a_seeded_subset(refitted, default_split):
     # Whatever rows the implementation draws: the whitening is fitted on exactly 500 embeddings,
     # each the embedding of a distinct training image; the same seed draws the same rows, and
-    # another seed other rows.
+    # another seed other rows. (The shared run re-entered with whitening.max_images=500: refitted,
+    # and its baselines recomputed, not retrained.)
     from tfsim.training import stages
-    fitted = []
-    original = stages.fit_whitening
-    monkeypatch.setattr(stages, "fit_whitening",
-                        lambda x, *a, **k: fitted.append(np.asarray(x)) or original(x, *a, **k))
-    # The shared run re-entered with another whitening: refitted (and its baselines recomputed), not retrained.
-    run_dir = copy_of(whitened_run[0], tmp_path)
-    cfg = config.load("default", WHITENED + ["whitening.max_images=500", "whitening.enabled=true"])
-    train(cfg, run_dir, verbose=0)
+    run_dir, fitted, cfg = refitted.run_dir, refitted.fitted, config.load("default", REFITTED)
     train_set, _ = default_split
     embedder = keras.models.load_model(run_dir / "checkpoints" / "epoch-0001.keras")
     full = embed(embedder, train_set, 28)
