@@ -18,11 +18,15 @@
    dataset-fashion-mnist), 1,000 training images per class (the database, 10,000) and 100
    test images per class (the queries, 1,000), written as a `path,label,split` CSV list; the
    default budget, 16 / 32 / 48 / 64 bits and the float embedding, one seed.
-4. `search`: 1,000,000 random 64-bit codes (8 bytes each) against exact float search of
+4. `faiss`: tfsim's Hamming search (the index's, on faiss, and the NumPy reference) against
+   faiss's exact binary search on one thread and on all, and the inverted file's tuned recall and
+   queries/s, at 1M and 10M clustered 64-bit codes (`against_faiss`; ~3 min).
+5. `search`: 1,000,000 random 64-bit codes (8 bytes each) against exact float search of
    1,000,000 x 128-d (matrix product + argpartition) and a self-tuned ScaNN index: queries/s
    (200 queries, k = 10) and the gallery's memory.
 
-    python bench/hashing.py                          # all four, ~1.5 h on 2 cores
+    python bench/hashing.py                          # all five, ~1.5 h on 2 cores
+    python bench/hashing.py --parts faiss            # ~3 min
     python bench/hashing.py --parts search,lengths   # ~20 min
     python bench/hashing.py --parts margins --seeds 0,1,2 --margins 0.5,1
 """
@@ -235,9 +239,94 @@ def search_speed() -> list[tuple[str, float, float]]:
     return out
 
 
+def _clustered_packed(n: int, centres: np.ndarray, flip: float, rng) -> np.ndarray:
+    """`n` packed codes, each a random centre's bits with each bit flipped with probability `flip`
+    (made 1M at a time: the unpacked bits of 10M codes would be 640 MB)."""
+    from tfsim.index.hamming import pack_codes
+
+    out = []
+    for start in range(0, n, 1_000_000):
+        m = min(1_000_000, n - start)
+        bits = centres[rng.integers(0, len(centres), m)] ^ (rng.random((m, centres.shape[1])) < flip)
+        out.append(pack_codes(bits.astype(np.int8) * 2 - 1))
+    return np.concatenate(out)
+
+
+def _best_of(fn, repeats: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def against_faiss(sizes=(1_000_000, 10_000_000), num_queries: int = 1000) -> list[str]:
+    """tfsim's Hamming search against faiss's exact binary search, and the inverted file's recall.
+
+    64-bit codes near 10,000 random centres (each bit flipped with probability 0.15: codes with
+    neighbourhoods, as a hashing model's are), `num_queries` new codes of the same centres, k = 10.
+    Rows: the NumPy reference (`hamming_topk`, 200 queries), faiss's `IndexBinaryFlat` on one thread
+    and on all threads, the index's exact searcher (`HammingSearcher`: faiss, then each result in
+    (distance, row) order), and the inverted file `build_hamming` makes above `hamming_exact_below`
+    (tuned to recall@10 0.95 on gallery codes; its recall here is measured on the new queries,
+    counting codes tied at the exact 10th distance as found).
+    """
+    import faiss
+    from tfsim.index.hamming import HammingSearcher, build_from_codes, hamming_topk
+
+    rng = np.random.default_rng(0)
+    centres = rng.integers(0, 2, (10_000, 64), dtype=np.uint8)
+    lines = [f"\n| {num_queries:,} queries, k=10, 64-bit codes | codes | queries/s | vs faiss (1 thread) | "
+             "recall@10 | top-10 distances as faiss's |", "| --- | --- | --- | --- | --- | --- |"]
+    threads = faiss.omp_get_max_threads()
+    for n in sizes:
+        db = _clustered_packed(n, centres, 0.15, rng)
+        queries = _clustered_packed(num_queries, centres, 0.15, rng)
+        flat = faiss.IndexBinaryFlat(64)
+        flat.add(db)
+        faiss.omp_set_num_threads(1)
+        one = num_queries / _best_of(lambda: flat.search(queries, 10))
+        want, _ = flat.search(queries, 10)
+        faiss.omp_set_num_threads(threads)
+        every = num_queries / _best_of(lambda: flat.search(queries, 10))
+
+        def row(label, qps, recall="1 (exact)", same=""):
+            lines.append(f"| {label} | {n:,} | {qps:,.0f} | {qps / one:.2f}x | {recall} | {same} |")
+
+        start = time.perf_counter()
+        _, ref = hamming_topk(queries[:200], db, 10)
+        row("tfsim NumPy reference (`hamming_topk`, XOR + bitwise_count, bisection)",
+            200 / (time.perf_counter() - start), same=str(bool((ref == want[:200]).all())))
+        row("faiss IndexBinaryFlat, 1 thread", one)
+        row(f"faiss IndexBinaryFlat, {threads} threads", every)
+        exact = HammingSearcher(db)
+        faiss.omp_set_num_threads(1)
+        qps = num_queries / _best_of(lambda: exact.search_codes(queries, 10))
+        got = exact.search_codes(queries, 10)[1]
+        row("tfsim index, exact (faiss + (distance, row) order), 1 thread", qps, same=str(bool((got == want).all())))
+        faiss.omp_set_num_threads(threads)
+        qps = num_queries / _best_of(lambda: exact.search_codes(queries, 10))
+        row(f"tfsim index, exact, {threads} threads", qps)
+        start = time.perf_counter()
+        ivf, params = build_from_codes(db, exact_below=0, target_recall=0.95)
+        built = time.perf_counter() - start
+        for t, label in ((1, "1 thread"), (threads, f"{threads} threads")):
+            faiss.omp_set_num_threads(t)
+            qps = num_queries / _best_of(lambda: ivf.search_codes(queries, 10))
+            dist = ivf.search_codes(queries, 10)[1]
+            recall = float(np.minimum((dist <= want[:, -1:]).sum(axis=1), 10).mean() / 10)
+            row(f"tfsim index, inverted file ({params['num_lists']:,} lists, {params['num_lists_to_search']} "
+                f"searched; tuned recall {params['measured_recall']:.3f}, built in {built:.0f} s), {label}",
+                qps, f"{recall:.3f}")
+        faiss.omp_set_num_threads(threads)
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--parts", default="search,margins,lengths,papers")
+    p.add_argument("--parts", default="search,faiss,margins,lengths,papers")
+    p.add_argument("--faiss-sizes", default="1000000,10000000", help="faiss: gallery sizes")
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--margins", default="0.25,0.5,1,1.41")
     p.add_argument("--margin", type=float, default=None, help="lengths: loss.margin (default: the preset's)")
@@ -252,6 +341,8 @@ def main() -> None:
             print(f"| {label} | {qps:,.0f} | {mb:,.0f} |")
         print(f"Hamming vs float exact: {speed[0][1] / speed[1][1]:.1f}x the queries/s, "
               f"{speed[1][2] / speed[0][2]:.0f}x less memory", flush=True)
+    if "faiss" in parts:
+        print("\n".join(against_faiss(tuple(int(n) for n in args.faiss_sizes.split(",")))), flush=True)
     if "margins" in parts:
         print("\n" + "\n".join(margins(seeds, [float(m) for m in args.margins.split(",")])), flush=True)
     if "lengths" in parts:

@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
 TINY = ["--set", "train.steps_per_epoch=4", "--set", "model.width=8", "--set", "model.embedding_dim=16",
         "--set", "sampler.classes_per_batch=4", "--set", "eval.every_epoch=false", "--set", "export.enabled=false",
-        "--set", "index.enabled=false", "--set", "eval.baselines=false", "--grid", "loss.margin=0.1,0.5", "--grid", "train.learning_rate=0.0005,0.003"]
+        "--set", "index.enabled=false", "--set", "eval.baselines=false",
+        "--grid", "loss.margin=0.1,0.5", "--grid", "train.learning_rate=0.0005,0.003"]
 
 
 # The tune command, standing still once the trial folder named by STOP_IN_TRIAL has written its checkpoint

@@ -117,3 +117,112 @@ def test_leave_one_out_map_excludes_each_query_itself():
     assert got["map"] == pytest.approx(np.mean(aps), abs=1e-12)
     assert got["map@5"] == pytest.approx(np.mean(tops), abs=1e-12)
     assert got["precision@r2"] == pytest.approx(np.mean(precs), abs=1e-12)
+
+
+# The index's searcher: faiss, exact under `hamming_exact_below` codes, an inverted file above.
+
+def clustered_codes(n, bits, centres, flip, seed):
+    """Relaxed codes near `centres` random binary centres, each bit flipped with probability `flip`
+    (codes with neighbourhoods, as a hashing model's are; random codes have none)."""
+    rng = np.random.default_rng(seed)
+    centre_bits = np.random.default_rng(1234).integers(0, 2, (centres, bits))
+    bits_ = centre_bits[rng.integers(0, centres, n)] ^ (rng.random((n, bits)) < flip)
+    return (bits_ * 2 - 1).astype(np.float32)
+
+
+def test_exact_searcher_returns_what_the_reference_and_a_naive_loop_return_ties_included():
+    from tfsim.index.hamming import HammingSearcher, build_hamming
+    gallery = codes(3000, 16, 3)  # 16 bits over 3,000 codes: many ties at every distance
+    gallery[100:110] = gallery[7]  # and duplicates
+    searcher, params = build_hamming(gallery)
+    assert params["engine"] == "exact" and isinstance(searcher, HammingSearcher)
+    queries = np.concatenate([gallery[[7, 105]], codes(40, 16, 4)])
+    rows, dist = searcher.search_codes(pack_codes(queries), 25)
+    want_rows, want_dist = hamming_topk(pack_codes(queries), pack_codes(gallery), 25)
+    np.testing.assert_array_equal(rows, want_rows)
+    np.testing.assert_array_equal(dist, want_dist)
+    for i in (0, 1, 2):  # the naive loop: (distance, row) order
+        d = [naive_distance(queries[i], b) for b in gallery]
+        naive = sorted(range(len(gallery)), key=lambda j: (d[j], j))[:25]
+        assert rows[i].tolist() == naive
+    assert rows[0, :11].tolist() == [7] + list(range(100, 110))  # the duplicates, by row
+    found, scores = searcher.search_batched(queries, final_num_neighbors=25)
+    np.testing.assert_array_equal(found, rows)
+    np.testing.assert_array_equal(scores, -dist)
+
+
+def tie_aware_recall(found_dist, exact_dist):
+    """Share of each query's k results at most as far as its exact k-th neighbour."""
+    k = exact_dist.shape[1]
+    return float(np.minimum((found_dist <= exact_dist[:, -1:]).sum(axis=1), k).mean() / k)
+
+
+def test_inverted_file_tunes_itself_to_the_target_recall_and_holds_it_on_new_queries():
+    from tfsim.index.hamming import build_hamming
+    gallery = clustered_codes(20_000, 64, 300, 0.12, 0)
+    searcher, params = build_hamming(gallery, num_neighbors=10, target_recall=0.9, exact_below=10_000)
+    assert params["engine"] == "ivf" and params["num_lists"] == 141  # sqrt(20,000)
+    assert params["measured_recall"] >= 0.9 and params["tuning"]["sample"] == 1000
+    assert 1 <= params["num_lists_to_search"] < params["num_lists"] // 4  # it searches a few lists, not all
+    tried = {t["num_lists_to_search"]: t["recall"] for t in params["tuning"]["tried"]}
+    assert tried[params["num_lists_to_search"]] >= 0.9
+    assert all(r < 0.9 for n, r in tried.items() if n < params["num_lists_to_search"])  # the fewest that reach it
+
+    queries = pack_codes(clustered_codes(500, 64, 300, 0.12, 1))  # not in the gallery
+    _, exact_dist = hamming_topk(queries, pack_codes(gallery), 10)
+    _, dist = searcher.search_codes(queries, 10)
+    assert tie_aware_recall(dist, exact_dist) >= 0.87  # the sample's recall holds on other queries
+    one_list = tie_aware_recall(searcher.search_codes(queries, 10, lists_to_search=1)[1], exact_dist)
+    assert one_list < 0.9  # (a target that searching one list would meet proves nothing)
+    # Every list searched: exact distances (among codes tied at the k-th distance, the first lists' codes).
+    rows, dist = searcher.search_codes(queries, 10, lists_to_search=params["num_lists"])
+    np.testing.assert_array_equal(dist, exact_dist)
+    np.testing.assert_array_equal(np.take_along_axis(hamming_distances(queries, pack_codes(gallery)), rows, 1), dist)
+
+
+def test_inverted_file_queries_whose_lists_hold_fewer_than_k_codes_get_k_exact_neighbours():
+    from tfsim.index.hamming import build_hamming
+    gallery = clustered_codes(60, 32, 20, 0.05, 2)
+    searcher, params = build_hamming(gallery, num_neighbors=5, exact_below=10, num_lists=30)
+    queries = pack_codes(gallery[:20])
+    rows, dist = searcher.search_codes(queries, 12, lists_to_search=1)  # one list holds about 2 codes
+    assert (rows >= 0).all()
+    want_rows, want_dist = hamming_topk(queries, pack_codes(gallery), 12)
+    np.testing.assert_array_equal(rows, want_rows)
+    np.testing.assert_array_equal(dist, want_dist)
+
+
+def test_inverted_file_index_is_saved_loaded_and_grown(tmp_path):
+    import json
+
+    from tfsim.errors import UserInputError
+    from tfsim.index import Index, storage
+    gallery = clustered_codes(3000, 64, 60, 0.1, 3)
+    index = Index.build(gallery, similarity="hamming", hamming_exact_below=1000, target_recall=0.9)
+    assert index.params["engine"] == "ivf" and index.params["num_lists"] == 55
+    queries = clustered_codes(50, 64, 60, 0.1, 4)
+    scores, ids = index.search(queries, k=10)
+    loaded = Index.load(index.save(tmp_path / "idx"))
+    assert sorted(p.name for p in (tmp_path / "idx" / "scann").iterdir()) == ["centroids.npy", "codes.npy",
+                                                                              "lists.npy"]
+    again_scores, again_ids = loaded.search(queries, k=10)
+    np.testing.assert_array_equal(again_ids, ids)
+    np.testing.assert_array_equal(again_scores, scores)
+    # A searcher grown by new codes (each put in its nearest list) finds them.
+    searcher = loaded._gallery.searcher
+    searcher.upsert(None, queries[:5])
+    rows, dist = searcher.search_codes(pack_codes(queries[:5]), 1)
+    assert rows[:, 0].tolist() == list(range(3000, 3005)) and not dist.any()
+    assert len(searcher.lists) == 3005
+
+    # A folder whose list numbers point past its lists (checksums re-computed, as someone who knows
+    # the format would): one clear error, not a crash inside faiss.
+    lists = np.load(tmp_path / "idx" / "scann" / "lists.npy")
+    lists[0] = 10_000
+    np.save(tmp_path / "idx" / "scann" / "lists.npy", lists)
+    meta = json.loads((tmp_path / "idx" / "index.json").read_text())
+    meta["files"] = storage._file_digests(tmp_path / "idx")
+    meta["digest"] = storage.meta_digest(meta)
+    (tmp_path / "idx" / "index.json").write_text(json.dumps(meta))
+    with pytest.raises(UserInputError, match=r"cannot be read \(Expected one list number in \[0, 55\)"):
+        Index.load(tmp_path / "idx")

@@ -101,7 +101,8 @@ def build_index(model_dir: os.PathLike, data: str, out: os.PathLike, options: Op
         model_dir: an export version folder.
         data: a data spec (`tfsim.data.specs.load_source`).
         out: the index folder to create (refused if it exists).
-        options: `float_search.build` keyword arguments (default: `IndexConfig()`'s).
+        options: `float_search.build` keyword arguments (default: `IndexConfig()`'s), and
+            "hamming_exact_below" (`IndexConfig`) for a hashing export's codes.
         ids: what the index returns as ids (`catalogue_ids`): "relative" (default) or "path".
 
     Raises:
@@ -120,11 +121,13 @@ def build_index(model_dir: os.PathLike, data: str, out: os.PathLike, options: Op
         info = model_info(model_dir)
         images = load_source(data, export_max_pixels(model_dir))  # (its images above the export's limit: skipped)
         embeddings = embed_export(model_dir, images, batch_size, progress)
+        opts = {**float_search.build_options(IndexConfig()), **(options or {})}
+        exact_below = opts.pop("hamming_exact_below", IndexConfig.hamming_exact_below)
         if info["binary_codes"]:  # a hashing model: its packed codes, searched by Hamming distance
-            searcher, params = hamming.build_hamming(embeddings)
+            searcher, params = hamming.build_hamming(embeddings, opts["num_neighbors"], opts["target_recall"],
+                                                     exact_below)
         else:
-            searcher, params = float_search.build(embeddings, info["similarity"],
-                                                  **{**float_search.build_options(IndexConfig()), **(options or {})})
+            searcher, params = float_search.build(embeddings, info["similarity"], **opts)
         params["built_size"] = len(images)
         storage.save(out, searcher, params, catalogue_ids(images, ids), images.labels, images.class_names,
                          info["similarity"], images=images.images, paths=_absolute(images.paths), model=info,

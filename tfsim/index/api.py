@@ -3,8 +3,9 @@
     index = Index.build(embeddings, ids=ids)        float_search.build: brute force under
                                                     `brute_force_below` items, else a ScaNN tree
                                                     tuned to `target_recall` (autotune.py)
-    Index.build(codes, ids=ids, similarity="hamming")   hamming.build_hamming: exact Hamming search
-                                                    of the sign bits of `[G, bits]` codes
+    Index.build(codes, ids=ids, similarity="hamming")   hamming.build_hamming: Hamming search of the
+                                                    sign bits of `[G, bits]` codes (faiss: exact,
+                                                    or an inverted file above `hamming_exact_below`)
     scores, ids = index.search(queries, k=10)       best first, larger is closer (distances and
                                                     Hamming distances negated)
     index.save(folder); Index.load(folder)          storage.py: written atomically, checked when
@@ -108,7 +109,8 @@ class Index:
     @classmethod
     def build(cls, embeddings, ids=None, similarity: str = "cosine", *, num_neighbors: int = 10,
               target_recall: float = 0.95, brute_force_below: int = float_search.BRUTE_FORCE_BELOW,
-              num_leaves: int = 0, seed: int = 0) -> "Index":
+              num_leaves: int = 0, hamming_exact_below: int = hamming.HAMMING_EXACT_BELOW,
+              seed: int = 0) -> "Index":
         """Builds a self-tuned index of `embeddings`.
 
         Args:
@@ -121,6 +123,8 @@ class Index:
             target_recall: the recall@k against exact search a tree tunes itself to reach.
             brute_force_below: fewer items than this are searched exhaustively (exact).
             num_leaves: the tree's leaves (0: about 2 sqrt(G)); non-zero builds a tree at any size.
+            hamming_exact_below: "hamming" galleries of fewer codes are searched exactly; larger
+                ones get an inverted file (faiss) tuned to `target_recall`.
             seed: the tuning sample's seed.
 
         Raises:
@@ -152,7 +156,8 @@ class Index:
             if vectors.shape[1] % 8:
                 raise ValueError(f"Invalid `embeddings` for similarity='hamming': expected codes [num_items, bits] "
                                  f"with bits a multiple of 8. Received: {vectors.shape[1]} bits")
-            searcher, params = hamming.build_hamming(vectors)
+            searcher, params = hamming.build_hamming(vectors, int(num_neighbors), target_recall, hamming_exact_below,
+                                                     seed=seed)
             stored_similarity = "cosine"  # (storage's schema names a float similarity; the mode says Hamming)
         else:
             searcher, params = float_search.build(vectors, similarity, num_neighbors=int(num_neighbors),

@@ -75,7 +75,8 @@ class GalleryIndex:
         """
         k = min(int(k), len(self))
         if self.params.get("mode") == "hamming":  # scores: minus the Hamming distance
-            rows, scores = self.searcher.search_batched(np.atleast_2d(queries), final_num_neighbors=k)
+            rows, scores = self.searcher.search_batched(np.atleast_2d(queries), final_num_neighbors=k,
+                                                        lists_to_search=self.params.get("num_lists_to_search"))
             return Neighbors(rows.astype(np.int64), scores.astype(np.float32))
         sim = distances.get_distance(self.similarity)
         q = np.asarray(sim.prepare(np.atleast_2d(queries)).numpy(), np.float32)

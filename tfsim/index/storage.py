@@ -12,7 +12,9 @@
                         (absolute, or relative to the index folder, never to the current directory)
       scann/            ScaNN's own serialised searcher (`searcher.serialize`), or for a
                         hashing model's Hamming index (`tfsim.index.hamming.build_hamming`) the
-                        packed codes (codes.npy, uint8 [G, bits / 8])
+                        packed codes (codes.npy, uint8 [G, bits / 8]) and, for an inverted
+                        file, its lists' centroids (centroids.npy, uint8 [L, bits / 8]) and each
+                        code's list (lists.npy, int64 [G]): plain arrays, never a faiss file
 
 A new index is built under a temporary name beside its path, then renamed. Updates
 (`save(replace=True)`, under the caller's `sibling_lock`) swap folders by two renames; a crash
@@ -49,6 +51,7 @@ READABLE_FORMATS = (FORMAT,)
 # checksums at all) and their model fingerprint was metadata the model carried about itself.
 OLDER_FORMATS = ("tfsim.scann_index.v1", "tfsim.scann_index.v2")
 MODES = ("brute_force", "tree_ah", "hamming")
+HAMMING_ENGINES = ("exact", "ivf")  # `tfsim.index.hamming.build_hamming`
 # What a gallery id is: "relative" (the image's path relative to the data root, or "<dataset>:<row>"
 # for images that only exist in memory) or "path" (the absolute path, asked for explicitly).
 ID_KINDS = ("relative", "path")
@@ -192,6 +195,13 @@ def _check_meta(path: Path, meta) -> None:
     elif params["mode"] == "hamming":
         need(_is_int(params.get("code_bits"), 8) and params["code_bits"] % 8 == 0, "params.code_bits",
              "a positive multiple of 8", params.get("code_bits"))
+        engine = params.get("engine", "exact")  # (indexes written before the inverted file: exact)
+        need(engine in HAMMING_ENGINES, "params.engine", f"one of {list(HAMMING_ENGINES)}", engine)
+        if engine == "ivf":
+            need(_is_int(params.get("num_lists"), 1), "params.num_lists", "an integer >= 1", params.get("num_lists"))
+            need(_is_int(params.get("num_lists_to_search"), 1)
+                 and params["num_lists_to_search"] <= params["num_lists"], "params.num_lists_to_search",
+                 "an integer in [1, params.num_lists]", params.get("num_lists_to_search"))
 
     model = meta["model"]
     need(isinstance(model, dict), "model", "an object describing the model that built the index", model)
@@ -354,7 +364,10 @@ def verify(path: os.PathLike, meta: dict, checksums: bool = True) -> None:
     if unlisted:  # a file the checksum list does not cover would be read unchecked
         raise _corrupt(path, f"{unlisted[0]} is not in index.json's list of files (a list that leaves files out "
                              "switches their check off)")
-    needed = ("scann/codes.npy",) if meta["params"]["mode"] == "hamming" else ("scann/scann_assets.pbtxt",)
+    params = meta["params"]
+    needed = (("scann/scann_assets.pbtxt",) if params["mode"] != "hamming"
+              else ("scann/codes.npy", "scann/centroids.npy", "scann/lists.npy") if params.get("engine") == "ivf"
+              else ("scann/codes.npy",))
     for name in ("gallery.npz", *needed):
         if name not in expected:
             raise _corrupt(path, f"index.json's list of files leaves out {name}")
@@ -395,7 +408,8 @@ def load(path: os.PathLike, checksums: bool = True, recover_leftovers: bool = Tr
         if any("/" in name or name in ("", ".", "..") for name in named):
             raise _corrupt(path, "scann/scann_assets.pbtxt names files outside the index folder")
     try:
-        searcher = (HammingSearcher.load(path / "scann") if meta["params"]["mode"] == "hamming"
+        searcher = (HammingSearcher.load(path / "scann", meta["params"].get("num_lists_to_search", 1))
+                    if meta["params"]["mode"] == "hamming"
                     else scann_ops().load_searcher(str(path / "scann")))
         with np.load(path / "gallery.npz") as npz:  # (no pickles: allow_pickle stays False)
             index = GalleryIndex(searcher=searcher, ids=npz["ids"], labels=npz["labels"],

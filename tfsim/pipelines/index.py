@@ -71,7 +71,9 @@ def main(argv: list[str]) -> int:
     elif args.add is not None:
         path, added = add_to_index(args.index, args.add, args.model, args.batch_size)
     else:
-        path = build_index(args.model, args.data, args.out, build_options(cfg.index), args.batch_size,
+        path = build_index(args.model, args.data, args.out,
+                           {**build_options(cfg.index), "hamming_exact_below": cfg.index.hamming_exact_below},
+                           args.batch_size,
                            ids=args.ids or "relative")
     meta = read_meta(path)
     model = index_model(path, args.model, meta) if args.serve else None  # (before printing anything)
@@ -81,6 +83,11 @@ def main(argv: list[str]) -> int:
         print(f"added {added} images")
     if p["mode"] == "tree_ah":
         print(f"{p['num_leaves']} leaves, {p['num_leaves_to_search']} searched, reorder {p['reorder']}: "
+              f"recall@{p['num_neighbors']} {p['measured_recall']:.3f} (target {p['target_recall']}) on "
+              f"{p['tuning']['sample']} gallery queries, {p['queries_per_second']:,.0f} queries/s")
+    elif p["mode"] == "hamming":
+        print("exact Hamming search" if p.get("engine", "exact") == "exact" else
+              f"inverted file of {p['num_lists']} lists, {p['num_lists_to_search']} searched: "
               f"recall@{p['num_neighbors']} {p['measured_recall']:.3f} (target {p['target_recall']}) on "
               f"{p['tuning']['sample']} gallery queries, {p['queries_per_second']:,.0f} queries/s")
     model_arg = f" --model {args.model}" if args.model else ""

@@ -484,7 +484,7 @@ def export_stage(cfg: Config, run_dir: Path, model: keras.Model, metrics: dict, 
         ic = cfg.index
         gallery = embed_export(export_dir, test, cfg.eval.batch_size, progress=False)
         if cfg.model.head == "hash":  # the packed codes, searched by Hamming distance
-            searcher, params = build_hamming(gallery)
+            searcher, params = build_hamming(gallery, ic.num_neighbors, ic.target_recall, ic.hamming_exact_below)
         else:
             searcher, params = float_search.build(gallery, sim, **float_search.build_options(ic))
         params["built_size"] = len(test)
