@@ -58,6 +58,9 @@ COLUMNS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_precision
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "tfsim": ("matched", []),
     "tfsim default": ("default", []),
+    # the training images decoded from their files at every step (tfsim before data.cache_mb)
+    "default, from files": ("default", ["data.cache_mb=0"]),
+    "tfsim, from files": ("matched", ["data.cache_mb=0"]),
     # ablations: one setting of the default preset changed
     "default, whitening off": ("default", ["whitening.enabled=false"]),
     "default, flip": ("default", ["data.flip=true"]),

@@ -186,3 +186,51 @@ def test_random_resized_crop_batches_are_seeded_resumable_and_differ_from_shifts
     np.testing.assert_array_equal(plain[0], unaugmented[0])  # no augmentation: no crop either
     with pytest.raises(ValueError, match="`augmentation`: expected 'shift' or 'random_resized_crop'"):
         pipeline.train_dataset(images, 2, 3, 16, augmentation="zoom")
+
+
+def mixed_folder(root: Path) -> Path:
+    """PNG and JPEG files of several sizes, colour and grey, in 3 classes of 4."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for c in range(3):
+        (root / f"c{c}").mkdir(parents=True)
+        for i in range(4):
+            h, w = [(20, 30), (48, 48), (9, 13), (64, 40)][i]
+            grey = i == 2
+            pixels = rng.integers(0, 256, (h, w) if grey else (h, w, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / f"c{c}" / f"{i}.{'jpg' if i == 3 else 'png'}")
+    return root
+
+
+def test_decode_once_keeps_the_streamed_pixels_rounded_and_trains_on_the_same_batches(tmp_path):
+    folder = sources.load_folder(str(mixed_folder(tmp_path / "imgs")))
+    kept, how = pipeline.decode_once(folder, 24, 1 << 20)
+    assert how == "12 images decoded once into memory (0.0 MB at 24 px, data.cache_mb=1)"
+    assert kept.paths is None and kept.images.shape == (12, 24, 24, 3) and kept.images.dtype == np.uint8
+    np.testing.assert_array_equal(kept.labels, folder.labels)
+    np.testing.assert_array_equal(kept.ids, folder.ids)
+    streamed = np.concatenate([x.numpy() for x in pipeline.eval_dataset(folder, 24)])
+    assert np.abs(kept.images - streamed).max() <= 0.5  # the same pixels, rounded to whole levels
+    assert np.abs(kept.images - streamed).max() > 0  # (resized: not whole levels before)
+    # Training batches, augmented (shift, flip, erasing) per step as before: the same images.
+    args = dict(classes_per_batch=3, examples_per_class=2, image_size=24, seed=3, erase_prob=0.5, flip=True)
+    for (a, la), (b, lb) in zip(pipeline.train_dataset(kept, **args).take(3),
+                                pipeline.train_dataset(folder, **args).take(3)):
+        np.testing.assert_array_equal(la.numpy(), lb.numpy())
+        assert np.abs(a.numpy() - b.numpy()).max() <= 0.5
+
+    # Over the budget, or a budget of 0: the files, each step; a set in memory stays as it is.
+    over, how = pipeline.decode_once(folder, 24, 12 * 24 * 24 * 3 - 1)
+    assert over is folder and how == ("12 images decoded from their files at every step (0.0 MB decoded at 24 px, "
+                                      "over data.cache_mb=0)")
+    assert pipeline.decode_once(folder, 24, 0)[0] is folder
+    default = sources.load_default()
+    assert pipeline.decode_once(default, 28, 0) == (default, "6,000 images in memory")
+
+
+def test_a_file_that_no_longer_decodes_leaves_the_set_on_its_files(tmp_path):
+    folder = sources.load_folder(str(mixed_folder(tmp_path / "imgs")))
+    Path(folder.paths[5]).write_bytes(b"not an image any more")  # changed after the folder was checked
+    same, how = pipeline.decode_once(folder, 24, 1 << 20)
+    assert same is folder
+    assert how.startswith("12 images decoded from their files at every step (decoding them once failed: ")

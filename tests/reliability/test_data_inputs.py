@@ -243,6 +243,8 @@ def test_train_on_a_hostile_folder_skips_and_reports(tmp_path, bomb):
     result = cli("train", *[a for s in sets for a in ("--set", s)], cwd=tmp_path)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
     print(f"train peak {result.peak_mb:.0f} MB")
+    # The usable images (names that are not UTF-8 included) were decoded once, not at every step.
+    assert "Training images: " in result.stderr and " images decoded once into memory (" in result.stderr
     report = json.loads((tmp_path / "runs" / "hostile" / "data_report.json").read_text(encoding="utf-8"))
     assert_report(report, expected)
     assert report["split"]["training_images"] + report["split"]["held_out_images"] == 32

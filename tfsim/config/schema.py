@@ -70,7 +70,13 @@ class DataConfig:
     largest image (width x height) the loaders accept, read from each file's header before any
     decoding (a 440 KB PNG can declare 12,000 x 12,000 pixels, gigabytes once decoded): a larger
     one is skipped and listed with its size in `data_report.json`, and the pipeline's decoder
-    refuses it too. Raise it to train on bigger images (memory grows with it).
+    refuses it too. Raise it to train on bigger images (memory grows with it). `cache_mb`: the
+    training images of a folder, list or TFDS source are decoded and resized once per run and
+    kept in memory (uint8 at the model's side, before augmentation, which stays per step) when
+    they fit in this many MB (N x side x side x 3 bytes); above it, or with
+    `augmentation=random_resized_crop` (which crops each image at its own size), they are
+    decoded from their files at every step, in memory that does not grow with the set. 0 = always
+    from the files. The run's log says which.
     """
 
     source: Literal["default", "folder", "tfds", "list"] = "default"
@@ -90,6 +96,7 @@ class DataConfig:
     erase_prob: float = 0.0
     on_bad_file: Literal["skip", "error"] = "skip"
     max_pixels: int = DEFAULT_MAX_PIXELS
+    cache_mb: int = 1024
 
 
 @dataclasses.dataclass(frozen=True)

@@ -130,6 +130,8 @@ def validate_data(cfg: Config) -> None:
     _need(d.augment or d.augmentation == "shift", "data.augmentation",
           "'shift' when data.augment=false (cropping is part of the augmentation)", d.augmentation)
     _need(0 <= d.erase_prob <= 1, "data.erase_prob", "a probability in [0, 1]", d.erase_prob)
+    _need(d.cache_mb >= 0, "data.cache_mb", "an integer >= 0 (MB of decoded training images kept in memory; "
+          "0 = decode them from their files at every step)", d.cache_mb)
     _need(d.augment or d.erase_prob == 0, "data.erase_prob",
           "0 when data.augment=false (erasing is part of the augmentation)", d.erase_prob)
     _need(d.augment or not d.flip, "data.flip",

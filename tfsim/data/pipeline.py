@@ -7,17 +7,20 @@ query). Normalisation lives inside the model.
 Data flow for training:  `samplers.pk_batches` (row indices)
   -> gather in-memory images / read+decode files -> resize -> augment (train only)
   -> `(images, labels)` batches for `model.fit`.
+A file-backed training set that fits a memory budget is decoded and resized once per run
+(`decode_once`) and then gathered from memory like a shipped one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
 import tensorflow as tf
 
 from tfsim.data import samplers
-from tfsim.data.preprocess import decode_file, preprocess, random_resized_crop
+from tfsim.data.preprocess import decode_file, preprocess, random_resized_crop, to_uint8
 from tfsim.data.sources import ImageSet
 
 
@@ -184,6 +187,39 @@ def eval_dataset(images: ImageSet, image_size: int, batch_size: int = 256, cente
     load = _loader(images, image_size, center_crop)
     rows = tf.data.Dataset.range(len(images)).batch(batch_size)
     return rows.map(lambda r: load(tf.cast(r, tf.int32)), num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
+
+
+def decode_once(images: ImageSet, image_size: int, max_bytes: int) -> tuple[ImageSet, str]:
+    """A file-backed set decoded and resized once into memory, when it fits `max_bytes`.
+
+    The pixels are those the streaming pipeline computes (`preprocess` at `image_size`), rounded
+    to uint8 (`to_uint8`: at most half a level from the float ones), `[N, S, S, 3]`; training
+    reads them with `tf.gather` instead of decoding files at every step. Augmentation is applied
+    to them per step as before.
+
+    Returns:
+        `(images, how)`: the in-memory set (or `images` unchanged: already in memory, too large,
+        or a file that would not decode) and a sentence saying which, for the log.
+    """
+    n = len(images)
+    if images.images is not None:
+        return images, f"{n:,} images in memory"
+    size = n * image_size * image_size * 3
+    mb = f"{size / 2**20:,.1f} MB"
+    if size > max_bytes:
+        return images, (f"{n:,} images decoded from their files at every step ({mb} decoded at {image_size} px, "
+                        f"over data.cache_mb={max_bytes // 2**20})")
+    pixels = np.empty((n, image_size, image_size, 3), np.uint8)
+    start = 0
+    try:
+        for batch in eval_dataset(images, image_size):
+            pixels[start:start + len(batch)] = to_uint8(batch).numpy()
+            start += len(batch)
+    except tf.errors.OpError as err:  # (the folder's check decoded every file; one changed since)
+        return images, (f"{n:,} images decoded from their files at every step (decoding them once failed: "
+                        f"{err.message.splitlines()[0]})")
+    kept = dataclasses.replace(images, images=pixels, paths=None)
+    return kept, f"{n:,} images decoded once into memory ({mb} at {image_size} px, data.cache_mb={max_bytes // 2**20})"
 
 
 def raw_pixels(images: ImageSet, image_size: int, center_crop: float = 1.0) -> np.ndarray:

@@ -140,6 +140,8 @@ def fit(cfg: Config, run_dir: Path, split: Split, resume: bool = True, verbose: 
     log.info("Training on %s images of %s classes; evaluating on %s images of %s held-out classes: %s.",
              f"{len(train_set):,}", f"{len(np.unique(train_set.labels)):,}", f"{len(split.test):,}",
              f"{len(split.test_class_names):,}", summarize_names(split.test_class_names, full_list="metrics.json"))
+    train_set, how = task.decoded_once(train_set)
+    log.info("Training images: %s.", how)
 
     initial_step = 0
     policy = keras.config.dtype_policy()

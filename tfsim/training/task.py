@@ -4,7 +4,7 @@
       .build_inputs()               -> Split: the images, the training and the held-out classes (`data.*`)
       .fit_split(split)             -> the split training sees (`train.select_best`: validation classes
                                        carved from the training classes are the held-out set)
-      .training_set(train) / .training_batches(train, step)
+      .training_set(train) / .decoded_once(train) / .training_batches(train, step)
                                     -> labels as the loss takes them; the batches an uninterrupted run
                                        sees from global step `step` (`sampler.*`, `data.augment*`)
       .build_embedder() / .build_model(num_classes)
@@ -193,6 +193,17 @@ class Task:
             return train
         return dataclasses.replace(train, labels=np.unique(train.labels, return_inverse=True)[1]
                                    .astype(np.int32).reshape(-1))
+
+    def decoded_once(self, train: sources.ImageSet) -> tuple[sources.ImageSet, str]:
+        """`train` decoded and resized once into memory when it fits `data.cache_mb`
+        (`pipeline.decode_once`), and a sentence for the log saying which path training takes.
+        With `augmentation=random_resized_crop` a file-backed set stays on its files (each crop
+        is taken from the image at its own size)."""
+        d = self.cfg.data
+        if train.images is None and d.augment and d.augmentation == "random_resized_crop":
+            return train, (f"{len(train):,} images decoded from their files at every step (random_resized_crop crops "
+                           "each image at its own size)")
+        return pipeline.decode_once(train, self.cfg.model.image_size, d.cache_mb * 2**20)
 
     def steps_per_epoch(self, num_train_images: int) -> int:
         """`train.steps_per_epoch`, or with 0 the steps of one pass over the training images."""
