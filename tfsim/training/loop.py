@@ -140,7 +140,9 @@ def fit(cfg: Config, run_dir: Path, split: Split, resume: bool = True, verbose: 
     log.info("Training on %s images of %s classes; evaluating on %s images of %s held-out classes: %s.",
              f"{len(train_set):,}", f"{len(np.unique(train_set.labels)):,}", f"{len(split.test):,}",
              f"{len(split.test_class_names):,}", summarize_names(split.test_class_names, full_list="metrics.json"))
+    decoding = time.time()
     train_set, how = task.decoded_once(train_set)
+    decode_seconds = time.time() - decoding  # (part of the training time the run reports)
     log.info("Training images: %s.", how)
 
     initial_step = 0
@@ -157,7 +159,8 @@ def fit(cfg: Config, run_dir: Path, split: Split, resume: bool = True, verbose: 
                 model = task.build_model(int(train_set.labels.max()) + 1)
                 model.compile(optimizer=task.build_optimizer(t.epochs * steps_per_epoch), loss=task.build_loss(),
                               jit_compile=t.jit_compile)
-        return _loop(task, run_dir, split.test, train_set, model, steps_per_epoch, initial_step, verbose, strategy)
+        return _loop(task, run_dir, split.test, train_set, model, steps_per_epoch, initial_step, verbose, strategy,
+                     decode_seconds)
     finally:
         keras.config.set_dtype_policy(policy)
 
@@ -192,8 +195,9 @@ def resume_checkpoint(ckpt_dir: Path) -> Optional[tuple[Path, int, int]]:
 
 def _loop(task: Task, run_dir: Path, test: sources.ImageSet, train_set: sources.ImageSet, model: keras.Model,
           steps_per_epoch: int, initial_step: int, verbose: Union[int, str],
-          strategy: tf.distribute.Strategy) -> FitResult:
-    """Fits `model` from global step `initial_step` to the end of the run. A run resumed within an epoch
+          strategy: tf.distribute.Strategy, decode_seconds: float = 0.0) -> FitResult:
+    """Fits `model` from global step `initial_step` to the end of the run (its seconds, with the
+    `decode_seconds` the training images took to decode once, are `fit_seconds`). A run resumed within an epoch
     (a partial checkpoint) fits the rest of that epoch first, as a shorter epoch. Under a multi-worker
     strategy, `distributed.fit_loop` (Keras's `model.fit` cannot take its batches), each task writing
     to its `worker_dir`."""
@@ -208,7 +212,7 @@ def _loop(task: Task, run_dir: Path, test: sources.ImageSet, train_set: sources.
         callbacks.insert(0, EndProgressLine())
     epoch, steps_into_epoch = divmod(initial_step, steps_per_epoch)
 
-    start = time.time()
+    start = time.time() - decode_seconds
     if multi:
         batches = distributed.worker_batches(strategy, lambda: task.training_batches(train_set, initial_step,
                                                                                      steps_per_epoch),
