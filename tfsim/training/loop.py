@@ -159,6 +159,10 @@ def fit(cfg: Config, run_dir: Path, split: Split, resume: bool = True, verbose: 
                 model = task.build_model(int(train_set.labels.max()) + 1)
                 model.compile(optimizer=task.build_optimizer(t.epochs * steps_per_epoch), loss=task.build_loss(),
                               jit_compile=t.jit_compile)
+            if not model.optimizer.built:
+                # Its slots made now, not while `fit` traces the training step: a variable created during
+                # a trace makes TensorFlow trace the step a second time (about 1 s of every run).
+                model.optimizer.build(model.trainable_variables)
         return _loop(task, run_dir, split.test, train_set, model, steps_per_epoch, initial_step, verbose, strategy,
                      decode_seconds)
     finally:
