@@ -348,12 +348,12 @@ class IndexConfig:
     num_neighbors: int = 10
     target_recall: float = 0.95
     brute_force_below: int = 20_000
-    hamming_exact_below: int = 10_000_000
     num_leaves: int = 0
     num_leaves_to_search: int = 0
     reorder: int = 0
     dims_per_block: int = 2
     anisotropic_threshold: float = 0.2
+    hamming_exact_below: int = 10_000_000
 
 
 @dataclasses.dataclass(frozen=True)

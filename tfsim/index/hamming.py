@@ -154,7 +154,7 @@ TRAINING_PER_LIST = 64  # codes per list the inverted file's k-means is trained 
 
 def _faiss():
     """faiss, imported when a searcher is made (the metrics and the TF search do not need it)."""
-    import faiss
+    import faiss  # lazy: only the index's searcher needs faiss (the metrics and the TF search do not)
     return faiss
 
 
