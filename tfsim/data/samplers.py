@@ -126,6 +126,7 @@ def pk_batches(labels: np.ndarray, classes_per_batch: int, examples_per_class: i
     p, k, width, num_classes = classes_per_batch, examples_per_class, int(counts.max()), len(classes)
     base = tf.constant([seed, 0x5EED], tf.int64)
 
+    @tf.autograph.experimental.do_not_convert  # (tensor ops only: nothing for AutoGraph to convert)
     def draw(step):
         s_class, s_rank, s_repl = tf.unstack(tf.random.experimental.stateless_split(
             tf.random.experimental.stateless_fold_in(base, step), num=3))
@@ -161,6 +162,7 @@ def random_batches(num_rows: int, batch_size: int, seed: int = 0, start_step: in
             f"Received: batch_size={batch_size}")
     base = tf.constant([seed, 0xBA7C4], tf.int64)
 
+    @tf.autograph.experimental.do_not_convert  # (tensor ops only: nothing for AutoGraph to convert)
     def draw(step):
         keys = tf.random.stateless_uniform([num_rows], seed=tf.random.experimental.stateless_fold_in(base, step))
         return tf.cast(tf.argsort(keys)[:batch_size], tf.int32)
@@ -192,6 +194,7 @@ def epoch_batches(num_rows: int, batch_size: int, steps_per_epoch: int, seed: in
     base = tf.constant([seed, 0xE90C], tf.int64)
     start_epoch, skip = divmod(start_step, steps_per_epoch)
 
+    @tf.autograph.experimental.do_not_convert  # (as `draw` above)
     def one_epoch(epoch):
         keys = tf.random.stateless_uniform([num_rows], seed=tf.random.experimental.stateless_fold_in(base, epoch))
         rows = tf.cast(tf.argsort(keys)[: steps_per_epoch * batch_size], tf.int32)
@@ -254,6 +257,7 @@ def triplet_batches(labels: np.ndarray, num_triplets: int, triplets_per_query: i
     n_rows = len(labels)
     base = tf.constant([seed, 0x7819], tf.int64)
 
+    @tf.autograph.experimental.do_not_convert  # (tensor ops only: nothing for AutoGraph to convert)
     def draw(step):
         s_q, s_p, s_n = tf.unstack(tf.random.experimental.stateless_split(
             tf.random.experimental.stateless_fold_in(base, step), num=3))
