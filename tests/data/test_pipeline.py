@@ -220,9 +220,11 @@ def test_decode_once_keeps_the_streamed_pixels_rounded_and_trains_on_the_same_ba
         assert np.abs(a.numpy() - b.numpy()).max() <= 0.5
 
     # Over the budget, or a budget of 0: the files, each step; a set in memory stays as it is.
-    over, how = pipeline.decode_once(folder, 24, 12 * 24 * 24 * 3 - 1)
+    # (the budget counts the pixels twice: the array and the pipeline's tensor of it)
+    assert pipeline.decode_once(folder, 24, 2 * 12 * 24 * 24 * 3)[0].paths is None
+    over, how = pipeline.decode_once(folder, 24, 2 * 12 * 24 * 24 * 3 - 1)
     assert over is folder and how == ("12 images decoded from their files at every step (0.0 MB decoded at 24 px, "
-                                      "over data.cache_mb=0)")
+                                      "held twice: over data.cache_mb=0)")
     assert pipeline.decode_once(folder, 24, 0)[0] is folder
     default = sources.load_default()
     assert pipeline.decode_once(default, 28, 0) == (default, "6,000 images in memory")

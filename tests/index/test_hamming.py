@@ -226,3 +226,24 @@ def test_inverted_file_index_is_saved_loaded_and_grown(tmp_path):
     (tmp_path / "idx" / "index.json").write_text(json.dumps(meta))
     with pytest.raises(UserInputError, match=r"cannot be read \(Expected one list number in \[0, 55\)"):
         Index.load(tmp_path / "idx")
+
+    def sealed(name, array):
+        np.save(tmp_path / "idx" / "scann" / name, array)
+        meta = json.loads((tmp_path / "idx" / "index.json").read_text())
+        meta["files"] = storage._file_digests(tmp_path / "idx")
+        meta["digest"] = storage.meta_digest(meta)
+        (tmp_path / "idx" / "index.json").write_text(json.dumps(meta))
+
+    # Millions of lists for 3,000 codes (faiss allocates per list: a 4 MB file would take 600 MB):
+    # refused before faiss sees them.
+    sealed("lists.npy", lists % 55)
+    sealed("centroids.npy", np.zeros((4_000_000, 8), np.uint8))
+    with pytest.raises(UserInputError, match=r"Expected 55 list centroids, at most one per code \(3000\); got 4000000"):
+        Index.load(tmp_path / "idx")
+    # Codes narrower than index.json's code_bits: refused when loaded, not at the first search.
+    sealed("codes.npy", np.zeros((3000, 4), np.uint8))
+    with pytest.raises(UserInputError, match=r"Expected codes \[N, 64 / 8\]; got shape \(3000, 4\)"):
+        Index.load(tmp_path / "idx")
+    # Query codes that are not packed bytes are refused, not wrapped to bytes.
+    with pytest.raises(ValueError, match="Expected packed query codes uint8"):
+        searcher.search_codes(pack_codes(queries[:2]).astype(np.int64), 3)

@@ -73,7 +73,8 @@ class DataConfig:
     refuses it too. Raise it to train on bigger images (memory grows with it). `cache_mb`: the
     training images of a folder, list or TFDS source are decoded and resized once per run and
     kept in memory (uint8 at the model's side, before augmentation, which stays per step) when
-    they fit in this many MB (N x side x side x 3 bytes); above it, or with
+    they fit in this many MB twice over (N x side x side x 3 bytes, held as an array and as the
+    pipeline's tensor); above it, or with
     `augmentation=random_resized_crop` (which crops each image at its own size), they are
     decoded from their files at every step, in memory that does not grow with the set. 0 = always
     from the files. The run's log says which.

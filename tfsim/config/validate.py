@@ -216,8 +216,11 @@ def validate_index(cfg: Config) -> None:
     i = cfg.index
     _need(i.num_neighbors >= 1, "index.num_neighbors", "an integer >= 1", i.num_neighbors)
     _need(0 < i.target_recall <= 1, "index.target_recall", "a recall in (0, 1], e.g. 0.95", i.target_recall)
-    for key in ("brute_force_below", "hamming_exact_below", "num_leaves", "num_leaves_to_search", "reorder"):
+    for key in ("brute_force_below", "num_leaves", "num_leaves_to_search", "reorder"):
         _need(getattr(i, key) >= 0, f"index.{key}", "an integer >= 0 (0 = chosen by the index)", getattr(i, key))
+    _need(i.hamming_exact_below >= 0, "index.hamming_exact_below",
+          "an integer >= 0 (binary galleries of fewer codes are searched exactly; 0 = always an inverted file)",
+          i.hamming_exact_below)
 
 
 def validate_tune(cfg: Config) -> None:

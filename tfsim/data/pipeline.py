@@ -194,7 +194,8 @@ def eval_dataset(images: ImageSet, image_size: int, batch_size: int = 256, cente
 
 
 def decode_once(images: ImageSet, image_size: int, max_bytes: int) -> tuple[ImageSet, str]:
-    """A file-backed set decoded and resized once into memory, when it fits `max_bytes`.
+    """A file-backed set decoded and resized once into memory, when it fits `max_bytes` twice over
+    (the array and the pipeline's tensor copy of it are both held while training).
 
     The pixels are those the streaming pipeline computes (`preprocess` at `image_size`), rounded
     to uint8 (`to_uint8`: at most half a level from the float ones), `[N, S, S, 3]`; training
@@ -210,9 +211,9 @@ def decode_once(images: ImageSet, image_size: int, max_bytes: int) -> tuple[Imag
         return images, f"{n:,} images in memory"
     size = n * image_size * image_size * 3
     mb = f"{size / 2**20:,.1f} MB"
-    if size > max_bytes:
+    if 2 * size > max_bytes:  # held twice while training: the array and the pipeline's tensor of it
         return images, (f"{n:,} images decoded from their files at every step ({mb} decoded at {image_size} px, "
-                        f"over data.cache_mb={max_bytes // 2**20})")
+                        f"held twice: over data.cache_mb={max_bytes // 2**20})")
     pixels = np.empty((n, image_size, image_size, 3), np.uint8)
     start = 0
     try:

@@ -152,6 +152,10 @@ class Index:
             raise ValueError(f"Invalid value for `num_neighbors`: expected an integer >= 1. "
                              f"Received: num_neighbors={num_neighbors!r}")
         ids, id_type = _ids(ids, len(vectors))
+        if isinstance(hamming_exact_below, bool) or not isinstance(hamming_exact_below, (int, np.integer)) \
+                or hamming_exact_below < 0:
+            raise ValueError("Invalid value for `hamming_exact_below`: expected an integer >= 0 (0 = always an "
+                             f"inverted file). Received: hamming_exact_below={hamming_exact_below!r}")
         if similarity == "hamming":
             if vectors.shape[1] % 8:
                 raise ValueError(f"Invalid `embeddings` for similarity='hamming': expected codes [num_items, bits] "

@@ -226,9 +226,13 @@ class HammingSearcher:
         """`(rows int64 [Q, k], distances int32 [Q, k])` of packed query codes, nearest first, ties
         by the lower row (`lists_to_search`: the inverted file's lists searched; default: the
         tuned number)."""
-        queries = np.ascontiguousarray(queries, np.uint8)
-        if queries.ndim != 2 or queries.shape[1] * 8 != self.bits:
-            raise ValueError(f"Expected packed query codes [Q, {self.bits // 8}]; got shape {queries.shape}.")
+        queries = np.asarray(queries)
+        if queries.ndim != 2 or queries.shape[1] * 8 != self.bits or queries.dtype != np.uint8:
+            raise ValueError(f"Expected packed query codes uint8 [Q, {self.bits // 8}]; got {queries.dtype} "
+                             f"{queries.shape}.")
+        if int(k) < 0:
+            raise ValueError(f"Expected k >= 0 neighbours; got {k}.")
+        queries = np.ascontiguousarray(queries)
         k = min(int(k), len(self.codes))
         if len(queries) == 0 or k == 0:
             return np.zeros((len(queries), k), np.int64), np.zeros((len(queries), k), np.int32)
@@ -273,13 +277,27 @@ class HammingSearcher:
             np.save(Path(directory) / "lists.npy", self.lists)
 
     @classmethod
-    def load(cls, directory: os.PathLike, lists_to_search: int = 1) -> "HammingSearcher":
-        """The searcher `serialize` wrote (plain arrays: `np.load` refuses pickles)."""
+    def load(cls, directory: os.PathLike, params: dict) -> "HammingSearcher":
+        """The searcher `serialize` wrote, as the index's `params` describe it (its "engine",
+        "code_bits", "num_lists", "num_lists_to_search"): plain arrays (`np.load` refuses pickles),
+        checked against them before faiss allocates anything.
+
+        Raises:
+            ValueError: arrays that are not what `params` describe (faiss allocates per list: a
+                folder naming millions of lists for a few codes would exhaust memory).
+        """
         directory = Path(directory)
         codes = np.load(directory / "codes.npy")
-        if not (directory / "centroids.npy").exists():
+        if codes.ndim != 2 or codes.shape[1] * 8 != params.get("code_bits"):
+            raise ValueError(f"Expected codes [N, {params.get('code_bits')} / 8]; got shape {codes.shape}.")
+        if params.get("engine", "exact") == "exact":
             return cls(codes)
-        return cls(codes, np.load(directory / "centroids.npy"), np.load(directory / "lists.npy"), lists_to_search)
+        centroids = np.load(directory / "centroids.npy")
+        num_lists = params.get("num_lists")
+        if len(centroids) != num_lists or not 1 <= num_lists <= max(1, len(codes)):
+            raise ValueError(f"Expected {num_lists} list centroids, at most one per code ({len(codes)}); got "
+                             f"{len(centroids)}.")
+        return cls(codes, centroids, np.load(directory / "lists.npy"), params.get("num_lists_to_search", 1))
 
 
 def _tie_aware_recall(searcher: HammingSearcher, rows: np.ndarray, k: int, truth_kth: np.ndarray,
@@ -325,10 +343,10 @@ def tune_lists(searcher: HammingSearcher, k: int, target_recall: float, sample: 
             tried[n] = _tie_aware_recall(searcher, rows, k, kth, n)
         return tried[n][0]
 
-    n = 1
+    n, failed = 1, 0  # `failed`: the most lists known to miss the target
     while probe(n) < target_recall and n < searcher.num_lists:
-        n = min(2 * n, searcher.num_lists)
-    lo, hi = n // 2, n  # the fewest in (lo, hi] reaching the target
+        n, failed = min(2 * n, searcher.num_lists), n
+    lo, hi = failed, n  # the fewest in (lo, hi] reaching the target
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if probe(mid) >= target_recall:

@@ -408,7 +408,7 @@ def load(path: os.PathLike, checksums: bool = True, recover_leftovers: bool = Tr
         if any("/" in name or name in ("", ".", "..") for name in named):
             raise _corrupt(path, "scann/scann_assets.pbtxt names files outside the index folder")
     try:
-        searcher = (HammingSearcher.load(path / "scann", meta["params"].get("num_lists_to_search", 1))
+        searcher = (HammingSearcher.load(path / "scann", meta["params"])
                     if meta["params"]["mode"] == "hamming"
                     else scann_ops().load_searcher(str(path / "scann")))
         with np.load(path / "gallery.npz") as npz:  # (no pickles: allow_pickle stays False)
