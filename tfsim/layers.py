@@ -512,8 +512,7 @@ class ScannRetrieval(Retrieval):
             handle = ops.tensors_to_scann(*self._scann, shared_name=self._resource_name)
 
         def search(queries, leaves):
-            rows, raw = ops.scann_search_batched(handle, queries, self.k, self._search_settings[1], leaves, False)
-            return rows, raw
+            return ops.scann_search_batched(handle, queries, self.k, self._search_settings[1], leaves, False)
 
         rows, raw = search(q, self._search_settings[0])
         rows, raw = float_search.tf_complete_short(rows[:n], raw[:n], q[:n], self.k,

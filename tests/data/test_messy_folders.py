@@ -56,7 +56,8 @@ def test_bad_files_are_skipped_and_reported(messy):
     assert {s["path"] for s in report["skipped"]} == bad
     reasons = {s["path"].rsplit("/", 1)[-1]: s["reason"] for s in report["skipped"]}
     assert reasons["empty.jpg"] == "empty file (0 bytes)"
-    assert reasons["not_an_image.png"].startswith("not a decodable image")
+    assert reasons["not_an_image.png"].startswith("not a decodable image: ")
+    assert "{{" not in reasons["not_an_image.png"]  # (TF's function-node prefix taken off)
     assert report["hidden_ignored"] == 1  # ._0.png (.DS_Store is not an image name; .thumbnails is skipped whole)
     assert report["classes_without_images"] == ["e"]
     assert report["images_per_class"] == {"a": 6, "b": 6, "c": 6, "d": 6}

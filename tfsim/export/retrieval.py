@@ -132,9 +132,8 @@ class RetrievalModule(tf.Module):
             q = tf.concat([q, tf.fill([1, tf.shape(q)[1]], tf.math.rsqrt(tf.cast(tf.shape(q)[1], q.dtype)))], 0)
             if self.tree:
                 def tree_search(queries, leaves):
-                    rows, raw = searcher.search_batched(queries, final_num_neighbors=self.k, leaves_to_search=leaves,
-                                                        pre_reorder_num_neighbors=self.reorder)
-                    return rows, raw
+                    return searcher.search_batched(queries, final_num_neighbors=self.k, leaves_to_search=leaves,
+                                                   pre_reorder_num_neighbors=self.reorder)
 
                 rows, raw = tree_search(q, self.leaves)
                 rows, raw = float_search.tf_complete_short(rows[:n], raw[:n], q[:n], self.k,
