@@ -74,10 +74,11 @@ def rowwise_l2(a: tf.Tensor, b: tf.Tensor, squared: bool = False) -> tf.Tensor:
     return d2 if squared else _sqrt_with_finite_gradient(d2)
 
 
-def cosine_similarity_matrix(embeddings: tf.Tensor) -> tf.Tensor:
-    """`[B, B]` cosine similarities of the rows (L2-normalised with tf.math.l2_normalize)."""
+def cosine_similarity_matrix(embeddings: tf.Tensor, num_anchors=None) -> tf.Tensor:
+    """`[B, B]` cosine similarities of the rows (L2-normalised with tf.math.l2_normalize); with
+    `num_anchors` A, those of the first A rows with all `[A, B]`."""
     normed = tf.math.l2_normalize(embeddings, axis=1)
-    return tf.matmul(normed, normed, transpose_b=True)
+    return tf.matmul(normed if num_anchors is None else normed[:num_anchors], normed, transpose_b=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +113,19 @@ class Distance:
             return tf.maximum(1.0 - cosine_similarity_matrix(embeddings), 0.0)
         raise ValueError(f"The {self.name!r} score is not a distance a loss can mine; use L2, squared-L2 or "
                          "angular (cosine).")
+
+    def anchor_rows(self, embeddings: tf.Tensor, num_anchors) -> tf.Tensor:
+        """The first `num_anchors` rows `[A, B]` of `pairwise(embeddings)`, computed as such (the
+        anchors of a batch against the batch and a cross-batch memory)."""
+        anchors = embeddings[:num_anchors]
+        if self.name == "cosine":
+            return tf.maximum(1.0 - cosine_similarity_matrix(embeddings, num_anchors), 0.0)
+        if self.name not in ("L2", "squared-L2"):
+            return self.pairwise(embeddings)  # (raises: not a distance)
+        d2 = squared_l2_between(anchors, embeddings)
+        squared = self.name == "squared-L2"
+        dist = d2 * tf.cast(tf.greater(d2, 0.0), d2.dtype) if squared else _sqrt_with_finite_gradient(d2)
+        return dist * (1.0 - tf.eye(num_anchors, tf.shape(embeddings)[0], dtype=d2.dtype))
 
     def score(self, queries: tf.Tensor, gallery: tf.Tensor) -> tf.Tensor:
         """`[Q, G]` scores, oriented so that larger is always closer (negated distances)."""
@@ -154,7 +168,11 @@ def check_distance_metric(metric: DistanceMetric) -> DistanceMetric:
         f"callable returning the [B, B] distance matrix. Received: distance_metric={metric!r}")
 
 
-def pairwise_distances(embeddings: tf.Tensor, metric: DistanceMetric = "L2") -> tf.Tensor:
-    """The `[B, B]` distance matrix of `embeddings` `[B, D]` under a loss's `distance_metric`."""
+def pairwise_distances(embeddings: tf.Tensor, metric: DistanceMetric = "L2", num_anchors=None) -> tf.Tensor:
+    """The `[B, B]` distance matrix of `embeddings` `[B, D]` under a loss's `distance_metric`;
+    with `num_anchors` A, its first A rows `[A, B]` (a callable metric's matrix is sliced)."""
     check_distance_metric(metric)
-    return metric(embeddings) if callable(metric) else get_distance(LOSS_DISTANCES[metric]).pairwise(embeddings)
+    if callable(metric):
+        return metric(embeddings) if num_anchors is None else metric(embeddings)[:num_anchors]
+    distance = get_distance(LOSS_DISTANCES[metric])
+    return distance.pairwise(embeddings) if num_anchors is None else distance.anchor_rows(embeddings, num_anchors)

@@ -35,6 +35,7 @@ from tfsim.config import Config
 from tfsim.errors import UserInputError, writing
 from tfsim.files import replacing
 from tfsim.locks import LOCK_NAME
+from tfsim.losses import memory as _memory  # noqa: F401  (registers MemoryTrainer: checkpoints load)
 from tfsim.models.proxies import embedder_of
 from tfsim.models.whitening import with_whitening
 

@@ -39,6 +39,14 @@ def test_dataset_keys_without_their_source_are_errors(overrides, match):
     (["loss.name=multi_similarity", "loss.alpha=0"], r"`loss.alpha`: expected a number > 0"),
     (["loss.name=binomial_deviance", "loss.cost=-1"], r"`loss.cost`: expected a number > 0"),
     (["loss.name=circle", "loss.gamma=0"], r"`loss.gamma`: expected a number > 0"),
+    (["loss.memory_size=-1"], r"`loss.memory_size`: expected an integer >= 0"),
+    (["loss.memory_size=64", "loss.memory_warmup_steps=-1"], r"`loss.memory_warmup_steps`: expected an integer"),
+    (["loss.name=normalized_softmax", "loss.memory_size=64"],
+     r"`loss.memory_size`: expected 0 with loss 'normalized_softmax': a cross-batch memory serves"),
+    (["loss.name=circle", "loss.memory_size=64"], r"`loss.memory_size`: expected 0 with loss 'circle'"),
+    (["model.head=hash", "whitening.enabled=false", "loss.memory_size=64"],
+     r"`loss.memory_size`: expected 0 with model.head=hash"),
+    (["train.jit_compile=true", "loss.memory_size=64"], r"`loss.memory_size`: expected 0 with train.jit_compile"),
 ])
 def test_loss_and_sampler_combinations_are_checked(overrides, match):
     with pytest.raises(UserInputError, match=match):

@@ -7,6 +7,9 @@ between the mirrored weight update and the single-device expectation:
 Losses without a cross-replica mode (Keras's Circle, the per-sample proxy losses) are
 checked with cross_replica=False only; for the proxy losses the mirrored update must
 also equal the whole-batch gradient (a per-sample mean has no mining to split).
+With a cross-batch memory (`MemoryTrainer`, every mining loss of embeddings): four steps
+under MirroredStrategy (the memory wraps around at the second, the first is its warm-up)
+against four one-device steps on the same global batches: the weights and the memories match.
 Must run in a fresh process (logical devices are set before any TF op).
 """
 
@@ -24,7 +27,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tfsim.losses import LOSSES, get_loss, input_kind, loss_arguments, supports_cross_replica  # noqa: E402
+from tfsim.losses import LOSSES, MemoryTrainer, get_loss, input_kind, loss_arguments, supports_cross_replica  # noqa: E402
 from tfsim.models.proxies import CosineProxies  # noqa: E402
 from tfsim.training.optimizers import ScaledAdam  # noqa: E402
 
@@ -116,6 +119,31 @@ def main():
     out["scaled_adam"] = {"max_abs_diff": max(float(np.abs(mirrored[k] - single[k]).max()) for k in single),
                           "update_scale": max(float(np.abs(v).max()) for v in single.values()),
                           "ratios": ratios}
+    # Cross-batch memory: 4 steps of 24 images into a memory of 40 (it wraps at step 2; step 1 is
+    # the warm-up), mirrored vs one device on the global batches.
+    KIND = "embeddings"
+    xs = rng.normal(size=(4, B, D_IN)).astype(np.float32)
+    ys = np.stack([rng.permutation(y) for _ in range(4)]).astype(np.int32)
+
+    def memory_run(scope, name):
+        with scope:
+            trainer = MemoryTrainer(make_model(), memory_size=40, warmup_steps=1)
+            trainer.compile(optimizer=keras.optimizers.SGD(0.5), loss=make_loss(name, False))
+        trainer.fit(tf.data.Dataset.from_tensor_slices((xs, ys)), epochs=1, verbose=0, shuffle=False)
+        return ([v.numpy() for v in trainer.embedder.trainable_variables],
+                {w.name: np.asarray(w.numpy()) for w in trainer.memory.weights})
+
+    for name in LOSSES:
+        if input_kind(name) != "embeddings" or not supports_cross_replica(name):
+            continue
+        (got, got_mem), (want, want_mem) = memory_run(strategy.scope(), name), memory_run(
+            tf.distribute.get_strategy().scope(), name)
+        before = [v.numpy() for v in make_model().trainable_variables]
+        out[f"{name}/memory"] = {
+            "max_abs_diff": max(float(np.abs(g - w).max()) for g, w in zip(got, want)),
+            "update_scale": max(float(np.abs(w - b).max()) for w, b in zip(want, before)),
+            "memory_max_abs_diff": max(float(np.abs(got_mem[k] - want_mem[k]).max()) for k in want_mem),
+            "memory": {k: v.tolist() for k, v in want_mem.items() if k != "embeddings"}}
     print(json.dumps(out))
 
 

@@ -30,12 +30,13 @@ def distance_matrix(x: np.ndarray, metric: str) -> np.ndarray:
     return d
 
 
-def triplet_semihard(labels, x, margin=1.0, metric="L2") -> float:
+def triplet_semihard(labels, x, margin=1.0, metric="L2", anchors=None) -> float:
+    """`anchors`: only rows < anchors are anchors (the rest are references: a cross-batch memory)."""
     labels = np.asarray(labels).reshape(-1)
     d = distance_matrix(x, metric) if isinstance(metric, str) else np.asarray(metric, np.float64)
     n = len(labels)
     total, count = 0.0, 0
-    for a in range(n):
+    for a in range(n if anchors is None else anchors):
         negs = [k for k in range(n) if labels[k] != labels[a]]
         for p in range(n):
             if p == a or labels[p] != labels[a]:
@@ -52,12 +53,13 @@ def triplet_semihard(labels, x, margin=1.0, metric="L2") -> float:
     return total / count if count else 0.0
 
 
-def triplet_hard(labels, x, margin=1.0, soft=False, metric="L2") -> float:
+def triplet_hard(labels, x, margin=1.0, soft=False, metric="L2", anchors=None) -> float:
+    """`anchors`: as in `triplet_semihard`."""
     labels = np.asarray(labels).reshape(-1)
     d = distance_matrix(x, metric) if isinstance(metric, str) else np.asarray(metric, np.float64)
     n = len(labels)
     losses = []
-    for a in range(n):
+    for a in range(n if anchors is None else anchors):
         pos = [d[a, p] for p in range(n) if p != a and labels[p] == labels[a]]
         neg = [d[a, k] for k in range(n) if labels[k] != labels[a]]
         hp = max(pos) if pos else min(d[a])  # tfa: row minimum without positives
@@ -83,15 +85,16 @@ def lifted_struct(labels, x, margin=1.0) -> float:
     return total / (2 * pairs) if pairs else 0.0
 
 
-def multi_similarity(labels, x, alpha=2.0, beta=50.0, base=0.5, epsilon=0.1) -> float:
-    """Per anchor, as in the authors' code: skip anchors without positives/negatives before or after mining."""
+def multi_similarity(labels, x, alpha=2.0, beta=50.0, base=0.5, epsilon=0.1, anchors=None) -> float:
+    """Per anchor, as in the authors' code: skip anchors without positives/negatives before or after mining.
+    `anchors`: as in `triplet_semihard` (the mean is over the anchors)."""
     labels = np.asarray(labels).reshape(-1)
     x = np.asarray(x, np.float64)
     x = x / np.linalg.norm(x, axis=1, keepdims=True)
     s = x @ x.T
     n = len(labels)
     total = 0.0
-    for i in range(n):
+    for i in range(n if anchors is None else anchors):
         pos = [s[i, j] for j in range(n) if j != i and labels[j] == labels[i]]
         neg = [s[i, k] for k in range(n) if labels[k] != labels[i]]
         if not pos or not neg:
@@ -102,7 +105,7 @@ def multi_similarity(labels, x, alpha=2.0, beta=50.0, base=0.5, epsilon=0.1) -> 
             continue
         total += np.log1p(sum(np.exp(-alpha * (p - base)) for p in pos_kept)) / alpha
         total += np.log1p(sum(np.exp(beta * (q - base)) for q in neg_kept)) / beta
-    return total / n
+    return total / (n if anchors is None else anchors)
 
 
 def contrastive(labels, x, pos_margin=0.0, neg_margin=1.0, metric="L2") -> float:

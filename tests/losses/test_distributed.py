@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tfsim.losses import LOSSES, supports_cross_replica
+from tfsim.losses import LOSSES, input_kind, supports_cross_replica
 
 pytestmark = pytest.mark.slow  # trains models / runs CLIs (see pyproject.toml)
 
@@ -26,8 +26,14 @@ def results():
 CASES = [(name, cross) for name in LOSSES for cross in ((True, False) if supports_cross_replica(name) else (False,))]
 
 
+MEMORY_LOSSES = [name for name in LOSSES if input_kind(name) == "embeddings" and supports_cross_replica(name)]
+
+
 def test_every_registered_loss_is_checked(results):
-    assert sorted(k for k in results if k != "scaled_adam") == sorted(f"{n}/cross_replica={c}" for n, c in CASES)
+    assert sorted(k for k in results if k != "scaled_adam" and not k.endswith("/memory")) == sorted(
+        f"{n}/cross_replica={c}" for n, c in CASES)
+    assert sorted(k[:-len("/memory")] for k in results if k.endswith("/memory")) == sorted(MEMORY_LOSSES)
+    assert len(MEMORY_LOSSES) == 8
 
 
 def test_scaled_adam_under_mirrored_strategy(results):
@@ -44,3 +50,14 @@ def test_mirrored_update_matches_single_device(results, name, cross):
     r = results[f"{name}/cross_replica={cross}"]
     assert r["update_scale"] > 1e-4  # the step does something
     assert r["max_abs_diff"] <= 1e-5 + 1e-4 * r["update_scale"], r
+
+
+@pytest.mark.parametrize("name", MEMORY_LOSSES)
+def test_cross_batch_memory_under_mirrored_strategy_equals_one_device(results, name):
+    """Four steps with a memory of 40 (24-image global batches: it wraps at the second step, the
+    first is the warm-up): the two replicas' weights and their memory equal one device's."""
+    r = results[f"{name}/memory"]
+    assert r["update_scale"] > 1e-3
+    assert r["max_abs_diff"] <= 1e-5 + 1e-4 * r["update_scale"], r
+    assert r["memory_max_abs_diff"] <= 1e-5, r
+    assert r["memory"]["filled"] == 40 and r["memory"]["next_slot"] == 4 * 24 % 40 and r["memory"]["steps"] == 4

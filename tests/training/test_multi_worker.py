@@ -1,5 +1,7 @@
 """train.strategy=multi_worker: 2 worker processes on 127.0.0.1 (TF_CONFIG) train like one process
-on the same global batches; only the chief writes; a killed pair resumes from the chief's checkpoint."""
+on the same global batches; only the chief writes; a killed pair resumes from the chief's checkpoint.
+They train with a cross-batch memory (`loss.memory_size`, which gathers the global batch as
+`loss.cross_replica` does): its contents, part of the checkpoints compared, must match too."""
 
 import json
 import os
@@ -23,7 +25,7 @@ pytestmark = pytest.mark.slow  # worker processes
 # Frozen BatchNorm: per-replica batch statistics would differ from the global batch's.
 SETS = ["train.steps_per_epoch=3", "model.width=8", "model.embedding_dim=16", "sampler.classes_per_batch=4",
         "sampler.examples_per_class=4", "loss.cross_replica=true", "model.freeze_batchnorm=true",
-        "eval.baselines=false"]
+        "eval.baselines=false", "loss.memory_size=40", "loss.memory_warmup_steps=1"]
 # The worker records the epochs it trains; with STOP_AFTER_EPOCH=N it stands still once its
 # checkpoint of epoch N is written (after touching <root>/stopped-<task index>) until it is killed,
 # so a kill lands at a known point whatever the machine's speed.

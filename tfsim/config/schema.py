@@ -183,6 +183,11 @@ class LossConfig:
 
     `cross_replica`: under MirroredStrategy, mine each replica's anchors against the
     global batch (exact single-device loss) instead of within the replica's slice.
+    `memory_size` > 0: a cross-batch memory (XBM, `tfsim.losses.memory`): a mining loss of
+    labelled embeddings mines each batch against the batch plus the embeddings of the last
+    `memory_size` training images (no gradient through them; every replica holds the same
+    memory of global batches, so a step equals the one-device step). `memory_warmup_steps`:
+    steps trained on the batch alone first (the memory fills meanwhile).
     `proxy_lr_multiplier`: learning-rate multiplier of the class proxies of proxy losses
     (normalized_softmax, proxy_nca). `quantization_weight`: with `model.head=hash`, adds
     `weight * mean((|u| - 1)^2)` over the relaxed codes u, pushing them to +-1 (0 = none).
@@ -206,6 +211,8 @@ class LossConfig:
     cross_replica: bool = False
     proxy_lr_multiplier: float = 1.0
     quantization_weight: float = 0.0
+    memory_size: int = 0
+    memory_warmup_steps: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -406,15 +413,16 @@ SOURCE_KEYS = ("path", "image_root", "protocol", "test_fraction", "split_seed", 
 SAMPLER_KEYS = ("classes_per_batch", "examples_per_class", "batch_size", "triplets_per_query", "small_classes")
 # The backbones' options (which backbone takes which: `tfsim.options.BACKBONE_OPTIONS`).
 BACKBONE_KEYS = ("width", "blocks_per_stage", "zero_init_residual")
-# The loss's arguments: every LossConfig key but the name and the two applied outside the loss.
-LOSS_KEYS = tuple(f.name for f in dataclasses.fields(LossConfig)
-                  if f.name not in ("name", "proxy_lr_multiplier", "quantization_weight"))
+# The loss's arguments: every LossConfig key but the name and those applied outside the loss.
+_OUTSIDE_THE_LOSS = ("proxy_lr_multiplier", "quantization_weight", "memory_size", "memory_warmup_steps")
+LOSS_KEYS = tuple(f.name for f in dataclasses.fields(LossConfig) if f.name not in ("name", *_OUTSIDE_THE_LOSS))
 
 # Sections with one variant of several: section -> (the tag, the keys that belong to one variant).
 # Changing the tag resets those keys to their defaults.
 VARIANT_KEYS = {
     LossConfig: ("name", tuple(f.name for f in dataclasses.fields(LossConfig)
-                               if f.name not in ("name", "cross_replica", "quantization_weight"))),
+                               if f.name not in ("name", "cross_replica", "quantization_weight", "memory_size",
+                                                 "memory_warmup_steps"))),
     DataConfig: ("source", SOURCE_KEYS),
     SamplerConfig: ("kind", SAMPLER_KEYS),
     ModelConfig: ("backbone", BACKBONE_KEYS),
@@ -423,7 +431,7 @@ VARIANT_KEYS = {
 
 def loss_args(loss: LossConfig) -> dict:
     """The loss constructor's arguments from the config: those set (not null), without the loss
-    name and the two applied outside the loss (`proxy_lr_multiplier`, `quantization_weight`);
+    name and those applied outside the loss (`proxy_lr_multiplier`, `quantization_weight`, the memory);
     `cross_replica` only when true."""
     return {k: getattr(loss, k) for k in LOSS_KEYS
             if getattr(loss, k) is not None and not (k == "cross_replica" and getattr(loss, k) is False)}

@@ -100,6 +100,18 @@ def validate_loss(cfg: Config) -> None:
           f"0 with loss {lc.name!r}, a proxy loss (it sees the codes' cosines to the class proxies, not the "
           "codes; use a batch loss such as triplet_semihard)", lc.quantization_weight)
     _need(lc.proxy_lr_multiplier > 0, "loss.proxy_lr_multiplier", "a number > 0", lc.proxy_lr_multiplier)
+    _need(lc.memory_size >= 0, "loss.memory_size", "an integer >= 0 (0 = no cross-batch memory)", lc.memory_size)
+    _need(lc.memory_warmup_steps >= 0, "loss.memory_warmup_steps", "an integer >= 0", lc.memory_warmup_steps)
+    if lc.memory_size:
+        _need(loss_options.input_kind == "embeddings" and loss_options.cross_replica, "loss.memory_size",
+              f"0 with loss {lc.name!r}: a cross-batch memory serves tfsim's mining losses of labelled embeddings "
+              "(triplet_semihard, triplet_hard, lifted_struct, batch_all_triplet, multi_similarity, contrastive, "
+              "binomial_deviance, nca)", lc.memory_size)
+        _need(cfg.model.head != "hash", "loss.memory_size", "0 with model.head=hash (use model.head=embedding)",
+              lc.memory_size)
+        _need(not cfg.train.jit_compile, "loss.memory_size",
+              "0 with train.jit_compile=true (the memory's filled part has a size XLA cannot compile; set "
+              "train.jit_compile=false)", lc.memory_size)
     _need(not lc.cross_replica or loss_options.cross_replica, "loss.cross_replica",
           f"false for loss {lc.name!r}, which has no cross-replica mode (only tfsim's batch losses do)",
           lc.cross_replica)

@@ -13,6 +13,9 @@ model and batches:
   (`tfsim.models.proxies.CosineProxies`): normalized softmax, Proxy-NCA.
 * "triplets": explicit (query, positive, negative) rows from the triplet sampler:
   the triplet margin loss.
+
+A cross-batch memory (`MemoryTrainer`, `tfsim.losses.memory`) lets the mining losses of
+embeddings see each batch against the embeddings of the last M training images.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from tfsim.losses.batch_all import BatchAllTripletLoss, batch_all_triplet_loss
 from tfsim.losses.binomial import BinomialDevianceLoss, binomial_deviance_loss
 from tfsim.losses.contrastive import ContrastiveLoss, contrastive_loss
 from tfsim.losses.lifted import LiftedStructLoss, lifted_struct_loss
+from tfsim.losses.memory import CrossBatchMemory, MemoryTrainer
 from tfsim.losses.multi_similarity import MultiSimilarityLoss, multi_similarity_loss
 from tfsim.losses.nca import NCALoss, nca_loss
 from tfsim.losses.proxy import NormalizedSoftmaxLoss, ProxyNCALoss, normalized_softmax_loss, proxy_nca_loss
@@ -87,7 +91,8 @@ def get_loss(name: str, **kwargs):
     return LOSSES[name](**kwargs)
 
 
-__all__ = ["LOSSES", "BatchAllTripletLoss", "BinomialDevianceLoss", "ContrastiveLoss", "LiftedStructLoss",
+__all__ = ["LOSSES", "BatchAllTripletLoss", "BinomialDevianceLoss", "ContrastiveLoss", "CrossBatchMemory",
+           "LiftedStructLoss", "MemoryTrainer",
            "MultiSimilarityLoss", "NCALoss", "NormalizedSoftmaxLoss", "ProxyNCALoss", "TripletHardLoss",
            "TripletMarginLoss", "TripletSemiHardLoss", "batch_all_triplet_loss", "binomial_deviance_loss",
            "contrastive_loss", "get_loss", "input_kind", "loss_arguments",

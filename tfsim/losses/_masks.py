@@ -33,10 +33,17 @@ def prepare(labels, embeddings):
     return labels, embeddings, dtype
 
 
-def label_masks(labels: tf.Tensor):
-    """Returns `(same, positive, negative)` boolean `[B, B]` masks for labels `[B, 1]`."""
-    same = tf.equal(labels, tf.transpose(labels))
-    eye = tf.cast(tf.eye(tf.shape(labels)[0]), tf.bool)
+def label_masks(labels: tf.Tensor, num_anchors=None):
+    """Returns `(same, positive, negative)` boolean `[B, B]` masks for labels `[B, 1]`.
+
+    With `num_anchors` A: `[A, B]` masks of the first A rows (the anchors) against all B (the
+    anchors, then references such as a cross-batch memory); row i is "itself" at column i."""
+    if num_anchors is None:
+        same = tf.equal(labels, tf.transpose(labels))
+        eye = tf.cast(tf.eye(tf.shape(labels)[0]), tf.bool)
+    else:
+        same = tf.equal(labels[:num_anchors], tf.transpose(labels))
+        eye = tf.cast(tf.eye(num_anchors, tf.shape(labels)[0]), tf.bool)
     return same, tf.logical_and(same, tf.logical_not(eye)), tf.logical_not(same)
 
 

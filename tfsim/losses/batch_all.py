@@ -50,13 +50,14 @@ def _check_triplets(triplets: str) -> str:
     return triplets
 
 
-def batch_all_terms(labels, embeddings, margin: float = 0.2, triplets: str = "semihard"):
-    """Per-anchor sums of the kept triplets' costs `[B]` and the number of non-zero costs."""
+def batch_all_terms(labels, embeddings, margin: float = 0.2, triplets: str = "semihard", num_anchors=None):
+    """Per-anchor sums of the kept triplets' costs `[B]` and the number of non-zero costs;
+    `num_anchors` A: only the first A rows are anchors, positives and negatives come from all."""
     _check_triplets(triplets)
     labels, embeddings, _ = _masks.prepare(labels, embeddings)
     unit = tf.math.l2_normalize(embeddings, axis=1)
-    pdist = distances.pairwise_distances(unit, "L2")
-    _, positive, negative = _masks.label_masks(labels)
+    pdist = distances.pairwise_distances(unit, "L2", num_anchors)
+    _, positive, negative = _masks.label_masks(labels, num_anchors)
     ap = pdist[:, :, None]  # [a, p, 1]
     an = pdist[:, None, :]  # [a, 1, n]
     valid = positive[:, :, None] & negative[:, None, :]

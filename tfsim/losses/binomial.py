@@ -23,11 +23,13 @@ from tfsim.losses import _masks
 from tfsim.losses.base import MetricLoss
 
 
-def binomial_deviance_terms(labels, embeddings, alpha: float = 2.0, beta: float = 0.5, cost: float = 25.0):
-    """Per-anchor terms `[B]` with the pair-count normalisers folded in, and Z = 1."""
+def binomial_deviance_terms(labels, embeddings, alpha: float = 2.0, beta: float = 0.5, cost: float = 25.0,
+                            num_anchors=None):
+    """Per-anchor terms `[B]` with the pair-count normalisers folded in, and Z = 1; `num_anchors`
+    A: only the first A rows are anchors (the pairs are theirs with every row)."""
     labels, embeddings, _ = _masks.prepare(labels, embeddings)
-    sim = distances.cosine_similarity_matrix(embeddings)
-    _, positive, negative = _masks.label_masks(labels)
+    sim = distances.cosine_similarity_matrix(embeddings, num_anchors)
+    _, positive, negative = _masks.label_masks(labels, num_anchors)
     return _masks.per_pair_type_means(tf.nn.softplus(-alpha * (sim - beta)),
                                       tf.nn.softplus(alpha * cost * (sim - beta)), positive, negative)
 

@@ -25,12 +25,13 @@ from tfsim.losses.base import MetricLoss
 
 
 def contrastive_terms(labels, embeddings, pos_margin: float = 0.0, neg_margin: float = 1.0,
-                      distance_metric: distances.DistanceMetric = "L2"):
-    """Per-anchor terms `[B]` with the pair-count normalisers folded in, and Z = 1."""
+                      distance_metric: distances.DistanceMetric = "L2", num_anchors=None):
+    """Per-anchor terms `[B]` with the pair-count normalisers folded in, and Z = 1; `num_anchors`
+    A: only the first A rows are anchors (the pairs are theirs with every row)."""
     distances.check_distance_metric(distance_metric)
     labels, embeddings, _ = _masks.prepare(labels, embeddings)
-    d = distances.pairwise_distances(embeddings, distance_metric)
-    _, positive, negative = _masks.label_masks(labels)
+    d = distances.pairwise_distances(embeddings, distance_metric, num_anchors)
+    _, positive, negative = _masks.label_masks(labels, num_anchors)
     return _masks.per_pair_type_means(0.5 * tf.square(tf.maximum(d - pos_margin, 0.0)),
                                       0.5 * tf.square(tf.maximum(neg_margin - d, 0.0)), positive, negative)
 

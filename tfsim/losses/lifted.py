@@ -29,8 +29,10 @@ from tfsim.losses import _masks
 from tfsim.losses.base import MetricLoss
 
 
-def lifted_terms(labels, embeddings, margin: float = 1.0):
-    """Per-anchor sums `[B]` of 0.25 max(J, 0)^2 over ordered positive pairs, and half their number."""
+def lifted_terms(labels, embeddings, margin: float = 1.0, num_anchors=None):
+    """Per-anchor sums `[B]` of 0.25 max(J, 0)^2 over ordered positive pairs, and half their number.
+    `num_anchors` A: only the first A rows' pairs count (`[A]` terms); J_ij still sums the
+    negatives of both i and j over every row."""
     labels, embeddings, _ = _masks.prepare(labels, embeddings)
     dist = distances.pairwise_l2(embeddings)
     _, positive, negative = _masks.label_masks(labels)
@@ -39,8 +41,12 @@ def lifted_terms(labels, embeddings, margin: float = 1.0):
     neg = tf.cast(negative, diff.dtype)
     # exp of a masked-out entry may overflow; zero its exponent before exp, not after.
     row_sum = tf.reduce_sum(tf.exp(tf.where(negative, diff - row_shift, 0.0)) * neg, axis=1, keepdims=True)
-    pair_shift = tf.maximum(row_shift, tf.transpose(row_shift))  # M_ij
-    pair_sum = (tf.exp(row_shift - pair_shift) * row_sum
+    if num_anchors is not None:  # the anchors' rows (each pair still sees both ends' negatives)
+        _, positive, _ = _masks.label_masks(labels, num_anchors)
+        dist = dist[:num_anchors]
+    rows = slice(None) if num_anchors is None else slice(None, num_anchors)
+    pair_shift = tf.maximum(row_shift[rows], tf.transpose(row_shift))  # M_ij
+    pair_sum = (tf.exp(row_shift[rows] - pair_shift) * row_sum[rows]
                 + tf.exp(tf.transpose(row_shift) - pair_shift) * tf.transpose(row_sum))
     has_neg = pair_sum > 0.0
     log_sum = tf.math.log(tf.where(has_neg, pair_sum, 1.0))

@@ -35,11 +35,12 @@ def _log1p_sum_exp(z: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
 
 
 def multi_similarity_terms(labels, embeddings, alpha: float = 2.0, beta: float = 50.0, base: float = 0.5,
-                           epsilon: float = 0.1):
-    """Per-anchor losses `[B]` and the batch size (see module doc)."""
+                           epsilon: float = 0.1, num_anchors=None):
+    """Per-anchor losses `[B]` and the batch size (see module doc); `num_anchors` A: only the
+    first A rows are anchors, mined against every row."""
     labels, embeddings, _ = _masks.prepare(labels, embeddings)
-    sim = distances.cosine_similarity_matrix(embeddings)
-    _, positive, negative = _masks.label_masks(labels)
+    sim = distances.cosine_similarity_matrix(embeddings, num_anchors)
+    _, positive, negative = _masks.label_masks(labels, num_anchors)
     hardest_neg = tf.reduce_max(tf.where(negative, sim, -2.0), axis=1, keepdims=True)
     easiest_pos = tf.reduce_min(tf.where(positive, sim, 2.0), axis=1, keepdims=True)
     keep_pos = positive & (sim - epsilon < hardest_neg)

@@ -21,12 +21,16 @@ from tfsim import distances
 from tfsim.losses import _masks
 from tfsim.losses.base import MetricLoss
 
-def nca_terms(labels, embeddings, scale: float = 1.0):
-    """Per-anchor -log p_i `[B]` (0 for anchors without a positive) and their count."""
+def nca_terms(labels, embeddings, scale: float = 1.0, num_anchors=None):
+    """Per-anchor -log p_i `[B]` (0 for anchors without a positive) and their count; `num_anchors`
+    A: only the first A rows are anchors, every row is a neighbour."""
     labels, embeddings, _ = _masks.prepare(labels, embeddings)
-    logits = -scale * distances.squared_l2_matrix(embeddings)
-    _, positive, _ = _masks.label_masks(labels)
-    others = tf.logical_not(tf.cast(tf.eye(tf.shape(logits)[0]), tf.bool))
+    if num_anchors is None:
+        logits = -scale * distances.squared_l2_matrix(embeddings)
+    else:
+        logits = -scale * distances.squared_l2_between(embeddings[:num_anchors], embeddings)
+    _, positive, _ = _masks.label_masks(labels, num_anchors)
+    others = tf.logical_not(tf.cast(tf.eye(tf.shape(logits)[0], tf.shape(logits)[1]), tf.bool))
     log_p = _masks.masked_logsumexp(logits, positive) - _masks.masked_logsumexp(logits, others)
     valid = tf.reduce_any(positive, axis=1)
     c = tf.where(valid, -log_p, 0.0)

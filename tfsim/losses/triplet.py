@@ -29,12 +29,15 @@ from tfsim.losses import _masks
 from tfsim.losses.base import MetricLoss
 
 
-def semihard_terms(labels, embeddings, margin: float = 1.0, distance_metric: distances.DistanceMetric = "L2"):
-    """Per-anchor hinge sums `[B]` and the number of positive pairs (see `triplet_semihard_loss`)."""
+def semihard_terms(labels, embeddings, margin: float = 1.0, distance_metric: distances.DistanceMetric = "L2",
+                   num_anchors=None):
+    """Per-anchor hinge sums `[B]` and the number of positive pairs (see `triplet_semihard_loss`).
+    `num_anchors` A: only the first A rows are anchors (`[A]` terms); the others are references
+    (a cross-batch memory, `tfsim.losses.memory`)."""
     distances.check_distance_metric(distance_metric)
     labels, embeddings, _ = _masks.prepare(labels, embeddings)
-    pdist = distances.pairwise_distances(embeddings, distance_metric)
-    _, positive, negative = _masks.label_masks(labels)
+    pdist = distances.pairwise_distances(embeddings, distance_metric, num_anchors)
+    _, positive, negative = _masks.label_masks(labels, num_anchors)
     num_neg = tf.reduce_sum(tf.cast(negative, tf.int32), axis=1, keepdims=True)  # [B, 1]
 
     # Each anchor's negative distances in ascending order, non-negatives pushed past
@@ -105,12 +108,13 @@ class TripletSemiHardLoss(MetricLoss):
 
 
 def hard_terms(labels, embeddings, margin: float = 1.0, soft: bool = False,
-               distance_metric: distances.DistanceMetric = "L2"):
-    """Per-anchor losses `[B]` and the batch size (see `triplet_hard_loss`)."""
+               distance_metric: distances.DistanceMetric = "L2", num_anchors=None):
+    """Per-anchor losses `[B]` and the batch size (see `triplet_hard_loss`); `num_anchors` as in
+    `semihard_terms`."""
     distances.check_distance_metric(distance_metric)
     labels, embeddings, _ = _masks.prepare(labels, embeddings)
-    pdist = distances.pairwise_distances(embeddings, distance_metric)
-    _, positive, negative = _masks.label_masks(labels)
+    pdist = distances.pairwise_distances(embeddings, distance_metric, num_anchors)
+    _, positive, negative = _masks.label_masks(labels, num_anchors)
     gap = _masks.masked_max(pdist, positive) - _masks.masked_min(pdist, negative)
     per_anchor = tf.nn.softplus(gap) if soft else tf.maximum(gap + margin, 0.0)
     return per_anchor, tf.cast(tf.shape(per_anchor)[0], per_anchor.dtype)

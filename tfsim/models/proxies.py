@@ -87,7 +87,10 @@ def build_proxy_trainer(embedder: keras.Model, num_classes: int, seed: Optional[
 
 
 def embedder_of(model: keras.Model) -> keras.Model:
-    """The embedding model inside a proxy trainer, or `model` itself if it is the embedder."""
+    """The embedding model inside a proxy trainer or a cross-batch memory's trainer
+    (`tfsim.losses.memory.MemoryTrainer`), or `model` itself if it is the embedder."""
     if model.name == "proxy_trainer":
         return model.get_layer("embedder")
+    if model.name == "memory_trainer":
+        return model.embedder
     return model

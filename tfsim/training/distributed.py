@@ -35,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfsim.errors import UserInputError
+from tfsim.losses.memory import MEMORY_LAYER
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +112,11 @@ def worker_batches(strategy: tf.distribute.Strategy, make_dataset: Callable[[], 
 
 
 def sync_across_workers(strategy: tf.distribute.Strategy, model: keras.Model) -> None:
-    """Sets every non-trainable variable (BatchNorm statistics) to its mean over all replicas
-    of all workers."""
-    variables = [getattr(v, "value", v) for v in model.non_trainable_variables]
+    """Sets every non-trainable float variable (BatchNorm statistics) to its mean over all replicas
+    of all workers. A cross-batch memory's variables are left as they are: every replica writes
+    the same global batches into it (`tfsim.losses.memory`)."""
+    variables = [getattr(v, "value", v) for v in model.non_trainable_variables
+                 if "float" in str(v.dtype) and MEMORY_LAYER not in v.path.split("/")]
     if not variables:
         return
     local = [np.mean([np.asarray(c) for c in strategy.experimental_local_results(v)], axis=0) for v in variables]
@@ -149,7 +152,7 @@ def fit_loop(model: keras.Model, strategy: tf.distribute.Strategy, batches, epoc
     if not model.optimizer.built:  # (a resumed model's optimizer holds its restored state)
         with strategy.scope():
             model.optimizer.build(model.trainable_variables)
-    optimizer, loss_fn = model.optimizer, model.loss
+    optimizer = model.optimizer
     iterator = iter(batches)
 
     @tf.function
@@ -157,7 +160,9 @@ def fit_loop(model: keras.Model, strategy: tf.distribute.Strategy, batches, epoc
         def replica_fn(images, labels):
             with tf.GradientTape() as tape:
                 predictions = model(images, training=True)
-                loss = loss_fn(labels, predictions)  # (scaled by 1 / replicas by Keras)
+                # The model's own loss (a cross-batch memory's trainer reads and writes its memory
+                # there), as Keras's train_step computes it.
+                loss = model.compute_loss(x=images, y=labels, y_pred=predictions, training=True)
                 scaled = optimizer.scale_loss(loss) if hasattr(optimizer, "scale_loss") else loss
             gradients = tape.gradient(scaled, model.trainable_variables)
             optimizer.apply_gradients(zip(gradients, model.trainable_variables))

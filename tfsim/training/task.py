@@ -48,6 +48,7 @@ from tfsim.evaluation.embed import embed
 from tfsim.evaluation.metrics import query_mask
 from tfsim.losses import get_loss, input_kind
 from tfsim.losses.quantization import HashingLoss
+from tfsim.losses.memory import MemoryTrainer
 from tfsim.models import build_embedding_model
 from tfsim.models.embedding import HEAD_LAYER
 from tfsim.models.proxies import PROXY_LAYER, build_proxy_trainer, embedder_of
@@ -237,10 +238,13 @@ class Task:
 
     def build_model(self, num_classes: Optional[int] = None) -> keras.Model:
         """The model training fits: the embedder (BatchNorm frozen with `model.freeze_batchnorm`), followed
-        by `num_classes` class proxies for a proxy loss. Build it under the strategy's scope."""
+        by `num_classes` class proxies for a proxy loss, or inside a `MemoryTrainer` with
+        `loss.memory_size`. Build it under the strategy's scope."""
         model = build_embedder(self.cfg)
         if self.cfg.model.freeze_batchnorm:
             freeze_batchnorm(model)
+        if self.cfg.loss.memory_size:
+            return MemoryTrainer(model, self.cfg.loss.memory_size, self.cfg.loss.memory_warmup_steps)
         if not self.uses_proxies:
             return model
         if num_classes is None:
