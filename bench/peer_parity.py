@@ -63,6 +63,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "tfsim, from files": ("matched", ["data.cache_mb=0"]),
     # ablations: one setting of the default preset changed
     "default, whitening off": ("default", ["whitening.enabled=false"]),
+    # the default before whitening.enabled=auto: always whitened at power 0.5
+    "default, whitening 0.5": ("default", ["whitening.enabled=true"]),
+    # a cross-batch memory of 512 embeddings (about 13 batches), read after 50 steps
+    "default, XBM 512": ("default", ["loss.memory_size=512", "loss.memory_warmup_steps=50"]),
     "default, flip": ("default", ["data.flip=true"]),
     "default, lr constant": ("default", ["train.lr_schedule=constant"]),
     "default, lr cosine": ("default", ["train.lr_schedule=cosine"]),
@@ -267,6 +271,7 @@ def run_tfsim(cfg, steps_per_epoch: int, epochs: int, run_dir: Path) -> dict:
     m = result.metrics
     row = {k: m[k] for k in COLUMNS}
     row["train_seconds"] = result.fit_seconds
+    row["whitening"] = (m.get("whitening") or {}).get("chosen")  # what whitening.enabled=auto chose
     row["untrained"] = m["baselines"]["untrained"]
     row["raw_pixels"] = m["baselines"]["raw_pixels"]
     return row
@@ -303,6 +308,12 @@ def run_pml(pml_python: str, data: tuple, args, seed: int, steps: int, work: Pat
 
 # ----------------------------------------------------------------------------- table
 
+def _label(name: str, runs: list[dict]) -> str:
+    """The row's name, with what whitening.enabled=auto chose on each seed."""
+    chosen = [r.get("whitening") for r in runs]
+    return name if not any(chosen) else f"{name} (whitening: {', '.join(str(c) for c in chosen)})"
+
+
 def summarize(rows: dict[str, list[dict]]) -> list[str]:
     lines = [f"{'':34s}" + "".join(f"{c.replace('recall', 'R'):>15s}" for c in COLUMNS) + f"{'train s':>12s}"]
     for name, runs in rows.items():
@@ -311,7 +322,7 @@ def summarize(rows: dict[str, list[dict]]) -> list[str]:
             v = np.array([r[col] for r in runs])
             cells.append(f"{v.mean():7.3f}+-{v.std():.3f}" if col != "train_seconds"
                          else f"{v.mean():8.1f}+-{v.std():.0f}")
-        lines.append(f"{name:34s}" + "".join(f"{c:>15s}" for c in cells))
+        lines.append(f"{_label(name, runs):34s}" + "".join(f"{c:>15s}" for c in cells))
     if "pml" in rows:
         pml = {c: np.mean([r[c] for r in rows["pml"]]) for c in (*COLUMNS, "train_seconds")}
         for name, runs in rows.items():
@@ -370,7 +381,7 @@ def markdown(results: dict, compact: bool = False) -> str:
                 ratio = [f"{np.mean([x[c] for x in runs]) / np.mean([x[c] for x in pml]):.3f}"
                          for c in ("recall@1", "train_seconds")]
             t = np.array([x["train_seconds"] for x in runs])
-            out.append(f"| {name} | " + " | ".join(_cell(runs, c) for c in COLUMNS)
+            out.append(f"| {_label(name, runs)} | " + " | ".join(_cell(runs, c) for c in COLUMNS)
                        + f" | {t.mean():.0f} | {ratio[0]} | {ratio[1]} |")
         base = next((v for n, v in rows.items() if n != "pml" and "untrained" in v[0]), None)
         if base:
@@ -392,6 +403,7 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--variants", default="", help=f"extra rows, separated by semicolons, of {list(VARIANTS)[2:]}")
     p.add_argument("--no-pml", action="store_true")
+    p.add_argument("--no-matched", action="store_true", help="leave out the `tfsim` row (PML's recipe in tfsim)")
     p.add_argument("--pml-keras-init", action="store_true",
                    help="add a row: PML with Keras's initialisers and epsilons (what the frameworks' defaults change)")
     p.add_argument("--pml-python", help="python of a virtualenv with torch + pytorch-metric-learning")
@@ -410,7 +422,8 @@ def main(argv=None) -> int:
 
     pml_python = None if args.no_pml else ensure_pml_python(args.pml_python)
     seeds = [int(s) for s in args.seeds.split(",")]
-    names = ["tfsim", "tfsim default"] + [v.strip() for v in args.variants.split(";") if v.strip()]
+    names = (["tfsim"] if not args.no_matched else []) + ["tfsim default"] + [
+        v.strip() for v in args.variants.split(";") if v.strip()]
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:
         raise SystemExit(f"Unknown --variants {unknown}: expected some of {list(VARIANTS)}")

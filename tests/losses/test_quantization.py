@@ -41,7 +41,8 @@ def test_margin_means_the_same_at_every_code_length():
 def test_hash_head_config_rules():
     ok = config.load("default", ["model.head=hash", "model.code_bits=48", "whitening.enabled=false"])
     config.validate(ok)
-    for sets, key in ((["model.head=hash"], "whitening.enabled"),
+    config.validate(config.load("default", ["model.head=hash"]))  # whitening.enabled=auto: off with codes
+    for sets, key in ((["model.head=hash", "whitening.enabled=true"], "whitening.enabled"),
                       (["model.head=hash", "whitening.enabled=false", "model.code_bits=12"], "model.code_bits"),
                       (["loss.quantization_weight=0.1"], "loss.quantization_weight"),
                       (["model.head=hash", "whitening.enabled=false", "export.retrieval=exact"], "export.retrieval"),

@@ -1,4 +1,6 @@
-"""Whitening inside a run: fitted on the training classes only, and what is evaluated."""
+"""Whitening inside a run: fitted on the training classes only, what is evaluated, and
+whitening.enabled=auto's choice (on folds of the training classes, or on the validation classes
+train.select_best holds out; never the test classes)."""
 
 import shutil
 import types
@@ -21,7 +23,7 @@ TINY = ["train.epochs=1", "train.steps_per_epoch=5", "model.width=8", "model.blo
         "model.embedding_dim=16", "export.enabled=false", "eval.every_epoch=false"]
 
 
-WHITENED = TINY + ["whitening.dims=12"]
+WHITENED = TINY + ["whitening.enabled=true", "whitening.dims=12"]
 REFITTED = WHITENED + ["whitening.power=0", "whitening.max_images=500"]  # the shared run re-entered (`refitted`)
 
 
@@ -142,3 +144,66 @@ def test_large_training_sets_fit_on_a_seeded_subset(refitted, default_split):
     other = stages.whitening_fit_set(config.load("default", TINY + ["whitening.max_images=500", "train.seed=1"]),
                                      train_set)
     assert set(other.ids.tolist()) != set(subset.ids.tolist())
+
+
+def test_auto_whitening_chooses_on_folds_of_the_training_classes(whitened_run, default_split, tmp_path):
+    """The shared run re-entered with whitening.enabled=auto: each candidate's fold scores are
+    recomputed here from the checkpoint's embeddings of the training images only (3 folds of the
+    6 training classes in the documented seeded order), the choice follows the margin rule, and
+    the whitening written is the chosen power refitted on every training image."""
+    from tfsim.evaluation import selection
+    run_dir = copy_of(whitened_run[0], tmp_path)
+    result = train(config.load("default", TINY + ["whitening.dims=12"]), run_dir, verbose=0)
+    choice = result.metrics["whitening"]
+    assert choice["test_classes_used"] is False and choice["metric"] == "recall@1"
+    assert set(choice["scores"]) == {"off", "0.25", "0.5"} and all(len(v) == 3 for v in choice["scores"].values())
+    train_set, _ = default_split
+    embedder = keras.models.load_model(run_dir / "checkpoints" / "epoch-0001.keras")
+    features = embed(embedder, train_set, 28)
+    order = np.random.default_rng(0).permutation(np.unique(train_set.labels))
+    for f in range(3):
+        val = np.isin(train_set.labels, order[f::3])
+        assert not set(train_set.labels[val]) & {2, 4, 5, 7}
+        off = retrieval_metrics(features[val], train_set.labels[val], (1,), "cosine")["recall@1"]
+        half = retrieval_metrics(whiten(features[val], *fit_whitening(features[~val], 0.5, 12)),
+                                 train_set.labels[val], (1,), "cosine")["recall@1"]
+        assert choice["scores"]["off"][f] == pytest.approx(off, abs=1e-6)
+        assert choice["scores"]["0.5"][f] == pytest.approx(half, abs=2e-3)
+    assert choice["chosen"] == selection.choose(choice["scores"], "0.5", 0.005)[0]
+    if choice["chosen"] == "off":
+        assert not (run_dir / "whitening.npz").exists() and "unwhitened" not in result.metrics
+    else:
+        _, projection = fit_whitening(features, float(choice["chosen"]), 12)
+        np.testing.assert_allclose(np.load(run_dir / "whitening.npz")["projection"], projection, rtol=1e-3,
+                                   atol=1e-4)
+
+
+def test_auto_whitening_that_chooses_none_evaluates_and_keeps_the_plain_embedder(whitened_run, tmp_path,
+                                                                                   monkeypatch, capsys):
+    from tfsim.evaluation import selection
+    from tfsim.pipelines import train as train_cli
+    run_dir = copy_of(whitened_run[0], tmp_path)
+    monkeypatch.setattr(selection, "choose", lambda scores, default, margin: ("off", {k: 0.5 for k in scores}))
+    result = train(config.load("default", TINY + ["whitening.dims=12"]), run_dir, verbose=0)
+    assert not (run_dir / "whitening.npz").exists()  # the earlier run's whitening no longer applies
+    assert "unwhitened" not in result.metrics and "raw_pixels_whitened" not in result.metrics["baselines"]
+    assert result.metrics["recall@1"] == pytest.approx(whitened_run[1].metrics["unwhitened"]["recall@1"], abs=1e-6)
+    line = train_cli.format_whitening(result.metrics["whitening"])
+    assert line.startswith("whitening: none (whitening.enabled=auto; mean recall@1 off 0.5000")
+    assert line.endswith("the held-out classes played no part)")
+
+
+def test_auto_whitening_on_validation_classes_and_with_too_few_classes(tmp_path):
+    held_out = train(config.load("default", TINY + ["train.select_best=true", "sampler.classes_per_batch=4",
+                                                    f"run.root={tmp_path}/a"]),
+                     verbose=0).metrics
+    choice = held_out["whitening"]
+    assert choice["on"].startswith("the 2 validation classes train.select_best held out of training")
+    assert all(len(v) == 1 for v in choice["scores"].values())
+    assert held_out["selected"]["validation_classes"]  # the same classes the epoch was selected on
+    few = train(config.load("default", TINY + ["data.test_classes=0,1,2,3,4,5,6", "sampler.classes_per_batch=3",
+                                               f"run.root={tmp_path}/b"]),
+                verbose=0).metrics
+    assert few["whitening"]["chosen"] == "0.5" and "scores" not in few["whitening"]
+    assert "3 training classes are too few to choose on" in few["whitening"]["reason"]
+    assert "unwhitened" in few  # the preset's whitening applied

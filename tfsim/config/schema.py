@@ -280,16 +280,26 @@ class WhiteningConfig:
     """PCA whitening of the embeddings, fitted on the training images after training
     (`tfsim.models.whitening`) and part of the evaluated, exported and indexed model.
 
+    `enabled`: true, false, or "auto" (default): chosen after training on classes the whitening
+    is not fitted on, never the test classes (`tfsim.training.stages.choose_whitening`): no
+    whitening or each of `auto_powers` (the preset's `power` among them), scored by Recall@1
+    on validation classes: those `train.select_best` holds out of training when it does, else
+    folds of the training classes (each fold's whitening fitted on the other classes). The
+    preset's `power` is kept unless another candidate's mean beats it by more than
+    `auto_margin`. Fewer than 4 training classes: the preset's `power`, said in the log.
+    metrics.json's "whitening" says what was chosen and on what figures.
     `power` in [0, 1]: eigenvalue exponent (0 = PCA only, 1 = full whitening, 0.5 =
     square-root whitening). `dims`: principal axes kept (0 = all, so the exported embedding
     keeps `model.embedding_dim`). `max_images`: training images embedded to fit it (a
     seeded random subset when there are more).
     """
 
-    enabled: bool = True
+    enabled: Literal[True, False, "auto"] = "auto"
     power: float = 0.5
     dims: int = 0
     max_images: int = 20000
+    auto_powers: tuple[float, ...] = (0.25, 0.5)
+    auto_margin: float = 0.005
 
 
 @dataclasses.dataclass(frozen=True)

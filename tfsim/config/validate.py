@@ -191,8 +191,11 @@ def validate_whitening(cfg: Config) -> None:
     _need(0 <= w.dims <= m.embedding_dim, "whitening.dims",
           f"0 (all axes) or 1..model.embedding_dim={m.embedding_dim}", w.dims)
     _need(w.max_images >= 2, "whitening.max_images", "an integer >= 2", w.max_images)
-    _need(m.head != "hash" or not w.enabled, "whitening.enabled",
-          "false with model.head=hash (a whitening would rotate the codes; set whitening.enabled=false)", w.enabled)
+    _need(m.head != "hash" or w.enabled is not True, "whitening.enabled",
+          "false or 'auto' with model.head=hash (a whitening would rotate the codes; auto is off there)", w.enabled)
+    _need(len(w.auto_powers) > 0 and all(0 <= p <= 1 for p in w.auto_powers), "whitening.auto_powers",
+          "a non-empty list of numbers in [0, 1]", w.auto_powers)
+    _need(0 <= w.auto_margin < 1, "whitening.auto_margin", "a number in [0, 1)", w.auto_margin)
 
 
 def validate_export(cfg: Config) -> None:

@@ -31,6 +31,16 @@ def format_table(metrics: dict, ks) -> str:
     return "\n".join(lines)
 
 
+def format_whitening(choice: dict) -> str:
+    """whitening.enabled=auto's choice and its figures (metrics.json's "whitening")."""
+    line = f"whitening: {'none' if choice['chosen'] == 'off' else 'power ' + choice['chosen']} (whitening.enabled=auto"
+    if "means" not in choice:
+        return f"{line}: {choice['reason'].split(': ', 1)[-1]})"
+    means = ", ".join(f"{name} {value:.4f}" for name, value in choice["means"].items())
+    return (f"{line}; mean {choice['metric']} {means} on {choice['on'].split(', each')[0]}; the held-out classes "
+            "played no part)")
+
+
 def format_calibration(calibration) -> str:
     """The match flag's summary: its threshold with precision and recall on the validation classes it
     was calibrated on and on the test classes, or why the export has none (metrics.json's "calibration")."""
@@ -75,6 +85,8 @@ def main(argv: list[str]) -> int:
           f"{m['num_queries']:,} queries, " + ("each against the gallery):" if m.get("protocol") == "query_gallery"
                                                 else "each against all other held-out images):"))
     print(format_table(m, cfg.eval.recall_ks))
+    if m.get("whitening"):
+        print("\n" + format_whitening(m["whitening"]))
     if "selected" in m:
         sel = m["selected"]
         print(f"\nselected epoch {sel['epoch']} of {sel['epochs_trained']} by {sel['metric']} {sel['value']:.4f} on "

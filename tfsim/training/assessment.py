@@ -117,6 +117,9 @@ def open_model(path: os.PathLike) -> ModelToEvaluate:
     model = runs.final_model(embedder, whitening)
     if whitening is not None:
         note = "applied (fitted on this checkpoint)"
+    elif cfg.whitening.enabled == "auto":
+        note = ("not applied: whitening.enabled=auto chose none for this checkpoint, or it was not fitted on it (the "
+                "run had not finished, or an earlier epoch)")
     elif cfg.whitening.enabled:
         note = "not applied: it was not fitted on this checkpoint (the run had not finished, or an earlier epoch)"
     else:

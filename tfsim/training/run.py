@@ -3,7 +3,8 @@
     config.validate / config.resolve -> the run folder (`<run.root>/<run.name>/`, config.json)
       -> Task.build_inputs: images, training classes, held-out classes (`tfsim.training.task`)
       -> fit -> checkpoints/epoch-NNNN.keras
-      -> runs.load_embedder -> stages.whitening_stage -> whitening.npz
+      -> runs.load_embedder -> stages.choose_whitening (whitening.enabled=auto: on validation classes)
+      -> stages.whitening_stage -> whitening.npz
       -> runs.final_model (embedder -> Whitening: evaluated, exported and indexed)
       -> stages.baselines_stage -> baselines.json (cached)
       -> stages.evaluate_stage -> metrics.json, samples/
@@ -37,6 +38,8 @@ import os
 import time
 from pathlib import Path
 from typing import Optional, Union
+
+import numpy as np
 
 from tfsim import config as config_lib
 from tfsim import locks, runs
@@ -222,13 +225,17 @@ def _train(cfg: Config, run_dir: Path, resume: bool, verbose: Union[int, str], s
                            test_classes=split.test_class_names, seconds=time.time() - start,
                            fit_seconds=trained.fit_seconds, history=trained.history)
     embedder = runs.load_embedder(trained.checkpoint)
-    whitening = stages.whitening_stage(cfg, embedder, split.train, run_dir, trained.checkpoint)
+    # whitening.enabled=auto: chosen on validation classes (never the test classes); `cfg` says the choice.
+    validation = np.unique(fit_split.test.labels) if cfg.train.select_best else None
+    cfg, whitening_choice, features = stages.choose_whitening(cfg, embedder, split.train, validation)
+    whitening = stages.whitening_stage(cfg, embedder, split.train, run_dir, trained.checkpoint, features=features)
     final = runs.final_model(embedder, whitening)
     baselines = stages.baselines_stage(cfg, run_dir, split.train, split.test)
     kept: dict = {}
     metrics = stages.evaluate_stage(cfg, run_dir, embedder, final, split.test, baselines,
                                     extra={"test_classes": split.test_class_names,
                                            "num_train_images": len(fit_split.train),
+                                           **({"whitening": whitening_choice} if whitening_choice else {}),
                                            **_selection_report(trained, fit_split)}, keep=kept)
     log.info("Writing the TensorBoard projector of %s held-out embeddings...", f"{len(split.test):,}")
     tensorboard.write_projector(run_dir / "tensorboard", kept["embeddings"], split.test, seed=cfg.train.seed)

@@ -37,6 +37,7 @@ from tfsim.config import Config
 from tfsim.data import pipeline, sources
 from tfsim.errors import UserInputError
 from tfsim.evaluation.calibration import calibrate_pairs, evaluate_threshold, neighbour_pairs
+from tfsim.evaluation import selection
 from tfsim.evaluation.metrics import query_mask, retrieval_metrics
 from tfsim.export.catalogue import catalogue_ids
 from tfsim.export.embed import embed_export
@@ -96,24 +97,102 @@ def _fit_or_explain(features: np.ndarray, w: config_lib.WhiteningConfig,
             "collapse (lower train.learning_rate), or set whitening.enabled=false.") from e
 
 
+MIN_AUTO_CLASSES = 4  # whitening.enabled=auto: 2 classes to validate on, 2 to fit on, at the least
+AUTO_FOLDS = 4
+AUTO_METRIC = "recall@1"
+
+
+def choose_whitening(cfg: Config, embedder: keras.Model, train_set: sources.ImageSet,
+                     validation_classes: Optional[np.ndarray] = None
+                     ) -> tuple[Config, Optional[dict], Optional[np.ndarray]]:
+    """`whitening.enabled=auto`: no whitening or one of `whitening.auto_powers` (and `power`),
+    chosen on classes the whitening under test is not fitted on, never the test classes.
+
+    The run's training images (`whitening_fit_set`) are embedded once. With `validation_classes`
+    (the classes `train.select_best` held out of training) each candidate is fitted on the other
+    training classes and scored on those; otherwise on `AUTO_FOLDS` folds of the training classes
+    (seeded by `train.seed`; each fold's candidates fitted on the other folds' classes). The
+    network trained on those classes: Recall@1 is the judge there, since MAP@R on trained
+    classes favours no whitening (on the bench's five sets it chose right on 7 of 15 runs, where
+    Recall@1 chose right on 14). `power` is kept unless another candidate's mean Recall@1 beats
+    it by more than `whitening.auto_margin` (`tfsim.evaluation.selection.choose`).
+
+    Returns:
+        `(cfg with whitening.enabled true or false and its power, the record for metrics.json's
+        "whitening" (None unless auto), the training embeddings when they were computed (for
+        `whitening_stage`))`.
+    """
+    w = cfg.whitening
+    if w.enabled != "auto":
+        return cfg, None, None
+    record: dict = {"mode": "auto", "metric": AUTO_METRIC, "margin": w.auto_margin, "test_classes_used": False}
+
+    def keep(enabled: bool, reason: str, power: float = w.power, **figures):
+        chosen = dataclasses.replace(cfg, whitening=dataclasses.replace(w, enabled=enabled, power=power))
+        log.info("Whitening (whitening.enabled=auto): %s.", reason)
+        return chosen, {**record, "chosen": selection.candidate_name(power if enabled else None), "reason": reason,
+                        **figures}
+
+    if cfg.model.head == "hash":
+        return (*keep(False, "off: a hashing model's codes are not whitened"), None)
+    fit_set = whitening_fit_set(cfg, train_set)
+    classes = np.unique(fit_set.labels)
+    if validation_classes is None and len(classes) < MIN_AUTO_CLASSES:
+        return (*keep(True, f"power {w.power:g}, the preset's: {len(classes)} training classes are too few to "
+                      f"choose on (at least {MIN_AUTO_CLASSES})"), None)
+    features = task.Task(cfg).embed(embedder, fit_set)
+    if validation_classes is not None:
+        held = [np.asarray(validation_classes)]
+        where = (f"the {len(held[0])} validation classes train.select_best held out of training, each candidate "
+                 "fitted on the other training classes")
+    else:
+        order = np.random.default_rng(cfg.train.seed).permutation(classes)
+        folds = min(AUTO_FOLDS, len(classes) // 2)
+        held = [order[f::folds] for f in range(folds)]
+        where = (f"{folds} folds of the {len(classes)} training classes, each fold's candidates fitted on the other "
+                 "folds' classes (the network trained on all of them)")
+    folds = []
+    for val in held:
+        mask = np.isin(fit_set.labels, val)
+        folds.append((features[~mask], features[mask], fit_set.labels[mask]))
+    powers = sorted({*w.auto_powers, w.power})
+    scores = selection.whitening_scores(folds, powers, AUTO_METRIC, w.dims, cfg.eval.similarity)
+    chosen, means = selection.choose(scores, selection.candidate_name(w.power), w.auto_margin)
+    figures = {"on": where, "scores": scores, "means": means}
+    summary = ", ".join(f"{name} {value:.4f}" for name, value in means.items())
+    if chosen == selection.OFF:
+        resolved = keep(False, f"off, chosen on {where} (mean Recall@1: {summary})", **figures)
+    else:
+        resolved = keep(True, f"power {chosen}, chosen on {where} (mean Recall@1: {summary})", float(chosen),
+                        **figures)
+    return (*resolved, features)
+
+
 def whitening_stage(cfg: Config, embedder: keras.Model, train_set: sources.ImageSet,
                     run_dir: Optional[Path] = None, checkpoint: Optional[Path] = None,
-                    quiet: bool = False) -> Optional[tuple[np.ndarray, np.ndarray]]:
+                    quiet: bool = False, features: Optional[np.ndarray] = None
+                    ) -> Optional[tuple[np.ndarray, np.ndarray]]:
     """Fits the configured whitening on the training images' embeddings; writes `whitening.npz`
     (with the name of the `checkpoint` it was fitted on, so that evaluating a run's checkpoint
     applies it only to that checkpoint).
 
     `quiet`: log nothing (the baselines' untrained network: the trained one's fit on the same
-    images already said what it does and warned of too few images).
+    images already said what it does and warned of too few images). `features`: the embeddings
+    of `whitening_fit_set(cfg, train_set)` when `choose_whitening` computed them.
 
-    Returns `(mean, projection)`, or None when `whitening.enabled` is false.
+    Returns `(mean, projection)`, or None when `whitening.enabled` is false (a `run_dir`'s
+    whitening.npz is then removed: none applies to its checkpoint). With "auto" (not chosen
+    yet: the baselines' untrained network) the preset's `power` is fitted.
     """
     if not cfg.whitening.enabled:
+        if run_dir is not None:
+            (Path(run_dir) / "whitening.npz").unlink(missing_ok=True)
         return None
     fit_set = whitening_fit_set(cfg, train_set)
     if not quiet:
         log.info("Fitting the whitening on %s training embeddings...", f"{len(fit_set):,}")
-    features = task.Task(cfg).embed(embedder, fit_set)
+    if features is None:
+        features = task.Task(cfg).embed(embedder, fit_set)
     mean, projection = _fit_or_explain(features, cfg.whitening, warn=not quiet)
     if run_dir is not None:
         runs.write_whitening(run_dir, mean, projection, checkpoint)
