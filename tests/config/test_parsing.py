@@ -194,3 +194,22 @@ def test_an_unknown_preset_suggests_the_close_ones(name, meant):
         assert f"(did you mean {meant}?): expected a preset name [" in str(err.value)
     else:
         assert "did you mean" not in str(err.value)
+
+
+@pytest.mark.parametrize("text,value", [("true", True), ("1", True), ("yes", True), ("False", False), ("0", False),
+                                        ("no", False), ("auto", "auto"), ("AUTO", "auto")])
+def test_a_choice_of_true_false_or_auto_takes_the_bool_spellings(text, value):
+    assert config.load("default", [f"whitening.enabled={text}"]).whitening.enabled == value
+
+
+@pytest.mark.parametrize("bad", ["maybe", "2"])
+def test_a_choice_of_true_false_or_auto_refuses_other_values(bad):
+    with pytest.raises(UserInputError, match=r"`whitening.enabled`: expected one of \[true, false, 'auto'\]"):
+        config.load("default", [f"whitening.enabled={bad}"])
+
+
+def test_a_json_choice_takes_only_a_bool_or_the_string(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text('{"base": "default", "whitening": {"enabled": 1}}')
+    with pytest.raises(UserInputError, match="whitening.enabled"):
+        config.load(str(path))

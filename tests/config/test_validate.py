@@ -46,7 +46,6 @@ def test_dataset_keys_without_their_source_are_errors(overrides, match):
     (["loss.name=circle", "loss.memory_size=64"], r"`loss.memory_size`: expected 0 with loss 'circle'"),
     (["model.head=hash", "whitening.enabled=false", "loss.memory_size=64"],
      r"`loss.memory_size`: expected 0 with model.head=hash"),
-    (["train.jit_compile=true", "loss.memory_size=64"], r"`loss.memory_size`: expected 0 with train.jit_compile"),
 ])
 def test_loss_and_sampler_combinations_are_checked(overrides, match):
     with pytest.raises(UserInputError, match=match):

@@ -125,24 +125,28 @@ def main():
     xs = rng.normal(size=(4, B, D_IN)).astype(np.float32)
     ys = np.stack([rng.permutation(y) for _ in range(4)]).astype(np.int32)
 
-    def memory_run(scope, name):
-        with scope:
+    def memory_run(mirrored, name):
+        with strategy.scope() if mirrored else tf.distribute.get_strategy().scope():
             trainer = MemoryTrainer(make_model(), memory_size=40, warmup_steps=1)
             trainer.compile(optimizer=keras.optimizers.SGD(0.5), loss=make_loss(name, False))
         trainer.fit(tf.data.Dataset.from_tensor_slices((xs, ys)), epochs=1, verbose=0, shuffle=False)
+        copies = [[np.asarray(c) for c in strategy.experimental_local_results(w.value)]
+                  for w in trainer.memory.weights] if mirrored else []
+        spread = max((float(np.abs(np.asarray(c[0], float) - np.asarray(c[-1], float)).max()) for c in copies),
+                     default=0.0)
         return ([v.numpy() for v in trainer.embedder.trainable_variables],
-                {w.name: np.asarray(w.numpy()) for w in trainer.memory.weights})
+                {w.name: np.asarray(w.numpy()) for w in trainer.memory.weights}, spread)
 
     for name in LOSSES:
         if input_kind(name) != "embeddings" or not supports_cross_replica(name):
             continue
-        (got, got_mem), (want, want_mem) = memory_run(strategy.scope(), name), memory_run(
-            tf.distribute.get_strategy().scope(), name)
+        (got, got_mem, spread), (want, want_mem, _) = memory_run(True, name), memory_run(False, name)
         before = [v.numpy() for v in make_model().trainable_variables]
         out[f"{name}/memory"] = {
             "max_abs_diff": max(float(np.abs(g - w).max()) for g, w in zip(got, want)),
             "update_scale": max(float(np.abs(w - b).max()) for w, b in zip(want, before)),
             "memory_max_abs_diff": max(float(np.abs(got_mem[k] - want_mem[k]).max()) for k in want_mem),
+            "replicas_memory_max_abs_diff": spread,
             "memory": {k: v.tolist() for k, v in want_mem.items() if k != "embeddings"}}
     print(json.dumps(out))
 

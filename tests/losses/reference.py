@@ -68,14 +68,17 @@ def triplet_hard(labels, x, margin=1.0, soft=False, metric="L2", anchors=None) -
     return float(np.mean(losses))
 
 
-def lifted_struct(labels, x, margin=1.0) -> float:
+def lifted_struct(labels, x, margin=1.0, anchors=None) -> float:
+    """Over unordered positive pairs; with `anchors`, over the ordered pairs (i, j) of the first
+    `anchors` rows i (each pair's J still sums both ends' negatives over every row): the same
+    value when every row is an anchor, since J_ij = J_ji."""
     labels = np.asarray(labels).reshape(-1)
     d = distance_matrix(x, "L2")
     n = len(labels)
     total, pairs = 0.0, 0
-    for i in range(n):
-        for j in range(i + 1, n):
-            if labels[i] != labels[j]:
+    for i in range(n if anchors is None else anchors):
+        for j in range(i + 1 if anchors is None else 0, n):
+            if labels[i] != labels[j] or i == j:
                 continue
             pairs += 1
             s = sum(np.exp(margin - d[i, k]) for k in range(n) if labels[k] != labels[i])
@@ -108,25 +111,29 @@ def multi_similarity(labels, x, alpha=2.0, beta=50.0, base=0.5, epsilon=0.1, anc
     return total / (n if anchors is None else anchors)
 
 
-def contrastive(labels, x, pos_margin=0.0, neg_margin=1.0, metric="L2") -> float:
+def contrastive(labels, x, pos_margin=0.0, neg_margin=1.0, metric="L2", anchors=None) -> float:
+    """`anchors`: only the pairs (i, j) of the first `anchors` rows i."""
     labels = np.asarray(labels).reshape(-1)
     d = distance_matrix(x, metric)
     n = len(labels)
-    pull = [0.5 * max(d[i, j] - pos_margin, 0.0) ** 2 for i in range(n) for j in range(n)
+    a = n if anchors is None else anchors
+    pull = [0.5 * max(d[i, j] - pos_margin, 0.0) ** 2 for i in range(a) for j in range(n)
             if i != j and labels[i] == labels[j]]
-    push = [0.5 * max(neg_margin - d[i, j], 0.0) ** 2 for i in range(n) for j in range(n)
+    push = [0.5 * max(neg_margin - d[i, j], 0.0) ** 2 for i in range(a) for j in range(n)
             if labels[i] != labels[j]]
     return (np.mean(pull) if pull else 0.0) + (np.mean(push) if push else 0.0)
 
 
-def binomial_deviance(labels, x, alpha=2.0, beta=0.5, cost=25.0) -> float:
+def binomial_deviance(labels, x, alpha=2.0, beta=0.5, cost=25.0, anchors=None) -> float:
+    """`anchors`: only the pairs (i, j) of the first `anchors` rows i."""
     labels = np.asarray(labels).reshape(-1)
     x = np.asarray(x, np.float64)
     x = x / np.linalg.norm(x, axis=1, keepdims=True)
     n = len(labels)
-    pos = [np.log1p(np.exp(-alpha * (x[i] @ x[j] - beta))) for i in range(n) for j in range(n)
+    a = n if anchors is None else anchors
+    pos = [np.log1p(np.exp(-alpha * (x[i] @ x[j] - beta))) for i in range(a) for j in range(n)
            if i != j and labels[i] == labels[j]]
-    neg = [np.log1p(np.exp(alpha * cost * (x[i] @ x[j] - beta))) for i in range(n) for j in range(n)
+    neg = [np.log1p(np.exp(alpha * cost * (x[i] @ x[j] - beta))) for i in range(a) for j in range(n)
            if labels[i] != labels[j]]
     return (np.mean(pos) if pos else 0.0) + (np.mean(neg) if neg else 0.0)
 

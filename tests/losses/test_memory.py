@@ -56,6 +56,22 @@ def test_anchored_triplet_losses_match_naive_loops(metric, seed):
                                                          rel=1e-4, abs=1e-6)
 
 
+@pytest.mark.parametrize("seed", [3, 4, 5])
+def test_anchored_pair_losses_match_naive_loops(seed):
+    """Lifted structure (each pair's J over both ends' negatives among every row), contrastive and
+    binomial deviance (means over the anchors' pairs) with 6 anchors of 16 rows."""
+    labels, x = _batch(seed, n=16)
+    x = x * 0.4  # distances around the margins, where every term is active
+    for name, ref, kw in [("lifted_struct", reference.lifted_struct, {"margin": 1.0}),
+                          ("contrastive", reference.contrastive, {"pos_margin": 0.1, "neg_margin": 1.0}),
+                          ("binomial_deviance", reference.binomial_deviance, {})]:
+        c, z = LOSSES[name].terms(labels, x, num_anchors=6, **kw)
+        got = float(tf.math.divide_no_nan(tf.reduce_sum(c), z))
+        want = ref(labels, x, anchors=6, **kw)
+        assert want > 0 and got == pytest.approx(want, rel=1e-4, abs=1e-6), name
+        assert want != pytest.approx(ref(labels, x, **kw), rel=1e-3), name  # the anchors matter
+
+
 def _embedder(seed=0):
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((6,))
@@ -144,3 +160,24 @@ def test_bad_arguments_are_refused():
     x, y = _stream(1)[0]
     with pytest.raises(ValueError, match="mining losses"):
         trainer.train_on_batch(x, y)
+
+
+def test_an_xla_compiled_trainer_takes_the_same_steps():
+    """train.jit_compile=true: the memory's filled part is a bounded dynamic shape to XLA."""
+    stream = _stream(5, seed=3)
+    losses = []
+    for jit in (False, True):
+        trainer = MemoryTrainer(_embedder(), memory_size=10, warmup_steps=1)
+        trainer.compile(optimizer=keras.optimizers.SGD(0.3), loss=TripletSemiHardLoss(margin=0.5), jit_compile=jit)
+        losses.append([trainer.train_on_batch(x, y) for x, y in stream])
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+    assert len(set(np.round(losses[0], 6))) == 5
+
+
+def test_the_loss_is_float32_for_a_float16_embedder():
+    trainer = MemoryTrainer(_embedder(), memory_size=10)
+    trainer.compile(optimizer="sgd", loss=TripletSemiHardLoss(margin=0.5))
+    x, y = _stream(1)[0]
+    y_pred = tf.cast(trainer.embedder(x), tf.float16)
+    loss = trainer.compute_loss(y=tf.constant(y), y_pred=y_pred, training=True)
+    assert loss.dtype == tf.float32 and float(loss) > 0

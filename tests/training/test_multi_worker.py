@@ -1,7 +1,8 @@
 """train.strategy=multi_worker: 2 worker processes on 127.0.0.1 (TF_CONFIG) train like one process
 on the same global batches; only the chief writes; a killed pair resumes from the chief's checkpoint.
-They train with a cross-batch memory (`loss.memory_size`, which gathers the global batch as
-`loss.cross_replica` does): its contents, part of the checkpoints compared, must match too."""
+The straight pair trains with a cross-batch memory (`loss.memory_size`, which gathers the global
+batch as `loss.cross_replica` does; its contents are part of the checkpoints compared), the
+killed pair without one (the plain loss through the same loop)."""
 
 import json
 import os
@@ -25,7 +26,8 @@ pytestmark = pytest.mark.slow  # worker processes
 # Frozen BatchNorm: per-replica batch statistics would differ from the global batch's.
 SETS = ["train.steps_per_epoch=3", "model.width=8", "model.embedding_dim=16", "sampler.classes_per_batch=4",
         "sampler.examples_per_class=4", "loss.cross_replica=true", "model.freeze_batchnorm=true",
-        "eval.baselines=false", "loss.memory_size=40", "loss.memory_warmup_steps=1"]
+        "eval.baselines=false"]
+MEMORY = ["loss.memory_size=40", "loss.memory_warmup_steps=1"]  # the global batch of 16 wraps it at step 3
 # The worker records the epochs it trains; with STOP_AFTER_EPOCH=N it stands still once its
 # checkpoint of epoch N is written (after touching <root>/stopped-<task index>) until it is killed,
 # so a kill lands at a known point whatever the machine's speed.
@@ -102,9 +104,9 @@ def wait_until_stopped(root, procs, seconds=600):
 
 
 def test_two_workers_train_like_one_process_only_the_chief_writes_and_a_killed_pair_resumes(tmp_path):
-    sets = SETS + ["train.epochs=2"]
+    sets = SETS + MEMORY + ["train.epochs=2"]
     # The killed pair evaluates, whitens and exports nothing: its checkpoints, compared below, do not depend on it.
-    killed_sets = sets + ["eval.every_epoch=false", "whitening.enabled=false", "export.enabled=false"]
+    killed_sets = SETS + ["train.epochs=2", "eval.every_epoch=false", "whitening.enabled=false", "export.enabled=false"]
     ckpts = tmp_path / "killed/runs/fashion_mnist_small/checkpoints"
     killed = start_workers(tmp_path / "killed", killed_sets, stop_after_epoch=1)
     try:
@@ -128,12 +130,14 @@ def test_two_workers_train_like_one_process_only_the_chief_writes_and_a_killed_p
     assert sorted(p.name for p in (tmp_path / "mw" / "exports" / "fashion_mnist_small").iterdir()) == ["1"]
     assert (tmp_path / "mw/runs/fashion_mnist_small/metrics.json").is_file()
 
-    # The killed pair, run again, resumes from the chief's checkpoint and ends where the straight pair did.
+    # The killed pair, run again, resumes from the chief's checkpoint and ends where one process does.
     assert sorted(p.name for p in ckpts.iterdir()) == ["epoch-0001.keras"]  # killed standing at epoch 1's end
     results = finish(start_workers(tmp_path / "killed", killed_sets))
     assert [r["epochs"] for r in results] == [[2], [2]]  # both resumed from epoch 1: only epoch 2 trained
+    train(config.load("default", killed_sets + [f"run.root={tmp_path}/one_plain/runs", "train.strategy=default"]),
+          verbose=0)
     assert_same_weights(ckpts / "epoch-0002.keras",
-                        tmp_path / "mw/runs/fashion_mnist_small/checkpoints/epoch-0002.keras", atol=1e-4)
+                        tmp_path / "one_plain/runs/fashion_mnist_small/checkpoints/epoch-0002.keras", atol=1e-4)
     assert not [p for p in (tmp_path / "killed" / "runs").iterdir() if p.name.startswith(".worker")]
 
 

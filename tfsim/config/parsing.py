@@ -73,10 +73,13 @@ def coerce(value: Any, hint: Any, key: str, from_string: bool) -> Any:
         inner = [a for a in args if a is not type(None)][0]
         return coerce(value, inner, key, from_string)
     if origin is Literal:
-        if True in args and from_string and str(value).lower() in ("true", "false"):  # e.g. true / false / "auto"
-            value = str(value).lower() == "true"
+        if True in args and from_string:  # e.g. true / false / "auto": the bool spellings, any case
+            text = str(value).lower()
+            value = True if text in ("true", "1", "yes") else False if text in ("false", "0", "no") else (
+                text if text in args else value)
         if not any(type(a) is type(value) and a == value for a in args):  # (1 == True, but 1 is no choice)
-            fail(f"one of {[str(a).lower() if isinstance(a, bool) else a for a in args]}")
+            fail(f"one of [{', '.join(str(a).lower() if isinstance(a, bool) else repr(a) for a in args)}]"
+                 if True in args else f"one of {list(args)}")
         return value
     if origin is tuple:
         if from_string:

@@ -109,9 +109,6 @@ def validate_loss(cfg: Config) -> None:
               "binomial_deviance, nca)", lc.memory_size)
         _need(cfg.model.head != "hash", "loss.memory_size", "0 with model.head=hash (use model.head=embedding)",
               lc.memory_size)
-        _need(not cfg.train.jit_compile, "loss.memory_size",
-              "0 with train.jit_compile=true (the memory's filled part has a size XLA cannot compile; set "
-              "train.jit_compile=false)", lc.memory_size)
     _need(not lc.cross_replica or loss_options.cross_replica, "loss.cross_replica",
           f"false for loss {lc.name!r}, which has no cross-replica mode (only tfsim's batch losses do)",
           lc.cross_replica)

@@ -33,7 +33,6 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tfsim.losses import _masks
 from tfsim.losses.base import MetricLoss, _replica_context
 
 MEMORY_TRAINER = "memory_trainer"
@@ -99,7 +98,6 @@ def memory_loss(loss: MetricLoss, y_true, y_pred, memory_labels, memory_embeddin
         raise ValueError(f"Invalid loss for a cross-batch memory: expected one of tfsim's mining losses of a labelled "
                          f"batch of embeddings (a MetricLoss with input_kind 'embeddings'). Received: {loss!r}")
     args = {k: getattr(loss, k) for k in loss._args}
-    dtype = tf.convert_to_tensor(y_pred).dtype
     labels = tf.cast(tf.reshape(y_true, [-1]), tf.int32)
     embeddings = tf.cast(y_pred, tf.float32)
     ctx = _replica_context()
@@ -113,8 +111,9 @@ def memory_loss(loss: MetricLoss, y_true, y_pred, memory_labels, memory_embeddin
         local = tf.shape(y_pred)[0]
         rid = tf.cast(ctx.replica_id_in_sync_group, tf.int32)
         c = c[rid * local:(rid + 1) * local]
-    value = _masks.finish(tf.math.divide_no_nan(tf.reduce_sum(c), z), dtype)
-    return value, (labels, tf.stop_gradient(embeddings))
+    # float32 whatever the embedder's dtype, as Keras's Loss.__call__ gives (a float16 loss would
+    # overflow once a mixed-precision optimiser scales it).
+    return tf.math.divide_no_nan(tf.reduce_sum(c), z), (labels, tf.stop_gradient(embeddings))
 
 
 @keras.saving.register_keras_serializable(package="tfsim")

@@ -91,6 +91,7 @@ def embedder_of(model: keras.Model) -> keras.Model:
     (`tfsim.losses.memory.MemoryTrainer`), or `model` itself if it is the embedder."""
     if model.name == "proxy_trainer":
         return model.get_layer("embedder")
-    if model.name == "memory_trainer":
+    if model.name == "memory_trainer" or (hasattr(model, "memory") and isinstance(getattr(model, "embedder", None),
+                                                                             keras.Model)):
         return model.embedder
     return model

@@ -156,7 +156,12 @@ def choose_whitening(cfg: Config, embedder: keras.Model, train_set: sources.Imag
         mask = np.isin(fit_set.labels, val)
         folds.append((features[~mask], features[mask], fit_set.labels[mask]))
     powers = sorted({*w.auto_powers, w.power})
-    scores = selection.whitening_scores(folds, powers, AUTO_METRIC, w.dims, cfg.eval.similarity)
+    try:
+        scores = selection.whitening_scores(folds, powers, AUTO_METRIC, w.dims, cfg.eval.similarity)
+    except ValueError as e:  # a degenerate fit (collapsed or non-finite embeddings), as `_fit_or_explain` says
+        raise UserInputError(
+            f"Cannot choose the whitening (whitening.enabled=auto) on the training images' embeddings: {e} Check "
+            "that training did not collapse (lower train.learning_rate), or set whitening.enabled=false.") from e
     chosen, means = selection.choose(scores, selection.candidate_name(w.power), w.auto_margin)
     figures = {"on": where, "scores": scores, "means": means}
     summary = ", ".join(f"{name} {value:.4f}" for name, value in means.items())

@@ -200,7 +200,8 @@ def tune(cfg: Config, grid_items: Sequence[str], verbose=0, train_best: bool = T
     header = (f"Search `{name}`: {cfg.tune.tuner} over {list(grid)}, objective **{cfg.tune.objective}** on "
               f"validation classes {val_names} (carved from the training classes). Best first.")
     if cfg.whitening.enabled:
-        header += ("\n\nMetrics are those of each trial's model with its whitening, as it is exported; the held-out "
+        header += ("\n\nMetrics are those of each trial's model with its whitening (if `whitening.enabled=auto` "
+                   "chose one on the trial's training classes), as it is exported; the held-out "
                    "metrics printed at each epoch of a trial (and in TensorBoard) are the network's before whitening "
                    "(`unwhitened` in `trial_N/tfsim_trial.json`).")
 
