@@ -15,9 +15,11 @@ each held-out image querying all others) and printed as mean +- sd over seeds, w
 wall time of training and the tfsim / PML ratio of each tfsim row.
 
 Data: the shipped Fashion-MNIST subset (tfsim's own split), OpenCV's 5,000 handwritten
-digits, scikit-learn's 1,797 8x8 digits, and 3,000 Fashion-MNIST *test* images (300 per
-class, classes 0-4 / 5-9), all written as image folders under the cache (see DATA.md in the
-shared design notes for where each comes from), or any folder: `--data DIR --train-classes 0,1,2
+digits, scikit-learn's 1,797 8x8 digits, 3,000 Fashion-MNIST *test* images (300 per
+class, classes 0-4 / 5-9), and `glyphs`: the 52 Latin letters drawn by 48 installed fonts
+(train A-Z, hold out a-z; `build_glyphs`), all written as image folders under the cache (see
+DATA.md in the shared design notes for where each comes from; the fonts come from Debian's
+FONT_PACKAGES), or any folder: `--data DIR --train-classes 0,1,2
 --test-classes 3,4`. Images are resized to `--image-size` by tfsim's pipeline, and PML
 gets exactly those pixels. Budget: `--passes` passes over the training images in
 P x K batches.
@@ -25,7 +27,7 @@ P x K batches.
 PML and torch are installed by the bench into its own virtualenv (`--pml-python`, default
 `$TFSIM_BENCH_CACHE/pml-venv`); they never become tfsim dependencies.
 
-    python bench/peer_parity.py                       # 4 datasets x 3 seeds, ~1 h on 2 cores
+    python bench/peer_parity.py                       # 5 datasets x 3 seeds, ~1 h on 2 cores
     python bench/peer_parity.py --datasets opencv_digits --seeds 0 --variants "default, flip;default, lr cosine"
 """
 

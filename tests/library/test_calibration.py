@@ -337,6 +337,10 @@ def test_a_run_with_held_out_classes_is_calibrated_and_measured_on_the_test_clas
     assert record["validation_classes"] == [split.dataset.class_names[c] for c in np.unique(validation.labels)]
     assert sorted(record["validation_classes"]) == sorted(result.metrics["selected"]["validation_classes"])
     assert len(record["validation_classes"]) == 3 and not set(record["validation_classes"]) & set(result.test_classes)
+    # whitening.enabled=auto chose on those same 3 classes, held out of training (one fold).
+    choice = result.metrics["whitening"]
+    assert choice["on"].startswith("the 3 validation classes train.select_best held out of training")
+    assert all(len(v) == 1 for v in choice["scores"].values())
     # The threshold reproduces from those classes, embedded by the export.
     again = calibrate(embed_export(result.export_dir, validation, progress=False), validation.labels, 0.9, k=10)
     assert again.threshold == pytest.approx(record["threshold"], abs=1e-4)

@@ -192,17 +192,26 @@ def test_auto_whitening_that_chooses_none_evaluates_and_keeps_the_plain_embedder
     assert line.endswith("the held-out classes played no part)")
 
 
-def test_auto_whitening_on_validation_classes_and_with_too_few_classes(tmp_path):
-    held_out = train(config.load("default", TINY + ["train.select_best=true", "sampler.classes_per_batch=4",
-                                                    f"run.root={tmp_path}/a"]),
-                     verbose=0).metrics
-    choice = held_out["whitening"]
+def test_auto_whitening_on_validation_classes_and_with_too_few_classes(whitened_run, default_split):
+    """The stage itself (the run's wiring: tests/library/test_calibration.py's select_best run):
+    given validation classes, one fold scored on them, each candidate fitted on the other
+    classes; with 3 training classes, the preset's power without looking at the embeddings."""
+    from tfsim.training import stages
+    cfg = config.load("default", TINY + ["whitening.dims=12"])
+    embedder = keras.models.load_model(whitened_run[0] / "checkpoints" / "epoch-0001.keras")
+    train_set, _ = default_split
+    chosen_cfg, choice, features = stages.choose_whitening(cfg, embedder, train_set, np.array([3, 8]))
     assert choice["on"].startswith("the 2 validation classes train.select_best held out of training")
     assert all(len(v) == 1 for v in choice["scores"].values())
-    assert held_out["selected"]["validation_classes"]  # the same classes the epoch was selected on
-    few = train(config.load("default", TINY + ["data.test_classes=0,1,2,3,4,5,6", "sampler.classes_per_batch=3",
-                                               f"run.root={tmp_path}/b"]),
-                verbose=0).metrics
-    assert few["whitening"]["chosen"] == "0.5" and "scores" not in few["whitening"]
-    assert "3 training classes are too few to choose on" in few["whitening"]["reason"]
-    assert "unwhitened" in few  # the preset's whitening applied
+    val = np.isin(train_set.labels, [3, 8])
+    off = retrieval_metrics(features[val], train_set.labels[val], (1,), "cosine")["recall@1"]
+    assert choice["scores"]["off"] == [pytest.approx(off, abs=1e-6)]
+    quarter = retrieval_metrics(whiten(features[val], *fit_whitening(features[~val], 0.25, 12)),
+                                train_set.labels[val], (1,), "cosine")["recall@1"]
+    assert choice["scores"]["0.25"] == [pytest.approx(quarter, abs=2e-3)]
+    assert chosen_cfg.whitening.enabled is (choice["chosen"] != "off")
+    three = train_set.subset(np.flatnonzero(np.isin(train_set.labels, [0, 1, 3])))
+    kept, few, none = stages.choose_whitening(cfg, None, three)  # (no embedder needed: nothing is embedded)
+    assert few["chosen"] == "0.5" and "scores" not in few and none is None
+    assert "3 training classes are too few to choose on" in few["reason"]
+    assert kept.whitening.enabled is True and kept.whitening.power == 0.5
