@@ -33,6 +33,24 @@ def _replica_context():
     return ctx if ctx is not None and ctx.num_replicas_in_sync > 1 else None
 
 
+def gather_batch(ctx, labels, embeddings):
+    """The global batch `(labels, embeddings)`, the replicas' slices in replica order (gradients
+    flow back to the replica that owns each row); the batch itself outside a replica context."""
+    if ctx is None:
+        return labels, embeddings
+    return ctx.all_gather(labels, axis=0), ctx.all_gather(embeddings, axis=0)
+
+
+def own_rows(ctx, c, local_batch):
+    """This replica's rows of per-anchor terms `c` of the global batch (all of them outside a
+    replica context); `local_batch`: the replica's own batch, whose length is its share."""
+    if ctx is None:
+        return c
+    local = tf.shape(local_batch)[0]
+    rid = tf.cast(ctx.replica_id_in_sync_group, tf.int32)
+    return c[rid * local:(rid + 1) * local]
+
+
 class MetricLoss(keras.losses.Loss):
     """Base of tfsim's batch metric losses: `y_true` = labels `[B]`, `y_pred` = embeddings `[B, D]`.
 
@@ -62,13 +80,9 @@ class MetricLoss(keras.losses.Loss):
         n = ctx.num_replicas_in_sync
         if not self.cross_replica:
             return _masks.reduce_terms(terms(y_true, y_pred, **args), dtype, scale=1.0 / n)
-        local = tf.shape(y_pred)[0]
-        labels = ctx.all_gather(tf.reshape(y_true, [-1]), axis=0)
-        embeddings = ctx.all_gather(y_pred, axis=0)
+        labels, embeddings = gather_batch(ctx, tf.reshape(y_true, [-1]), y_pred)
         c, z = terms(labels, embeddings, **args)
-        rid = tf.cast(ctx.replica_id_in_sync_group, tf.int32)
-        mine = tf.reduce_sum(c[rid * local:(rid + 1) * local])
-        return _masks.finish(tf.math.divide_no_nan(mine, z), dtype)
+        return _masks.finish(tf.math.divide_no_nan(tf.reduce_sum(own_rows(ctx, c, y_pred)), z), dtype)
 
     def get_config(self):
         config = super().get_config()

@@ -43,10 +43,11 @@ def lifted_terms(labels, embeddings, margin: float = 1.0, num_anchors=None):
     row_sum = tf.reduce_sum(tf.exp(tf.where(negative, diff - row_shift, 0.0)) * neg, axis=1, keepdims=True)
     if num_anchors is not None:  # the anchors' rows (each pair still sees both ends' negatives)
         _, positive, _ = _masks.label_masks(labels, num_anchors)
-        dist = dist[:num_anchors]
-    rows = slice(None) if num_anchors is None else slice(None, num_anchors)
-    pair_shift = tf.maximum(row_shift[rows], tf.transpose(row_shift))  # M_ij
-    pair_sum = (tf.exp(row_shift[rows] - pair_shift) * row_sum[rows]
+        dist, row_shift_a, row_sum_a = dist[:num_anchors], row_shift[:num_anchors], row_sum[:num_anchors]
+    else:
+        row_shift_a, row_sum_a = row_shift, row_sum
+    pair_shift = tf.maximum(row_shift_a, tf.transpose(row_shift))  # M_ij
+    pair_sum = (tf.exp(row_shift_a - pair_shift) * row_sum_a
                 + tf.exp(tf.transpose(row_shift) - pair_shift) * tf.transpose(row_sum))
     has_neg = pair_sum > 0.0
     log_sum = tf.math.log(tf.where(has_neg, pair_sum, 1.0))

@@ -33,7 +33,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tfsim.losses.base import MetricLoss, _replica_context
+from tfsim.losses.base import MetricLoss, _replica_context, gather_batch, own_rows
 
 MEMORY_TRAINER = "memory_trainer"
 MEMORY_LAYER = "cross_batch_memory"
@@ -98,22 +98,15 @@ def memory_loss(loss: MetricLoss, y_true, y_pred, memory_labels, memory_embeddin
         raise ValueError(f"Invalid loss for a cross-batch memory: expected one of tfsim's mining losses of a labelled "
                          f"batch of embeddings (a MetricLoss with input_kind 'embeddings'). Received: {loss!r}")
     args = {k: getattr(loss, k) for k in loss._args}
-    labels = tf.cast(tf.reshape(y_true, [-1]), tf.int32)
-    embeddings = tf.cast(y_pred, tf.float32)
     ctx = _replica_context()
-    if ctx is not None:
-        labels, embeddings = ctx.all_gather(labels, axis=0), ctx.all_gather(embeddings, axis=0)
-    anchors = tf.shape(labels)[0]
+    labels, embeddings = gather_batch(ctx, tf.cast(tf.reshape(y_true, [-1]), tf.int32), tf.cast(y_pred, tf.float32))
     c, z = type(loss).terms(tf.concat([labels, memory_labels], 0),
                             tf.concat([embeddings, tf.stop_gradient(memory_embeddings)], 0),
-                            num_anchors=anchors, **args)
-    if ctx is not None:
-        local = tf.shape(y_pred)[0]
-        rid = tf.cast(ctx.replica_id_in_sync_group, tf.int32)
-        c = c[rid * local:(rid + 1) * local]
+                            num_anchors=tf.shape(labels)[0], **args)
     # float32 whatever the embedder's dtype, as Keras's Loss.__call__ gives (a float16 loss would
     # overflow once a mixed-precision optimiser scales it).
-    return tf.math.divide_no_nan(tf.reduce_sum(c), z), (labels, tf.stop_gradient(embeddings))
+    return (tf.math.divide_no_nan(tf.reduce_sum(own_rows(ctx, c, y_pred)), z),
+            (labels, tf.stop_gradient(embeddings)))
 
 
 @keras.saving.register_keras_serializable(package="tfsim")
