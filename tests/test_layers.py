@@ -23,6 +23,7 @@ LAYERS = [
     {"export"},
     {"training"},
     {"tuning"},
+    {"catalogue"},
     {"pipelines"},
 ]
 RANK = {part: rank for rank, parts in enumerate(LAYERS) for part in parts}

@@ -28,7 +28,9 @@ upward, not even inside a function, and no two sub-packages import each other
                                   callbacks, metrics), the fit loop, distributed training, the
                                   stages after it, evaluating a trained model
     tuning/                       keras-tuner search (its private API behind one adapter)
-    pipelines/                    thin CLIs: `python -m tfsim.pipelines.{train,evaluate,index,search,tune}`
+    catalogue/                    catalogues past one machine: the Apache Beam embedding job,
+                                  Parquet embedding shards, indexing and evaluating them
+    pipelines/                    thin CLIs: `python -m tfsim.pipelines.{train,evaluate,index,search,tune,embed}`
 
 The public API (semantic versioning starts here) is `PUBLIC_API` below: each public module and
 the names it exports, which are exactly its `__all__`. `import tfsim` imports no TensorFlow; a
@@ -52,6 +54,7 @@ from importlib import metadata as _metadata
 PUBLIC_API: dict[str, tuple[str, ...]] = {
     "calibration": ("Calibration", "CalibrationCurve", "calibrate", "calibrate_pairs"),
     "callbacks": ("RetrievalEvaluation",),
+    "catalogue": ("EmbeddingShards", "add_shards", "embed_catalogue", "evaluate_shards", "index_shards", "read_shards"),
     "config": ("BACKBONE_KEYS", "Config", "DataConfig", "EvalConfig", "ExportConfig", "IndexConfig", "LOSS_KEYS",
                "LossConfig", "ModelConfig", "PRESET_DIR", "RunConfig", "SAMPLER_KEYS", "SOURCE_KEYS", "SamplerConfig",
                "TrainConfig", "TuneConfig", "WhiteningConfig", "apply_overrides", "backbone_args", "coerce",

@@ -36,10 +36,12 @@ def load_images(source: str, path: Optional[str] = None, image_root: Optional[st
                          f"Received: source={source!r}")
 
 
-def load_source(spec: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageSet:
+def load_source(spec: str, max_pixels: int = DEFAULT_MAX_PIXELS, check_files: bool = True) -> ImageSet:
     """The images named by a data spec (see the module doc); a folder's or list's images above
     `max_pixels` pixels (width x height, from their headers) are skipped undecoded, and listed
-    in the set's report with the other files that cannot be used."""
+    in the set's report with the other files that cannot be used. With `check_files=False` a
+    folder or list file is only listed (no file is opened: the Beam embedding job's workers
+    decode them and set aside those that fail, `tfsim.catalogue`)."""
     if spec == "default":
         return load_images("default")
     if spec.startswith("tfds:"):
@@ -48,8 +50,8 @@ def load_source(spec: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageSet:
                            max_pixels=max_pixels)
     path = Path(spec).expanduser()
     if path.is_dir():
-        return load_images("folder", str(path), max_pixels=max_pixels)
+        return sources.load_folder(str(path), check_files=check_files, max_pixels=max_pixels)
     if path.is_file():
-        return load_images("list", str(path), max_pixels=max_pixels)
+        return lists.load_list(str(path), check_files=check_files, max_pixels=max_pixels)
     raise UserInputError(f"Invalid data {spec!r}: expected a folder <dir>/<class>/<image>, a list file, "
                          "tfds:NAME[:SPLIT] or default.")

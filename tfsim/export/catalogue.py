@@ -22,10 +22,11 @@ a different model is refused.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -113,27 +114,44 @@ def build_index(model_dir: os.PathLike, data: str, out: os.PathLike, options: Op
     if ids not in storage.ID_KINDS:
         raise UserInputError(f"Invalid value for `--ids`: expected one of {list(storage.ID_KINDS)}. "
                              f"Received: {ids!r}")
+    with new_index_folder(out):
+        info = model_info(model_dir)
+        images = load_source(data, export_max_pixels(model_dir))  # (its images above the export's limit: skipped)
+        embeddings = embed_export(model_dir, images, batch_size, progress)
+        write_index(out, embeddings, catalogue_ids(images, ids), images.labels, images.class_names, info, options,
+                    images=images.images, paths=_absolute(images.paths), id_kind=ids)
+    return out
+
+
+@contextlib.contextmanager
+def new_index_folder(out: Path) -> Iterator[None]:
+    """Holds the lock of the index folder `out` while a new index is written there; refuses an
+    existing one, and clears what a killed build left before and after."""
     with locks.sibling_lock(out, "index"):
         storage.recover(out)  # (a .tmp-* left by an earlier build that was killed)
         if out.exists():
             raise UserInputError(f"Index folder {str(out)!r} already exists; choose another --out, remove it, or "
                                  "add images to it with --add.")
-        info = model_info(model_dir)
-        images = load_source(data, export_max_pixels(model_dir))  # (its images above the export's limit: skipped)
-        embeddings = embed_export(model_dir, images, batch_size, progress)
-        opts = {**float_search.build_options(IndexConfig()), **(options or {})}
-        exact_below = opts.pop("hamming_exact_below", IndexConfig.hamming_exact_below)
-        if info["binary_codes"]:  # a hashing model: its packed codes, searched by Hamming distance
-            searcher, params = hamming.build_hamming(embeddings, opts["num_neighbors"], opts["target_recall"],
-                                                     exact_below)
-        else:
-            searcher, params = float_search.build(embeddings, info["similarity"], **opts)
-        params["built_size"] = len(images)
-        storage.save(out, searcher, params, catalogue_ids(images, ids), images.labels, images.class_names,
-                         info["similarity"], images=images.images, paths=_absolute(images.paths), model=info,
-                         id_kind=ids)
+        yield
         storage.recover(out)  # incomplete leftovers of a killed build are stale now
-    return out
+
+
+def write_index(out: Path, embeddings: np.ndarray, ids: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
+                info: dict, options: Optional[dict] = None, images: Optional[np.ndarray] = None,
+                paths: Optional[np.ndarray] = None, id_kind: str = "relative") -> None:
+    """The self-tuned index of a catalogue's embeddings (by the export `info` describes, `model_info`)
+    written at `out`: `float_search.build`, or `hamming.build_hamming` for a hashing export's codes
+    (see `build_index`; the embedding shards of `tfsim.catalogue` are indexed the same way)."""
+    opts = {**float_search.build_options(IndexConfig()), **(options or {})}
+    exact_below = opts.pop("hamming_exact_below", IndexConfig.hamming_exact_below)
+    if info["binary_codes"]:  # a hashing model: its packed codes, searched by Hamming distance
+        searcher, params = hamming.build_hamming(embeddings, opts["num_neighbors"], opts["target_recall"],
+                                                 exact_below)
+    else:
+        searcher, params = float_search.build(embeddings, info["similarity"], **opts)
+    params["built_size"] = len(embeddings)
+    storage.save(out, searcher, params, ids, labels, class_names, info["similarity"], images=images, paths=paths,
+                 model=info, id_kind=id_kind)
 
 
 def add_to_index(index_dir: os.PathLike, data: str, model_dir: Optional[os.PathLike] = None,
@@ -160,36 +178,55 @@ def add_to_index(index_dir: os.PathLike, data: str, model_dir: Optional[os.PathL
         model_dir = index_model(index_dir, model_dir, meta)
         images = load_source(data, export_max_pixels(model_dir))
         new_ids = catalogue_ids(images, meta["id_kind"])
-        already = np.isin(new_ids, index.ids.astype(str))
-        if already.any():
-            raise UserInputError(f"{int(already.sum())} of the {len(images)} images are already in the index (by "
-                                 f"id, e.g. {new_ids[already][0]!r}; the index's ids are {meta['id_kind']}): add only "
-                                 "new images, rename them, or rebuild the index.")
-        if (index.paths is None) != (images.paths is None):
-            kind = "file paths" if index.paths is not None else "pixels"
-            raise UserInputError(f"Index {str(index_dir)!r} stores its images as {kind}; the new images must come "
-                                 "from the same kind of source (a folder or list file for paths, tfds or default for "
-                                 "pixels).")
-        names = list(index.class_names) + sorted(set(images.class_names) - set(index.class_names))
-        position = {name: i for i, name in enumerate(names)}
-        labels = np.array([position[images.class_names[c]] for c in images.labels], np.int32)
+        check_new(index_dir, index, new_ids, images.paths is not None)
         embeddings = embed_export(model_dir, images, batch_size, progress)
-        vectors = (embeddings if index.params["mode"] == "hamming"
-                   else np.asarray(distances.get_distance(index.similarity).prepare(embeddings).numpy(), np.float32))
-        index.searcher.searcher.upsert([None] * len(vectors), vectors, 256)  # new rows, appended in order
-        params = dict(index.params)
-        params["size"] = int(index.searcher.size())
-        params["added"] = int(params.get("added", 0)) + len(vectors)
-        built = int(params.get("built_size", params["size"] - params["added"]))
-        if params["added"] > REBUILD_AFTER_GROWTH * built or (
-                params["mode"] == "brute_force" and params["size"] >= float_search.BRUTE_FORCE_BELOW):
-            log.warning("The index has grown from %d to %d items since it was built: rebuild it (python -m "
-                        "tfsim.pipelines.index --model ... --data ... --out ...) for a tree and search settings tuned "
-                        "to its size.", built, params["size"])
-        storage.save(index_dir, index.searcher, params, np.concatenate([index.ids.astype(str), new_ids]),
-                         np.concatenate([index.labels, labels]), names, index.similarity,
-                         images=None if index.images is None else np.concatenate([index.images, images.images]),
-                         paths=None if index.paths is None else np.concatenate([index.paths,
-                                                                                _absolute(images.paths)]),
-                         model=meta["model"], replace=True, id_kind=meta["id_kind"])
-    return index_dir, len(vectors)
+        append_embeddings(index_dir, index, new_ids, images.class_names, images.labels, embeddings,
+                          images=images.images, paths=_absolute(images.paths))
+    return index_dir, len(images)
+
+
+def check_new(index_dir: Path, index, new_ids: np.ndarray, as_paths: Optional[bool]) -> None:
+    """Refuses additions to `index` whose ids it already holds, or whose images are stored
+    otherwise (file paths against pixels; `as_paths=None`: neither, as embedding shards of
+    pixels held in memory)."""
+    meta = index.meta
+    already = np.isin(new_ids, index.ids.astype(str))
+    if already.any():
+        raise UserInputError(f"{int(already.sum())} of the {len(new_ids)} images are already in the index (by "
+                             f"id, e.g. {new_ids[already][0]!r}; the index's ids are {meta['id_kind']}): add only "
+                             "new images, rename them, or rebuild the index.")
+    if (index.paths is not None) != bool(as_paths) or (index.images is not None and as_paths is None):
+        kind = "file paths" if index.paths is not None else "pixels" if index.images is not None else "no pictures"
+        raise UserInputError(f"Index {str(index_dir)!r} stores its images as {kind}; the new images must come "
+                             "from the same kind of source (a folder or list file for paths, tfds or default for "
+                             "pixels; embedding shards of pixels held in memory, only into an index built from "
+                             "shards).")
+
+
+def append_embeddings(index_dir: Path, index, new_ids: np.ndarray, class_names: Sequence[str], labels: np.ndarray,
+                      embeddings: np.ndarray, images: Optional[np.ndarray] = None,
+                      paths: Optional[np.ndarray] = None) -> None:
+    """Inserts the rows into the loaded `index` (`storage.load(index_dir)`, its lock held) and
+    rewrites its folder: classes matched by name (new ones appended), the ScaNN tree and tuned
+    settings kept (`upsert`; a rebuild advised past `REBUILD_AFTER_GROWTH`)."""
+    meta = index.meta
+    names = list(index.class_names) + sorted(set(class_names) - set(index.class_names))
+    position = {name: i for i, name in enumerate(names)}
+    labels = np.array([position[class_names[c]] for c in labels], np.int32)
+    vectors = (embeddings if index.params["mode"] == "hamming"
+               else np.asarray(distances.get_distance(index.similarity).prepare(embeddings).numpy(), np.float32))
+    index.searcher.searcher.upsert([None] * len(vectors), vectors, 256)  # new rows, appended in order
+    params = dict(index.params)
+    params["size"] = int(index.searcher.size())
+    params["added"] = int(params.get("added", 0)) + len(vectors)
+    built = int(params.get("built_size", params["size"] - params["added"]))
+    if params["added"] > REBUILD_AFTER_GROWTH * built or (
+            params["mode"] == "brute_force" and params["size"] >= float_search.BRUTE_FORCE_BELOW):
+        log.warning("The index has grown from %d to %d items since it was built: rebuild it (python -m "
+                    "tfsim.pipelines.index --model ... --data ... --out ...) for a tree and search settings tuned "
+                    "to its size.", built, params["size"])
+    storage.save(index_dir, index.searcher, params, np.concatenate([index.ids.astype(str), new_ids]),
+                 np.concatenate([index.labels, labels]), names, index.similarity,
+                 images=None if index.images is None else np.concatenate([index.images, images]),
+                 paths=None if index.paths is None else np.concatenate([index.paths, paths]),
+                 model=meta["model"], replace=True, id_kind=meta["id_kind"])

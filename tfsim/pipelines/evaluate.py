@@ -1,4 +1,5 @@
 """`python -m tfsim.pipelines.evaluate --model MODEL [--data DATA | --query DATA --gallery DATA]`
+or `--embeddings SHARDS` (the embed command's output: evaluated without re-embedding)
 
 Retrieval quality of a trained model on any images (`tfsim.training.assessment` does the
 work). MODEL is an export saved_models/<name>/<version>, a run folder runs/<name> (its latest
@@ -21,7 +22,9 @@ _cli.quiet_tensorflow()
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m tfsim.pipelines.evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True,
+    parser.add_argument("--embeddings", metavar="SHARDS",
+                        help="evaluate the embedding shards of the embed command (instead of --model and data)")
+    parser.add_argument("--model",
                         help="an export saved_models/<name>/<version>, a run folder runs/<name> (its latest "
                              "checkpoint) "
                              "or a checkpoint runs/<name>/checkpoints/epoch-NNNN.keras")
@@ -51,8 +54,19 @@ def main(argv: list[str]) -> int:
         raise UserInputError(f"Invalid --ks {args.ks!r}: expected integers >= 1.")
     if args.max_pixels is not None and args.max_pixels < 1:
         raise UserInputError(f"Invalid --max-pixels {args.max_pixels}: expected an integer >= 1 (width x height).")
-    from tfsim.training import evaluate, format_table  # lazy: TensorFlow, after the checks
+    if bool(args.embeddings) == bool(args.model):
+        raise UserInputError("Give --model MODEL (with data, or a run's held-out classes) or --embeddings SHARDS.")
+    if args.embeddings and (args.data or args.query or args.gallery or args.max_pixels):
+        raise UserInputError("--embeddings SHARDS is evaluated as it is: no --data / --query / --gallery / "
+                             "--max-pixels (the shards hold their images' embeddings, labels and splits).")
+    from tfsim.training import evaluate  # lazy: TensorFlow, after the checks
 
+    if args.embeddings:
+        from tfsim.catalogue import evaluate_shards  # lazy: pyarrow, only for shards
+        out = Path(args.out) if args.out else Path("runs") / "eval" / f"{Path(args.embeddings).resolve().name}_shards"
+        m = evaluate_shards(args.embeddings, ks, out, ann=args.ann)
+        m["data"] = f"the embedding shards {args.embeddings} (of {m['data']})"
+        return _report(m, ks, out)
     model = Path(args.model)
     if args.out:
         out = Path(args.out)
@@ -64,6 +78,11 @@ def main(argv: list[str]) -> int:
         out = Path("runs") / "eval" / f"{model.parent.name}_v{model.name}"
     m = evaluate(model, args.data, args.query, args.gallery, ks, out, args.batch_size, ann=args.ann,
                  max_pixels=args.max_pixels)
+    return _report(m, ks, out)
+
+
+def _report(m: dict, ks, out: Path) -> int:
+    from tfsim.training import format_table  # lazy: TensorFlow, after the checks
     if m["model_kind"] == "checkpoint":
         d = m["model_details"]
         print(f"\ncheckpoint {d['checkpoint']} of {d['run']} (whitening {d['whitening']})")

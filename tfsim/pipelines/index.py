@@ -11,7 +11,9 @@ SavedModels of that index), with TF Serving warm-up records, ROOT/models.config 
 TF Serving loads: every model but ScaNN's) and ROOT/models_scann.config (all of them, for a
 TF Serving built with ScaNN's ops). DATA is a folder
 <dir>/<class>/<image>, a list file, tfds:NAME[:SPLIT] or default. Search an index with
-`python -m tfsim.pipelines.search --index DIR --model EXPORT`.
+`python -m tfsim.pipelines.search --index DIR --model EXPORT`. `--embeddings SHARDS --out DIR`
+builds the index from the embedding shards of `python -m tfsim.pipelines.embed` without
+re-embedding, and `--add SHARDS --index DIR` appends them (`tfsim.catalogue`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,10 @@ def main(argv: list[str]) -> int:
                                         "built the index; needed unless the index is inside it)")
     parser.add_argument("--data", help="the catalogue to index")
     parser.add_argument("--out", help="the index folder to create")
-    parser.add_argument("--add", metavar="DATA", help="images to add to the index given by --index")
+    parser.add_argument("--embeddings", metavar="SHARDS", help="build from the embedding shards of the embed command "
+                                                               "(instead of --model/--data)")
+    parser.add_argument("--add", metavar="DATA", help="images (or embedding shards) to add to the index given by "
+                                                      "--index")
     parser.add_argument("--index", help="an existing index folder (with --add)")
     parser.add_argument("--ids", choices=("relative", "path"), default=None,
                         help="ids the index returns: each image's path relative to the data root (default, e.g. "
@@ -54,8 +59,11 @@ def main(argv: list[str]) -> int:
     if args.add is not None and (not args.index or args.data or args.out or args.ids):
         raise UserInputError("--add DATA needs --index DIR (and no --data / --out / --ids: added images get ids "
                              "of the kind the index was built with).")
+    if args.embeddings and (args.data or args.add is not None or args.ids or not args.out):
+        raise UserInputError("--embeddings SHARDS takes --out DIR (and no --data / --add / --ids: the shards hold "
+                             "their ids).")
     if not serve_only and args.add is None:
-        if not (args.model and args.data and args.out):
+        if not (args.embeddings or (args.model and args.data)) or not args.out:
             raise UserInputError("Give --model EXPORT --data DATA --out DIR to build an index, or --add DATA "
                                  "--index DIR to add to one.")
         overrides = [f"index.{key}={value}" for key, value in
@@ -66,8 +74,17 @@ def main(argv: list[str]) -> int:
     from tfsim.index import build_options, read_meta  # lazy: TensorFlow, after the checks
 
     added = None
+    shards = args.embeddings or (args.add if args.add is not None and (Path(args.add) / "manifest.json").is_file()
+                                 else None)
     if serve_only:
         path = Path(args.index)  # only the retrieval SavedModels of an existing index
+    elif shards:
+        from tfsim.catalogue import add_shards, index_shards  # lazy: pyarrow, only for shards
+        if args.add is not None:
+            path, added = add_shards(args.index, shards)
+        else:
+            path = index_shards(shards, args.out, {**build_options(cfg.index),
+                                                   "hamming_exact_below": cfg.index.hamming_exact_below})
     elif args.add is not None:
         path, added = add_to_index(args.index, args.add, args.model, args.batch_size)
     else:
@@ -90,7 +107,8 @@ def main(argv: list[str]) -> int:
               f"inverted file of {p['num_lists']} lists, {p['num_lists_to_search']} searched: "
               f"recall@{p['num_neighbors']} {p['measured_recall']:.3f} (target {p['target_recall']}) on "
               f"{p['tuning']['sample']} gallery queries, {p['queries_per_second']:,.0f} queries/s")
-    model_arg = f" --model {args.model}" if args.model else ""
+    model_path = args.model or ((meta.get("model") or {}).get("path") if shards else None)
+    model_arg = f" --model {model_path}" if model_path else ""
     print(f"search it: python -m tfsim.pipelines.search --index {path}{model_arg} --image IMAGE")
     if args.serve:
         from tfsim.export import SCANN_CONFIG, STOCK_CONFIG, export_retrieval  # lazy: TensorFlow, after the checks

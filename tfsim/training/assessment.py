@@ -149,6 +149,33 @@ def _merge(query: ImageSet, gallery: ImageSet) -> tuple[np.ndarray, np.ndarray, 
     return q, g, names
 
 
+def assess_embeddings(embeddings: np.ndarray, labels: np.ndarray, names: Sequence[str], similarity: str,
+                      mask: Optional[np.ndarray] = None, ks: Sequence[int] = (1, 2, 4, 8), binary_codes: bool = False,
+                      ann: bool = False, progress: bool = True) -> dict:
+    """The metrics `evaluate` reports for embeddings already computed (by an export, or read from
+    embedding shards, `tfsim.catalogue`): Recall@K, MAP@R (a gallery up to MAX_FULL_RANKING ranked
+    whole), per class by name, NMI/AMI up to MAX_CLUSTERS classes, Hamming metrics for a hashing
+    model, and with `ann` those of a ScaNN index. `mask`: the queries (None: each item queries
+    all the others)."""
+    gallery_size = len(labels) if mask is None else int((~mask).sum())
+    full = gallery_size <= MAX_FULL_RANKING
+    metrics = retrieval_metrics(embeddings, labels, ks, similarity, query_mask=mask, per_class=True,
+                                full_ranking=full, progress=progress)
+    metrics["per_class"] = {names[c]: v for c, v in metrics["per_class"].items()}
+    skipped = [] if full else [f"map: a gallery of {gallery_size} items (> {MAX_FULL_RANKING}) is not ranked whole"]
+    num_classes = len(np.unique(labels))
+    if num_classes <= MAX_CLUSTERS:
+        metrics.update(clustering_metrics(embeddings, labels))
+    else:
+        skipped.append(f"nmi, ami: k-means with {num_classes} clusters (> {MAX_CLUSTERS}) is too slow")
+    metrics["skipped"] = skipped
+    if binary_codes:  # the packed codes ranked by Hamming distance (`tfsim.index.hamming`)
+        metrics["hamming"] = hamming_metrics(embeddings, labels, mask)
+    if ann:  # the same metrics from a ScaNN index of the gallery, with the gap to exact on a sample
+        metrics["ann"] = ann_metrics(embeddings, labels, ks, similarity, query_mask=mask, progress=progress)
+    return metrics
+
+
 def evaluate(model_path: os.PathLike, data: Optional[str] = None, query: Optional[str] = None,
              gallery: Optional[str] = None, ks: Sequence[int] = (1, 2, 4, 8),
              out: Optional[os.PathLike] = None, batch_size: int = 256, progress: bool = True,
@@ -192,23 +219,8 @@ def evaluate(model_path: os.PathLike, data: Optional[str] = None, query: Optiona
                                      model.embed(g_set, batch_size, progress)])
         labels = np.concatenate([q_labels, g_labels])
         mask = np.concatenate([np.ones(len(q_set), bool), np.zeros(len(g_set), bool)])
-    gallery_size = len(labels) if mask is None else int((~mask).sum())
-    full = gallery_size <= MAX_FULL_RANKING
-    metrics = retrieval_metrics(embeddings, labels, ks, similarity, query_mask=mask, per_class=True,
-                                full_ranking=full, progress=progress)
-    metrics["per_class"] = {names[c]: v for c, v in metrics["per_class"].items()}
-    skipped = [] if full else [f"map: a gallery of {gallery_size} items (> {MAX_FULL_RANKING}) is not ranked whole"]
-    num_classes = len(np.unique(labels))
-    if num_classes <= MAX_CLUSTERS:
-        metrics.update(clustering_metrics(embeddings, labels))
-    else:
-        skipped.append(f"nmi, ami: k-means with {num_classes} clusters (> {MAX_CLUSTERS}) is too slow")
-    metrics["skipped"] = skipped
+    metrics = assess_embeddings(embeddings, labels, names, similarity, mask, ks, model.binary_codes, ann, progress)
     metrics["skipped_files"] = [f for s in loaded for f in (s.report or {}).get("skipped", [])]
-    if model.binary_codes:  # the packed codes ranked by Hamming distance (`tfsim.index.hamming`)
-        metrics["hamming"] = hamming_metrics(embeddings, labels, mask)
-    if ann:  # the same metrics from a ScaNN index of the gallery, with the gap to exact on a sample
-        metrics["ann"] = ann_metrics(embeddings, labels, ks, similarity, query_mask=mask, progress=progress)
     if data is None and query is None:
         data = f"the held-out classes of {model.run_dir}"
     metrics.update(protocol="leave_one_out" if mask is None else "query_gallery", similarity=similarity,

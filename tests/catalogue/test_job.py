@@ -1,0 +1,116 @@
+"""The Beam embedding job (DirectRunner, 2 worker processes) against the single-process commands:
+the same rows and embeddings, bad files in the dead-letter report, an index and metrics from the
+shards equal to those from the images, and a rerun that completes a killed job."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.images import class_folders
+from tfsim.catalogue import read_shards
+from tfsim.catalogue.use import add_shards, evaluate_shards, index_shards
+from tfsim.data.specs import load_source
+from tfsim.errors import UserInputError
+from tfsim.export import catalogue, export_embedder
+from tfsim.export.embed import embed_export
+from tfsim.index import storage
+from tfsim.models import build_embedding_model
+from tfsim.training.assessment import evaluate
+
+pytest.importorskip("apache_beam")
+pytestmark = pytest.mark.slow  # Beam jobs: seconds each
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    from tfsim.catalogue.job import embed_catalogue
+    root = tmp_path_factory.mktemp("catalogue")
+    model = export_embedder(build_embedding_model("small_resnet", 16, 8, width=4, blocks_per_stage=1, seed=0),
+                            root / "exports", "m0", 16, metadata={"similarity": "cosine"})
+    data = class_folders(root / "shop", ["a", "b", "c"], 14, 0)
+    (data / "a" / "a_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    (data / "c" / "c_empty.jpg").write_bytes(b"")
+    manifest = embed_catalogue(model, str(data), root / "shards", shard_size=10, workers=2)
+    return root, model, data, manifest
+
+
+def test_shards_hold_every_good_image_once_as_the_index_command_embeds_it(job):
+    root, model, data, manifest = job
+    checked = load_source(str(data))  # what the single-process commands embed: the bad files skipped
+    assert len(checked) == 42 and len(checked.report["skipped"]) == 2
+    found = read_shards(root / "shards")
+    assert manifest["images"] == 42 and manifest["bad_files"] == 2 and manifest["planned"] == 44
+    assert manifest["num_shards"] == 5 and manifest["embedded_now"] == 5
+    np.testing.assert_array_equal(found.ids, catalogue.catalogue_ids(checked))  # every good row, once, in order
+    assert found.class_names == ("a", "b", "c")
+    np.testing.assert_array_equal(found.labels, checked.labels)
+    np.testing.assert_allclose(found.embeddings, embed_export(model, checked, progress=False), atol=1e-5)
+    assert found.codes is None and all(Path(p).is_file() for p in found.paths)
+    bad = [json.loads(line) for line in (root / "shards" / "bad_files.jsonl").read_text().splitlines()]
+    assert [b["id"] for b in bad] == ["a/a_corrupt.png", "c/c_empty.jpg"]
+    assert all(b["reason"] and "Graph execution" not in b["reason"] and "{{" not in b["reason"] for b in bad)
+    assert sum(s["bad_files"] for s in manifest["shards"]) == 2 and sum(s["rows"] for s in manifest["shards"]) == 42
+
+
+def test_index_and_metrics_from_shards_equal_those_from_the_images(job, tmp_path):
+    root, model, data, _ = job
+    direct = storage.load(catalogue.build_index(model, str(data), tmp_path / "direct", progress=False))
+    sharded = storage.load(index_shards(root / "shards", tmp_path / "sharded"))
+    assert sharded.meta["model"]["fingerprint"] == direct.meta["model"]["fingerprint"]
+    np.testing.assert_array_equal(sharded.ids, direct.ids)
+    np.testing.assert_array_equal(sharded.paths, direct.paths)
+    queries = embed_export(model, load_source(str(data)), progress=False)
+    a, b = direct.search(queries, 5), sharded.search(queries, 5)
+    np.testing.assert_array_equal(a.indices, b.indices)
+    np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
+
+    want = evaluate(model, str(data), ks=(1, 2), progress=False)
+    got = evaluate_shards(root / "shards", ks=(1, 2), out=tmp_path / "report", progress=False)
+    for key in ("recall@1", "recall@2", "map@r", "r_precision", "num_queries"):
+        assert got[key] == pytest.approx(want[key], abs=1e-6), key
+    assert [f["reason"] != "" for f in got["skipped_files"]] == [True, True]
+    assert (tmp_path / "report" / "metrics.md").is_file()
+
+    # Shards added to an index built by the same export: ids already there are refused, new ones appended.
+    with pytest.raises(UserInputError, match="already in the index"):
+        add_shards(tmp_path / "sharded", root / "shards")
+
+
+def test_a_killed_job_is_completed_by_rerunning_the_command(job, tmp_path):
+    root, model, data, manifest = job
+    out = tmp_path / "killed"
+    shutil.copytree(root / "shards", out)
+    # What a job killed mid-way leaves: no manifest, two shards never written, one half-written file.
+    (out / "manifest.json").unlink()
+    for name in ("shard-00001-of-00005", "shard-00004-of-00005"):
+        (out / "shards" / f"{name}.parquet").unlink()
+        (out / "dead_letter" / f"{name}.jsonl").unlink(missing_ok=True)
+    (out / "shards" / ".tmp-1a2b3c4d-shard-00004-of-00005.parquet").write_bytes(b"PAR1 half")
+    with pytest.raises(UserInputError, match="embed job did not complete"):
+        read_shards(out)
+    run = subprocess.run([sys.executable, "-m", "tfsim.pipelines.embed", "--model", str(model), "--data", str(data),
+                          "--out", str(out), "--shard-size", "10", "--workers", "1"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "42 images in 5 shards, 2 embedded by this run" in run.stdout
+    assert "bad files: 2 set aside" in run.stdout
+    again, first = read_shards(out), read_shards(root / "shards")
+    np.testing.assert_array_equal(again.ids, first.ids)  # no row lost or doubled
+    np.testing.assert_allclose(again.embeddings, first.embeddings, atol=1e-6)
+    assert [s["name"] for s in json.loads((out / "manifest.json").read_text())["shards"]] == \
+        [s["name"] for s in manifest["shards"]]
+
+    from tfsim.catalogue.job import embed_catalogue
+    assert embed_catalogue(model, str(data), out, shard_size=10, workers=1)["embedded_now"] == 0  # nothing left
+    with pytest.raises(UserInputError, match="planned for other input .*shard_size"):
+        embed_catalogue(model, str(data), out, shard_size=7, workers=1)
+    changed = read_shards(out)
+    (out / "shards" / "shard-00002-of-00005.parquet").write_bytes(b"PAR1 changed")
+    with pytest.raises(UserInputError, match="sha256 differs"):
+        read_shards(out)
+    assert len(changed) == 42
