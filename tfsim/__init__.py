@@ -65,7 +65,7 @@ PUBLIC_API: dict[str, tuple[str, ...]] = {
     "export": ("SCANN_CONFIG", "STOCK_CONFIG", "SearchResult", "add_to_index", "build_index", "check_output",
                "embed_export", "export_embedder", "export_retrieval", "index_model", "next_version", "read_export",
                "render_grid", "search_image"),
-    "index": ("Index", "build_options", "read_meta"),
+    "index": ("Index", "ShardedIndex", "build_options", "read_meta"),
     "layers": ("Retrieval", "ScannRetrieval"),
     "losses": ("BatchAllTripletLoss", "BinomialDevianceLoss", "ContrastiveLoss", "CrossBatchMemory", "LOSSES",
                "LiftedStructLoss", "MemoryTrainer", "MultiSimilarityLoss", "NCALoss", "NormalizedSoftmaxLoss",

@@ -18,7 +18,7 @@ from tfsim.data.specs import load_source
 from tfsim.errors import UserInputError
 from tfsim.export import catalogue, export_embedder
 from tfsim.export.embed import embed_export
-from tfsim.index import storage
+from tfsim.index import Index, ShardedIndex, storage
 from tfsim.models import build_embedding_model
 from tfsim.training.assessment import evaluate
 
@@ -76,9 +76,19 @@ def test_index_and_metrics_from_shards_equal_those_from_the_images(job, tmp_path
     assert [f["reason"] != "" for f in got["skipped_files"]] == [True, True]
     assert (tmp_path / "report" / "metrics.md").is_file()
 
-    # Shards added to an index built by the same export: ids already there are refused, new ones appended.
+    # Shards added to an index built by the same export: ids already there are refused.
     with pytest.raises(UserInputError, match="already in the index"):
         add_shards(tmp_path / "sharded", root / "shards")
+
+    # Split into parts of at most 15 items, searched by fan-out and merge: the one index's answers.
+    parts = ShardedIndex.load(index_shards(root / "shards", tmp_path / "parts", max_items=15))
+    assert [len(p) for p in parts.parts] == [15, 15, 12]
+    one = Index.load(tmp_path / "sharded")
+    for k in (1, 5):
+        want, got = one.search(queries, k), parts.search(queries, k)
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_allclose(got[0], want[0], atol=1e-6)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
 
 
 def test_a_killed_job_is_completed_by_rerunning_the_command(job, tmp_path):

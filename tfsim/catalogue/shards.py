@@ -151,6 +151,7 @@ class EmbeddingShards:
         class_names: tuple of str.
         codes: uint8 `[N, bits / 8]` for a hashing export, else None.
         manifest: manifest.json (the export's identity under "model", the data spec, totals).
+        rows: int64 `[N]`, each row's place in the job's listing (bad files leave gaps).
     """
 
     embeddings: np.ndarray
@@ -161,6 +162,7 @@ class EmbeddingShards:
     splits: np.ndarray
     codes: Optional[np.ndarray]
     manifest: dict
+    rows: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -226,7 +228,7 @@ def read_shards(folder: os.PathLike, verify: bool = True) -> EmbeddingShards:
     if not parts:
         empty = np.zeros(0, str)
         return EmbeddingShards(np.zeros((0, dim), np.float32), empty, np.zeros(0, np.int32), names, empty, empty,
-                               None, manifest)
+                               None, manifest, np.zeros(0, np.int64))
     table = pa.concat_tables(parts)
     flat = table.column("embedding").combine_chunks()
     embeddings = np.asarray(flat.flatten().to_numpy(zero_copy_only=False), np.float32).reshape(total, -1)
@@ -245,7 +247,26 @@ def read_shards(folder: os.PathLike, verify: bool = True) -> EmbeddingShards:
     labels = table.column("label").to_numpy().astype(np.int32)[order]
     if len(labels) and (labels.min() < 0 or labels.max() >= len(names)):
         raise UserInputError(f"Shard labels outside the manifest's {len(names)} classes.")
-    return EmbeddingShards(embeddings[order], text("id"), labels, names, text("path"), text("split"), codes, manifest)
+    return EmbeddingShards(embeddings[order], text("id"), labels, names, text("path"), text("split"), codes, manifest,
+                           rows[order])
+
+
+def planned_pixels(folder: os.PathLike, rows: np.ndarray) -> Optional[np.ndarray]:
+    """The pixels of `rows` for a job over images held in memory (the plan's .npz files, as the
+    driver wrote them), or None for a job over files."""
+    folder = Path(folder)
+    plan = read_json(folder / PLAN, "plan")
+    if not plan.get("in_memory"):
+        return None
+    size, parts = int(plan["shard_size"]), []
+    for index in range(int(plan["num_shards"])):
+        with np.load(folder / "plan" / f"{shard_name(index, plan['num_shards'])}.npz", allow_pickle=False) as npz:
+            parts.append(npz["pixels"])
+    pixels = np.concatenate(parts)
+    if len(pixels) != int(plan["rows"]) or (len(rows) and rows.max() >= len(pixels)):
+        raise UserInputError(f"The plan's pixels in {str(folder / 'plan')!r} do not cover its {plan['rows']} rows "
+                             f"({len(pixels)} with shard size {size}): the folder was changed.")
+    return pixels[rows]
 
 
 def dead_letters(folder: os.PathLike) -> list[dict]:

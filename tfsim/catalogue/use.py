@@ -2,7 +2,8 @@
 evaluated (the index and evaluate commands' `--embeddings DIR`).
 
     index_shards(shards, out)     `tfsim.export.catalogue.write_index` of the shards' rows: the
-                                  same self-tuned index the index command builds from the images
+                                  same self-tuned index the index command builds from the images;
+                                  with `max_items`, a `tfsim.index.ShardedIndex` of parts
     add_shards(index, shards)     the rows appended to an index built by the same export (by
                                   fingerprint), as `--add` appends images
     evaluate_shards(shards)       `tfsim.training.assessment.assess_embeddings` of the rows: the
@@ -12,40 +13,69 @@ evaluated (the index and evaluate commands' `--embeddings DIR`).
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
 from tfsim import locks
-from tfsim.catalogue.shards import EmbeddingShards, dead_letters, read_shards
+from tfsim.catalogue.shards import EmbeddingShards, dead_letters, planned_pixels, read_shards
 from tfsim.errors import UserInputError
 from tfsim.evaluation.metrics import query_mask
 from tfsim.evaluation.report import write_report
 from tfsim.export.catalogue import append_embeddings, check_new, new_index_folder, write_index
-from tfsim.index import storage
+from tfsim.index import ShardedIndex, storage
 from tfsim.training.assessment import assess_embeddings
 
 
-def _paths(found: EmbeddingShards) -> Optional[np.ndarray]:
-    """The shards' image paths (None when they came from pixels held in memory)."""
-    return None if len(found) == 0 or not (found.paths != "").all() else found.paths
+def _pictures(shards: os.PathLike, found: EmbeddingShards) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+    """`(pixels, None)` for shards of images held in memory (the plan's), else `(None, paths)`:
+    what an index keeps to show its results."""
+    pixels = planned_pixels(shards, found.rows)
+    return (pixels, None) if pixels is not None else (None, found.paths)
 
 
-def index_shards(shards: os.PathLike, out: os.PathLike, options: Optional[dict] = None) -> Path:
+def index_shards(shards: os.PathLike, out: os.PathLike, options: Optional[dict] = None,
+                 max_items: int = 0) -> Path:
     """The self-tuned index of a completed shards folder, written at `out`, recording the shards'
     export (as `build_index` records the export it embeds with).
 
+    Args:
+        max_items: above this many rows (0: never), a sharded index (`tfsim.index.ShardedIndex`):
+            parts `out/part-00000/`, ... of at most `max_items` rows each, in catalogue order, each
+            built and tuned on its own, searched by fan-out and merge; `parts.json` written last.
+
     Raises:
-        UserInputError: not complete shards (`read_shards`), no rows, or `out` exists.
+        UserInputError: not complete shards (`read_shards`), no rows, a bad `max_items`, or `out`
+            exists.
     """
+    if isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 0:
+        raise UserInputError(f"Invalid value for `max_items`: expected an integer >= 0 (0: one index). "
+                             f"Received: max_items={max_items!r}")
     out = Path(out)
     with new_index_folder(out):
         found = read_shards(shards)
         if not len(found):
             raise UserInputError(f"The shards at {str(shards)!r} hold no embedded image: nothing to index.")
-        write_index(out, found.embeddings, found.ids, found.labels, found.class_names, found.model, options,
-                    paths=_paths(found), id_kind=found.manifest["id_kind"])
+        images, paths = _pictures(shards, found)
+        n = len(found)
+        if not max_items or n <= max_items:
+            write_index(out, found.embeddings, found.ids, found.labels, found.class_names, found.model, options,
+                        images=images, paths=paths, id_kind=found.manifest["id_kind"])
+            return out
+        work = out.with_name(f".tmp-parts-{out.name}")  # (renamed to `out` once every part is written)
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        names = []
+        for part, lo in enumerate(range(0, n, max_items)):
+            rows = slice(lo, min(n, lo + max_items))
+            names.append(f"part-{part:05d}")
+            write_index(work / names[-1], found.embeddings[rows], found.ids[rows], found.labels[rows],
+                        found.class_names, found.model, options, images=None if images is None else images[rows],
+                        paths=None if paths is None else paths[rows], id_kind=found.manifest["id_kind"])
+        ShardedIndex.write_parts(work, names)
+        os.replace(work, out)
     return out
 
 
@@ -73,10 +103,10 @@ def add_shards(index_dir: os.PathLike, shards: os.PathLike) -> tuple[Path, int]:
         if index.meta["id_kind"] != found.manifest["id_kind"]:
             raise UserInputError(f"Index {str(index_dir)!r} has {index.meta['id_kind']} ids, the shards "
                                  f"{found.manifest['id_kind']} ones: embed with --ids {index.meta['id_kind']}.")
-        paths = _paths(found)
-        check_new(index_dir, index, found.ids, None if paths is None else True)
+        images, paths = _pictures(shards, found)
+        check_new(index_dir, index, found.ids, paths is not None)
         append_embeddings(index_dir, index, found.ids, found.class_names, found.labels, found.embeddings,
-                          paths=paths)
+                          images=images, paths=paths)
     return index_dir, len(found)
 
 

@@ -185,22 +185,20 @@ def add_to_index(index_dir: os.PathLike, data: str, model_dir: Optional[os.PathL
     return index_dir, len(images)
 
 
-def check_new(index_dir: Path, index, new_ids: np.ndarray, as_paths: Optional[bool]) -> None:
+def check_new(index_dir: Path, index, new_ids: np.ndarray, as_paths: bool) -> None:
     """Refuses additions to `index` whose ids it already holds, or whose images are stored
-    otherwise (file paths against pixels; `as_paths=None`: neither, as embedding shards of
-    pixels held in memory)."""
+    otherwise (file paths against pixels)."""
     meta = index.meta
     already = np.isin(new_ids, index.ids.astype(str))
     if already.any():
         raise UserInputError(f"{int(already.sum())} of the {len(new_ids)} images are already in the index (by "
                              f"id, e.g. {new_ids[already][0]!r}; the index's ids are {meta['id_kind']}): add only "
                              "new images, rename them, or rebuild the index.")
-    if (index.paths is not None) != bool(as_paths) or (index.images is not None and as_paths is None):
-        kind = "file paths" if index.paths is not None else "pixels" if index.images is not None else "no pictures"
+    if (index.paths is not None) != as_paths:
+        kind = "file paths" if index.paths is not None else "pixels"
         raise UserInputError(f"Index {str(index_dir)!r} stores its images as {kind}; the new images must come "
                              "from the same kind of source (a folder or list file for paths, tfds or default for "
-                             "pixels; embedding shards of pixels held in memory, only into an index built from "
-                             "shards).")
+                             "pixels).")
 
 
 def append_embeddings(index_dir: Path, index, new_ids: np.ndarray, class_names: Sequence[str], labels: np.ndarray,

@@ -24,12 +24,15 @@ not embed it).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import numpy as np
 
 from tfsim import locks
+from tfsim.errors import UserInputError
+from tfsim.files import write_json
 from tfsim.index import float_search, hamming, storage
 
 # What a library-built index records where the pipeline records the model that embedded the gallery.
@@ -236,3 +239,79 @@ class Index:
             UserInputError: not an index folder, or a damaged or altered one.
         """
         return cls(storage.load(path))
+
+
+PARTS_FILE = "parts.json"
+PARTS_FORMAT = "tfsim-sharded-index/1"
+
+
+class ShardedIndex:
+    """An index split into parts, searched by fan-out and merge: for a gallery larger than one
+    machine's memory (docs/serving.md says where the split falls).
+
+    A sharded index is a folder of index folders (`part-00000/`, ...: each an ordinary index,
+    built, tuned and checked on its own) and `parts.json` (written last, atomically) naming them.
+    `search` asks every part for its `k` best and keeps the `k` best of all: each true neighbour
+    is among its own part's `k` best, so exact parts give exactly one index's answer (ties in part
+    order), and tuned parts keep their own measured recall.
+
+    Example:
+        >>> index = ShardedIndex.load("catalogue_index")   # written by the index command's --max-items
+        >>> scores, ids = index.search(queries, k=10)
+    """
+
+    def __init__(self, parts: list):
+        if not parts:
+            raise ValueError("A ShardedIndex needs at least one part.")
+        self.parts = list(parts)
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+    def __repr__(self) -> str:
+        return f"<tfsim.index.ShardedIndex: {len(self)} items in {len(self.parts)} parts>"
+
+    @staticmethod
+    def write_parts(folder: os.PathLike, names: list[str]) -> Path:
+        """Records the index folders `folder/<name>` (each complete) as the parts of a sharded index."""
+        folder = Path(folder)
+        sizes = [int(storage.read_meta(folder / n)["size"]) for n in names]
+        write_json(folder / PARTS_FILE, {"format": PARTS_FORMAT, "parts": list(names), "sizes": sizes,
+                                         "size": sum(sizes)})
+        return folder
+
+    @staticmethod
+    def is_sharded(folder: os.PathLike) -> bool:
+        return (Path(folder) / PARTS_FILE).is_file()
+
+    @classmethod
+    def load(cls, folder: os.PathLike) -> "ShardedIndex":
+        """Opens every part named by `folder/parts.json`, each checked as `Index.load` checks it.
+
+        Raises:
+            UserInputError: no or a damaged parts.json, or a part missing or damaged.
+        """
+        folder = Path(folder)
+        try:
+            meta = json.loads((folder / PARTS_FILE).read_text(encoding="utf-8"))
+            names = meta["parts"] if meta.get("format") == PARTS_FORMAT else None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            raise UserInputError(f"{str(folder)!r} is not a sharded index: its {PARTS_FILE} cannot be read "
+                                 f"({type(err).__name__}: {err}).") from None
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) and "/" not in n and n not in
+                                                               ("", ".", "..") for n in names):
+            raise UserInputError(f"{str(folder / PARTS_FILE)!r} does not name the parts of a tfsim sharded index.")
+        parts = [Index.load(folder / n) for n in names]
+        if [len(p) for p in parts] != meta.get("sizes"):
+            raise UserInputError(f"The parts of {str(folder)!r} do not hold the items {PARTS_FILE} records: a part "
+                                 "was replaced; rebuild the sharded index.")
+        return cls(parts)
+
+    def search(self, queries, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """Every part's `k` best, merged: `(scores [Q, min(k, G)], ids)` best first (as `Index.search`)."""
+        found = [p.search(queries, k) for p in self.parts]
+        scores = np.concatenate([s for s, _ in found], axis=1)
+        ids = np.concatenate([i.astype(object) if i.dtype.kind in "US" else i for _, i in found], axis=1)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :min(k, scores.shape[1])]
+        ids = np.take_along_axis(ids, order, axis=1)
+        return np.take_along_axis(scores, order, axis=1), ids.astype(str) if ids.dtype == object else ids

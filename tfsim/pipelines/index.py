@@ -19,6 +19,7 @@ re-embedding, and `--add SHARDS --index DIR` appends them (`tfsim.catalogue`).
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from tfsim import config as config_lib
@@ -36,6 +37,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", help="the index folder to create")
     parser.add_argument("--embeddings", metavar="SHARDS", help="build from the embedding shards of the embed command "
                                                                "(instead of --model/--data)")
+    parser.add_argument("--max-items", type=int, default=0,
+                        help="with --embeddings: split an index of more items into parts of at most this many, "
+                             "searched by fan-out and merge (tfsim.index.ShardedIndex; docs/serving.md)")
     parser.add_argument("--add", metavar="DATA", help="images (or embedding shards) to add to the index given by "
                                                       "--index")
     parser.add_argument("--index", help="an existing index folder (with --add)")
@@ -59,6 +63,8 @@ def main(argv: list[str]) -> int:
     if args.add is not None and (not args.index or args.data or args.out or args.ids):
         raise UserInputError("--add DATA needs --index DIR (and no --data / --out / --ids: added images get ids "
                              "of the kind the index was built with).")
+    if args.max_items < 0 or (args.max_items and not args.embeddings):
+        raise UserInputError("--max-items N (>= 0) splits an index built from --embeddings SHARDS into parts.")
     if args.embeddings and (args.data or args.add is not None or args.ids or not args.out):
         raise UserInputError("--embeddings SHARDS takes --out DIR (and no --data / --add / --ids: the shards hold "
                              "their ids).")
@@ -84,7 +90,14 @@ def main(argv: list[str]) -> int:
             path, added = add_shards(args.index, shards)
         else:
             path = index_shards(shards, args.out, {**build_options(cfg.index),
-                                                   "hamming_exact_below": cfg.index.hamming_exact_below})
+                                                   "hamming_exact_below": cfg.index.hamming_exact_below},
+                                max_items=args.max_items)
+            if (path / "parts.json").is_file():
+                parts = json.loads((path / "parts.json").read_text())
+                print(f"\nsharded index: {path} ({parts['size']:,} images in {len(parts['parts'])} parts of at most "
+                      f"{args.max_items:,}, each tuned on its own; search with tfsim.index.ShardedIndex.load, serve "
+                      f"each part: --index {path}/part-00000 --serve ROOT)")
+                return 0
     elif args.add is not None:
         path, added = add_to_index(args.index, args.add, args.model, args.batch_size)
     else:
