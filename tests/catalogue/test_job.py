@@ -4,8 +4,6 @@ shards equal to those from the images, and a rerun that completes a killed job."
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ from tfsim.export import catalogue, export_embedder
 from tfsim.export.embed import embed_export
 from tfsim.index import Index, ShardedIndex, storage
 from tfsim.models import build_embedding_model
+from tfsim.pipelines import embed
 from tfsim.training.assessment import evaluate
 
 pytest.importorskip("apache_beam")
@@ -91,7 +90,7 @@ def test_index_and_metrics_from_shards_equal_those_from_the_images(job, tmp_path
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
 
 
-def test_a_killed_job_is_completed_by_rerunning_the_command(job, tmp_path):
+def test_a_killed_job_is_completed_by_rerunning_the_command(job, tmp_path, capsys):
     root, model, data, manifest = job
     out = tmp_path / "killed"
     shutil.copytree(root / "shards", out)
@@ -103,22 +102,27 @@ def test_a_killed_job_is_completed_by_rerunning_the_command(job, tmp_path):
     (out / "shards" / ".tmp-1a2b3c4d-shard-00004-of-00005.parquet").write_bytes(b"PAR1 half")
     with pytest.raises(UserInputError, match="embed job did not complete"):
         read_shards(out)
-    run = subprocess.run([sys.executable, "-m", "tfsim.pipelines.embed", "--model", str(model), "--data", str(data),
-                          "--out", str(out), "--shard-size", "10", "--workers", "1"],
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert "42 images in 5 shards, 2 embedded by this run" in run.stdout
-    assert "bad files: 2 set aside" in run.stdout
+    # (Beam options pass through: this rerun runs in this process, as Beam's in-memory DirectRunner)
+    assert embed.main(["--model", str(model), "--data", str(data), "--out", str(out), "--shard-size", "10",
+                       "--direct_running_mode=in_memory"]) == 0
+    printed = capsys.readouterr().out
+    assert "42 images in 5 shards, 2 embedded by this run" in printed
+    assert "bad files: 2 set aside" in printed
     again, first = read_shards(out), read_shards(root / "shards")
     np.testing.assert_array_equal(again.ids, first.ids)  # no row lost or doubled
     np.testing.assert_allclose(again.embeddings, first.embeddings, atol=1e-6)
     assert [s["name"] for s in json.loads((out / "manifest.json").read_text())["shards"]] == \
         [s["name"] for s in manifest["shards"]]
 
-    from tfsim.catalogue.job import embed_catalogue
-    assert embed_catalogue(model, str(data), out, shard_size=10, workers=1)["embedded_now"] == 0  # nothing left
+    from tfsim.catalogue.job import embed_catalogue, pipeline_options
+    assert embed_catalogue(model, str(data), out, shard_size=10)["embedded_now"] == 0  # nothing left: no job
     with pytest.raises(UserInputError, match="planned for other input .*shard_size"):
-        embed_catalogue(model, str(data), out, shard_size=7, workers=1)
+        embed_catalogue(model, str(data), out, shard_size=7)
+    options = pipeline_options(["--direct_running_mode=in_memory"], workers=3).get_all_options()
+    assert (options["runner"], options["direct_running_mode"], options["direct_num_workers"]) == \
+        ("DirectRunner", "in_memory", 3)
+    assert pipeline_options(["--runner=DataflowRunner"]).get_all_options()["direct_running_mode"] != \
+        "multi_processing"  # another runner's options are left as given
     changed = read_shards(out)
     (out / "shards" / "shard-00002-of-00005.parquet").write_bytes(b"PAR1 changed")
     with pytest.raises(UserInputError, match="sha256 differs"):

@@ -261,14 +261,18 @@ class WriteShard(beam.DoFn):
 # ----------------------------------------------------------------------------- the job
 
 def pipeline_options(beam_args: Sequence[str] = (), workers: Optional[int] = None) -> PipelineOptions:
-    """The job's Beam options: `beam_args` as given; without a `--runner`, the DirectRunner in
-    multi-process mode with `workers` processes (default: one per local core)."""
-    options = PipelineOptions(list(beam_args))
-    if options.view_as(StandardOptions).runner is None:
-        options = PipelineOptions(list(beam_args) + [
-            "--runner=DirectRunner", "--direct_running_mode=multi_processing",
-            f"--direct_num_workers={workers or os.cpu_count() or 1}"])
-    return options
+    """The job's Beam options: `beam_args` as given; without a `--runner`, Beam's DirectRunner in
+    multi-process mode with `workers` processes (default: one per local core), unless
+    `beam_args` set `--direct_running_mode` or `--direct_num_workers` themselves."""
+    args = list(beam_args)
+    if PipelineOptions(args).view_as(StandardOptions).runner is None:
+        given = {a.split("=")[0] for a in args}
+        args.append("--runner=DirectRunner")
+        if "--direct_running_mode" not in given:
+            args.append("--direct_running_mode=multi_processing")
+        if "--direct_num_workers" not in given:
+            args.append(f"--direct_num_workers={workers or os.cpu_count() or 1}")
+    return PipelineOptions(args)
 
 
 def embed_catalogue(model_dir: os.PathLike, data: str, out: os.PathLike, beam_args: Sequence[str] = (),
