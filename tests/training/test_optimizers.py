@@ -72,6 +72,38 @@ def test_layer_multiplier_equals_a_separate_optimiser_at_the_scaled_rate(make):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
 
 
+def test_scaled_adam_is_adam_by_a_naive_float64_loop():
+    """The fused update (TensorFlow's ResourceApplyAdam) against Adam written out in float64,
+    with decoupled weight decay, a layer multiplier and AMSGrad (Keras's own update)."""
+    import tensorflow as tf
+    rng = np.random.default_rng(3)
+    for amsgrad in (False, True):
+        model = two_layer_model()
+        opt = ScaledAdam(0.01, {"projection": 3.0}, weight_decay=0.01, amsgrad=amsgrad)
+        weights = [v.numpy().astype(np.float64) for v in model.trainable_variables]
+        m = [np.zeros_like(w) for w in weights]
+        v = [np.zeros_like(w) for w in weights]
+        v_hat = [np.zeros_like(w) for w in weights]
+        b1, b2, eps = 0.9, 0.999, 1e-7
+        for t in range(1, 5):
+            x = rng.normal(size=(5, 3)).astype(np.float32)
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(model(x) ** 2)
+            grads = tape.gradient(loss, model.trainable_variables)
+            opt.apply_gradients(zip(grads, model.trainable_variables))
+            for i, (g, var) in enumerate(zip(grads, model.trainable_variables)):
+                lr = 0.01 * (3.0 if "projection" in var.path else 1.0)
+                weights[i] -= weights[i] * 0.01 * 0.01  # Keras's decoupled decay: lr (unscaled) x wd x w
+                g = g.numpy().astype(np.float64)
+                m[i] += (g - m[i]) * (1 - b1)
+                v[i] += (g * g - v[i]) * (1 - b2)
+                v_hat[i] = np.maximum(v_hat[i], v[i])
+                alpha = lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+                weights[i] -= alpha * m[i] / (np.sqrt(v_hat[i] if amsgrad else v[i]) + eps)
+        for w, var in zip(weights, model.trainable_variables):
+            np.testing.assert_allclose(var.numpy(), w, rtol=1e-5, atol=1e-6)
+
+
 def test_sgd_nesterov_first_step_and_config():
     opt = build_optimizer(config.load("default", ["train.optimizer=sgd", "train.weight_decay=1e-5",
                                                   "train.lr_schedule=constant"]).train, 100)
