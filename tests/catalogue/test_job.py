@@ -118,6 +118,16 @@ def test_a_killed_job_is_completed_by_rerunning_the_command(job, tmp_path, capsy
     assert embed_catalogue(model, str(data), out, shard_size=10)["embedded_now"] == 0  # nothing left: no job
     with pytest.raises(UserInputError, match="planned for other input .*shard_size"):
         embed_catalogue(model, str(data), out, shard_size=7)
+    # A plan whose writing was killed (no plan.json yet) is written again; another folder is refused.
+    from tfsim.catalogue.job import plan_job
+    (tmp_path / "planning" / "plan").mkdir(parents=True)
+    (tmp_path / "planning" / "plan" / "shard-00000-of-00009.json").write_text("[")
+    assert plan_job(model, str(data), tmp_path / "planning", shard_size=10)["num_shards"] == 5
+    assert sorted(p.name for p in (tmp_path / "planning" / "plan").iterdir())[0] == "shard-00000-of-00005.json"
+    (tmp_path / "other" / "mine.txt").parent.mkdir()
+    (tmp_path / "other" / "mine.txt").write_text("keep")
+    with pytest.raises(UserInputError, match="is not an embed job's folder"):
+        plan_job(model, str(data), tmp_path / "other")
     options = pipeline_options(["--direct_running_mode=in_memory"], workers=3).get_all_options()
     assert (options["runner"], options["direct_running_mode"], options["direct_num_workers"]) == \
         ("DirectRunner", "in_memory", 3)

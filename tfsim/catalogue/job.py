@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
@@ -91,8 +92,9 @@ def plan_job(model_dir: os.PathLike, data: str, out: os.PathLike, shard_size: in
             raise UserInputError(f"{str(out)!r} holds a job planned for other input ({', '.join(changed)} differ): "
                                  "rerun with the arguments of that job to complete it, or choose a new --out.")
         return old
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(p.name != "plan" for p in out.iterdir()):
         raise UserInputError(f"--out {str(out)!r} exists and is not an embed job's folder: choose a new one.")
+    shutil.rmtree(out / "plan", ignore_errors=True)  # (a plan whose writing was killed before its plan.json)
     (out / "plan").mkdir(parents=True, exist_ok=True)
     paths = None if images.paths is None else np.asarray(images.paths).astype(str)
     splits = None if images.splits is None else np.asarray(images.splits).astype(str)
