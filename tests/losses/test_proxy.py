@@ -139,7 +139,8 @@ def test_scaled_adam_multiplies_only_the_named_layer():
     scaled = _one_step(ScaledAdam(0.01, lr_multipliers={"proxies": 10.0}), grads)
     plain = _one_step(ScaledAdam(0.01), grads)
     fast = _one_step(ScaledAdam(0.1), grads)
-    np.testing.assert_allclose(scaled[0], fast[0], rtol=1e-6)
+    # (to a few float32 ulps: 0.01 x 10 is not exactly 0.1 in float32)
+    np.testing.assert_allclose(scaled[0], fast[0], rtol=1e-5)
     np.testing.assert_allclose(scaled[1], plain[1], rtol=1e-6)
     assert np.abs(scaled[0]).max() > 5 * np.abs(plain[0]).max()
     with pytest.raises(ValueError, match="lr_multipliers"):
