@@ -90,6 +90,36 @@ def test_index_and_metrics_from_shards_equal_those_from_the_images(job, tmp_path
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
 
 
+def test_the_commands_index_add_and_evaluate_shards(job, tmp_path, capsys):
+    from tfsim.pipelines import evaluate as evaluate_cli
+    from tfsim.pipelines import index as index_cli
+    root, model, data, _ = job
+    assert index_cli.main(["--embeddings", str(root / "shards"), "--out", str(tmp_path / "idx")]) == 0
+    printed = capsys.readouterr().out
+    assert f"index: {tmp_path / 'idx'} (42 images, 3 classes, brute_force)" in printed
+    assert f"--model {model.resolve()}" in printed  # the shards' export, for the search command
+
+    # New images embedded by the job (in this process) and added to the index without re-embedding.
+    more = class_folders(tmp_path / "more", ["c", "d"], 4, 5)
+    for f in sorted(more.rglob("*.png")):
+        f.rename(f.with_name("new_" + f.name))
+    assert embed.main(["--model", str(model), "--data", str(more), "--out", str(tmp_path / "more_shards"),
+                       "--direct_running_mode=in_memory"]) == 0
+    assert index_cli.main(["--add", str(tmp_path / "more_shards"), "--index", str(tmp_path / "idx")]) == 0
+    assert "added 8 images" in capsys.readouterr().out
+    grown = storage.load(tmp_path / "idx")
+    assert len(grown) == 50 and grown.class_names == ("a", "b", "c", "d")
+    rows = grown.search(embed_export(model, load_source(str(more)), progress=False), 1).indices[:, 0]
+    assert (rows == np.arange(42, 50)).all()  # each added image finds itself, in its appended row
+    assert grown.ids[42] == "c/new_c_0.png" and grown.paths[42] == str((more / "c" / "new_c_0.png").resolve())
+
+    assert evaluate_cli.main(["--embeddings", str(root / "shards"), "--ks", "1,2", "--out",
+                              str(tmp_path / "eval")]) == 0
+    printed = capsys.readouterr().out
+    assert "42 queries (leave_one_out) on the embedding shards" in printed
+    assert "skipped 2 image file(s)" in printed and (tmp_path / "eval" / "metrics.json").is_file()
+
+
 def test_a_killed_job_is_completed_by_rerunning_the_command(job, tmp_path, capsys):
     root, model, data, manifest = job
     out = tmp_path / "killed"
