@@ -45,6 +45,9 @@ def test_shards_hold_every_good_image_once_as_the_index_command_embeds_it(job):
     found = read_shards(root / "shards")
     assert manifest["images"] == 42 and manifest["bad_files"] == 2 and manifest["planned"] == 44
     assert manifest["num_shards"] == 5 and manifest["embedded_now"] == 5
+    counters = manifest["counters"]  # Beam's counters, summed over the two worker processes
+    assert (counters["images"], counters["bad_files"], counters["shards"]) == (42, 2, 5)
+    assert counters["images_per_second"] > 0
     np.testing.assert_array_equal(found.ids, catalogue.catalogue_ids(checked))  # every good row, once, in order
     assert found.class_names == ("a", "b", "c")
     np.testing.assert_array_equal(found.labels, checked.labels)
@@ -138,6 +141,8 @@ def test_a_killed_job_is_completed_by_rerunning_the_command(job, tmp_path, capsy
     printed = capsys.readouterr().out
     assert "42 images in 5 shards, 2 embedded by this run" in printed
     assert "bad files: 2 set aside" in printed
+    # this run's counters: shards 1 (rows 10-19, a_corrupt.png among them) and 4 (rows 40-43, c_empty.jpg)
+    assert "Beam counters (tfsim): bad_files 2, images 12, images_per_second " in printed and "shards 2" in printed
     again, first = read_shards(out), read_shards(root / "shards")
     np.testing.assert_array_equal(again.ids, first.ids)  # no row lost or doubled
     np.testing.assert_allclose(again.embeddings, first.embeddings, atol=1e-6)

@@ -38,6 +38,7 @@ from typing import Iterable, Optional, Sequence
 import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
@@ -314,15 +315,37 @@ def embed_catalogue(model_dir: os.PathLike, data: str, out: os.PathLike, beam_ar
                  len(pending))
     if pending:
         handler = KeyedModelHandler(ExportHandler(str(model_dir), plan["model"]["fingerprint"], batch_size))
-        with beam.Pipeline(options=pipeline_options(beam_args, workers)) as p:
-            read = (p | "Shards" >> beam.Create(pending) | "Spread" >> beam.Reshuffle()
-                    | "Read" >> beam.ParDo(ReadShard(str(out), num, max_file_bytes)).with_outputs(
-                        ReadShard.BAD, main="images"))
-            embedded = (read.images | "Embed" >> RunInference(handler)
-                        | "ByShard" >> beam.Map(lambda kv: (kv[0][0], ("ok", kv[0][1], kv[1]))))
-            unread = read[ReadShard.BAD] | "BadByShard" >> beam.Map(lambda kv: (kv[0], ("bad", kv[1]["row"], kv[1])))
-            _ = ((embedded, unread) | beam.Flatten() | beam.GroupByKey()
-                 | "Write" >> beam.ParDo(WriteShard(str(out), num)))
+        p = beam.Pipeline(options=pipeline_options(beam_args, workers))
+        read = (p | "Shards" >> beam.Create(pending) | "Spread" >> beam.Reshuffle()
+                | "Read" >> beam.ParDo(ReadShard(str(out), num, max_file_bytes)).with_outputs(
+                    ReadShard.BAD, main="images"))
+        embedded = (read.images | "Embed" >> RunInference(handler)
+                    | "ByShard" >> beam.Map(lambda kv: (kv[0][0], ("ok", kv[0][1], kv[1]))))
+        unread = read[ReadShard.BAD] | "BadByShard" >> beam.Map(lambda kv: (kv[0], ("bad", kv[1]["row"], kv[1])))
+        _ = ((embedded, unread) | beam.Flatten() | beam.GroupByKey()
+             | "Write" >> beam.ParDo(WriteShard(str(out), num)))
+        result = p.run()
+        result.wait_until_finish()
+        counters = job_counters(result)
     manifest = shards.write_manifest(out, plan, time.time() - start)
     manifest["embedded_now"] = len(pending)
+    manifest["counters"] = counters if pending else {}
     return manifest
+
+
+def job_counters(result) -> dict:
+    """The job's "tfsim" counters as the runner reports them (committed values where it has them):
+    images, bad_files, shards; images_per_second: the fastest worker's last reading."""
+    found = {}
+    try:
+        metrics = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))
+    except (NotImplementedError, AttributeError):  # (a runner without metrics)
+        return found
+    for kind in ("counters", "gauges"):
+        for m in metrics.get(kind, []):
+            value = m.committed if m.committed is not None else m.attempted
+            value = getattr(value, "value", value)
+            if value is not None:
+                found[m.key.metric.name] = max(found.get(m.key.metric.name, 0), value) if kind == "gauges" \
+                    else found.get(m.key.metric.name, 0) + value
+    return found

@@ -57,6 +57,9 @@ def main(argv: list[str]) -> int:
     print(f"\nembeddings: {args.out} ({manifest['images']:,} images in {manifest['num_shards']} shards"
           + (f", {manifest['embedded_now']} embedded by this run" if manifest["embedded_now"] < manifest["num_shards"]
              else "") + (f"; {rate:,.0f} images/s" if rate else "") + ")")
+    counters = manifest.get("counters") or {}
+    if counters:
+        print("Beam counters (tfsim): " + ", ".join(f"{k} {v:,}" for k, v in sorted(counters.items())))
     if manifest["bad_files"]:
         print(f"bad files: {manifest['bad_files']:,} set aside, listed with the reason in {args.out}/bad_files.jsonl")
     print(f"index them: python -m tfsim.pipelines.index --embeddings {args.out} --out INDEX")
