@@ -55,6 +55,7 @@ def test_shards_hold_every_good_image_once_as_the_index_command_embeds_it(job):
     assert found.codes is None and all(Path(p).is_file() for p in found.paths)
     bad = [json.loads(line) for line in (root / "shards" / "bad_files.jsonl").read_text().splitlines()]
     assert [b["id"] for b in bad] == ["a/a_corrupt.png", "c/c_empty.jpg"]
+    assert "PNG" in bad[0]["reason"]  # the decoder's own words, without TF's graph context
     assert all(b["reason"] and "Graph execution" not in b["reason"] and "{{" not in b["reason"] for b in bad)
     assert sum(s["bad_files"] for s in manifest["shards"]) == 2 and sum(s["rows"] for s in manifest["shards"]) == 42
 
@@ -82,9 +83,12 @@ def test_index_and_metrics_from_shards_equal_those_from_the_images(job, tmp_path
     with pytest.raises(UserInputError, match="already in the index"):
         add_shards(tmp_path / "sharded", root / "shards")
 
-    # Split into parts of at most 15 items, searched by fan-out and merge: the one index's answers.
+    # Split into parts of whole shards, at most 15 items each, searched by fan-out and merge: the one
+    # index's answers. (The shards hold 10, 9, 10, 10 and 3 good images.)
+    assert [s["rows"] for s in json.loads((root / "shards" / "manifest.json").read_text())["shards"]] == \
+        [10, 9, 10, 10, 3]
     parts = ShardedIndex.load(index_shards(root / "shards", tmp_path / "parts", max_items=15))
-    assert [len(p) for p in parts.parts] == [15, 15, 12]
+    assert [len(p) for p in parts.parts] == [10, 9, 10, 13]
     one = Index.load(tmp_path / "sharded")
     for k in (1, 5):
         want, got = one.search(queries, k), parts.search(queries, k)
@@ -143,6 +147,7 @@ def test_a_killed_job_is_completed_by_rerunning_the_command(job, tmp_path, capsy
     assert "bad files: 2 set aside" in printed
     # this run's counters: shards 1 (rows 10-19, a_corrupt.png among them) and 4 (rows 40-43, c_empty.jpg)
     assert "Beam counters (tfsim): bad_files 2, images 12, images_per_second " in printed and "shards 2" in printed
+    assert not list(out.glob("shards/.tmp-*"))  # the half-written file of the killed job: removed
     again, first = read_shards(out), read_shards(root / "shards")
     np.testing.assert_array_equal(again.ids, first.ids)  # no row lost or doubled
     np.testing.assert_allclose(again.embeddings, first.embeddings, atol=1e-6)

@@ -69,6 +69,39 @@ def test_packed_codes_and_a_manifest_that_does_not_match(tmp_path):
         shards.read_shards(tmp_path)
 
 
+@pytest.mark.parametrize("binary", [False, True])
+def test_a_shard_whose_every_file_was_bad(tmp_path, binary):
+    """Written with its columns (the dimension and code width come from the export), read back
+    alone (no rows) and beside a shard with rows."""
+    model = {**MODEL, "embedding_dim": 16, "binary_codes": binary}
+    width = 2 if binary else 0
+    bad = [{"shard": 0, "row": r, "id": f"c0/{r}.png", "path": "", "reason": "truncated"} for r in (0, 1)]
+    shards.write_shard(tmp_path / "alone", shards.shard_name(0, 1), [], np.zeros((0, 16)), None, bad, 16, width)
+    shards.write_manifest(tmp_path / "alone", dict(_plan(2, 1, 2), model=model), 0.1)
+    alone = shards.read_shards(tmp_path / "alone")
+    assert len(alone) == 0 and alone.embeddings.shape == (0, 16)
+    assert (alone.codes.shape == (0, 2)) if binary else alone.codes is None
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(2, 16)).astype(np.float32)
+    codes = np.packbits(emb >= 0, axis=1) if binary else None
+    tmp_path = tmp_path / "both"
+    shards.write_shard(tmp_path, shards.shard_name(1, 2), [_row(2, 0), _row(3, 1)], emb, codes, [], 16, width)
+    shards.write_shard(tmp_path, shards.shard_name(0, 2), [], np.zeros((0, 16)), None, bad, 16, width)
+    manifest = shards.write_manifest(tmp_path, dict(_plan(4, 2, 2), model=model), 0.1)
+    assert [s["rows"] for s in manifest["shards"]] == [0, 2] and manifest["bad_files"] == 2
+    both = shards.read_shards(tmp_path)
+    np.testing.assert_array_equal(both.embeddings, emb)
+    assert both.rows.tolist() == [2, 3]
+    if binary:
+        np.testing.assert_array_equal(both.codes, codes)
+    only_second = shards.read_shards(tmp_path, names=[shards.shard_name(1, 2)])
+    assert only_second.ids.tolist() == both.ids.tolist()
+    manifest["shards"][0]["name"] = "../../elsewhere"
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserInputError, match="names a shard '../../elsewhere' that is not one of its own"):
+        shards.read_shards(tmp_path)
+
+
 def test_the_pixels_of_a_set_held_in_memory_come_from_the_plan(tmp_path):
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 255, (5, 4, 4, 1)).astype(np.uint8)
@@ -87,6 +120,7 @@ def test_the_pixels_of_a_set_held_in_memory_come_from_the_plan(tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["--model", "m", "--data", "d", "--out", "o", "--shard-size", "0"], "take integers >= 1"),
     (["--model", "m", "--data", "d", "--out", "o", "stray"], "Beam options are written --name=value"),
+    (["--model", "m", "--data", "d", "--out", "o", "--workers", "2", "--runner=DataflowRunner"], "--num_workers"),
 ])
 def test_the_embed_command_checks_its_arguments_first(argv, message):
     from tfsim.pipelines import embed
@@ -98,6 +132,8 @@ def test_the_embed_command_checks_its_arguments_first(argv, message):
     (["--embeddings", "s", "--data", "d", "--out", "o"], "--embeddings SHARDS takes --out DIR"),
     (["--embeddings", "s"], "--embeddings SHARDS takes --out DIR"),
     (["--model", "m", "--data", "d", "--out", "o", "--max-items", "5"], "--max-items N"),
+    (["--embeddings", "s", "--out", "o", "--max-items", "5", "--serve", "r"], "serve each part on its own"),
+    (["--embeddings", "s", "--out", "o", "--model", "m"], "--model is only for --serve"),
 ])
 def test_the_index_command_checks_embeddings_arguments(argv, message):
     from tfsim.pipelines import index

@@ -25,6 +25,7 @@ per local core: no set-up on one machine. Any Beam pipeline options pass through
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import logging
@@ -42,6 +43,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from tfsim import locks
 from tfsim.catalogue import shards
 from tfsim.catalogue.shards import PLAN, shard_name
 from tfsim.data.specs import load_source
@@ -55,6 +57,9 @@ log = logging.getLogger(__name__)
 NAMESPACE = "tfsim"
 PLAN_FORMAT = "tfsim-embedding-plan/1"
 MAX_FILE_BYTES = 64 * 2**20  # a larger file is set aside unread (the pixel limit bounds what is decoded)
+# A file that cannot be opened for one of these reasons is a dead letter; other I/O errors are retried.
+PERMANENT_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.ELOOP,
+                    errno.ENAMETOOLONG}
 
 
 # ----------------------------------------------------------------------------- the plan (driver)
@@ -93,7 +98,7 @@ def plan_job(model_dir: os.PathLike, data: str, out: os.PathLike, shard_size: in
             raise UserInputError(f"{str(out)!r} holds a job planned for other input ({', '.join(changed)} differ): "
                                  "rerun with the arguments of that job to complete it, or choose a new --out.")
         return old
-    if out.exists() and any(p.name != "plan" for p in out.iterdir()):
+    if out.exists() and any(p.name != "plan" and not p.name.startswith(".tmp-") for p in out.iterdir()):
         raise UserInputError(f"--out {str(out)!r} exists and is not an embed job's folder: choose a new one.")
     shutil.rmtree(out / "plan", ignore_errors=True)  # (a plan whose writing was killed before its plan.json)
     (out / "plan").mkdir(parents=True, exist_ok=True)
@@ -159,6 +164,8 @@ class ReadShard(beam.DoFn):
                 if len(data) > self.max_file_bytes:
                     raise ValueError(f"the file is larger than {self.max_file_bytes:,} bytes (max_file_bytes)")
             except (OSError, ValueError) as err:
+                if isinstance(err, OSError) and err.errno not in PERMANENT_ERRNOS:
+                    raise  # (an I/O error that may pass, e.g. EIO on a network filesystem: the runner retries)
                 yield beam.pvalue.TaggedOutput(self.BAD, (index, _bad(index, row, f"cannot read the file: {err}")))
                 continue
             yield key, data
@@ -205,14 +212,17 @@ class ExportHandler(ModelHandler):
             codes = out["codes"].numpy() if "codes" in out else None
             return [(e, None if codes is None else codes[i], None) for i, e in enumerate(out["embeddings"].numpy())]
 
+        # Only a refused image (InvalidArgumentError: not an image, truncated, above the pixel limit) is
+        # a dead letter; anything else (out of memory, an unavailable device) fails the bundle, which
+        # the runner retries, instead of setting good images aside for good.
         try:
             results = call(batch)
-        except tf.errors.OpError:  # one or more images refused: find them one at a time
+        except tf.errors.InvalidArgumentError:  # one or more images refused: find them one at a time
             results = []
             for item in batch:
                 try:
                     results += call([item])
-                except tf.errors.OpError as err:
+                except tf.errors.InvalidArgumentError as err:
                     results.append((None, None, _reason(err)))
         self._count += len(batch)
         self._rate.set(int(self._count / max(time.time() - self._started, 1e-6)))
@@ -226,10 +236,11 @@ class ExportHandler(ModelHandler):
 
 
 class WriteShard(beam.DoFn):
-    """`(shard, results)` -> the shard's files (`shards.write_shard`), in row order."""
+    """`(shard, results)` -> the shard's files (`shards.write_shard`), in row order; `dim` and
+    `code_bytes` (the export's) describe the columns even when every file of a shard was bad."""
 
-    def __init__(self, out: str, num_shards: int):
-        self.out, self.num_shards = out, num_shards
+    def __init__(self, out: str, num_shards: int, dim: int = 0, code_bytes: int = 0):
+        self.out, self.num_shards, self.dim, self.code_bytes = out, num_shards, dim, code_bytes
         self.images = Metrics.counter(NAMESPACE, "images")
         self.bad_files = Metrics.counter(NAMESPACE, "bad_files")
         self.shards = Metrics.counter(NAMESPACE, "shards")
@@ -250,11 +261,12 @@ class WriteShard(beam.DoFn):
         if missing:  # (never expected: every row is embedded or set aside)
             raise RuntimeError(f"Shard {name}: rows {sorted(missing)[:5]} came back from neither output.")
         order = sorted(good)
-        embeddings = np.stack([good[r][0] for r in order]) if order else np.zeros((0, 0), np.float32)
+        embeddings = np.stack([good[r][0] for r in order]) if order else np.zeros((0, self.dim), np.float32)
         codes = None
         if order and good[order[0]][1] is not None:
             codes = np.stack([good[r][1] for r in order])
-        shards.write_shard(self.out, name, [rows[r] for r in order], embeddings.reshape(len(order), -1), codes, bad)
+        shards.write_shard(self.out, name, [rows[r] for r in order], embeddings, codes, bad, self.dim or None,
+                           self.code_bytes)
         self.images.inc(len(order))
         self.bad_files.inc(len(bad))
         self.shards.inc()
@@ -307,7 +319,15 @@ def embed_catalogue(model_dir: os.PathLike, data: str, out: os.PathLike, beam_ar
     out = Path(out).resolve()
     model_dir = Path(model_dir).resolve()
     start = time.time()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with locks.sibling_lock(out, "embedding job"):  # (one driver per folder: a second is refused)
+        return _run(model_dir, data, out, beam_args, shard_size, batch_size, ids, workers, max_file_bytes, start)
+
+
+def _run(model_dir, data, out, beam_args, shard_size, batch_size, ids, workers, max_file_bytes, start) -> dict:
     plan = plan_job(model_dir, data, out, shard_size, ids)
+    for leftover in [*out.glob("shards/.tmp-*"), *out.glob("dead_letter/.tmp-*"), *out.glob(".tmp-*")]:
+        leftover.unlink(missing_ok=True)  # (half-written by a job that was killed; the lock says none runs)
     pending = pending_shards(out, plan)
     num = plan["num_shards"]
     if len(pending) < num:
@@ -315,6 +335,7 @@ def embed_catalogue(model_dir: os.PathLike, data: str, out: os.PathLike, beam_ar
                  len(pending))
     if pending:
         handler = KeyedModelHandler(ExportHandler(str(model_dir), plan["model"]["fingerprint"], batch_size))
+        code_bytes = int(plan["model"]["embedding_dim"]) // 8 if plan["model"].get("binary_codes") else 0
         p = beam.Pipeline(options=pipeline_options(beam_args, workers))
         read = (p | "Shards" >> beam.Create(pending) | "Spread" >> beam.Reshuffle()
                 | "Read" >> beam.ParDo(ReadShard(str(out), num, max_file_bytes)).with_outputs(
@@ -323,7 +344,7 @@ def embed_catalogue(model_dir: os.PathLike, data: str, out: os.PathLike, beam_ar
                     | "ByShard" >> beam.Map(lambda kv: (kv[0][0], ("ok", kv[0][1], kv[1]))))
         unread = read[ReadShard.BAD] | "BadByShard" >> beam.Map(lambda kv: (kv[0], ("bad", kv[1]["row"], kv[1])))
         _ = ((embedded, unread) | beam.Flatten() | beam.GroupByKey()
-             | "Write" >> beam.ParDo(WriteShard(str(out), num)))
+             | "Write" >> beam.ParDo(WriteShard(str(out), num, int(plan["model"]["embedding_dim"]), code_bytes)))
         result = p.run()
         result.wait_until_finish()
         counters = job_counters(result)

@@ -91,7 +91,8 @@ def read_json(path: os.PathLike, what: str) -> dict:
 # ----------------------------------------------------------------------------- writing
 
 def write_shard(out: os.PathLike, name: str, rows: list[dict], embeddings: np.ndarray,
-                codes: Optional[np.ndarray], bad: list[dict]) -> Path:
+                codes: Optional[np.ndarray], bad: list[dict], dim: Optional[int] = None,
+                code_bytes: int = 0) -> Path:
     """Writes one input shard's results: its dead letters, then its Parquet file (the commit).
 
     Args:
@@ -101,6 +102,9 @@ def write_shard(out: os.PathLike, name: str, rows: list[dict], embeddings: np.nd
         embeddings: float32 `[len(rows), D]`.
         codes: uint8 `[len(rows), bits / 8]` packed codes (a hashing export), or None.
         bad: `{"row", "id", "path", "reason"}` of the rows that could not be embedded.
+        dim: the embedding dimension (needed when no row was embedded: every file was bad).
+        code_bytes: bytes per packed code of a hashing export (0: none); its `code` column is
+            written even when no row was embedded.
     """
     pa = _arrow()
     out = Path(out)
@@ -108,8 +112,8 @@ def write_shard(out: os.PathLike, name: str, rows: list[dict], embeddings: np.nd
     (out / "shards").mkdir(parents=True, exist_ok=True)
     with replacing(out / "dead_letter" / f"{name}.jsonl", unique=True) as tmp:
         tmp.write_text("".join(json.dumps(b) + "\n" for b in sorted(bad, key=lambda b: b["row"])), encoding="utf-8")
-    embeddings = np.asarray(embeddings, np.float32).reshape(len(rows), -1)
-    dim = embeddings.shape[1]
+    dim = int(dim or np.asarray(embeddings).shape[-1])
+    embeddings = np.asarray(embeddings, np.float32).reshape(len(rows), dim)
     columns = {
         "row": pa.array([int(r["row"]) for r in rows], pa.int64()),
         "id": pa.array([str(r["id"]) for r in rows], pa.string()),
@@ -121,9 +125,10 @@ def write_shard(out: os.PathLike, name: str, rows: list[dict], embeddings: np.nd
                           for r in rows], pa.string()),
         "embedding": pa.FixedSizeListArray.from_arrays(pa.array(embeddings.reshape(-1), pa.float32()), dim),
     }
-    if codes is not None:
-        codes = np.ascontiguousarray(codes, np.uint8).reshape(len(rows), -1)
-        columns["code"] = pa.array([c.tobytes() for c in codes], pa.binary(codes.shape[1]))
+    if codes is not None or code_bytes:
+        width = int(code_bytes or np.asarray(codes).shape[-1])
+        codes = np.ascontiguousarray(codes if codes is not None else np.zeros((0, width)), np.uint8)
+        columns["code"] = pa.array([c.tobytes() for c in codes.reshape(len(rows), width)], pa.binary(width))
     table = pa.table(columns)
     target = out / "shards" / f"{name}.parquet"
     with replacing(target, unique=True) as tmp:
@@ -192,12 +197,14 @@ def read_manifest(folder: os.PathLike) -> dict:
     return manifest
 
 
-def read_shards(folder: os.PathLike, verify: bool = True) -> EmbeddingShards:
+def read_shards(folder: os.PathLike, verify: bool = True, names: Optional[Sequence[str]] = None) -> EmbeddingShards:
     """Every row of a completed shards folder (see module doc), checked against its manifest.
 
     Args:
         verify: check each Parquet file's sha256 against the manifest (a file changed or
             damaged since the job is refused).
+        names: only these shards (`shard_name`s of the manifest), e.g. one part of a sharded
+            index; default all.
 
     Raises:
         UserInputError: not a completed shards folder, a shard missing, damaged or changed, or
@@ -208,7 +215,14 @@ def read_shards(folder: os.PathLike, verify: bool = True) -> EmbeddingShards:
     manifest = read_manifest(folder)
     dim = int(manifest["model"]["embedding_dim"])
     parts, total = [], 0
+    count = int(manifest.get("num_shards", 0))
+    own = {shard_name(i, count) for i in range(count)}
     for entry in manifest["shards"]:
+        if entry.get("name") not in own:
+            raise UserInputError(f"{str(folder / MANIFEST)!r} names a shard {entry.get('name')!r} that is not one of "
+                                 "its own: not a manifest the embed job wrote.")
+        if names is not None and entry["name"] not in names:
+            continue
         path = folder / "shards" / f"{entry['name']}.parquet"
         if not path.is_file():
             raise UserInputError(f"Shard {str(path)!r}, listed in the manifest, is missing: restore it, or rerun the "
@@ -224,12 +238,13 @@ def read_shards(folder: os.PathLike, verify: bool = True) -> EmbeddingShards:
             raise UserInputError(f"Shard {str(path)!r} holds {table.num_rows} rows; the manifest says {entry['rows']}.")
         parts.append(table)
         total += table.num_rows
-    names = tuple(manifest["class_names"])
-    if not parts:
+    classes = tuple(manifest["class_names"])
+    if not total:  # (no shard, or only shards whose every file was bad)
         empty = np.zeros(0, str)
-        return EmbeddingShards(np.zeros((0, dim), np.float32), empty, np.zeros(0, np.int32), names, empty, empty,
-                               None, manifest, np.zeros(0, np.int64))
-    table = pa.concat_tables(parts)
+        codes = np.zeros((0, dim // 8), np.uint8) if manifest["model"].get("binary_codes") else None
+        return EmbeddingShards(np.zeros((0, dim), np.float32), empty, np.zeros(0, np.int32), classes, empty, empty,
+                               codes, manifest, np.zeros(0, np.int64))
+    table = pa.concat_tables([t for t in parts if t.num_rows])
     flat = table.column("embedding").combine_chunks()
     embeddings = np.asarray(flat.flatten().to_numpy(zero_copy_only=False), np.float32).reshape(total, -1)
     if embeddings.shape[1] != dim:
@@ -242,12 +257,12 @@ def read_shards(folder: os.PathLike, verify: bool = True) -> EmbeddingShards:
         codes = np.frombuffer(b"".join(table.column("code").to_pylist()), np.uint8).reshape(total, -1)[order]
 
     def text(col):
-        return np.array(table.column(col).to_pylist(), dtype=str)[order] if total else np.zeros(0, str)
+        return np.array(table.column(col).to_pylist(), dtype=str)[order]
 
     labels = table.column("label").to_numpy().astype(np.int32)[order]
-    if len(labels) and (labels.min() < 0 or labels.max() >= len(names)):
-        raise UserInputError(f"Shard labels outside the manifest's {len(names)} classes.")
-    return EmbeddingShards(embeddings[order], text("id"), labels, names, text("path"), text("split"), codes, manifest,
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
+        raise UserInputError(f"Shard labels outside the manifest's {len(classes)} classes.")
+    return EmbeddingShards(embeddings[order], text("id"), labels, classes, text("path"), text("split"), codes, manifest,
                            rows[order])
 
 

@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from tfsim import locks
-from tfsim.catalogue.shards import EmbeddingShards, dead_letters, planned_pixels, read_shards
+from tfsim.catalogue.shards import EmbeddingShards, dead_letters, planned_pixels, read_manifest, read_shards
 from tfsim.errors import UserInputError
 from tfsim.evaluation.metrics import query_mask
 from tfsim.evaluation.report import write_report
@@ -43,8 +43,10 @@ def index_shards(shards: os.PathLike, out: os.PathLike, options: Optional[dict] 
 
     Args:
         max_items: above this many rows (0: never), a sharded index (`tfsim.index.ShardedIndex`):
-            parts `out/part-00000/`, ... of at most `max_items` rows each, in catalogue order, each
-            built and tuned on its own, searched by fan-out and merge; `parts.json` written last.
+            parts `out/part-00000/`, ... of whole shards, in catalogue order, at most `max_items`
+            rows each (or one shard, if a shard alone holds more), each read, built and tuned on
+            its own (the memory of one part at a time), searched by fan-out and merge;
+            `parts.json` written last.
 
     Raises:
         UserInputError: not complete shards (`read_shards`), no rows, a bad `max_items`, or `out`
@@ -55,28 +57,38 @@ def index_shards(shards: os.PathLike, out: os.PathLike, options: Optional[dict] 
                              f"Received: max_items={max_items!r}")
     out = Path(out)
     with new_index_folder(out):
-        found = read_shards(shards)
-        if not len(found):
+        manifest = read_manifest(shards)
+        if not manifest["images"]:
             raise UserInputError(f"The shards at {str(shards)!r} hold no embedded image: nothing to index.")
-        images, paths = _pictures(shards, found)
-        n = len(found)
-        if not max_items or n <= max_items:
-            write_index(out, found.embeddings, found.ids, found.labels, found.class_names, found.model, options,
-                        images=images, paths=paths, id_kind=found.manifest["id_kind"])
+        if not max_items or manifest["images"] <= max_items:
+            _write_part(shards, out, None, options)
             return out
+        groups, rows = [[]], 0  # parts of whole shards, in catalogue order, each read on its own
+        for entry in manifest["shards"]:
+            if groups[-1] and rows + entry["rows"] > max_items:
+                groups.append([])
+                rows = 0
+            groups[-1].append(entry["name"])
+            rows += entry["rows"]
         work = out.with_name(f".tmp-parts-{out.name}")  # (renamed to `out` once every part is written)
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
-        names = []
-        for part, lo in enumerate(range(0, n, max_items)):
-            rows = slice(lo, min(n, lo + max_items))
-            names.append(f"part-{part:05d}")
-            write_index(work / names[-1], found.embeddings[rows], found.ids[rows], found.labels[rows],
-                        found.class_names, found.model, options, images=None if images is None else images[rows],
-                        paths=None if paths is None else paths[rows], id_kind=found.manifest["id_kind"])
-        ShardedIndex.write_parts(work, names)
-        os.replace(work, out)
+        try:
+            names = [f"part-{part:05d}" for part in range(len(groups))]
+            for name, group in zip(names, groups):
+                _write_part(shards, work / name, group, options)
+            ShardedIndex.write_parts(work, names)
+            os.replace(work, out)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+def _write_part(shards: os.PathLike, out: Path, names: Optional[list], options: Optional[dict]) -> None:
+    found = read_shards(shards, names=names)
+    images, paths = _pictures(shards, found)
+    write_index(out, found.embeddings, found.ids, found.labels, found.class_names, found.model, options,
+                images=images, paths=paths, id_kind=found.manifest["id_kind"])
 
 
 def add_shards(index_dir: os.PathLike, shards: os.PathLike) -> tuple[Path, int]:

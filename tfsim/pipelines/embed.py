@@ -39,6 +39,10 @@ def main(argv: list[str]) -> int:
     args, beam_args = parser.parse_known_args(argv)
     if args.shard_size < 1 or args.batch_size < 1 or (args.workers is not None and args.workers < 1):
         raise UserInputError("--shard-size, --batch-size and --workers take integers >= 1.")
+    runner = next((a.split("=", 1)[1] for a in beam_args if a.startswith("--runner=")), "DirectRunner")
+    if args.workers is not None and runner not in ("DirectRunner", "direct"):
+        raise UserInputError(f"--workers sets the local DirectRunner's processes; with --runner={runner} set the "
+                             "runner's own worker options (e.g. Dataflow's --num_workers / --max_num_workers).")
     unknown = [a for a in beam_args if not a.startswith("--")]
     if unknown:
         raise UserInputError(f"Unexpected arguments {unknown}: Beam options are written --name=value.")

@@ -63,8 +63,12 @@ def main(argv: list[str]) -> int:
     if args.add is not None and (not args.index or args.data or args.out or args.ids):
         raise UserInputError("--add DATA needs --index DIR (and no --data / --out / --ids: added images get ids "
                              "of the kind the index was built with).")
-    if args.max_items < 0 or (args.max_items and not args.embeddings):
-        raise UserInputError("--max-items N (>= 0) splits an index built from --embeddings SHARDS into parts.")
+    if args.max_items < 0 or (args.max_items and (not args.embeddings or args.serve)):
+        raise UserInputError("--max-items N (>= 0) splits an index built from --embeddings SHARDS into parts (serve "
+                             "each part on its own: --index DIR/part-NNNNN --serve ROOT_NNNNN).")
+    if args.embeddings and args.model and not args.serve:
+        raise UserInputError("--embeddings SHARDS builds with the export the shards record: --model is only for "
+                             "--serve (the export to write the retrieval SavedModels with).")
     if args.embeddings and (args.data or args.add is not None or args.ids or not args.out):
         raise UserInputError("--embeddings SHARDS takes --out DIR (and no --data / --add / --ids: the shards hold "
                              "their ids).")
@@ -80,8 +84,8 @@ def main(argv: list[str]) -> int:
     from tfsim.index import build_options, read_meta  # lazy: TensorFlow, after the checks
 
     added = None
-    shards = args.embeddings or (args.add if args.add is not None and (Path(args.add) / "manifest.json").is_file()
-                                 else None)
+    shards = args.embeddings or (args.add if args.add is not None and any(
+        (Path(args.add) / name).is_file() for name in ("manifest.json", "plan.json")) else None)
     if serve_only:
         path = Path(args.index)  # only the retrieval SavedModels of an existing index
     elif shards:
@@ -95,8 +99,8 @@ def main(argv: list[str]) -> int:
             if (path / "parts.json").is_file():
                 parts = json.loads((path / "parts.json").read_text())
                 print(f"\nsharded index: {path} ({parts['size']:,} images in {len(parts['parts'])} parts of at most "
-                      f"{args.max_items:,}, each tuned on its own; search with tfsim.index.ShardedIndex.load, serve "
-                      f"each part: --index {path}/part-00000 --serve ROOT)")
+                      f"{args.max_items:,}, each tuned on its own; search with tfsim.index.ShardedIndex.load; serve "
+                      f"each part from a root of its own: --index {path}/part-00000 --model EXPORT --serve ROOT_00000)")
                 return 0
     elif args.add is not None:
         path, added = add_to_index(args.index, args.add, args.model, args.batch_size)

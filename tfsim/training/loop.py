@@ -166,12 +166,13 @@ def fit(cfg: Config, run_dir: Path, split: Split, resume: bool = True, verbose: 
                 # a trace makes TensorFlow trace the step a second time (about 1 s of every run).
                 model.optimizer.build(model.trainable_variables)
         train_set, how = decoded.result()
-        decode_seconds = time.time() - decoding  # (part of the training time the run reports)
+        # (part of the training time the run reports: decoding, overlapped with building the model)
+        decode_seconds = time.time() - decoding
         log.info("Training images: %s.", how)
         return _loop(task, run_dir, split.test, train_set, model, steps_per_epoch, initial_step, verbose, strategy,
                      decode_seconds)
     finally:
-        pool.shutdown(wait=True)  # (an error while building the model: the thread ends before the run does)
+        pool.shutdown(wait=False, cancel_futures=True)  # (done by now, unless building the model failed)
         keras.config.set_dtype_policy(policy)
 
 
@@ -207,7 +208,8 @@ def _loop(task: Task, run_dir: Path, test: sources.ImageSet, train_set: sources.
           steps_per_epoch: int, initial_step: int, verbose: Union[int, str],
           strategy: tf.distribute.Strategy, decode_seconds: float = 0.0) -> FitResult:
     """Fits `model` from global step `initial_step` to the end of the run (its seconds, with the
-    `decode_seconds` the training images took to decode once, are `fit_seconds`). A run resumed within an epoch
+    `decode_seconds` from the start of decoding the training images until both they and the model
+    were ready, are `fit_seconds`). A run resumed within an epoch
     (a partial checkpoint) fits the rest of that epoch first, as a shorter epoch. Under a multi-worker
     strategy, `distributed.fit_loop` (Keras's `model.fit` cannot take its batches), each task writing
     to its `worker_dir`."""
