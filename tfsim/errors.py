@@ -21,6 +21,18 @@ class UserInputError(ValueError):
     """Bad user input: the message says what was wrong, what was expected and how to fix it."""
 
 
+def tf_error_reason(err: Exception, limit: int = 300) -> str:
+    """The reason a TensorFlow op gave (e.g. "Invalid PNG. Failed to initialize decoder."), without
+    the context a traced function wraps it in: the "{{function_node ...}}" prefix, the "Graph
+    execution error" / "Detected at node" / "<stack traces unavailable>" lines and the trailing
+    "[[{{node ...}}]]"; its first line, at most `limit` characters."""
+    text = re.sub(r"^(\{\{[^}]*\}\}\s*)+", "", str(getattr(err, "message", None) or err))
+    lines = [line.strip() for line in text.splitlines()]
+    useful = [line for line in lines if line and not line.startswith(
+        ("Graph execution error", "Detected at node", "<stack traces", "[[", "{{"))]
+    return re.sub(r"\s*\[\[\{\{node .*$", "", (useful or [type(err).__name__])[0])[:limit]
+
+
 def rename_keys(message: str, keys: dict) -> str:
     """`message` with each library argument (`arg` in backticks, or `arg=`) replaced by its config key."""
     for arg, key in keys.items():

@@ -30,7 +30,6 @@ import io
 import json
 import logging
 import os
-import re
 import shutil
 import time
 from pathlib import Path
@@ -47,7 +46,7 @@ from tfsim import locks
 from tfsim.catalogue import shards
 from tfsim.catalogue.shards import PLAN, shard_name
 from tfsim.data.specs import load_source
-from tfsim.errors import UserInputError
+from tfsim.errors import UserInputError, tf_error_reason
 from tfsim.export.catalogue import catalogue_ids
 from tfsim.export.embed import export_max_pixels
 from tfsim.export.identity import model_fingerprint, model_info
@@ -126,15 +125,6 @@ def pending_shards(out: os.PathLike, plan: dict) -> list[int]:
 
 
 # ----------------------------------------------------------------------------- the workers
-
-def _reason(err: Exception) -> str:
-    """TensorFlow's reason for refusing an image, without its graph context (the "Graph execution
-    error", "Detected at node" and "[[{{node ...}}]]" lines)."""
-    lines = [line.strip() for line in str(getattr(err, "message", None) or err).splitlines()]
-    useful = [line for line in lines if line and not line.startswith(("Graph execution error", "Detected at node",
-                                                                       "<stack traces", "[[", "{{"))]
-    return re.sub(r"\s*\[\[\{\{node .*$", "", (useful or [type(err).__name__])[0])[:500]
-
 
 class ReadShard(beam.DoFn):
     """Shard index -> `((shard, row), encoded image)` for each row of its plan; a file that
@@ -223,7 +213,7 @@ class ExportHandler(ModelHandler):
                 try:
                     results += call([item])
                 except tf.errors.InvalidArgumentError as err:
-                    results.append((None, None, _reason(err)))
+                    results.append((None, None, tf_error_reason(err, 500)))
         self._count += len(batch)
         self._rate.set(int(self._count / max(time.time() - self._started, 1e-6)))
         return results

@@ -12,7 +12,6 @@ import dataclasses
 import logging
 import errno
 import os
-import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
@@ -22,7 +21,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from tfsim.data.formats import DEFAULT_MAX_PIXELS
-from tfsim.errors import UserInputError
+from tfsim.errors import UserInputError, tf_error_reason
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
@@ -165,8 +164,7 @@ def _decode_problem(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Optiona
     try:
         _decoder(max_pixels)(tf.constant(data))  # (the decoder checks the header's size again, in TF)
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as err:
-        message = re.sub(r"^(\{\{[^}]*\}\}\s*)+", "", str(err.message))  # (TF's "{{function_node ...}}" prefix)
-        return "not a decodable image: " + message.splitlines()[0][:200]
+        return "not a decodable image: " + tf_error_reason(err, 200)
     return None
 
 

@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from tfsim.data.formats import DEFAULT_MAX_PIXELS
 from tfsim.data.sources import escape_name, size_problem
-from tfsim.errors import UserInputError
+from tfsim.errors import UserInputError, tf_error_reason
 from tfsim.export.embed import export_max_pixels
 from tfsim.export.identity import index_model
 from tfsim.export.saved_model import META_DIR, read_export
@@ -136,10 +136,8 @@ def search_image(model_dir: Optional[os.PathLike], image_path: os.PathLike, k: i
     try:
         query = serving(image_bytes=tf.constant([data]))["embeddings"].numpy()
     except tf.errors.InvalidArgumentError as err:  # the graph's own checks (size, format)
-        message = str(err.message)
-        message = message[message.find("Image of"):] if "Image of" in message else message
         raise UserInputError(f"Invalid value for `--image`: the export refused {escape_name(str(image_path))!r}: "
-                             f"{message.splitlines()[0][:300]}") from None
+                             f"{tf_error_reason(err)}") from None
     index = storage.load(index_dir)
     rows, scores = index.search(query, k)
     rows, scores = rows[0], scores[0]
