@@ -97,6 +97,34 @@ def test_train_dataset_flips_only_with_flip():
     assert 6 <= right_bright(True) <= 26
 
 
+def test_every_dataset_tfsim_iterates_has_autotuning_off(monkeypatch):
+    # TensorFlow 2.20: deleting an autotuned iterator waits out its tuning thread's sleep (seconds at
+    # the end of a fit; `pipeline.without_autotune`, bench/iterator_teardown.py). The training batches
+    # of every kind, the evaluation batches, `pk_dataset` and the datasets the embedding loop reads
+    # (a user's too) are all iterated with autotuning off, and still in parallel.
+    from tfsim.data import pk
+    from tfsim.evaluation import embed
+    imgs = np.zeros((40, 12, 12, 1), np.uint8)
+    ds = sources.ImageSet(labels=np.repeat(np.arange(4), 10).astype(np.int32),
+                          ids=np.array([str(i) for i in range(40)]), class_names=("a", "b", "c", "d"), images=imgs)
+    built = [pipeline.train_dataset(ds, 4, 2, 12, kind=kind, batch_size=12) for kind in ("pk", "random", "epoch",
+                                                                                           "triplets")]
+    built += [pipeline.eval_dataset(ds, 12), pk.pk_dataset(imgs, ds.labels, classes_per_batch=2, examples_per_class=2),
+              pk.pk_dataset(imgs, ds.labels, classes_per_batch=2, examples_per_class=2, image_size=12, augment=True)]
+    assert [d.options().autotune.enabled for d in built] == [False] * len(built)
+    assert tf.data.Dataset.range(3).options().autotune.enabled is not False  # (TensorFlow's default is on)
+
+    iterated = []
+    real = embed.without_autotune
+    monkeypatch.setattr(embed, "without_autotune", lambda d: iterated.append(real(d)) or iterated[-1])
+    users = tf.data.Dataset.from_tensor_slices(np.zeros((5, 12, 12, 3), np.float32)).batch(2)
+    model = lambda x, training=False: tf.reduce_mean(x, axis=(1, 2))  # noqa: E731
+    assert embed.embed_dataset(model, users, eager=True).shape == (5, 3)
+    assert embed.embed_pairs(model, tf.data.Dataset.zip(users, tf.data.Dataset.range(5).batch(2)),
+                             eager=True)[1].tolist() == [0, 1, 2, 3, 4]
+    assert [d.options().autotune.enabled for d in iterated] == [False, False]
+
+
 @pytest.mark.slow  # over a second: kept out of the fast tier
 def test_tfds_source_is_streamed_from_encoded_bytes(tmp_path, monkeypatch):
     """TFDS's own mock data through the real loading code (tf_flowers: image + label; cars196's

@@ -178,8 +178,8 @@ def train_dataset(images: ImageSet, classes_per_batch: int, examples_per_class: 
         return x, tf.gather(labels, r)
 
     steps = tf.data.Dataset.counter(start_step, dtype=tf.int64)
-    return tf.data.Dataset.zip(steps, rows).map(make, num_parallel_calls=tf.data.AUTOTUNE,
-                                                deterministic=True).prefetch(tf.data.AUTOTUNE)
+    return without_autotune(tf.data.Dataset.zip(steps, rows).map(make, num_parallel_calls=tf.data.AUTOTUNE,
+                                                                 deterministic=True).prefetch(tf.data.AUTOTUNE))
 
 
 def eval_dataset(images: ImageSet, image_size: int, batch_size: int = 256, center_crop: float = 1.0) -> tf.data.Dataset:
@@ -190,7 +190,24 @@ def eval_dataset(images: ImageSet, image_size: int, batch_size: int = 256, cente
     # Not converted by AutoGraph: these functions branch on Python values only (their tensor branches
     # are tf.cond / tf.while_loop), and converting them cost about 0.35 s of every run.
     batch = tf.autograph.experimental.do_not_convert(lambda r: load(tf.cast(r, tf.int32)))
-    return rows.map(batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
+    return without_autotune(rows.map(batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2))
+
+
+def without_autotune(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """`dataset` with tf.data's autotuning off: every dataset tfsim iterates goes through here.
+
+    With autotuning on (TensorFlow's default), each iterator runs a tuning thread that sleeps
+    between rounds for a period that doubles while the iterator lives, up to a minute. On
+    TensorFlow 2.20 deleting the iterator does not wake that thread: the deletion waits for the
+    sleep to end. Measured at the end of `model.fit` (its iterator deleted when `fit` returns):
+    3-6 s after about half of the 7 s training runs of `bench/peer_parity.py` on sklearn_digits,
+    with the thread asleep in `Model::OptimizeLoop` throughout. Off, a parallel map keeps
+    AUTOTUNE's starting parallelism (the cores, at most 16) and `prefetch(AUTOTUNE)` grows its
+    buffer whenever the consumer finds it empty, with no thread to wait for.
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
 
 
 def decode_once(images: ImageSet, image_size: int, max_bytes: int) -> tuple[ImageSet, str]:

@@ -285,4 +285,5 @@ def pk_dataset(x, y=None, *, classes_per_batch: int, examples_per_class: int, se
     def gather(rows):
         return tf.nest.map_structure(lambda t: tf.gather(t, rows), table), tf.gather(labels_t, rows)
 
-    return order.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
+    return pipeline.without_autotune(order.map(gather, num_parallel_calls=tf.data.AUTOTUNE,
+                                               deterministic=True).prefetch(tf.data.AUTOTUNE))

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfsim.data.pipeline import eval_dataset
+from tfsim.data.pipeline import eval_dataset, without_autotune
 from tfsim.data.sources import ImageSet
 
 # model -> its embedding function; an entry goes with its model.
@@ -84,7 +84,7 @@ def embed_dataset(model, dataset: tf.data.Dataset, verbose: int = 0, eager: bool
         run = _function_for(model, dataset.element_spec)
     bar = keras.utils.Progbar(batches if batches > 0 else None, verbose=verbose) if verbose else None
     out = []
-    for batch in dataset:
+    for batch in without_autotune(dataset):  # (a user's dataset too: its deleted iterator must not wait)
         out.append(np.asarray(run(batch), np.float32))
         if bar is not None:
             bar.add(1)
@@ -99,7 +99,7 @@ def embed_pairs(model, dataset: tf.data.Dataset, eager: bool = False) -> tuple[n
     the model's embedding function as `embed_dataset`'s (`eager`: as there)."""
     run = (lambda x: model(x, training=False)) if eager else _function_for(model, dataset.element_spec[0])
     out, labels = [], []
-    for inputs, batch_labels in dataset:
+    for inputs, batch_labels in without_autotune(dataset):
         out.append(np.asarray(run(inputs), np.float32))
         labels.append(np.asarray(batch_labels).reshape(-1))
     if not out:

@@ -106,6 +106,7 @@ def worker_batches(strategy: tf.distribute.Strategy, make_dataset: Callable[[], 
 
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        options.autotune.enabled = False  # (see `pipeline.without_autotune`)
         return make_dataset().flat_map(slices).with_options(options)
 
     return strategy.distribute_datasets_from_function(dataset_fn)
