@@ -104,6 +104,37 @@ def test_scaled_adam_is_adam_by_a_naive_float64_loop():
             np.testing.assert_allclose(var.numpy(), w, rtol=1e-5, atol=1e-6)
 
 
+def test_scaled_adam_traces_one_fused_op_per_variable_and_its_scalars_once():
+    """Traced, the update is one ResourceApplyAdam per variable, and the scalars they share (beta
+    powers, betas, epsilon) are made once per step, whatever the layer multipliers; the traced step
+    matches the eager one."""
+    import tensorflow as tf
+    rng = np.random.default_rng(5)
+    xs = [rng.normal(size=(5, 3)).astype(np.float32) for _ in range(3)]
+    finals = []
+    for traced in (False, True):
+        model = two_layer_model()
+        opt = ScaledAdam(0.01, {"projection": 3.0})
+        opt.build(model.trainable_variables)
+
+        def step(x):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(tf.square(model(x)))  # (no Pow of its own)
+            opt.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+
+        if traced:
+            fn = tf.function(step)
+            ops = [op.type for op in fn.get_concrete_function(tf.TensorSpec([None, 3])).graph.get_operations()]
+            assert ops.count("ResourceApplyAdam") == len(model.trainable_variables) == 4
+            assert ops.count("Pow") == 2  # beta1^t and beta2^t, once (not once per variable)
+            step = fn
+        for x in xs:
+            step(tf.constant(x))
+        finals.append([v.numpy() for v in model.trainable_variables])
+    for eager, traced in zip(*finals):
+        np.testing.assert_allclose(traced, eager, rtol=1e-6, atol=1e-7)
+
+
 def test_sgd_nesterov_first_step_and_config():
     opt = build_optimizer(config.load("default", ["train.optimizer=sgd", "train.weight_decay=1e-5",
                                                   "train.lr_schedule=constant"]).train, 100)
