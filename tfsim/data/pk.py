@@ -215,6 +215,8 @@ def pk_dataset(x, y=None, *, classes_per_batch: int, examples_per_class: int, se
     Returns:
         An infinite `tf.data.Dataset` of `(x [P*K, ...], y [P*K])`; rows `[i*K:(i+1)*K]` share a
         class, and the P classes of a batch are distinct.
+        tf.data's autotuning is off on it: on TensorFlow 2.20 deleting an autotuned iterator (as
+        `fit` does when it returns) can wait seconds (`tfsim.data.pipeline.without_autotune`).
 
     Raises:
         ValueError: too few classes (< P) or rows (< P*K), P or K < 2, labels that are not one

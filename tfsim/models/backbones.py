@@ -132,7 +132,19 @@ def resnet50(image_size: int, weights: Optional[str] = None) -> keras.Model:
     x = CaffePreprocess(name="caffe_preprocess")(inputs)
     base = keras.applications.ResNet50(include_top=False, weights=weights,
                                        input_shape=(image_size, image_size, 3))
-    return keras.Model(inputs, base(x), name="resnet50")
+    return keras.Model(inputs, with_fused_norms(base)(x), name="resnet50")
+
+
+def with_fused_norms(model: keras.Model) -> keras.Model:
+    """A copy of the functional `model` (weights included) whose `BatchNormalization` layers are
+    `FusedBatchNormalization` layers of the same config: keras.applications builds Keras's own."""
+    def clone(layer):
+        cls = FusedBatchNormalization if type(layer) is layers.BatchNormalization else layer.__class__
+        return cls.from_config(layer.get_config())
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 BACKBONES: dict[str, Callable[..., keras.Model]] = {
