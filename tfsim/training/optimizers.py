@@ -90,21 +90,22 @@ class ScaledAdam(_LayerMultipliers, keras.optimizers.Adam):
         finally:
             self._shared_scalars = None
 
-    def _shared(self, dtype) -> dict:
-        """Adam's scalars in `dtype` at this step (beta powers, betas, epsilon), made once per step
-        and dtype during `_backend_update_step`."""
+    def _shared(self, dtype, device: str) -> dict:
+        """Adam's scalars in `dtype` at this step (beta powers, betas, epsilon), made once per step,
+        dtype and device (a replica's variables are updated on its own device) during
+        `_backend_update_step`."""
         import tensorflow as tf  # lazy: see `_update`
 
         cache = getattr(self, "_shared_scalars", None)
-        for cached_dtype, scalars in cache or ():
-            if cached_dtype == dtype:
+        for key, scalars in cache or ():
+            if key == (dtype, device):
                 return scalars
         step = tf.cast(self.iterations + 1, dtype)
         beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
         scalars = {"beta1_power": tf.pow(beta_1, step), "beta2_power": tf.pow(beta_2, step), "beta1": beta_1,
                    "beta2": beta_2, "epsilon": tf.cast(self.epsilon, dtype)}
         if cache is not None:
-            cache.append((dtype, scalars))
+            cache.append(((dtype, device), scalars))
         return scalars
 
     def _update(self, gradient, variable, learning_rate, index):
@@ -115,7 +116,8 @@ class ScaledAdam(_LayerMultipliers, keras.optimizers.Adam):
         # (`handle`: the variable's resource; under a distribution strategy's update, the local copy's)
         tf.raw_ops.ResourceApplyAdam(var=variable.handle, m=self._momentums[index].handle,
                                      v=self._velocities[index].handle, lr=tf.cast(learning_rate, variable.dtype),
-                                     grad=tf.cast(gradient, variable.dtype), **self._shared(variable.dtype))
+                                     grad=tf.cast(gradient, variable.dtype),
+                                     **self._shared(variable.dtype, variable.device))
 
 
 @keras.saving.register_keras_serializable(package="tfsim")
