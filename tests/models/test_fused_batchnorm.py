@@ -1,4 +1,4 @@
-"""FusedBatchNormalization: Keras's BatchNormalization, with TensorFlow's fused kernel in training.
+"""tfsim's BatchNormalization: Keras's, with TensorFlow's fused kernel in training.
 
 Checked against a naive float64 batch normalisation (outputs, moving statistics), against Keras's
 own layer with the same weights (gradients, inference, mixed precision), and for which cases are
@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfsim.models.backbones import FusedBatchNormalization, small_resnet
+from tfsim.models.backbones import BatchNormalization as FusedBatchNormalization
+from tfsim.models.backbones import small_resnet
 
 
 def naive_batchnorm(x, gamma, beta, moving_mean, moving_var, momentum, eps):
@@ -101,6 +102,15 @@ def test_only_channels_last_training_on_a_4d_map_is_fused_the_rest_is_keras():
     assert fused_ops(FusedBatchNormalization(axis=1), (None, 3, 4, 4), training=True) == 0  # channels first
     assert fused_ops(FusedBatchNormalization(epsilon=1e-6), (None, 4, 4, 3), training=True) == 0
     assert fused_ops(FusedBatchNormalization(synchronized=True), (None, 4, 4, 3), training=True) == 0
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float64")  # (Keras computes in float64: left to it)
+    try:
+        assert fused_ops(FusedBatchNormalization(), (None, 4, 4, 3), training=True) == 0
+        fused, plain, _, rng = same_layers((2, 4, 4, 3))
+        x = (rng.normal(size=(2, 4, 4, 3)) * 1e4).astype(np.float64)
+        np.testing.assert_allclose(fused(x, training=True).numpy(), plain(x, training=True).numpy(), rtol=1e-12)
+    finally:
+        keras.config.set_dtype_policy(policy)
     frozen = FusedBatchNormalization()
     frozen.trainable = False
     assert fused_ops(frozen, (None, 4, 4, 3), training=True) == 0
@@ -120,6 +130,24 @@ def test_small_resnet_uses_it_and_round_trips_through_a_keras_file(tmp_path):
     loaded = keras.models.load_model(tmp_path / "m.keras")
     assert isinstance(loaded.get_layer("stem_bn"), FusedBatchNormalization)
     np.testing.assert_allclose(loaded(x, training=False).numpy(), model(x, training=False).numpy(), atol=1e-5)
+
+
+def test_weight_files_of_models_with_keras_own_batchnorm_load_both_ways(tmp_path):
+    # Keras names a layer's weights in a weights file after its class: a model built before tfsim
+    # fused its BatchNorm (Keras's own layers, the same config) and one built now read each other's.
+    model = small_resnet(16, width=8)
+    unfused = keras.models.clone_model(model, clone_function=lambda layer: (
+        keras.layers.BatchNormalization if isinstance(layer, keras.layers.BatchNormalization)
+        else layer.__class__).from_config(layer.get_config()))
+    assert not any(isinstance(layer, FusedBatchNormalization) for layer in unfused.layers)
+    rng = np.random.default_rng(3)
+    for source, target in ((unfused, model), (model, unfused)):
+        source.set_weights([rng.normal(size=w.shape).astype(np.float32) for w in source.get_weights()])
+        path = tmp_path / f"{source.name}-{len(list(tmp_path.iterdir()))}.weights.h5"
+        source.save_weights(path)
+        target.load_weights(path)
+        for a, b in zip(source.get_weights(), target.get_weights()):
+            np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.slow  # builds ResNet50 twice (about 5 s)

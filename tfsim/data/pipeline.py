@@ -194,7 +194,10 @@ def eval_dataset(images: ImageSet, image_size: int, batch_size: int = 256, cente
 
 
 def without_autotune(dataset: tf.data.Dataset) -> tf.data.Dataset:
-    """`dataset` with tf.data's autotuning off: every dataset tfsim iterates goes through here.
+    """`dataset` with tf.data's autotuning off: the datasets tfsim builds and iterates go through
+    here (and the TFDS reader of `sources` sets the same option). The option carries over to
+    datasets built on this one, and overrides a user's `autotune.enabled` where tfsim iterates their
+    dataset (the embedding loop, `pk_dataset`).
 
     With autotuning on (TensorFlow's default), each iterator runs a tuning thread that sleeps
     between rounds for a period that doubles while the iterator lives, up to a minute. On

@@ -100,7 +100,7 @@ def _read_dataset(dataset: tf.data.Dataset, max_rows: Optional[int]) -> tuple:
     if max_rows is not None:
         dataset = dataset.take(max_rows + 1)  # (one more than allowed tells that there are more)
     xs, ys, rows = [], [], 0
-    blocks = dataset.batch(4096).as_numpy_iterator()
+    blocks = pipeline.without_autotune(dataset.batch(4096)).as_numpy_iterator()
     while True:
         try:
             x, y = next(blocks)

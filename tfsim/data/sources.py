@@ -411,6 +411,10 @@ def _write_encoded(builder, name: str, part: str, label_key: str, target: Path) 
         ds = builder.as_dataset(split=part, decoders={"image": tfds.decode.SkipDecoding()})
     except Exception as err:
         raise UserInputError(f"Could not read split {part!r} of TFDS dataset {name!r}: {err}.") from err
+    import tensorflow as tf  # lazy: as TFDS (listing a folder needs no TensorFlow)
+    options = tf.data.Options()
+    options.autotune.enabled = False  # (its deleted iterator must not wait: `pipeline.without_autotune`)
+    ds = ds.with_options(options)
     tmp = target.with_name(f".tmp-{target.name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

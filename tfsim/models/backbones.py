@@ -42,16 +42,20 @@ class CaffePreprocess(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="tfsim")
-class FusedBatchNormalization(layers.BatchNormalization):
+class BatchNormalization(layers.BatchNormalization):
     """`keras.layers.BatchNormalization` whose training step is TensorFlow's fused kernel.
+
+    (Keras's class name on purpose: Keras names a layer's weights in a `.weights.h5` or `.keras`
+    file after its class, so weight files of models built with Keras's own layer load into these
+    and back. In a `.keras` file's config it is "tfsim>BatchNormalization".)
 
     Keras 3 normalises a batch with about ten separate ops (moments, then the normalisation), and
     differentiates each. In training, on TensorFlow, for an `[B, H, W, C]` feature map normalised
     over its channels, this layer computes the same with `FusedBatchNormV3` (one op, one gradient
     op): the same outputs and the same moving statistics (Keras's update, with the batch's biased
     variance as Keras uses it), to float32 rounding. Everything else (inference, other ranks or
-    axes, masks, renormalisation, `synchronized`, an epsilon under the kernel's 1.001e-5, other
-    backends) is Keras's own code. Measured on the small ResNet (`bench/peer_parity.py`'s matched
+    axes, masks, renormalisation, `synchronized`, an epsilon under the kernel's 1.001e-5, float64,
+    other backends) is Keras's own code. Measured on the small ResNet (`bench/peer_parity.py`'s matched
     recipe, 2 cores): training steps 45-57 ms -> 39-43 ms, and tracing the step 0.1 s shorter.
     """
 
@@ -76,7 +80,9 @@ class FusedBatchNormalization(layers.BatchNormalization):
 
     def _fusable(self, inputs, mask) -> bool:
         rank = len(inputs.shape)
+        dtype = keras.backend.standardize_dtype(inputs.dtype)
         return (keras.backend.backend() == "tensorflow" and mask is None and rank == 4
+                and dtype in ("float16", "bfloat16", "float32")
                 and self.axis in (-1, rank - 1) and not self.renorm and not self.synchronized
                 and self.epsilon >= 1.001e-5 and inputs.shape[-1] is not None)
 
@@ -85,13 +91,13 @@ def _basic_block(x, filters: int, stride: int, name: str, zero_init_residual: bo
     shortcut = x
     if stride != 1 or x.shape[-1] != filters:
         shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False, name=f"{name}_proj")(x)
-        shortcut = FusedBatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_proj_bn")(shortcut)
+        shortcut = BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_proj_bn")(shortcut)
     y = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv1")(x)
-    y = FusedBatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn1")(y)
+    y = BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn1")(y)
     y = layers.ReLU(name=f"{name}_relu1")(y)
     y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y)
-    y = FusedBatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn2",
-                                gamma_initializer="zeros" if zero_init_residual else "ones")(y)
+    y = BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn2",
+                           gamma_initializer="zeros" if zero_init_residual else "ones")(y)
     return layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([shortcut, y]))
 
 
@@ -113,7 +119,7 @@ def small_resnet(image_size: int, weights: Optional[str] = None, width: int = 32
     inputs = keras.Input((image_size, image_size, 3), name="images")
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(inputs)
     x = layers.Conv2D(width, 3, padding="same", use_bias=False, name="stem_conv")(x)
-    x = FusedBatchNormalization(momentum=BN_MOMENTUM, name="stem_bn")(x)
+    x = BatchNormalization(momentum=BN_MOMENTUM, name="stem_bn")(x)
     x = layers.ReLU(name="stem_relu")(x)
     for stage, mult in enumerate((1, 2, 4)):
         for block in range(blocks_per_stage):
@@ -136,10 +142,10 @@ def resnet50(image_size: int, weights: Optional[str] = None) -> keras.Model:
 
 
 def with_fused_norms(model: keras.Model) -> keras.Model:
-    """A copy of the functional `model` (weights included) whose `BatchNormalization` layers are
-    `FusedBatchNormalization` layers of the same config: keras.applications builds Keras's own."""
+    """A copy of the functional `model` (weights included) whose Keras `BatchNormalization` layers
+    are tfsim's fused `BatchNormalization` of the same config: keras.applications builds Keras's own."""
     def clone(layer):
-        cls = FusedBatchNormalization if type(layer) is layers.BatchNormalization else layer.__class__
+        cls = BatchNormalization if type(layer) is layers.BatchNormalization else layer.__class__
         return cls.from_config(layer.get_config())
 
     copy = keras.models.clone_model(model, clone_function=clone)
