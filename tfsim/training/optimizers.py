@@ -84,7 +84,7 @@ class ScaledAdam(_LayerMultipliers, keras.optimizers.Adam):
         # The scalars every variable's update shares are made once per step (`_shared`), not once per
         # variable: about 200 fewer ops for the small ResNet's 29 variables, each built in Python
         # while the training step is traced.
-        self._shared_scalars = []
+        self._shared_scalars = {}
         try:
             return super()._backend_update_step(grads, trainable_variables, learning_rate)
         finally:
@@ -97,15 +97,14 @@ class ScaledAdam(_LayerMultipliers, keras.optimizers.Adam):
         import tensorflow as tf  # lazy: see `_update`
 
         cache = getattr(self, "_shared_scalars", None)
-        for key, scalars in cache or ():
-            if key == (dtype, device):
-                return scalars
+        if cache is not None and (dtype, device) in cache:
+            return cache[dtype, device]
         step = tf.cast(self.iterations + 1, dtype)
         beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
         scalars = {"beta1_power": tf.pow(beta_1, step), "beta2_power": tf.pow(beta_2, step), "beta1": beta_1,
                    "beta2": beta_2, "epsilon": tf.cast(self.epsilon, dtype)}
         if cache is not None:
-            cache.append(((dtype, device), scalars))
+            cache[dtype, device] = scalars
         return scalars
 
     def _update(self, gradient, variable, learning_rate, index):
